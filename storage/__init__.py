@@ -1,0 +1,47 @@
+"""Persistence for Reelay: the storage contract and its backends."""
+
+from __future__ import annotations
+
+from storage.base import JobEncoder, Store
+from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
+from storage.records import (
+    ApiKeyRecord,
+    CreateOutcome,
+    DispatchState,
+    EventRecord,
+    IdempotencyClaim,
+    JobFilter,
+    JobRecord,
+    Receipt,
+    Stage,
+    UpdateOutcome,
+)
+
+
+def create_store(database_url: str, encode_job: JobEncoder, *, sqlite_synchronous: str = "FULL") -> Store:
+    """The backend a database URL names (`sqlite:///path`; `postgresql://` arrives with scale-out)."""
+    if database_url.startswith("sqlite:"):
+        from storage.sqlite import SqliteStore, sqlite_path
+
+        return SqliteStore(sqlite_path(database_url), encode_job, synchronous=sqlite_synchronous)
+    raise ValueError(f"unsupported REELAY_DATABASE_URL scheme: {database_url.split(':', 1)[0]!r}")
+
+
+__all__ = [
+    "ApiKeyRecord",
+    "CreateOutcome",
+    "DispatchState",
+    "EventRecord",
+    "IdempotencyClaim",
+    "IdempotencyConflict",
+    "JobFilter",
+    "JobRecord",
+    "Receipt",
+    "SchemaOutdated",
+    "Stage",
+    "StorageError",
+    "StorageUnavailable",
+    "Store",
+    "UpdateOutcome",
+    "create_store",
+]

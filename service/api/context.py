@@ -1,0 +1,64 @@
+"""What request handlers reach through `app.state`: the gateway, the hub and the API-key cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request
+
+from service.errors import Unauthorized
+from service.ids import secret_matches, split_api_key
+from storage import ApiKeyRecord
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from service.gateway import Gateway
+    from service.hub import EventHub
+    from service.settings import Settings
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    gateway: Gateway
+    hub: EventHub
+    registry: CollectorRegistry
+    # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
+    key_cache: dict[str, tuple[ApiKeyRecord, float]] = field(default_factory=dict)
+    key_cache_seconds: float = 5.0
+
+
+def context(request: Request[Any, Any, Any]) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+async def authenticate(request: Request[Any, Any, Any]) -> ApiKeyRecord:
+    """The caller's API key, from `Authorization: Bearer <key>` or `x-api-key`."""
+    ctx = context(request)
+    raw = request.headers.get("x-api-key")
+    if raw is None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        raw = value.strip() if scheme.lower() == "bearer" else None
+    parts = split_api_key(raw) if raw else None
+    if parts is None:
+        raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")
+    key_id, secret = parts
+    now = time.monotonic()
+    cached = ctx.key_cache.get(key_id)
+    if cached is not None and now - cached[1] < ctx.key_cache_seconds:
+        record = cached[0]
+    else:
+        found = await ctx.gateway.store.get_api_key(key_id)
+        if found is None:
+            raise Unauthorized("the API key is not valid")
+        record = found
+        if len(ctx.key_cache) > 10_000:
+            ctx.key_cache.clear()
+        ctx.key_cache[key_id] = (record, now)
+    if record.revoked_at is not None or not secret_matches(secret, record.secret_hash):
+        raise Unauthorized("the API key is not valid")
+    return record

@@ -1,0 +1,255 @@
+"""`/v1/jobs`, `/v1/events`, `/v1/models` and `/v1/usage`: thin handlers over the gateway."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from service.api.context import authenticate, context
+from service.api.sse import EventStream, StreamSession
+from service.errors import InvalidRequest
+from service.jobs import Job, JobCreate, JobList, encode_job
+from service.providers.base import ModelSpec
+from storage import ApiKeyRecord, JobFilter
+
+_encode = msgspec.json.Encoder().encode
+_META_PARAM = re.compile(r"^metadata\.([A-Za-z0-9_.\-]{1,40})$")
+StatusFilter = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
+
+
+def _json(body: bytes, status: int = 200) -> Response[Any]:
+    return Response(body, status_code=status, media_type=MediaType.JSON)
+
+
+def _cursor_param(request: Request[Any, Any, Any], query_value: str | None) -> int | None:
+    raw = request.headers.get("last-event-id") or query_value
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest(
+            "Last-Event-ID must be an event id (a non-negative integer)", details={"field": "last_event_id"}
+        )
+    return int(raw)
+
+
+class JobController(Controller):
+    path = "/v1/jobs"
+    tags = ["jobs"]
+    dependencies = {"caller": Provide(authenticate)}
+    security = [{"bearer": []}, {"apiKey": []}]
+
+    @post("/", status_code=202, summary="Create a job")
+    async def create_job(
+        self,
+        request: Request[Any, Any, Any],
+        data: JobCreate,
+        caller: ApiKeyRecord,
+        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+    ) -> Response[Job]:
+        """Accept a job (202). With `Idempotency-Key`, a repeat of the same request returns the original
+        job (200) and a different request with the same key is refused (409)."""
+        job, created = await context(request).gateway.create_job(caller.id, data, idempotency_key)
+        return _json(encode_job(job), 202 if created else 200)
+
+    @get("/", summary="List jobs, newest first")
+    async def list_jobs(
+        self,
+        request: Request[Any, Any, Any],
+        caller: ApiKeyRecord,
+        status: StatusFilter | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+        cursor: str | None = None,
+    ) -> Response[JobList]:
+        """Filters combine; `metadata.<key>=<value>` filters on metadata. `next_cursor` pages on."""
+        metadata = {}
+        for name, value in request.query_params.items():
+            if name.startswith("metadata."):
+                match = _META_PARAM.match(name)
+                if match is None:
+                    raise InvalidRequest(
+                        f"{name}: metadata keys are 1-40 of A-Z a-z 0-9 _ . -", details={"field": name}
+                    )
+                metadata[match.group(1)] = value
+        filters = JobFilter(status=status, model=model, provider=provider, metadata=metadata)
+        page, next_cursor = await context(request).gateway.list_jobs(caller.id, filters, limit, cursor)
+        body = b'{"data":[' + b",".join(encode_job(j) for j in page) + b'],"next_cursor":' + _encode(next_cursor) + b"}"
+        return _json(body)
+
+    @get("/{job_id:str}", summary="Get a job")
+    async def get_job(self, request: Request[Any, Any, Any], caller: ApiKeyRecord, job_id: str) -> Response[Job]:
+        job = await context(request).gateway.get_job(caller.id, job_id)
+        return _json(encode_job(job))
+
+    @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a job")
+    async def cancel_job(self, request: Request[Any, Any, Any], caller: ApiKeyRecord, job_id: str) -> Response[Job]:
+        """Cancel a job that has not finished (409 if it has)."""
+        job = await context(request).gateway.cancel_job(caller.id, job_id)
+        return _json(encode_job(job))
+
+    @get("/{job_id:str}/events", summary="Stream a job's events (SSE)", media_type="text/event-stream")
+    async def job_events(
+        self,
+        request: Request[Any, Any, Any],
+        caller: ApiKeyRecord,
+        job_id: str,
+        last_event_id: str | None = None,
+    ) -> EventStream:
+        """The job's past events, then live ones; the stream ends after the terminal event."""
+        ctx = context(request)
+        await ctx.gateway.get_job(caller.id, job_id)
+        return _stream(request, caller, job_id, _cursor_param(request, last_event_id))
+
+
+@get(
+    "/v1/events",
+    dependencies={"caller": Provide(authenticate)},
+    media_type="text/event-stream",
+    tags=["events"],
+    summary="Stream every event of the caller's jobs (SSE)",
+    security=[{"bearer": []}, {"apiKey": []}],
+)
+async def all_events(
+    request: Request[Any, Any, Any], caller: ApiKeyRecord, last_event_id: str | None = None
+) -> EventStream:
+    """Resumes exactly after `Last-Event-ID` (header) or `last_event_id` (query); without one, live only."""
+    return _stream(request, caller, None, _cursor_param(request, last_event_id))
+
+
+def _stream(
+    request: Request[Any, Any, Any], caller: ApiKeyRecord, job_id: str | None, after: int | None
+) -> EventStream:
+    ctx = context(request)
+    settings = ctx.settings
+    return EventStream(
+        StreamSession(
+            store=ctx.gateway.store,
+            hub=ctx.hub,
+            api_key_id=caller.id,
+            job_id=job_id,
+            after_id=after,
+            heartbeat=settings.sse_heartbeat_seconds,
+            retry_ms=settings.sse_retry_ms,
+            rng=ctx.gateway.rng,
+        )
+    )
+
+
+class ModelInfo(msgspec.Struct):
+    id: str
+    provider: str
+    available: bool
+    capabilities: dict[str, Any]
+    price: dict[str, Any] | None
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelInfo]
+
+
+def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
+    capabilities = {
+        "durations": list(spec.durations),
+        "default_duration": spec.default_duration,
+        "resolutions": list(spec.resolutions),
+        "default_resolution": spec.default_resolution,
+        "aspect_ratios": list(spec.aspect_ratios),
+        "inputs": ["prompt", "duration", "resolution", "aspect_ratio", *spec.inputs, "provider_options"],
+        "max_reference_images": spec.max_reference_images,
+        "max_reference_videos": spec.max_reference_videos,
+        "max_reference_audios": spec.max_reference_audios,
+        "audio": spec.audio,
+        "seed_range": None if spec.seed_range is None else {"min": spec.seed_range[0], "max": spec.seed_range[1]},
+        "callbacks": spec.callbacks,
+        "inputs_together": [list(g) for g in spec.together],
+        "inputs_exclusive": [list(p) for p in spec.exclusive],
+    }
+    return ModelInfo(
+        id=spec.id,
+        provider=spec.provider,
+        available=available,
+        capabilities=capabilities,
+        price=None if spec.price is None else msgspec.to_builtins(spec.price),
+    )
+
+
+@get(
+    "/v1/models",
+    dependencies={"caller": Provide(authenticate)},
+    tags=["models"],
+    summary="Model ids, capabilities and prices",
+    security=[{"bearer": []}, {"apiKey": []}],
+)
+async def list_models(request: Request[Any, Any, Any], caller: ApiKeyRecord) -> ModelList:
+    gateway = context(request).gateway
+    return ModelList(data=[model_info(spec, spec.provider in gateway.adapters) for spec in gateway.models.values()])
+
+
+class UsageRow(msgspec.Struct):
+    jobs: int
+    credits_estimate: float
+    credits_charged: float
+    by_status: dict[str, int]
+
+
+class Usage(msgspec.Struct):
+    range: dict[str, str | None]
+    total: UsageRow
+    by_status: dict[str, int]
+    by_model: dict[str, UsageRow]
+    by_day: dict[str, UsageRow]
+
+
+@get(
+    "/v1/usage",
+    dependencies={"caller": Provide(authenticate)},
+    tags=["usage"],
+    summary="Jobs and credits by status, by model and by day",
+    security=[{"bearer": []}, {"apiKey": []}],
+)
+async def usage(
+    request: Request[Any, Any, Any], caller: ApiKeyRecord, start: str | None = None, end: str | None = None
+) -> Usage:
+    """`start` and `end` are ISO 8601 dates or datetimes (UTC); `end` is exclusive."""
+    start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)
+    rows = await context(request).gateway.store.usage(caller.id, start_iso, end_iso)
+    total = UsageRow(jobs=0, credits_estimate=0.0, credits_charged=0.0, by_status={})
+    by_model: dict[str, UsageRow] = {}
+    by_day: dict[str, UsageRow] = {}
+    for day, model, status, count, estimate, charged in rows:
+        for row in (total, by_model.setdefault(model, _empty()), by_day.setdefault(day, _empty())):
+            row.jobs += count
+            row.credits_estimate += estimate
+            row.credits_charged += charged
+            row.by_status[status] = row.by_status.get(status, 0) + count
+    return Usage(
+        range={"start": start_iso, "end": end_iso},
+        total=total,
+        by_status=dict(total.by_status),
+        by_model=by_model,
+        by_day=by_day,
+    )
+
+
+def _empty() -> UsageRow:
+    return UsageRow(jobs=0, credits_estimate=0.0, credits_charged=0.0, by_status={})
+
+
+def _iso_param(name: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name}: not an ISO 8601 date or datetime", details={"field": name}) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

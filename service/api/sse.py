@@ -1,0 +1,135 @@
+"""Server-sent event streams: replay from the log after a cursor, then live events, with no gap or repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any
+
+from litestar import Response
+from litestar.response.base import ASGIResponse
+
+from service.hub import CLOSE, HEARTBEAT, OVERFLOW, EventHub, sse_frame
+
+if TYPE_CHECKING:
+    from litestar import Litestar, Request
+    from litestar.types import Receive, Send
+
+    from storage import Store
+
+TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
+_REPLAY_PAGE = 500
+_PING = b": ping\n\n"
+
+
+class StreamSession:
+    """One subscriber connection. Its subscription is closed however the connection ends."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        hub: EventHub,
+        api_key_id: str,
+        job_id: str | None,
+        after_id: int | None,
+        heartbeat: float,
+        retry_ms: int,
+        rng: random.Random,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.api_key_id = api_key_id
+        self.job_id = job_id
+        self.after_id = after_id
+        self.heartbeat = heartbeat
+        self.retry_ms = retry_ms
+        self.rng = rng
+
+    async def run(self, send: Send, receive: Receive) -> None:
+        # Subscribe before reading the log: whatever commits meanwhile is queued, and ids dedupe the overlap.
+        sub = self.hub.subscribe(self.api_key_id, self.job_id)
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
+        ends_with_job = self.job_id is not None
+        try:
+            await _body(send, b"retry: %d\n\n" % self.retry_ms)
+            last = self.after_id
+            if last is None:
+                last = 0 if ends_with_job else await self.store.last_event_id()
+            while True:
+                page = await self.store.events_after(
+                    last, api_key_id=self.api_key_id, job_id=self.job_id, limit=_REPLAY_PAGE
+                )
+                for event in page:
+                    await _body(send, sse_frame(event))
+                    last = event.id
+                    if ends_with_job and event.type in TERMINAL_EVENTS:
+                        return
+                if len(page) < _REPLAY_PAGE or sub.closed:
+                    break
+            sub.start_heartbeat(self.heartbeat, self.rng)
+            while True:
+                item = await sub.next()
+                if item is HEARTBEAT:
+                    await _body(send, _PING)
+                elif item is OVERFLOW:
+                    await _body(send, b": too slow; reconnect with Last-Event-ID to resume\n\n")
+                    return
+                elif item is CLOSE:
+                    return
+                elif isinstance(item, tuple):
+                    event_id, event_type, frame = item
+                    if event_id <= last:
+                        continue
+                    await _body(send, frame)
+                    last = event_id
+                    if ends_with_job and event_type in TERMINAL_EVENTS:
+                        return
+        except OSError:
+            return  # the client went away mid-write
+        finally:
+            sub.close()
+            watcher.cancel()
+
+
+async def _body(send: Send, chunk: bytes) -> None:
+    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _watch_disconnect(receive: Receive, sub: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            sub.close()
+            return
+
+
+class _EventStreamASGI(ASGIResponse):
+    _should_set_content_length = False
+    __slots__ = ("session",)
+
+    def __init__(self, session: StreamSession, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers, media_type="text/event-stream", status_code=200)
+        self.session = session
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        try:
+            await self.session.run(send, receive)
+        finally:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class EventStream(Response[bytes]):
+    """A `text/event-stream` response driven by a StreamSession."""
+
+    def __init__(self, session: StreamSession) -> None:
+        super().__init__(b"", media_type="text/event-stream")
+        self.session = session
+
+    def to_asgi_response(self, app: Litestar | None, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
+        headers = {
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",  # nginx: pass events through as they come
+            **(kwargs.get("headers") or {}),
+        }
+        return _EventStreamASGI(self.session, headers)

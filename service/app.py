@@ -1,0 +1,129 @@
+"""`create_app(settings)`: the Litestar application, its lifespan and background workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import httpx
+import structlog
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from service.api.context import AppContext
+from service.api.jobs import JobController, all_events, list_models, usage
+from service.api.middleware import RequestContextMiddleware
+from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
+from service.errors import handle_exception
+from service.gateway import Gateway
+from service.hub import EventHub
+from service.jobs import encode_job
+from service.metrics import Metrics
+from service.providers import ADAPTERS, all_models
+from service.providers.base import ProviderAdapter
+from service.settings import Settings
+from service.worker import Dispatcher, Poller
+from storage import Store, create_store
+
+log = structlog.get_logger("reelay.app")
+
+AdapterFactory = Callable[[Settings, httpx.AsyncClient], Mapping[str, ProviderAdapter]]
+
+
+def enabled_adapters(settings: Settings, client: httpx.AsyncClient) -> dict[str, ProviderAdapter]:
+    """An adapter for every provider that has an API key."""
+    return {
+        name: cls(settings.provider(name), client)  # type: ignore[call-arg]
+        for name, cls in ADAPTERS.items()
+        if settings.provider(name).enabled
+    }
+
+
+def create_app(
+    settings: Settings,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    store: Store | None = None,
+    clock: Callable[[], float] | None = None,
+    run_workers: bool = True,
+) -> Litestar:
+    """Build the application. Nothing is opened until the app starts (lifespan)."""
+    metrics_holder = Metrics.create()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        the_store = store or create_store(
+            settings.database_url, encode_job, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        await the_store.open()
+        await the_store.release_leases()  # leases of a previous (crashed) run of this single process
+        client = http_client or httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        hub = EventHub(settings.sse_queue_size)
+        the_store.add_listener(hub.publish)
+        kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+        gateway = Gateway(
+            settings, the_store, enabled_adapters(settings, client), all_models(), rng=random.Random(), **kwargs
+        )
+        dispatcher = Dispatcher(gateway)
+        poller = Poller(gateway)
+        gateway._on_new_job = dispatcher.wake
+        gateway._on_confirm = poller.wake
+        app.state.ctx = AppContext(settings=settings, gateway=gateway, hub=hub, registry=metrics_holder.registry)
+        app.state.dispatcher = dispatcher
+        app.state.poller = poller
+        tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(poller.run())] if run_workers else []
+        log.info("reelay.started", providers=sorted(gateway.adapters), database=settings.database_url.split("://")[0])
+        try:
+            yield
+        finally:
+            hub.close_all()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await dispatcher.drain()
+            await poller.drain()
+            if http_client is None:
+                await client.aclose()
+            if store is None:
+                await the_store.close()
+            log.info("reelay.stopped")
+
+    app = Litestar(
+        route_handlers=[
+            JobController,
+            all_events,
+            list_models,
+            usage,
+            provider_webhook,
+            job_webhook,
+            healthz,
+            readyz,
+            metrics,
+        ],
+        lifespan=[lifespan],
+        exception_handlers={Exception: handle_exception},
+        middleware=[RequestContextMiddleware()],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Reelay",
+            version="0.1.0",
+            path="/schema",
+            description="Job gateway for asynchronous AI video generation.",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="Reelay API key"),
+                    "apiKey": SecurityScheme(type="apiKey", name="x-api-key", security_scheme_in="header"),
+                }
+            ),
+        ),
+        debug=False,
+    )
+    app.state.metrics = metrics_holder
+    return app

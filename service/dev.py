@@ -1,0 +1,81 @@
+"""`reelay dev`: Reelay and every provider's sandbox emulator in one process, on SQLite under ./var."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import msgspec
+
+from service.app import create_app
+from service.jobs import encode_job
+from service.keys import create_key
+from service.logging import configure_logging
+from service.sandbox import SANDBOXES, SandboxKnobs
+from service.server import make_server, serve_all
+from service.settings import ProviderSettings, Settings
+from storage import create_store
+
+# Quick enough to watch a job finish, slow enough to see it pass through each status.
+DEV_KNOBS = SandboxKnobs(processing_after_s=1.0, complete_after_s=4.0)
+
+
+def dev_settings(port: int, sandbox_port: int, data_dir: str) -> Settings:
+    base = Settings.from_env()
+    providers = dict(base.providers)
+    for offset, (name, spec) in enumerate(SANDBOXES.items()):
+        providers[name] = ProviderSettings(
+            base_url=f"http://127.0.0.1:{sandbox_port + offset}",
+            api_key=spec.api_key,
+            webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
+            options=providers[name].options,
+        )
+    path = Path(data_dir).resolve() / "reelay-dev.db"
+    return msgspec.structs.replace(
+        base,
+        database_url=f"sqlite:///{path}",
+        public_url=f"http://127.0.0.1:{port}",
+        host="127.0.0.1",
+        port=port,
+        log_format="console" if "REELAY_LOG_FORMAT" not in os.environ else base.log_format,
+        providers=providers,
+        callback_grace_seconds=min(base.callback_grace_seconds, 10.0),
+    )
+
+
+async def run_dev(*, port: int, sandbox_port: int, data_dir: str) -> None:
+    settings = dev_settings(port, sandbox_port, data_dir)
+    configure_logging(settings.log_format, settings.log_level)
+    store = create_store(settings.database_url, encode_job, sqlite_synchronous="NORMAL")
+    await store.open()
+    try:
+        _, api_key = await create_key(store, "reelay-dev")
+    finally:
+        await store.close()
+    app = create_app(settings)
+    servers = [make_server(app, settings.host, port, graceful_seconds=3)]
+    for offset, spec in enumerate(SANDBOXES.values()):
+        servers.append(make_server(spec.build(DEV_KNOBS), "127.0.0.1", sandbox_port + offset, graceful_seconds=1))
+
+    def announce() -> None:
+        url = settings.public_url
+        click.echo(
+            f"\nReelay dev is ready on {url} (database {settings.database_url.removeprefix('sqlite:///')})\n"
+            f"Sandbox emulators: {', '.join(f'{n} :{sandbox_port + i}' for i, n in enumerate(SANDBOXES))}\n\n"
+            f"API key (shown once): {api_key}\n\n"
+            f"Submit a job:\n"
+            f"  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {api_key}' "
+            f"-H 'Content-Type: application/json' "
+            f"""-d '{{"model": "seedancee2/pro", "input": {{"prompt": "waves on black rocks", "duration": 5}}}}'\n"""
+            f"Watch events:\n"
+            f"  curl -N {url}/v1/events -H 'Authorization: Bearer {api_key}'\n",
+            err=True,
+        )
+
+    def close_streams() -> None:
+        ctx = getattr(app.state, "ctx", None)
+        if ctx is not None:
+            ctx.hub.close_all()
+
+    await serve_all(servers, on_started=announce, on_stop=close_streams)

@@ -1,0 +1,148 @@
+"""The service's exception tree and the one handler that maps every failure to the error shape.
+
+ReelayError                       -> {"error": {"code", "message", "details"}}
+ ├── InvalidRequest         400   invalid_request
+ ├── Unauthorized           401   unauthorized
+ ├── NotFound               404   not_found
+ ├── Conflict               409   conflict / idempotency_conflict
+ ├── PayloadTooLarge        413   payload_too_large
+ ├── RateLimited            429   rate_limited
+ └── ServiceUnavailable     503   unavailable
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from litestar import MediaType, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from storage import StorageUnavailable
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+log = structlog.get_logger("reelay.http")
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
+
+
+class ReelayError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: Any = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ReelayError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class Unauthorized(ReelayError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(ReelayError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ReelayError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ReelayError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimited(ReelayError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class ServiceUnavailable(ReelayError):
+    status_code = 503
+    code = "unavailable"
+
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> Response[ErrorResponse]:
+    return Response(
+        ErrorResponse(ErrorBody(code=code, message=message, details=details)),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    """Every exception leaves as the error shape; only genuine faults are 5xx."""
+    if isinstance(exc, ReelayError):
+        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    if isinstance(exc, ValidationException):
+        return error_response(400, "invalid_request", _validation_message(exc), _validation_details(exc))
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        if status >= 500:
+            log.error("http.error", status=status, detail=exc.detail)
+            return error_response(status, "internal_error", "internal error")
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(status, _HTTP_CODES.get(status, "http_error"), str(exc.detail), headers=headers)
+    if isinstance(exc, StorageUnavailable):
+        log.error("storage.unavailable", error=str(exc))
+        return error_response(503, "unavailable", "the database is unavailable; retry later")
+    log.exception("http.unhandled", path=request.url.path, exc_type=type(exc).__name__)
+    return error_response(500, "internal_error", "internal error")
+
+
+def _validation_details(exc: ValidationException) -> Any:
+    extra = exc.extra
+    if isinstance(extra, list):
+        return [
+            {k: v for k, v in item.items() if k in {"key", "message", "source"}} if isinstance(item, dict) else item
+            for item in extra
+        ]
+    return None
+
+
+def _validation_message(exc: ValidationException) -> str:
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        first = extra[0]
+        key = first.get("key")
+        message = str(first.get("message", "invalid value"))
+        return f"{key}: {message}" if key else message
+    return "the request body is not valid JSON for this endpoint"

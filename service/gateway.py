@@ -1,0 +1,231 @@
+"""The application's use cases: create, read, list and cancel jobs, and take in provider webhooks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+import structlog
+
+from service import jobs
+from service.capabilities import check_input
+from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from service.ids import new_job_id, new_token
+from service.providers.base import ModelSpec, ProviderAdapter
+from service.settings import Settings
+from service.signing import SignatureError
+from storage import IdempotencyClaim, IdempotencyConflict, JobFilter, JobRecord, Receipt, Store
+
+log = structlog.get_logger("reelay.gateway")
+
+
+class WebhookRejected(Exception):
+    """A webhook that is authentic-looking but cannot be used (unparseable, or for a job we do not have)."""
+
+
+class Gateway:
+    """Everything the HTTP layer asks of Reelay; storage, providers and the clock are injected."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        adapters: Mapping[str, ProviderAdapter],
+        models: Mapping[str, ModelSpec],
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        on_new_job: Callable[[], None] = lambda: None,
+        on_confirm: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.adapters = adapters
+        self.models = models
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._on_new_job = on_new_job
+        self._on_confirm = on_confirm
+
+    # -- models ------------------------------------------------------------------------------
+
+    def resolve_model(self, model_id: str) -> tuple[ModelSpec, ProviderAdapter]:
+        model_id = self.settings.model_aliases.get(model_id, model_id)
+        spec = self.models.get(model_id)
+        if spec is None:
+            raise InvalidRequest(
+                f"model: unknown model {model_id!r}",
+                details={"field": "model", "allowed": sorted(self.models)},
+            )
+        adapter = self.adapters.get(spec.provider)
+        if adapter is None:
+            raise InvalidRequest(
+                f"model: {model_id} is unavailable because provider {spec.provider} is not configured "
+                f"(set REELAY_{spec.provider.upper()}_API_KEY)",
+                details={"field": "model", "provider": spec.provider},
+            )
+        return spec, adapter
+
+    def callback_url(self, job: JobRecord, adapter: ProviderAdapter) -> str:
+        if adapter.signs_webhooks:
+            return f"{self.settings.public_url}/webhooks/{job.provider}"
+        # Unsigned callbacks are authenticated by an unguessable per-job token in the URL.
+        return f"{self.settings.public_url}/webhooks/{job.provider}/{job.id}/{job.callback_token}"
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def create_job(
+        self, api_key_id: str, request: jobs.JobCreate, idempotency_key: str | None
+    ) -> tuple[JobRecord, bool]:
+        spec, adapter = self.resolve_model(request.model)
+        given: dict[str, Any] = msgspec.to_builtins(request.input)
+        check_input(spec, given)
+        claim = None
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= 255:
+                raise InvalidRequest("Idempotency-Key must be 1 to 255 characters")
+            digest = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
+            claim = IdempotencyClaim(key=idempotency_key, request_hash=digest)
+        now = self.clock()
+        record = jobs.new_job(
+            job_id=new_job_id(),
+            api_key_id=api_key_id,
+            model=spec.id,
+            provider=spec.provider,
+            input=given,
+            metadata=dict(request.metadata),
+            cost=adapter.estimate(spec, given),
+            callback_token=new_token(),
+            now=now,
+            timeout=self.settings.job_timeout_seconds,
+        )
+        try:
+            outcome = await self.store.create_job(record, "job.created", idempotency=claim)
+        except IdempotencyConflict as exc:
+            raise Conflict(
+                "Idempotency-Key was already used with a different request body",
+                code="idempotency_conflict",
+                details={"job_id": exc.job_id},
+            ) from None
+        if outcome.created:
+            log.info("job.created", job_id=record.id, provider=spec.provider, model=spec.id)
+            self._on_new_job()
+        return outcome.job, outcome.created
+
+    async def get_job(self, api_key_id: str, job_id: str) -> JobRecord:
+        job = await self.store.get_job(job_id) if job_id.startswith("job_") else None
+        if job is None or job.api_key_id != api_key_id:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    async def list_jobs(
+        self, api_key_id: str, filters: JobFilter, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        before = _decode_cursor(cursor) if cursor else None
+        found = await self.store.list_jobs(api_key_id, filters, limit=limit + 1, before_id=before)
+        page = found[:limit]
+        next_cursor = _encode_cursor(page[-1].id) if len(found) > limit else None
+        return page, next_cursor
+
+    async def cancel_job(self, api_key_id: str, job_id: str) -> JobRecord:
+        job = await self.get_job(api_key_id, job_id)
+        if job.status in jobs.TERMINAL:
+            raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
+        if job.provider_task_id:
+            adapter = self.adapters.get(job.provider)
+            if adapter is not None:
+                try:
+                    await adapter.cancel(job.provider_task_id)
+                except Exception as exc:  # an upstream failure must not keep the caller's job running here
+                    log.warning("job.cancel_upstream_failed", job_id=job_id, provider=job.provider, error=str(exc))
+        outcome = await self.store.update_job(job_id, lambda j: jobs.cancelled(j, now=self.clock()))
+        if outcome.job.status != "cancelled":
+            raise Conflict(f"job {job_id} is already {outcome.job.status}", code="job_finished")
+        log.info("job.cancelled", job_id=job_id, provider=job.provider)
+        return outcome.job
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    async def receive_webhook(
+        self,
+        provider: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        job_id: str | None = None,
+        token: str | None = None,
+    ) -> str:
+        """Verify and apply one provider callback; returns what happened ("applied", "duplicate", ...).
+
+        Raises SignatureError (nothing changed) or WebhookRejected.
+        """
+        adapter = self.adapters.get(provider)
+        if adapter is None:
+            raise WebhookRejected(f"provider {provider} is not configured")
+        job = None
+        if job_id is not None:
+            job = await self.store.get_job(job_id)
+            if (
+                job is None
+                or job.provider != provider
+                or not hmac.compare_digest((token or "").encode(), job.callback_token.encode())
+            ):
+                raise SignatureError("invalid_token", "the callback URL's token does not match a job")
+        adapter.verify_webhook(headers, body, now=self.clock(), job=job)
+        try:
+            notice = adapter.parse_webhook(body)
+        except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
+            raise WebhookRejected(f"unreadable {provider} webhook body") from exc
+        if job is None:
+            job = await self._job_for(provider, notice.job_id, notice.provider_task_id)
+        if job is None:
+            log.warning("webhook.unknown_task", provider=provider)
+            return "ignored"
+        if job.provider_task_id and job.provider_task_id != notice.provider_task_id:
+            log.warning("webhook.task_mismatch", provider=provider, job_id=job.id)
+            return "ignored"
+        receipt = Receipt(provider=provider, key=notice.receipt_key)
+        if adapter.needs_confirmation(notice, job):
+            outcome = await self.store.update_job(
+                job.id, lambda j: jobs.rescheduled(j, next_poll_at=self.clock(), lease_until=None), receipt=receipt
+            )
+            self._on_confirm()
+            result = "duplicate" if outcome.duplicate else "confirming"
+        else:
+            outcome = await self.store.update_job(
+                job.id, lambda j: jobs.reported(j, notice.report, now=self.clock()), receipt=receipt
+            )
+            result = "duplicate" if outcome.duplicate else "applied" if outcome.changed else "stale"
+        log.info("webhook.received", provider=provider, job_id=job.id, result=result, status=notice.report.status)
+        return result
+
+    async def _job_for(self, provider: str, job_id: str | None, task_id: str) -> JobRecord | None:
+        if job_id is not None:
+            job = await self.store.get_job(job_id)
+            if job is not None and job.provider == provider:
+                return job
+        return await self.store.find_job_by_task(provider, task_id)
+
+
+def _encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("cursor: not a cursor this API returned", details={"field": "cursor"}) from None
+    if not raw.startswith("job_") or len(raw) != 30:
+        raise InvalidRequest("cursor: not a cursor this API returned", details={"field": "cursor"})
+    return raw
+
+
+def unauthorized() -> Unauthorized:
+    return Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key)")

@@ -1,0 +1,147 @@
+"""In-process fan-out of committed events to SSE subscribers, with a bounded queue per subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Sequence
+from typing import Final
+
+from storage import EventRecord
+
+HEARTBEAT: Final = "heartbeat"
+CLOSE: Final = "close"
+OVERFLOW: Final = "overflow"
+
+Item = tuple[int, str, bytes] | str
+"""(event id, event type, encoded SSE frame), or one of the signals above."""
+
+
+def sse_frame(event: EventRecord) -> bytes:
+    """The wire form of a logged event; built once per event and shared by every subscriber."""
+    data = b'{"id":%d,"type":"%s","created_at":"%s","job":%s}' % (
+        event.id,
+        event.type.encode(),
+        event.created_at.encode(),
+        event.job,
+    )
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), data)
+
+
+class Subscription:
+    """One subscriber's queue. A full queue drops the subscriber rather than blocking the publisher."""
+
+    __slots__ = ("_hub", "_items", "_limit", "_timer", "_waiter", "api_key_id", "closed", "job_id")
+
+    def __init__(self, hub: EventHub, api_key_id: str, job_id: str | None, limit: int) -> None:
+        self._hub = hub
+        self.api_key_id = api_key_id
+        self.job_id = job_id
+        self._limit = limit
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def offer(self, item: tuple[int, str, bytes]) -> None:
+        if self.closed:
+            return
+        if len(self._items) >= self._limit:
+            self._end(OVERFLOW)
+            return
+        self._items.append(item)
+        self._wake()
+
+    def start_heartbeat(self, interval: float, rng: random.Random) -> None:
+        """Ping every `interval` s, the first at a random offset so connections do not tick together."""
+        loop = asyncio.get_running_loop()
+
+        def beat() -> None:
+            if self.closed:
+                return
+            if HEARTBEAT not in self._items:
+                self._items.append(HEARTBEAT)
+                self._wake()
+            self._timer = loop.call_later(interval, beat)
+
+        self._timer = loop.call_later(rng.uniform(0.1, 1.0) * interval, beat)
+
+    async def next(self) -> Item:
+        while not self._items:
+            if self.closed:
+                return CLOSE
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def close(self) -> None:
+        """Stop receiving and leave the hub; safe to call more than once, needs no await."""
+        self._end(CLOSE)
+
+    def _end(self, signal: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._hub._remove(self)
+        self._items.clear()
+        self._items.append(signal)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class EventHub:
+    """Routes each committed event to the subscriptions of its API key (and of its job)."""
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self._queue_size = queue_size
+        self._by_key: dict[str, set[Subscription]] = {}
+        self._by_job: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, api_key_id: str, job_id: str | None = None) -> Subscription:
+        sub = Subscription(self, api_key_id, job_id, self._queue_size)
+        index, name = (self._by_key, api_key_id) if job_id is None else (self._by_job, job_id)
+        index.setdefault(name, set()).add(sub)
+        return sub
+
+    def publish(self, events: Sequence[EventRecord]) -> None:
+        """Store listener: called with committed events in id order; never blocks."""
+        for event in events:
+            by_key = self._by_key.get(event.api_key_id)
+            by_job = self._by_job.get(event.job_id)
+            if not by_key and not by_job:
+                continue
+            item = (event.id, event.type, sse_frame(event))
+            for sub in tuple(by_key or ()):
+                sub.offer(item)
+            for sub in tuple(by_job or ()):
+                if sub.api_key_id == event.api_key_id:
+                    sub.offer(item)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._by_key.values()) + sum(len(s) for s in self._by_job.values())
+
+    def close_all(self) -> None:
+        for index in (self._by_key, self._by_job):
+            for subs in list(index.values()):
+                for sub in list(subs):
+                    sub.close()
+
+    def _remove(self, sub: Subscription) -> None:
+        index, name = (self._by_key, sub.api_key_id) if sub.job_id is None else (self._by_job, sub.job_id)
+        subs = index.get(name)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del index[name]

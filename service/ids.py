@@ -1,0 +1,46 @@
+"""Identifiers and API-key secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from ulid import ULID
+
+KEY_PREFIX = "rlk_"
+
+
+def new_job_id() -> str:
+    return f"job_{ULID()}"
+
+
+def new_token() -> str:
+    """An unguessable URL-safe token (256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
+def new_api_key() -> tuple[str, str, bytes]:
+    """A fresh API key as (key id, the full key shown once, the hash that is stored)."""
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return key_id, f"{KEY_PREFIX}{key_id}_{secret}", hash_secret(secret)
+
+
+def hash_secret(secret: str) -> bytes:
+    # Keys carry 256 bits of entropy, so a plain SHA-256 is enough; no password stretching needed.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def split_api_key(key: str) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key, else None."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    key_id, sep, secret = key.removeprefix(KEY_PREFIX).partition("_")
+    if not sep or len(key_id) != 16 or not secret:
+        return None
+    return key_id, secret
+
+
+def secret_matches(secret: str, stored_hash: bytes) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)

@@ -1,0 +1,213 @@
+"""What every provider adapter offers, the errors it raises, and the HTTP plumbing they share.
+
+ProviderError
+ ├── TransientError     retry later (connection refused, 429, 5xx); `maybe_sent` if it may exist upstream
+ ├── PermanentError     the provider refused the request; the job fails with its code and message
+ └── OutcomeUnknown     the create was sent and the answer was lost; never resend blindly
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import httpx
+import msgspec
+
+if TYPE_CHECKING:
+    from service.jobs import Report
+    from service.settings import ProviderSettings
+    from storage import JobRecord
+
+
+class ProviderError(Exception):
+    """Base class of failures talking to a provider."""
+
+
+class TransientError(ProviderError):
+    def __init__(self, message: str, *, retry_after: float | None = None, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.maybe_sent = maybe_sent
+
+
+class PermanentError(ProviderError):
+    def __init__(self, message: str, *, provider_code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider_code = provider_code
+        self.status = status
+
+
+class OutcomeUnknown(ProviderError):
+    """The request reached the network but its answer never came back."""
+
+
+class Price(msgspec.Struct, frozen=True, kw_only=True):
+    unit: str  # "credits" or "usd"
+    per_second: dict[str, float] = msgspec.field(default_factory=dict)  # by resolution
+    usd_per_credit: float | None = None
+    note: str | None = None
+
+
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One model id's capabilities; validation and `GET /v1/models` both read this."""
+
+    id: str
+    provider: str
+    upstream_model: str
+    durations: tuple[int, ...]
+    default_duration: int
+    resolutions: tuple[str, ...]
+    default_resolution: str
+    aspect_ratios: tuple[str, ...]
+    inputs: tuple[str, ...]
+    max_reference_images: int = 0
+    max_reference_videos: int = 0
+    max_reference_audios: int = 0
+    audio: bool = False
+    seed_range: tuple[int, int] | None = None
+    callbacks: bool = False
+    price: Price | None = None
+    # Inputs that must be given together, and inputs that must not be combined.
+    together: tuple[tuple[str, ...], ...] = ()
+    exclusive: tuple[tuple[str, str], ...] = ()
+
+
+class Submission(msgspec.Struct, frozen=True, kw_only=True):
+    provider_task_id: str
+    cost: dict[str, Any] | None = None
+
+
+class WebhookNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """A verified webhook, parsed: which task, what it says, and how to recognise a redelivery."""
+
+    provider_task_id: str
+    receipt_key: str
+    report: Report
+    job_id: str | None = None
+
+
+class ProviderAdapter(Protocol):
+    """One upstream provider: payload mapping, status mapping, results, errors, webhooks, capabilities."""
+
+    name: ClassVar[str]
+    models: ClassVar[tuple[ModelSpec, ...]]
+    # How a create whose answer was lost is resolved: "idempotency", "lookup" or "fail".
+    unknown_outcome: ClassVar[str]
+    # Signed webhooks come to /webhooks/<provider>; unsigned ones to a per-job URL with a token.
+    signs_webhooks: ClassVar[bool]
+
+    async def submit(self, job: JobRecord, spec: ModelSpec, callback_url: str | None) -> Submission:
+        """Create the upstream task."""
+
+    async def find_submission(self, job: JobRecord) -> Submission | None:
+        """Look the job's task up at the provider after a lost answer; None if it was never created."""
+
+    async def fetch(self, provider_task_id: str) -> Report:
+        """The task's current state."""
+
+    async def cancel(self, provider_task_id: str) -> bool:
+        """Cancel upstream; False when the provider has no cancel endpoint."""
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
+        """Raise SignatureError unless the webhook is authentic."""
+
+    def parse_webhook(self, body: bytes) -> WebhookNotice:
+        """Read a verified webhook body; raise ValueError when it is not understood."""
+
+    def needs_confirmation(self, notice: WebhookNotice, job: JobRecord) -> bool:
+        """True when the webhook must not be applied as is: the status endpoint decides instead."""
+
+    def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
+        """The cost estimate for a job, before it is sent."""
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After as seconds (it may be a number of seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), 3600))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpProvider:
+    """Shared HTTP calls: maps transport failures and status codes onto the ProviderError tree."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.client = client
+
+    def auth_headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def error_detail(self, body: Any) -> tuple[str | None, str | None]:
+        """(provider code, message) from an error body."""
+        if isinstance(body, dict):
+            err = body.get("error")
+            if isinstance(err, dict):
+                return _str(err.get("code")), _str(err.get("message"))
+            return _str(err), _str(body.get("message"))
+        return None, None
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        creates: bool = False,
+    ) -> Any:
+        """One request; returns the decoded JSON body of a 2xx answer."""
+        url = self.settings.base_url + path
+        all_headers = {**self.auth_headers(), **(headers or {})}
+        content = None if json is None else msgspec.json.encode(json)
+        if content is not None:
+            all_headers["Content-Type"] = "application/json"
+        try:
+            response = await self.client.request(method, url, content=content, params=params, headers=all_headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise TransientError(f"{self.name}: cannot connect ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            # The request may have reached the provider: for a create that is an unknown outcome.
+            if creates:
+                raise OutcomeUnknown(f"{self.name}: no answer to create ({type(exc).__name__})") from exc
+            raise TransientError(f"{self.name}: transport error ({type(exc).__name__})") from exc
+        try:
+            body: Any = msgspec.json.decode(response.content) if response.content else None
+        except msgspec.DecodeError:
+            body = None
+        status = response.status_code
+        if status < 300:
+            if body is None:
+                raise TransientError(f"{self.name}: answer {status} without a JSON body", maybe_sent=creates)
+            return body
+        code, message = self.error_detail(body)
+        if status == 429 or status == 408:
+            raise TransientError(
+                f"{self.name}: {status} {code or ''}".strip(),
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            )
+        if status >= 500:
+            raise TransientError(
+                f"{self.name}: {status} {code or ''} {message or ''}".strip(),
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                maybe_sent=creates,
+            )
+        raise PermanentError(message or f"{self.name} answered {status}", provider_code=code, status=status)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

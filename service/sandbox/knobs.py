@@ -1,0 +1,112 @@
+"""Chaos settings shared by every provider emulator, and the mutable state that applies them.
+
+`SandboxKnobs` is the immutable wire struct (it is also the body of `PUT /_sandbox/knobs`); `Chaos` holds
+the burst counters and the random source derived from one set of knobs.
+"""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+
+_RATE_FIELDS = (
+    "failure_rate",
+    "drop_callback_rate",
+    "duplicate_callback_rate",
+    "out_of_order_rate",
+)
+
+
+class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How an emulator misbehaves. Replaced as a whole at runtime, never mutated.
+
+    Attributes:
+        latency_s: Delay added before answering each provider API call.
+        processing_after_s: Time from creation until a task reports its running status.
+        complete_after_s: Time from creation until a task reaches its terminal status.
+        failure_rate: Fraction of tasks that end failed instead of completed (rolled at create).
+        drop_callback_rate: Fraction of terminal callbacks never sent (logged as dropped).
+        duplicate_callback_rate: Fraction of callbacks sent a second time right after the first.
+        out_of_order_rate: Fraction of callbacks that are replayed stale, later. For providers that only
+            send terminal callbacks (Seedancee2) "out of order" can only mean "late relative to other
+            traffic": the delivered request (same body, same signature timestamp) is replayed once more
+            after one more task lifetime (`complete_after_s`), so it lands after polling has seen the
+            terminal state and after callbacks of tasks created later. Emulators with intermediate
+            events may instead swap their order; each one documents its choice.
+        burst_429: The next N provider API calls answer 429 with `Retry-After: 1`.
+        burst_5xx: The next N provider API calls answer 500 with the provider's internal error.
+        seed: Seed for the random source, so that a test run is reproducible.
+    """
+
+    latency_s: float = 0.0
+    processing_after_s: float = 0.5
+    complete_after_s: float = 1.5
+    failure_rate: float = 0.0
+    drop_callback_rate: float = 0.0
+    duplicate_callback_rate: float = 0.0
+    out_of_order_rate: float = 0.0
+    burst_429: int = 0
+    burst_5xx: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here rather than with Meta constraints so direct construction is validated too;
+        # msgspec turns this ValueError into a ValidationError when decoding a request body.
+        for name in ("latency_s", "processing_after_s", "complete_after_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in _RATE_FIELDS:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.burst_429 < 0 or self.burst_5xx < 0:
+            raise ValueError("burst counts must be >= 0")
+
+
+class Chaos:
+    """Applies one `SandboxKnobs`: consumes burst counters and rolls the dice for each decision."""
+
+    def __init__(self, knobs: SandboxKnobs) -> None:
+        self.knobs = knobs
+        self._random = random.Random(knobs.seed)
+        self._burst_429 = knobs.burst_429
+        self._burst_5xx = knobs.burst_5xx
+
+    def _roll(self, rate: float) -> bool:
+        # Always draw, even at rate 0 or 1, so one seed gives one sequence whatever the rates are.
+        return self._random.random() < rate
+
+    def should_fail(self) -> bool:
+        """Whether a newly created task should end failed."""
+        return self._roll(self.knobs.failure_rate)
+
+    def should_drop_callback(self) -> bool:
+        return self._roll(self.knobs.drop_callback_rate)
+
+    def should_duplicate_callback(self) -> bool:
+        return self._roll(self.knobs.duplicate_callback_rate)
+
+    def should_reorder_callback(self) -> bool:
+        return self._roll(self.knobs.out_of_order_rate)
+
+    def take_429(self) -> bool:
+        """Consume one unit of the 429 burst; True if this call must be rate limited."""
+        if self._burst_429 > 0:
+            self._burst_429 -= 1
+            return True
+        return False
+
+    def take_5xx(self) -> bool:
+        """Consume one unit of the 5xx burst; True if this call must fail with a server error."""
+        if self._burst_5xx > 0:
+            self._burst_5xx -= 1
+            return True
+        return False
+
+    @property
+    def remaining_429(self) -> int:
+        return self._burst_429
+
+    @property
+    def remaining_5xx(self) -> int:
+        return self._burst_5xx

@@ -1,0 +1,772 @@
+"""Emulator of the Seedancee2 Enterprise API (seed 002) that stands in for the real provider in tests and dev.
+
+It follows the documented contract (paths, auth, `{"data": ...}` envelopes, error codes, signed terminal
+callbacks) strictly, and adds unauthenticated, sandbox-only control endpoints under `/_sandbox/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import httpx
+import msgspec
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from msgspec import UNSET, UnsetType
+from ulid import ULID
+
+from service.sandbox.knobs import Chaos, SandboxKnobs
+
+__all__ = ["create_seedancee2_sandbox"]
+
+T = TypeVar("T")
+
+Status = Literal["pending", "processing", "completed", "failed"]
+Outcome = Literal["completed", "failed"]
+Resolution = Literal["480p", "720p", "1080p"]
+AspectRatio = Literal["16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive"]
+GenerationType = Literal["omni_reference", "first_and_last_frames"]
+
+STATUSES: tuple[Status, ...] = ("pending", "processing", "completed", "failed")
+TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+
+# Credits per second of output, per model and resolution (seed 002, "Credits"); a missing key = unsupported.
+RATES: dict[str, dict[str, int]] = {
+    "pro": {"480p": 10, "720p": 20, "1080p": 50},
+    "fast": {"480p": 8, "720p": 16},
+    "mini": {"480p": 5, "720p": 10},
+}
+MIN_DURATION_S = 4
+MAX_DURATION_S = 15
+# Assumption: the doc states no default resolution; 720p is what every example sends, so credits use it.
+DEFAULT_RESOLUTION = "720p"
+MEDIA_HOST = "https://media.seedancee2.ai"
+FAILURE_MESSAGE = "The video could not be generated. Please try again with a different prompt."
+
+# Retries are not documented by Seedancee2; a few quick ones keep flaky-receiver tests short.
+CALLBACK_ATTEMPTS = 3
+CALLBACK_BACKOFF_S = 0.2
+CALLBACK_TIMEOUT_S = 5.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Wire structs. Field order is the order the doc shows; UNSET fields are omitted from the JSON.
+
+
+class CreateInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`input` of a create request. Unknown fields are rejected so a misspelt adapter field fails loudly.
+
+    Explicit nulls are rejected too: the doc gives no nullability, so adapters must omit absent fields.
+    """
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    generation_type: GenerationType = "omni_reference"
+    image_urls: Annotated[list[str], msgspec.Meta(max_length=9)] | UnsetType = UNSET
+    video_url: str | UnsetType = UNSET
+    video_urls: Annotated[list[str], msgspec.Meta(max_length=3)] | UnsetType = UNSET
+    audio_urls: Annotated[list[str], msgspec.Meta(max_length=3)] | UnsetType = UNSET
+    start_image_url: str | UnsetType = UNSET
+    end_image_url: str | UnsetType = UNSET
+    duration: Annotated[int, msgspec.Meta(ge=MIN_DURATION_S, le=MAX_DURATION_S)] = 5
+    resolution: Resolution | UnsetType = UNSET
+    aspect_ratio: AspectRatio | UnsetType = UNSET
+    generate_audio: bool | UnsetType = UNSET
+    watermark: bool | UnsetType = UNSET
+    seed: int | UnsetType = UNSET
+    return_last_frame: bool | UnsetType = UNSET
+
+
+class CreateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str
+    input: CreateInput
+    callback_url: str | UnsetType = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+
+
+class DataEnvelope(msgspec.Struct, Generic[T]):
+    data: T
+
+
+class CreatedTask(msgspec.Struct):
+    id: str
+    status: Status
+    model: str
+    credits_reserved: int
+    created_at: str
+
+
+class TaskOutput(msgspec.Struct):
+    video_url: str
+    thumbnail_url: str
+    last_frame_url: str | UnsetType = UNSET
+
+
+class TaskError(msgspec.Struct):
+    code: str
+    message: str
+    type: str
+
+
+class TaskView(msgspec.Struct):
+    id: str
+    status: Status
+    model: str
+    created_at: str
+    completed_at: str | UnsetType = UNSET
+    credits_charged: int | UnsetType = UNSET
+    credits_refunded: int | UnsetType = UNSET
+    output: TaskOutput | UnsetType = UNSET
+    error: TaskError | UnsetType = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+
+
+class DurationRange(msgspec.Struct):
+    min: int
+    max: int
+
+
+class ModelInfo(msgspec.Struct):
+    id: str
+    status: str
+    resolutions: list[str]
+    duration: DurationRange
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: TaskError
+
+
+class CallbackRecord(msgspec.Struct, kw_only=True):
+    """One delivery attempt, as listed by `GET /_sandbox/callbacks`.
+
+    `kind` is `delivery`, `duplicate`, `stale_replay` or `dropped`; `attempt` is 0 for a dropped callback and
+    `status_code` is null when the request never got an HTTP answer (see `error`).
+    """
+
+    task_id: str
+    url: str
+    event: str
+    kind: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    at: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors: everything the emulator answers with goes through the documented `{"error": {...}}` shape.
+
+
+class SandboxApiError(Exception):
+    def __init__(
+        self, status_code: int, code: str, message: str, type_: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.type = type_
+        self.headers = dict(headers or {})
+
+
+def _invalid(message: str) -> SandboxApiError:
+    return SandboxApiError(400, "invalid_request", message, "invalid_request_error")
+
+
+def _task_not_found(task_id: str) -> SandboxApiError:
+    return SandboxApiError(404, "task_not_found", f"Task {task_id} does not exist.", "invalid_request_error")
+
+
+def _error_response(status_code: int, code: str, message: str, type_: str, headers: dict[str, str]) -> Response[bytes]:
+    body = msgspec.json.encode(ErrorEnvelope(TaskError(code=code, message=message, type=type_)))
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+def _on_sandbox_error(_: Request[Any, Any, Any], exc: SandboxApiError) -> Response[bytes]:
+    return _error_response(exc.status_code, exc.code, exc.message, exc.type, exc.headers)
+
+
+def _on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    # Unknown routes and methods are not covered by the doc; keep the documented shape anyway.
+    if exc.status_code >= 500:
+        return _error_response(exc.status_code, "internal_error", "Unexpected server error.", "api_error", {})
+    return _error_response(exc.status_code, "invalid_request", exc.detail, "invalid_request_error", {})
+
+
+def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return _error_response(500, "internal_error", f"Unexpected server error: {exc!r}", "api_error", {})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _iso(moment: datetime) -> str:
+    """Format like the doc: `2026-06-29T10:00:00.000Z` (UTC, milliseconds)."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _parse_iso(value: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid(f"{name} must be an ISO 8601 datetime.") from None
+    # A datetime without an offset is read as UTC, the zone every timestamp of this API is in.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
+    if raw is None:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise _invalid("limit must be an integer.") from None
+    # The doc says "max 100" (list) / "max 365" (usage); answering 400 keeps an adapter from relying on clamping.
+    if not 1 <= limit <= maximum:
+        raise _invalid(f"limit must be between 1 and {maximum}.")
+    return limit
+
+
+def _sign_callback(secret: str, timestamp: int, body: bytes) -> str:
+    """`X-Seedancee2-Signature` value: `t=<unix>,v1=hex(HMAC_SHA256(secret, "{t}." + raw_body))`.
+
+    Deliberately independent of `service.signing`, so a bug there cannot be cancelled out by a shared one here.
+    """
+    digest = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+@dataclass(eq=False, kw_only=True)
+class _Task:
+    id: str
+    owner: str
+    request: CreateRequest
+    body: Any
+    credits: int
+    created_at: datetime
+    created_mono: float
+    processing_after_s: float
+    # The complete_after_s the task was created with, kept even if a test forces the outcome earlier.
+    lifetime_s: float
+    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
+    terminal_after_s: float
+    outcome: Outcome
+    forced: bool = False
+    waiter: asyncio.Task[None] | None = None
+
+    def status(self, now_mono: float) -> Status:
+        elapsed = now_mono - self.created_mono
+        if elapsed >= self.terminal_after_s:
+            return self.outcome
+        if elapsed >= self.processing_after_s:
+            return "processing"
+        return "pending"
+
+    def view(self, now_mono: float, *, for_callback: bool = False) -> TaskView:
+        status = self.status(now_mono)
+        metadata = self.request.metadata
+        view = TaskView(
+            id=self.id, status=status, model=self.request.model, created_at=_iso(self.created_at), metadata=metadata
+        )
+        if status == "completed":
+            completed_at = self.created_at + timedelta(seconds=self.terminal_after_s)
+            day = completed_at.strftime("%Y/%m/%d")
+            poster = f"{MEDIA_HOST}/video-posters/{day}/{self.id}.jpg"
+            # The doc's GET example (which asked for return_last_frame) shows last_frame_url equal to the
+            # poster URL; the completed webhook example omits it, so callbacks never carry it.
+            wants_last_frame = self.request.input.return_last_frame is True and not for_callback
+            view.completed_at = _iso(completed_at)
+            view.credits_charged = self.credits
+            view.output = TaskOutput(
+                video_url=f"{MEDIA_HOST}/videos/{day}/{self.id}.mp4",
+                thumbnail_url=poster,
+                last_frame_url=poster if wants_last_frame else UNSET,
+            )
+        elif status == "failed":
+            view.credits_charged = 0
+            view.credits_refunded = self.credits
+            view.error = TaskError(code="generation_failed", message=FAILURE_MESSAGE, type="generation_error")
+        return view
+
+
+def _validate(request: CreateRequest) -> int:
+    """Check what the struct cannot express; return the credits to reserve."""
+    rates = RATES.get(request.model)
+    if rates is None:
+        raise SandboxApiError(
+            404, "model_not_found", f"Model {request.model!r} does not exist or is inactive.", "invalid_request_error"
+        )
+    spec = request.input
+    resolution = spec.resolution if isinstance(spec.resolution, str) else DEFAULT_RESOLUTION
+    if resolution not in rates:
+        raise _invalid(f"Resolution {resolution} is not supported by model {request.model}.")
+    if not isinstance(spec.video_url, UnsetType) and not isinstance(spec.video_urls, UnsetType):
+        raise _invalid("Do not send video_url together with video_urls.")
+    has_start = not isinstance(spec.start_image_url, UnsetType)
+    has_end = not isinstance(spec.end_image_url, UnsetType)
+    if spec.generation_type == "first_and_last_frames" and not (has_start and has_end):
+        raise _invalid("first_and_last_frames requires start_image_url and end_image_url.")
+    # The frame fields are documented for first_and_last_frames only; silently ignoring them would hide a bug.
+    if spec.generation_type == "omni_reference" and (has_start or has_end):
+        raise _invalid("start_image_url and end_image_url require generation_type first_and_last_frames.")
+    if isinstance(request.callback_url, str) and not request.callback_url.startswith(("http://", "https://")):
+        raise _invalid("callback_url must be an http(s) URL.")
+    # number_of_outputs is in the formula, but no request field sets it: always 1.
+    return spec.duration * rates[resolution]
+
+
+def _counts(tasks: Iterable[_Task], now_mono: float) -> dict[str, int]:
+    counts = dict.fromkeys(("total_jobs", "pending_jobs", "processing_jobs", "completed_jobs", "failed_jobs"), 0)
+    charged = refunded = 0
+    for task in tasks:
+        status = task.status(now_mono)
+        counts["total_jobs"] += 1
+        counts[f"{status}_jobs"] += 1
+        if status == "completed":
+            charged += task.credits
+        elif status == "failed":
+            refunded += task.credits
+    # net = charged - refunded, as the doc's usage example computes it (280 - 40 = 240).
+    return {**counts, "credits_charged": charged, "credits_refunded": refunded, "net_credits": charged - refunded}
+
+
+def _json(value: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State
+
+
+class _Seedancee2Sandbox:
+    def __init__(
+        self,
+        api_keys: frozenset[str],
+        webhook_secret: str | None,
+        knobs: SandboxKnobs,
+        callback_client: httpx.AsyncClient | None,
+    ) -> None:
+        self.api_keys = api_keys
+        self.webhook_secret = webhook_secret
+        self.chaos = Chaos(knobs)
+        self.client = callback_client
+        self.owns_client = False
+        self.tasks: dict[str, _Task] = {}
+        self.create_attempts = 0
+        self.accepted_creates: list[dict[str, Any]] = []
+        self.callbacks: list[CallbackRecord] = []
+        self.background: set[asyncio.Task[None]] = set()
+
+    # -- lifespan ---------------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self.client is None:
+            self.client = httpx.AsyncClient()
+            self.owns_client = True
+
+    async def shutdown(self) -> None:
+        pending = list(self.background)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.owns_client and self.client is not None:
+            await self.client.aclose()
+            self.client = None
+            self.owns_client = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    # -- API gate -------------------------------------------------------------------------------------------
+
+    async def gate(self, request: Request[Any, Any, Any]) -> str:
+        """Apply latency and bursts, then authenticate; return the caller's API key."""
+        knobs = self.chaos.knobs
+        if knobs.latency_s > 0:
+            await asyncio.sleep(knobs.latency_s)
+        if self.chaos.take_429():
+            # 429 is not documented by Seedancee2; the code and type are the emulator's choice.
+            raise SandboxApiError(
+                429, "rate_limit_exceeded", "Too many requests.", "rate_limit_error", {"Retry-After": "1"}
+            )
+        if self.chaos.take_5xx():
+            raise SandboxApiError(500, "internal_error", "Unexpected server error.", "api_error")
+        return self.authenticate(request.headers)
+
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer" and token.strip() in self.api_keys:
+                return token.strip()
+        api_key = headers.get("x-api-key")
+        if api_key is not None and api_key in self.api_keys:
+            return api_key
+        raise SandboxApiError(
+            401, "invalid_api_key", "API key is missing, invalid, or disabled.", "authentication_error"
+        )
+
+    def owned_task(self, task_id: str, owner: str) -> _Task:
+        task = self.tasks.get(task_id)
+        # Another key's task is reported as missing, not forbidden, so ids do not leak across accounts.
+        if task is None or task.owner != owner:
+            raise _task_not_found(task_id)
+        return task
+
+    # -- create -----------------------------------------------------------------------------------------
+
+    def create(self, owner: str, raw: bytes) -> _Task:
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise _invalid("Request body is not valid JSON.") from None
+        try:
+            # Decoded from the raw bytes (not converted from `body`) so JSON types are checked strictly.
+            request = msgspec.json.decode(raw, type=CreateRequest)
+        except msgspec.ValidationError as exc:
+            raise _invalid(str(exc)) from None
+        credits = _validate(request)
+        knobs = self.chaos.knobs
+        task = _Task(
+            id=f"vid_{str(ULID()).lower()}",
+            owner=owner,
+            request=request,
+            body=body,
+            credits=credits,
+            created_at=datetime.now(UTC),
+            created_mono=time.monotonic(),
+            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
+            processing_after_s=knobs.processing_after_s,
+            lifetime_s=knobs.complete_after_s,
+            terminal_after_s=knobs.complete_after_s,
+            outcome="failed" if self.chaos.should_fail() else "completed",
+        )
+        self.tasks[task.id] = task
+        self.accepted_creates.append({"id": task.id, "body": body})
+        if isinstance(request.callback_url, str):
+            task.waiter = self._spawn(self._callback_when_terminal(task))
+        return task
+
+    def force(self, task_id: str, outcome: Outcome) -> _Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise _task_not_found(task_id)
+        now = time.monotonic()
+        if task.status(now) in TERMINAL:
+            raise SandboxApiError(
+                409, "task_already_terminal", f"Task {task_id} is already {task.status(now)}.", "sandbox_error"
+            )
+        task.terminal_after_s = now - task.created_mono
+        task.outcome = outcome
+        task.forced = True
+        if task.waiter is not None:
+            task.waiter.cancel()
+        if isinstance(task.request.callback_url, str):
+            task.waiter = self._spawn(self._terminal_callback(task))
+        return task
+
+    # -- callbacks --------------------------------------------------------------------------------------
+
+    async def _callback_when_terminal(self, task: _Task) -> None:
+        await asyncio.sleep(max(0.0, task.created_mono + task.terminal_after_s - time.monotonic()))
+        # asyncio may wake a timer up to one clock tick early: make the task terminal as of now, so a
+        # concurrent force sees it settled and the callback body shows the terminal state.
+        task.terminal_after_s = min(task.terminal_after_s, time.monotonic() - task.created_mono)
+        await self._terminal_callback(task)
+
+    def _terminal_callback(self, task: _Task) -> Coroutine[Any, Any, None]:
+        """Snapshot the body and roll the dice now (synchronously); return the coroutine that delivers.
+
+        Deciding at the terminal transition, not when the delivery task first runs, keeps a knobs change
+        that follows a force from affecting that force's callback.
+        """
+        assert isinstance(task.request.callback_url, str)
+        url = task.request.callback_url
+        view = task.view(time.monotonic(), for_callback=True)
+        event = f"video.generation.{view.status}"
+        body = msgspec.json.encode(DataEnvelope(view))
+        drop = self.chaos.should_drop_callback()
+        duplicate = self.chaos.should_duplicate_callback()
+        stale = self.chaos.should_reorder_callback()
+
+        async def deliver() -> None:
+            if drop:
+                self._record(task.id, url, event, "dropped", 0, None, None)
+                return
+            headers = await self._deliver(task.id, url, event, body, "delivery")
+            if duplicate:
+                await self._deliver(task.id, url, event, body, "duplicate")
+            if stale:
+                # One task lifetime later, callbacks of tasks created after this one have gone out first.
+                await asyncio.sleep(max(task.lifetime_s, 0.1))
+                await self._deliver(task.id, url, event, body, "stale_replay", replay_headers=headers)
+
+        return deliver()
+
+    def _headers(self, event: str, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "X-Seedancee2-Event": event}
+        if self.webhook_secret is not None:
+            headers["X-Seedancee2-Signature"] = _sign_callback(self.webhook_secret, int(time.time()), body)
+        return headers
+
+    async def _deliver(
+        self,
+        task_id: str,
+        url: str,
+        event: str,
+        body: bytes,
+        kind: str,
+        *,
+        replay_headers: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """POST with a few retries; each attempt is signed afresh unless replaying stale headers."""
+        headers = replay_headers or self._headers(event, body)
+        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
+            if attempt > 1:
+                await asyncio.sleep(CALLBACK_BACKOFF_S * 2 ** (attempt - 2))
+                headers = replay_headers or self._headers(event, body)
+            if await self._post_once(task_id, url, event, body, headers, kind, attempt):
+                break
+        return headers
+
+    async def _post_once(
+        self, task_id: str, url: str, event: str, body: bytes, headers: dict[str, str], kind: str, attempt: int
+    ) -> bool:
+        if self.client is None:
+            self._record(task_id, url, event, kind, attempt, None, "callback client not started (no lifespan)")
+            return False
+        try:
+            response = await self.client.post(url, content=body, headers=headers, timeout=CALLBACK_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            self._record(task_id, url, event, kind, attempt, None, f"{type(exc).__name__}: {exc}")
+            return False
+        self._record(task_id, url, event, kind, attempt, response.status_code, None)
+        return response.is_success
+
+    def _record(
+        self, task_id: str, url: str, event: str, kind: str, attempt: int, status_code: int | None, error: str | None
+    ) -> None:
+        self.callbacks.append(
+            CallbackRecord(
+                task_id=task_id,
+                url=url,
+                event=event,
+                kind=kind,
+                attempt=attempt,
+                status_code=status_code,
+                error=error,
+                at=_iso(datetime.now(UTC)),
+            )
+        )
+
+    # -- usage ------------------------------------------------------------------------------------------
+
+    def usage(self, owner: str, start: datetime | None, end: datetime | None, limit: int) -> dict[str, Any]:
+        now = time.monotonic()
+        tasks = [
+            task
+            for task in self.tasks.values()
+            if task.owner == owner
+            and (start is None or task.created_at >= start)
+            and (end is None or task.created_at <= end)
+        ]
+        by_model: dict[str, list[_Task]] = {}
+        by_day: dict[str, list[_Task]] = {}
+        for task in tasks:
+            by_model.setdefault(task.request.model, []).append(task)
+            by_day.setdefault(task.created_at.date().isoformat(), []).append(task)
+        # Assumption: "max daily timeline rows" keeps the most recent days, listed oldest first.
+        days = sorted(by_day)[-limit:]
+        return {
+            # Assumption: an absent bound is echoed as null (the doc only shows both bounds given).
+            "range": {
+                "start": _iso(start) if start is not None else None,
+                "end": _iso(end) if end is not None else None,
+            },
+            "summary": _counts(tasks, now),
+            "by_model": [{"model": model, **_counts(by_model[model], now)} for model in sorted(by_model)],
+            "timeline": [{"date": day, **_counts(by_day[day], now)} for day in days],
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# App
+
+
+def create_seedancee2_sandbox(
+    *,
+    api_key: str = "sk_seedancee2_live_sandbox",
+    webhook_secret: str | None = "whsec_seedancee2_sandbox",  # noqa: S107 - a public sandbox-only secret
+    knobs: SandboxKnobs | None = None,
+    callback_client: httpx.AsyncClient | None = None,
+    extra_api_keys: Iterable[str] = (),
+) -> Litestar:
+    """Build the emulator app.
+
+    Args:
+        api_key: Key accepted as `Authorization: Bearer <key>` or `x-api-key: <key>`.
+        webhook_secret: Signs callbacks; None emulates an account with webhook signing disabled.
+        knobs: Initial chaos settings; replaceable at runtime with `PUT /_sandbox/knobs`.
+        callback_client: Client used to POST callbacks; when None one is created on startup and closed on
+            shutdown.
+        extra_api_keys: More accepted keys, each seeing only its own tasks (to test account isolation).
+    """
+    sandbox = _Seedancee2Sandbox(
+        api_keys=frozenset((api_key, *extra_api_keys)),
+        webhook_secret=webhook_secret,
+        knobs=knobs or SandboxKnobs(),
+        callback_client=callback_client,
+    )
+
+    # -- provider API -------------------------------------------------------------------------------------
+
+    @post("/v1/videos/generations", status_code=200)
+    async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
+        # Counted before the gate so tests can see attempts that were rate limited or rejected.
+        sandbox.create_attempts += 1
+        owner = await sandbox.gate(request)
+        task = sandbox.create(owner, await request.body())
+        created = CreatedTask(
+            id=task.id,
+            status="pending",
+            model=task.request.model,
+            credits_reserved=task.credits,
+            created_at=_iso(task.created_at),
+        )
+        return _json(DataEnvelope(created))
+
+    @get("/v1/videos/generations/{task_id:str}")
+    async def get_generation(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        return _json(DataEnvelope(sandbox.owned_task(task_id, owner).view(time.monotonic())))
+
+    @get("/v1/videos/generations")
+    async def list_generations(request: Request[Any, Any, Any]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        status = request.query_params.get("status")
+        if status is not None and status not in STATUSES:
+            raise _invalid(f"status must be one of {', '.join(STATUSES)}.")
+        limit = _parse_limit(request.query_params.get("limit"), default=20, maximum=100)
+        now = time.monotonic()
+        views: list[TaskView] = []
+        for task in reversed(sandbox.tasks.values()):  # newest first; the doc offers no cursor
+            if task.owner != owner:
+                continue
+            view = task.view(now)
+            if status is None or view.status == status:
+                views.append(view)
+            if len(views) == limit:
+                break
+        return _json(DataEnvelope(views))
+
+    @get("/v1/models")
+    async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+        await sandbox.gate(request)
+        models = [
+            ModelInfo(
+                id=model,
+                status="active",
+                resolutions=list(rates),
+                duration=DurationRange(min=MIN_DURATION_S, max=MAX_DURATION_S),
+            )
+            for model, rates in RATES.items()
+        ]
+        return _json(DataEnvelope(models))
+
+    @get("/v1/usage")
+    async def usage(request: Request[Any, Any, Any]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        params = request.query_params
+        start_raw, end_raw = params.get("start"), params.get("end")
+        start = _parse_iso(start_raw, "start") if start_raw is not None else None
+        end = _parse_iso(end_raw, "end") if end_raw is not None else None
+        limit = _parse_limit(params.get("limit"), default=30, maximum=365)
+        return _json(DataEnvelope(sandbox.usage(owner, start, end, limit)))
+
+    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
+
+    @get("/_sandbox/creates")
+    async def sandbox_creates() -> Response[bytes]:
+        """Accepted create bodies in arrival order, plus the count of every create attempt."""
+        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
+
+    @get("/_sandbox/tasks")
+    async def sandbox_tasks() -> Response[bytes]:
+        now = time.monotonic()
+        tasks = [
+            {
+                "id": task.id,
+                "status": task.status(now),
+                "outcome": task.outcome,
+                "forced": task.forced,
+                "callback_url": task.request.callback_url or None,
+                "request": task.body,
+                "view": task.view(now),
+            }
+            for task in sandbox.tasks.values()
+        ]
+        return _json({"tasks": tasks})
+
+    @get("/_sandbox/knobs")
+    async def sandbox_get_knobs() -> Response[bytes]:
+        return _json(sandbox.chaos.knobs)
+
+    @put("/_sandbox/knobs")
+    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
+        try:
+            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _invalid(str(exc)) from None
+        sandbox.chaos = Chaos(knobs)
+        return _json(knobs)
+
+    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
+    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(DataEnvelope(sandbox.force(task_id, "completed").view(time.monotonic())))
+
+    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
+    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(DataEnvelope(sandbox.force(task_id, "failed").view(time.monotonic())))
+
+    @get("/_sandbox/callbacks")
+    async def sandbox_callbacks() -> Response[bytes]:
+        return _json({"callbacks": sandbox.callbacks})
+
+    return Litestar(
+        route_handlers=[
+            create_generation,
+            get_generation,
+            list_generations,
+            list_models,
+            usage,
+            sandbox_creates,
+            sandbox_tasks,
+            sandbox_get_knobs,
+            sandbox_put_knobs,
+            sandbox_complete,
+            sandbox_fail,
+            sandbox_callbacks,
+        ],
+        exception_handlers={
+            SandboxApiError: _on_sandbox_error,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected_error,
+        },
+        on_startup=[sandbox.startup],
+        on_shutdown=[sandbox.shutdown],
+        openapi_config=None,
+    )

@@ -1,0 +1,168 @@
+"""Typed settings read from REELAY_* environment variables; nothing is read at import time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+PROVIDER_NAMES = ("seedancee2", "minuit", "mindvideo", "imini", "magnific")
+
+DEFAULT_BASE_URLS = {
+    "seedancee2": "https://api.seedancee2.ai",
+    "minuit": "https://seedance2.lol",
+    "mindvideo": "https://api.mindvideo.ai",
+    "imini": "https://api.imini.ai",
+    "magnific": "https://api.magnific.com",
+}
+
+
+class ConfigError(ValueError):
+    """A REELAY_* variable has a value that cannot be used."""
+
+
+class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):
+    base_url: str
+    api_key: str | None = None
+    # Several secrets separated by commas are all accepted, so a secret can be rotated without downtime.
+    webhook_secrets: tuple[str, ...] = ()
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_key)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = "sqlite:///./var/reelay.db"
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+    providers: dict[str, ProviderSettings] = msgspec.field(
+        default_factory=lambda: {name: ProviderSettings(base_url=url) for name, url in DEFAULT_BASE_URLS.items()}
+    )
+    model_aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    dispatch_concurrency: int = 8
+    poll_concurrency: int = 8
+    job_timeout_seconds: float = 3600.0
+    callback_grace_seconds: float = 120.0
+    upstream_timeout_seconds: float = 30.0
+    webhook_tolerance_seconds: int = 300
+    max_body_bytes: int = 1_048_576
+    sse_heartbeat_seconds: float = 15.0
+    sse_queue_size: int = 1000
+    sse_retry_ms: int = 2000
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from REELAY_* variables (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        providers = {}
+        for name in PROVIDER_NAMES:
+            prefix = f"REELAY_{name.upper()}_"
+            options = {
+                key.removeprefix(prefix).lower(): value
+                for key, value in env.items()
+                if key.startswith(prefix) and key.removeprefix(prefix) not in {"BASE_URL", "API_KEY", "WEBHOOK_SECRET"}
+            }
+            providers[name] = ProviderSettings(
+                base_url=reader.text(prefix + "BASE_URL", DEFAULT_BASE_URLS[name]).rstrip("/"),
+                api_key=env.get(prefix + "API_KEY") or None,
+                webhook_secrets=tuple(
+                    s.strip() for s in env.get(prefix + "WEBHOOK_SECRET", "").split(",") if s.strip()
+                ),
+                options=options,
+            )
+        defaults = cls()
+        return cls(
+            database_url=reader.text("REELAY_DATABASE_URL", defaults.database_url),
+            public_url=reader.text("REELAY_PUBLIC_URL", defaults.public_url).rstrip("/"),
+            host=reader.text("REELAY_HOST", defaults.host),
+            port=reader.integer("REELAY_PORT", defaults.port, low=0, high=65535),
+            log_format=reader.choice("REELAY_LOG_FORMAT", defaults.log_format, ("json", "console")),  # type: ignore[arg-type]
+            log_level=reader.choice(
+                "REELAY_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error", "critical")
+            ),
+            providers=providers,
+            model_aliases=reader.mapping("REELAY_MODEL_ALIASES"),
+            dispatch_concurrency=reader.integer("REELAY_DISPATCH_CONCURRENCY", defaults.dispatch_concurrency, low=1),
+            poll_concurrency=reader.integer("REELAY_POLL_CONCURRENCY", defaults.poll_concurrency, low=1),
+            job_timeout_seconds=reader.number("REELAY_JOB_TIMEOUT_SECONDS", defaults.job_timeout_seconds),
+            callback_grace_seconds=reader.number("REELAY_CALLBACK_GRACE_SECONDS", defaults.callback_grace_seconds),
+            upstream_timeout_seconds=reader.number(
+                "REELAY_UPSTREAM_TIMEOUT_SECONDS", defaults.upstream_timeout_seconds
+            ),
+            webhook_tolerance_seconds=reader.integer(
+                "REELAY_WEBHOOK_TOLERANCE_SECONDS", defaults.webhook_tolerance_seconds, low=1
+            ),
+            max_body_bytes=reader.integer("REELAY_MAX_BODY_BYTES", defaults.max_body_bytes, low=1024),
+            sse_heartbeat_seconds=reader.number("REELAY_SSE_HEARTBEAT_SECONDS", defaults.sse_heartbeat_seconds),
+            sse_queue_size=reader.integer("REELAY_SSE_QUEUE_SIZE", defaults.sse_queue_size, low=1),
+            sse_retry_ms=reader.integer("REELAY_SSE_RETRY_MS", defaults.sse_retry_ms, low=0),
+            sqlite_synchronous=reader.choice(  # type: ignore[arg-type]
+                "REELAY_SQLITE_SYNCHRONOUS", defaults.sqlite_synchronous, ("FULL", "NORMAL")
+            ),
+        )
+
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers.get(name) or ProviderSettings(base_url=DEFAULT_BASE_URLS.get(name, ""))
+
+
+class _Reader:
+    """Parses one variable at a time and names the variable in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        value = self._env.get(name, "").strip()
+        return value or default
+
+    def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {raw!r}")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        for option in allowed:
+            if raw.lower() == option.lower():
+                return option
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+
+    def mapping(self, name: str) -> dict[str, str]:
+        raw = self._env.get(name, "").strip()
+        result: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            alias, sep, target = item.partition("=")
+            if not sep or not alias.strip() or not target.strip():
+                raise ConfigError(f"{name} takes alias=provider/model pairs separated by commas, got {item!r}")
+            result[alias.strip()] = target.strip()
+        return result

@@ -1,0 +1,263 @@
+"""Background work on leased jobs: the dispatcher (outbox of upstream creates) and the poller.
+
+Both claim due jobs with a lease, handle each in its own task under a concurrency cap, and write
+every outcome back through the job state machine. Only these loops read the clock; the schedules
+they use are pure functions of an attempt number and a random source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from service import jobs
+from service.gateway import Gateway
+from service.providers.base import OutcomeUnknown, PermanentError, ProviderError, TransientError
+from storage import DispatchState, JobRecord, Stage, StorageError
+
+log = structlog.get_logger("reelay.worker")
+
+
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
+    """Exponential delays with jitter: `initial * factor**attempt`, capped, then spread by ±jitter."""
+
+    initial: float = 1.0
+    factor: float = 2.0
+    cap: float = 60.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, rng: random.Random, *, at_least: float | None = None) -> float:
+        base = min(self.cap, self.initial * self.factor ** max(0, attempt))
+        spread = base * rng.uniform(1 - self.jitter, 1 + self.jitter)
+        return max(spread, at_least or 0.0)
+
+
+class LeasedLoop:
+    """Claims due jobs and runs `handle` for each, at most `concurrency` at a time."""
+
+    name = "loop"
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        concurrency: int,
+        lease_seconds: float = 120.0,
+        idle_seconds: float = 0.5,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.store = gateway.store
+        self.clock: Callable[[], float] = gateway.clock
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.idle_seconds = idle_seconds
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def claim(self, now: float, limit: int) -> list[JobRecord]:
+        raise NotImplementedError
+
+    async def handle(self, job: JobRecord) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        while True:
+            free = self.concurrency - len(self._inflight)
+            claimed: list[JobRecord] = []
+            if free > 0:
+                try:
+                    claimed = await self.claim(self.clock(), free)
+                except StorageError as exc:
+                    log.error(f"{self.name}.claim_failed", error=str(exc))
+            for job in claimed:
+                task = asyncio.create_task(self._guarded(job))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+            if len(claimed) == free and free > 0:
+                continue  # there may be more due right now
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle_seconds)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def _guarded(self, job: JobRecord) -> None:
+        bound = structlog.contextvars.bound_contextvars(job_id=job.id, provider=job.provider)
+        with bound:
+            try:
+                await self.handle(job)
+            except StorageError as exc:
+                # The lease expires and the job is claimed again; nothing is lost.
+                log.error(f"{self.name}.storage_failed", error=str(exc))
+            except Exception:
+                log.exception(f"{self.name}.crashed")
+
+    async def drain(self) -> None:
+        """Wait for in-flight work (used on shutdown)."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _update(self, job: JobRecord, decide: Callable[[JobRecord], Any]) -> JobRecord:
+        outcome = await self.store.update_job(job.id, decide)
+        if outcome.event is not None:
+            log.info(outcome.event.type, status=outcome.job.status)
+        return outcome.job
+
+    async def _fail(self, job: JobRecord, code: str, message: str, provider_code: str | None = None) -> None:
+        now = self.clock()
+        log.warning("job.failing", code=code, reason=message, provider_code=provider_code)
+        await self._update(
+            job, lambda j: jobs.failed(j, code=code, message=message, now=now, provider_code=provider_code)
+        )
+
+
+class Dispatcher(LeasedLoop):
+    """Sends queued jobs upstream once, retrying transient failures with backoff and jitter."""
+
+    name = "dispatch"
+
+    def __init__(self, gateway: Gateway, *, backoff: Backoff | None = None, **kwargs: Any) -> None:
+        super().__init__(gateway, concurrency=gateway.settings.dispatch_concurrency, **kwargs)
+        self.backoff = backoff or Backoff()
+
+    async def claim(self, now: float, limit: int) -> list[JobRecord]:
+        return await self.store.claim_dispatch(now, limit, self.lease_seconds)
+
+    async def handle(self, job: JobRecord) -> None:
+        now = self.clock()
+        adapter = self.gateway.adapters.get(job.provider)
+        spec = self.gateway.models.get(job.model)
+        if adapter is None or spec is None:
+            await self._fail(job, "provider_unavailable", f"provider {job.provider} is not configured")
+            return
+        if now >= job.deadline_at:
+            await self._fail(job, "timeout", "the job was not accepted by the provider before its deadline")
+            return
+        if job.dispatch_state == DispatchState.SENDING:
+            # An earlier create may have reached the provider; find out before sending again.
+            if adapter.unknown_outcome == "lookup":
+                try:
+                    found = await adapter.find_submission(job)
+                except ProviderError as exc:
+                    await self._retry(job, exc, maybe_sent=True)
+                    return
+                if found is not None:
+                    log.info("dispatch.recovered", provider_task_id=found.provider_task_id)
+                    await self._submitted(job, found.provider_task_id, found.cost, spec.callbacks)
+                    return
+            elif adapter.unknown_outcome != "idempotency":
+                await self._fail(
+                    job,
+                    "submit_outcome_unknown",
+                    "the create request was sent but its answer was lost; it is not resent, to avoid paying twice",
+                )
+                return
+        job = await self._update(
+            job,
+            lambda j: jobs.rescheduled(
+                j, dispatch_state=DispatchState.SENDING, dispatch_attempts=j.dispatch_attempts + 1
+            ),
+        )
+        if job.stage != Stage.QUEUED or job.dispatch_state != DispatchState.SENDING:
+            return  # cancelled or completed meanwhile
+        try:
+            submission = await adapter.submit(job, spec, self.gateway.callback_url(job, adapter))
+        except PermanentError as exc:
+            await self._fail(job, "provider_rejected", exc.message, exc.provider_code)
+        except OutcomeUnknown as exc:
+            await self._retry(job, exc, maybe_sent=True)
+        except TransientError as exc:
+            await self._retry(job, exc, maybe_sent=exc.maybe_sent)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("dispatch.bad_answer", error=str(exc))
+            await self._retry(job, exc, maybe_sent=True)
+        else:
+            await self._submitted(job, submission.provider_task_id, submission.cost, spec.callbacks)
+
+    async def _submitted(self, job: JobRecord, task_id: str, cost: dict[str, Any] | None, callbacks: bool) -> None:
+        now = self.clock()
+        settings = self.gateway.settings
+        first_poll = settings.callback_grace_seconds if callbacks else Poller.schedule.delay(0, self.rng)
+        await self._update(
+            job,
+            lambda j: jobs.submitted(
+                j, provider_task_id=task_id, cost=cost, now=now, next_poll_at=min(now + first_poll, j.deadline_at)
+            ),
+        )
+
+    async def _retry(self, job: JobRecord, exc: Exception, *, maybe_sent: bool) -> None:
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        delay = self.backoff.delay(job.dispatch_attempts, self.rng, at_least=retry_after)
+        state = DispatchState.SENDING if maybe_sent else DispatchState.PENDING
+        log.warning("dispatch.retrying", error=str(exc), delay=round(delay, 2), attempt=job.dispatch_attempts)
+        next_at = self.clock() + delay
+        await self._update(
+            job, lambda j: jobs.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
+        )
+
+
+class Poller(LeasedLoop):
+    """Asks providers for the state of submitted jobs: the only signal for providers without
+    callbacks, and the safety net when a callback is overdue."""
+
+    name = "poll"
+    schedule = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(gateway, concurrency=gateway.settings.poll_concurrency, **kwargs)
+
+    async def claim(self, now: float, limit: int) -> list[JobRecord]:
+        return await self.store.claim_polls(now, limit, self.lease_seconds)
+
+    async def handle(self, job: JobRecord) -> None:
+        now = self.clock()
+        adapter = self.gateway.adapters.get(job.provider)
+        if adapter is None or job.provider_task_id is None:
+            await self._fail(job, "provider_unavailable", f"provider {job.provider} is not configured")
+            return
+        if now >= job.deadline_at:
+            await self._fail(job, "timeout", "the provider did not finish the job before its deadline")
+            return
+        report = None
+        retry_after = None
+        try:
+            report = await adapter.fetch(job.provider_task_id)
+        except PermanentError as exc:
+            await self._fail(job, "provider_error", exc.message, exc.provider_code)
+            return
+        except TransientError as exc:
+            retry_after = exc.retry_after
+            log.warning("poll.retrying", error=str(exc))
+        except (ProviderError, ValueError, KeyError, TypeError) as exc:
+            log.warning("poll.bad_answer", error=str(exc))
+        delay = self.schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)
+
+        def decide(current: JobRecord) -> tuple[JobRecord, str | None] | None:
+            change = jobs.reported(current, report, now=now) if report is not None else None
+            updated, event = change if change is not None else (current, None)
+            if updated.stage == Stage.TERMINAL:
+                return change
+            return (
+                msgspec.structs.replace(
+                    updated,
+                    next_poll_at=min(now + delay, updated.deadline_at),
+                    poll_attempts=current.poll_attempts + 1,
+                    lease_until=None,
+                ),
+                event,
+            )
+
+        await self._update(job, decide)

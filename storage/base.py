@@ -1,0 +1,112 @@
+"""The storage contract: domain-level async operations that every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from storage.records import (
+    ApiKeyRecord,
+    CreateOutcome,
+    EventRecord,
+    IdempotencyClaim,
+    JobFilter,
+    JobRecord,
+    Receipt,
+    UpdateOutcome,
+)
+
+JobEncoder = Callable[[JobRecord], bytes]
+"""Turns a job into the JSON snapshot stored with each event (the service decides the shape)."""
+
+EventListener = Callable[[Sequence[EventRecord]], None]
+"""Called with newly committed events, in commit order."""
+
+Decision = tuple[JobRecord, str | None] | None
+"""What a decide function returns: the job's new state and the event type to log, or None."""
+
+Decide = Callable[[JobRecord], Decision]
+
+
+class Store(Protocol):
+    """Durable home of keys, jobs, the event log, webhook receipts and idempotency keys."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None:
+        """Release connections; pending writes are finished first."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations and return the names of those applied."""
+
+    async def check(self) -> None:
+        """Raise StorageUnavailable or SchemaOutdated unless the store is ready to serve."""
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Register a callback for committed events."""
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        """Store a new API key (its secret only as a hash)."""
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """One API key, revoked or not."""
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every API key, oldest first."""
+
+    async def revoke_api_key(self, key_id: str, at: str) -> bool:
+        """Revoke a key; False if it does not exist or was already revoked."""
+
+    async def create_job(
+        self, job: JobRecord, event_type: str, *, idempotency: IdempotencyClaim | None = None
+    ) -> CreateOutcome:
+        """Insert a job and its first event, or return the job an idempotency key already made.
+
+        Raises IdempotencyConflict when the key was used with a different request.
+        """
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """One job by id."""
+
+    async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
+        """The job a provider's task id belongs to."""
+
+    async def list_jobs(
+        self, api_key_id: str, filters: JobFilter, *, limit: int, before_id: str | None = None
+    ) -> list[JobRecord]:
+        """A key's jobs, newest first, starting strictly before `before_id`."""
+
+    async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
+        """Atomically read a job, let `decide` compute its next state, write it and log its event.
+
+        With a receipt, a webhook already recorded is reported as duplicate and nothing changes;
+        otherwise the receipt is recorded in the same transaction.
+        """
+
+    async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        """Lease jobs whose upstream create is due."""
+
+    async def claim_polls(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        """Lease submitted, unfinished jobs whose status check is due."""
+
+    async def release_leases(self) -> int:
+        """Drop every lease (a single-process store does this at start-up)."""
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        api_key_id: str | None = None,
+        job_id: str | None = None,
+        limit: int = 500,
+    ) -> list[EventRecord]:
+        """Logged events with id greater than `after_id`, oldest first."""
+
+    async def last_event_id(self) -> int:
+        """The id of the newest event, or 0."""
+
+    async def usage(
+        self, api_key_id: str, start: str | None, end: str | None
+    ) -> list[tuple[str, str, str, int, float, float]]:
+        """(day, model, status, jobs, credits_estimate, credits_charged) rows for the key's jobs."""

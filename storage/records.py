@@ -1,0 +1,102 @@
+"""Plain records that cross the storage boundary: what is stored, not how it is shown."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+import msgspec
+
+
+class Stage(IntEnum):
+    """How far a job has come; a job's stage never decreases."""
+
+    QUEUED = 0
+    SUBMITTED = 1
+    PROCESSING = 2
+    TERMINAL = 3
+
+
+class DispatchState:
+    """Outbox state of a job's upstream create."""
+
+    PENDING = "pending"  # not yet sent, or safe to send again
+    SENDING = "sending"  # a create may be in flight; its outcome is unknown after a crash
+    DONE = "done"  # the provider accepted it, or the job ended before it was sent
+
+
+class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    secret_hash: bytes
+    created_at: str
+    revoked_at: str | None = None
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    api_key_id: str
+    model: str
+    provider: str
+    status: str
+    stage: int
+    input: dict[str, Any]
+    metadata: dict[str, str]
+    cost: dict[str, Any]
+    callback_token: str
+    created_at: str
+    updated_at: str
+    deadline_at: float
+    provider_task_id: str | None = None
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    completed_at: str | None = None
+    dispatch_state: str = DispatchState.PENDING
+    dispatch_attempts: int = 0
+    next_attempt_at: float | None = None
+    next_poll_at: float | None = None
+    poll_attempts: int = 0
+    lease_until: float | None = None
+
+
+class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the event log; `job` is the job's JSON as it was right after the change."""
+
+    id: int
+    job_id: str
+    api_key_id: str
+    type: str
+    created_at: str
+    job: bytes
+
+
+class IdempotencyClaim(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    request_hash: str
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """Identifies one delivered webhook so a redelivery is recognised."""
+
+    provider: str
+    key: str
+
+
+class CreateOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    job: JobRecord
+    created: bool
+    event: EventRecord | None = None
+
+
+class UpdateOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    job: JobRecord
+    event: EventRecord | None = None
+    changed: bool = False
+    duplicate: bool = False
+
+
+class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
+    status: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)

@@ -1,0 +1,512 @@
+"""SQLite backend of the storage contract, on aiosqlite: one writer connection, one reader, WAL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from storage import migrations
+from storage.base import Decide, EventListener, JobEncoder
+from storage.errors import IdempotencyConflict, SchemaOutdated, StorageUnavailable
+from storage.records import (
+    ApiKeyRecord,
+    CreateOutcome,
+    DispatchState,
+    EventRecord,
+    IdempotencyClaim,
+    JobFilter,
+    JobRecord,
+    Receipt,
+    Stage,
+    UpdateOutcome,
+)
+
+_JOB_COLUMNS = (
+    "id, api_key_id, model, provider, status, stage, input, metadata, provider_task_id, output, error, "
+    "cost, callback_token, created_at, updated_at, completed_at, deadline_at, dispatch_state, "
+    "dispatch_attempts, next_attempt_at, next_poll_at, poll_attempts, lease_until"
+)
+_MUTABLE = (
+    "status",
+    "stage",
+    "provider_task_id",
+    "output",
+    "error",
+    "cost",
+    "updated_at",
+    "completed_at",
+    "deadline_at",
+    "dispatch_state",
+    "dispatch_attempts",
+    "next_attempt_at",
+    "next_poll_at",
+    "poll_attempts",
+    "lease_until",
+)
+_UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
+_EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
+
+_json_encode = msgspec.json.Encoder().encode
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_meta = msgspec.json.Decoder(dict[str, str]).decode
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    path = url.removeprefix("sqlite:///")
+    if not path or path == ":memory:":
+        raise ValueError("an in-memory SQLite database cannot be shared between connections; give a file")
+    return path
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _job_from_row(row: Sequence[Any]) -> JobRecord:
+    return JobRecord(
+        id=row[0],
+        api_key_id=row[1],
+        model=row[2],
+        provider=row[3],
+        status=row[4],
+        stage=row[5],
+        input=_decode_dict(row[6]),
+        metadata=_decode_meta(row[7]),
+        provider_task_id=row[8],
+        output=None if row[9] is None else _decode_dict(row[9]),
+        error=None if row[10] is None else _decode_dict(row[10]),
+        cost=_decode_dict(row[11]),
+        callback_token=row[12],
+        created_at=row[13],
+        updated_at=row[14],
+        completed_at=row[15],
+        deadline_at=row[16],
+        dispatch_state=row[17],
+        dispatch_attempts=row[18],
+        next_attempt_at=row[19],
+        next_poll_at=row[20],
+        poll_attempts=row[21],
+        lease_until=row[22],
+    )
+
+
+def _mutable_values(job: JobRecord) -> list[Any]:
+    return [
+        job.status,
+        job.stage,
+        job.provider_task_id,
+        None if job.output is None else _json_encode(job.output),
+        None if job.error is None else _json_encode(job.error),
+        _json_encode(job.cost),
+        job.updated_at,
+        job.completed_at,
+        job.deadline_at,
+        job.dispatch_state,
+        job.dispatch_attempts,
+        job.next_attempt_at,
+        job.next_poll_at,
+        job.poll_attempts,
+        job.lease_until,
+    ]
+
+
+def _event_from_row(row: Sequence[Any]) -> EventRecord:
+    return EventRecord(id=row[0], job_id=row[1], api_key_id=row[2], type=row[3], created_at=row[4], job=row[5])
+
+
+class SqliteStore:
+    """The storage contract on one SQLite file.
+
+    Writes go through one connection under a lock, so commit order is event-id order and listeners
+    are called in that order; reads use a second connection and never see uncommitted data.
+    """
+
+    def __init__(self, path: str | Path, encode_job: JobEncoder, *, synchronous: str = "FULL") -> None:
+        self._path = str(path)
+        self._encode_job = encode_job
+        self._synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._listeners: list[EventListener] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        with _translated():
+            self._writer = await self._connect()
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self.migrate()
+            self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self._path, isolation_level=None)
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            for conn in (self._reader, self._writer):
+                if conn is not None:
+                    await conn.close()
+            self._reader = self._writer = None
+
+    async def migrate(self) -> list[str]:
+        writer = self._writer
+        if writer is None:
+            raise StorageUnavailable("store is not open")
+        applied: list[str] = []
+        async with self._write_lock:
+            with _translated():
+                await writer.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                done = {row[0] for row in await writer.execute_fetchall("SELECT version FROM schema_migrations")}
+                for version, name, sql in migrations.load("sqlite"):
+                    if version in done:
+                        continue
+                    # executescript commits first, so the whole migration runs in its own BEGIN...COMMIT.
+                    await writer.executescript(
+                        f"BEGIN IMMEDIATE;\n{sql}\n"
+                        f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{_now_iso()}');\nCOMMIT;"
+                    )
+                    applied.append(name)
+        return applied
+
+    async def check(self) -> None:
+        reader = self._require_reader()
+        with _translated():
+            rows = await reader.execute_fetchall("SELECT max(version) FROM schema_migrations")
+        newest = max(v for v, _, _ in migrations.load("sqlite"))
+        current = next(iter(rows))[0]
+        if current is None or current < newest:
+            raise SchemaOutdated(f"schema version {current}, code expects {newest}; run `reelay migrate`")
+        # A write probe: a full disk or a read-only file must make the store not ready.
+        async with self._transaction() as conn:
+            await conn.execute("UPDATE schema_migrations SET name = name WHERE version = ?", (newest,))
+
+    def add_listener(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _require_reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StorageUnavailable("store is not open")
+        return self._reader
+
+    @asynccontextmanager
+    async def _transaction(self, events: list[EventRecord] | None = None) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction; `events` gathered inside it are announced after commit, under the lock."""
+        async with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageUnavailable("store is not open")
+            with _translated():
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    await asyncio.shield(conn.rollback())
+                    raise
+                await conn.commit()
+            if events:
+                for listener in self._listeners:
+                    listener(events)
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
+        reader = self._require_reader()
+        with _translated():
+            return await reader.execute_fetchall(sql, tuple(params))
+
+    async def _append_event(
+        self, conn: aiosqlite.Connection, job: JobRecord, event_type: str, events: list[EventRecord]
+    ) -> EventRecord:
+        snapshot = self._encode_job(job)
+        cursor = await conn.execute(
+            "INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES (?, ?, ?, ?, ?)",
+            (job.id, job.api_key_id, event_type, job.updated_at, snapshot),
+        )
+        event_id = cursor.lastrowid
+        assert event_id is not None
+        event = EventRecord(
+            id=event_id,
+            job_id=job.id,
+            api_key_id=job.api_key_id,
+            type=event_type,
+            created_at=job.updated_at,
+            job=snapshot,
+        )
+        events.append(event)
+        return event
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
+                (key.id, key.name, key.secret_hash, key.created_at, key.revoked_at),
+            )
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        rows = await self._read(
+            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys WHERE id = ?", [key_id]
+        )
+        for row in rows:
+            return ApiKeyRecord(id=row[0], name=row[1], secret_hash=row[2], created_at=row[3], revoked_at=row[4])
+        return None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._read(
+            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        )
+        return [ApiKeyRecord(id=r[0], name=r[1], secret_hash=r[2], created_at=r[3], revoked_at=r[4]) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, at: str) -> bool:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id)
+            )
+            return cursor.rowcount == 1
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def create_job(
+        self, job: JobRecord, event_type: str, *, idempotency: IdempotencyClaim | None = None
+    ) -> CreateOutcome:
+        events: list[EventRecord] = []
+        async with self._transaction(events) as conn:
+            if idempotency is not None:
+                rows = await conn.execute_fetchall(
+                    "SELECT request_hash, job_id FROM idempotency_keys WHERE api_key_id = ? AND key = ?",
+                    (job.api_key_id, idempotency.key),
+                )
+                for request_hash, job_id in rows:
+                    if request_hash != idempotency.request_hash:
+                        raise IdempotencyConflict(job_id)
+                    existing = await self._get_job(conn, job_id)
+                    assert existing is not None
+                    return CreateOutcome(job=existing, created=False)
+                await conn.execute(
+                    "INSERT INTO idempotency_keys (api_key_id, key, request_hash, job_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (job.api_key_id, idempotency.key, idempotency.request_hash, job.id, job.created_at),
+                )
+            await conn.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 23)})",
+                (
+                    job.id,
+                    job.api_key_id,
+                    job.model,
+                    job.provider,
+                    job.status,
+                    job.stage,
+                    _json_encode(job.input),
+                    _json_encode(job.metadata),
+                    job.provider_task_id,
+                    None if job.output is None else _json_encode(job.output),
+                    None if job.error is None else _json_encode(job.error),
+                    _json_encode(job.cost),
+                    job.callback_token,
+                    job.created_at,
+                    job.updated_at,
+                    job.completed_at,
+                    job.deadline_at,
+                    job.dispatch_state,
+                    job.dispatch_attempts,
+                    job.next_attempt_at,
+                    job.next_poll_at,
+                    job.poll_attempts,
+                    job.lease_until,
+                ),
+            )
+            event = await self._append_event(conn, job, event_type, events)
+        return CreateOutcome(job=job, created=True, event=event)
+
+    @staticmethod
+    async def _get_job(conn: aiosqlite.Connection, job_id: str) -> JobRecord | None:
+        rows = await conn.execute_fetchall(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        for row in rows:
+            return _job_from_row(row)
+        return None
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        with _translated():
+            return await self._get_job(self._require_reader(), job_id)
+
+    async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
+        rows = await self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE provider = ? AND provider_task_id = ?",
+            (provider, provider_task_id),
+        )
+        for row in rows:
+            return _job_from_row(row)
+        return None
+
+    async def list_jobs(
+        self, api_key_id: str, filters: JobFilter, *, limit: int, before_id: str | None = None
+    ) -> list[JobRecord]:
+        clauses = ["api_key_id = ?"]
+        params: list[Any] = [api_key_id]
+        for column, value in (
+            ("status", filters.status),
+            ("model", filters.model),
+            ("provider", filters.provider),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        for key, value in filters.metadata.items():
+            clauses.append("json_extract(metadata, ?) = ?")
+            params.extend([_json_path(key), value])
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        params.append(limit)
+        rows = await self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", params
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
+        events: list[EventRecord] = []
+        async with self._transaction(events) as conn:
+            current = await self._get_job(conn, job_id)
+            if current is None:
+                raise KeyError(job_id)
+            if receipt is not None:
+                cursor = await conn.execute(
+                    "INSERT OR IGNORE INTO webhook_receipts (provider, receipt_key, received_at) VALUES (?, ?, ?)",
+                    (receipt.provider, receipt.key, _now_iso()),
+                )
+                if cursor.rowcount == 0:
+                    return UpdateOutcome(job=current, duplicate=True)
+            decision = decide(current)
+            if decision is None:
+                return UpdateOutcome(job=current)
+            job, event_type = decision
+            await conn.execute(_UPDATE_SQL, [*_mutable_values(job), job_id])
+            event = None if event_type is None else await self._append_event(conn, job, event_type, events)
+        return UpdateOutcome(job=job, event=event, changed=True)
+
+    # -- outbox and polling ------------------------------------------------------------------
+
+    async def _claim(self, where: str, order: str, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        async with self._transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} AND (lease_until IS NULL OR lease_until <= ?) "
+                f"ORDER BY {order} LIMIT ?",
+                (now, now, limit),
+            )
+            jobs = [_job_from_row(row) for row in rows]
+            if jobs:
+                until = now + lease_seconds
+                await conn.executemany("UPDATE jobs SET lease_until = ? WHERE id = ?", [(until, j.id) for j in jobs])
+                jobs = [msgspec.structs.replace(j, lease_until=until) for j in jobs]
+        return jobs
+
+    async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        return await self._claim(
+            f"dispatch_state IN ('{DispatchState.PENDING}', '{DispatchState.SENDING}') AND next_attempt_at <= ?",
+            "next_attempt_at",
+            now,
+            limit,
+            lease_seconds,
+        )
+
+    async def claim_polls(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        return await self._claim(
+            f"stage IN ({int(Stage.SUBMITTED)}, {int(Stage.PROCESSING)}) AND next_poll_at <= ?",
+            "next_poll_at",
+            now,
+            limit,
+            lease_seconds,
+        )
+
+    async def release_leases(self) -> int:
+        async with self._transaction() as conn:
+            cursor = await conn.execute("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            return cursor.rowcount
+
+    # -- events and usage --------------------------------------------------------------------
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        api_key_id: str | None = None,
+        job_id: str | None = None,
+        limit: int = 500,
+    ) -> list[EventRecord]:
+        clauses = ["id > ?"]
+        params: list[Any] = [after_id]
+        if api_key_id is not None:
+            clauses.append("api_key_id = ?")
+            params.append(api_key_id)
+        if job_id is not None:
+            clauses.append("job_id = ?")
+            params.append(job_id)
+        params.append(limit)
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?", params
+        )
+        return [_event_from_row(row) for row in rows]
+
+    async def last_event_id(self) -> int:
+        rows = await self._read("SELECT coalesce(max(id), 0) FROM events")
+        return int(next(iter(rows))[0])
+
+    async def usage(
+        self, api_key_id: str, start: str | None, end: str | None
+    ) -> list[tuple[str, str, str, int, float, float]]:
+        clauses = ["api_key_id = ?"]
+        params: list[Any] = [api_key_id]
+        if start is not None:
+            clauses.append("created_at >= ?")
+            params.append(start)
+        if end is not None:
+            clauses.append("created_at < ?")
+            params.append(end)
+        rows = await self._read(
+            "SELECT substr(created_at, 1, 10) AS day, model, status, count(*), "
+            "coalesce(sum(json_extract(cost, '$.credits_estimate')), 0), "
+            "coalesce(sum(json_extract(cost, '$.credits_charged')), 0) "
+            f"FROM jobs WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
+            params,
+        )
+        return [(r[0], r[1], r[2], int(r[3]), float(r[4]), float(r[5])) for r in rows]
+
+
+def _json_path(key: str) -> str:
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _translated:
+    """Turns sqlite3 driver errors into StorageUnavailable at the edge."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.IntegrityError):
+            return  # a programming error or a constraint the caller handles; let it through
+        if isinstance(exc, sqlite3.Error):
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
