@@ -124,6 +124,7 @@ def create_app(
             ),
         ),
         debug=False,
+        logging_config=None,  # configure_logging() owns logging for the whole process
     )
     app.state.metrics = metrics_holder
     return app

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from service.api.context import authenticate, context
 from service.api.sse import EventStream, StreamSession
@@ -47,9 +47,9 @@ class JobController(Controller):
     async def create_job(
         self,
         request: Request[Any, Any, Any],
-        data: JobCreate,
-        caller: ApiKeyRecord,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+        data: JSONBody[JobCreate],
+        caller: NamedDependency[ApiKeyRecord],
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
     ) -> Response[Job]:
         """Accept a job (202). With `Idempotency-Key`, a repeat of the same request returns the original
         job (200) and a different request with the same key is refused (409)."""
@@ -60,12 +60,12 @@ class JobController(Controller):
     async def list_jobs(
         self,
         request: Request[Any, Any, Any],
-        caller: ApiKeyRecord,
-        status: StatusFilter | None = None,
-        model: str | None = None,
-        provider: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-        cursor: str | None = None,
+        caller: NamedDependency[ApiKeyRecord],
+        status: FromQuery[StatusFilter | None] = None,
+        model: FromQuery[str | None] = None,
+        provider: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        cursor: FromQuery[str | None] = None,
     ) -> Response[JobList]:
         """Filters combine; `metadata.<key>=<value>` filters on metadata. `next_cursor` pages on."""
         metadata = {}
@@ -83,12 +83,16 @@ class JobController(Controller):
         return _json(body)
 
     @get("/{job_id:str}", summary="Get a job")
-    async def get_job(self, request: Request[Any, Any, Any], caller: ApiKeyRecord, job_id: str) -> Response[Job]:
+    async def get_job(
+        self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
+    ) -> Response[Job]:
         job = await context(request).gateway.get_job(caller.id, job_id)
         return _json(encode_job(job))
 
     @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a job")
-    async def cancel_job(self, request: Request[Any, Any, Any], caller: ApiKeyRecord, job_id: str) -> Response[Job]:
+    async def cancel_job(
+        self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
+    ) -> Response[Job]:
         """Cancel a job that has not finished (409 if it has)."""
         job = await context(request).gateway.cancel_job(caller.id, job_id)
         return _json(encode_job(job))
@@ -97,9 +101,9 @@ class JobController(Controller):
     async def job_events(
         self,
         request: Request[Any, Any, Any],
-        caller: ApiKeyRecord,
-        job_id: str,
-        last_event_id: str | None = None,
+        caller: NamedDependency[ApiKeyRecord],
+        job_id: FromPath[str],
+        last_event_id: FromQuery[str | None] = None,
     ) -> EventStream:
         """The job's past events, then live ones; the stream ends after the terminal event."""
         ctx = context(request)
@@ -116,14 +120,14 @@ class JobController(Controller):
     security=[{"bearer": []}, {"apiKey": []}],
 )
 async def all_events(
-    request: Request[Any, Any, Any], caller: ApiKeyRecord, last_event_id: str | None = None
+    request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], last_event_id: FromQuery[str | None] = None
 ) -> EventStream:
     """Resumes exactly after `Last-Event-ID` (header) or `last_event_id` (query); without one, live only."""
     return _stream(request, caller, None, _cursor_param(request, last_event_id))
 
 
 def _stream(
-    request: Request[Any, Any, Any], caller: ApiKeyRecord, job_id: str | None, after: int | None
+    request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: str | None, after: int | None
 ) -> EventStream:
     ctx = context(request)
     settings = ctx.settings
@@ -186,7 +190,7 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
     summary="Model ids, capabilities and prices",
     security=[{"bearer": []}, {"apiKey": []}],
 )
-async def list_models(request: Request[Any, Any, Any], caller: ApiKeyRecord) -> ModelList:
+async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord]) -> ModelList:
     gateway = context(request).gateway
     return ModelList(data=[model_info(spec, spec.provider in gateway.adapters) for spec in gateway.models.values()])
 
@@ -214,7 +218,10 @@ class Usage(msgspec.Struct):
     security=[{"bearer": []}, {"apiKey": []}],
 )
 async def usage(
-    request: Request[Any, Any, Any], caller: ApiKeyRecord, start: str | None = None, end: str | None = None
+    request: Request[Any, Any, Any],
+    caller: NamedDependency[ApiKeyRecord],
+    start: FromQuery[str | None] = None,
+    end: FromQuery[str | None] = None,
 ) -> Usage:
     """`start` and `end` are ISO 8601 dates or datetimes (UTC); `end` is exclusive."""
     start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)

@@ -8,6 +8,7 @@ import msgspec
 import structlog
 from litestar import MediaType, Request, Response, get, post
 from litestar.openapi import ResponseSpec
+from litestar.params import FromPath
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -46,7 +47,7 @@ async def _receive(
 
 
 @post("/webhooks/{provider:str}", tags=["webhooks"], summary="Signed provider callback", status_code=200)
-async def provider_webhook(request: Request[Any, Any, Any], provider: str) -> Response[WebhookAck]:
+async def provider_webhook(request: Request[Any, Any, Any], provider: FromPath[str]) -> Response[WebhookAck]:
     """Verified on the raw body (401 with a reason code otherwise); redeliveries answer 200 and change nothing."""
     return await _receive(request, provider, None, None)
 
@@ -57,7 +58,9 @@ async def provider_webhook(request: Request[Any, Any, Any], provider: str) -> Re
     summary="Per-job callback for providers that do not sign",
     status_code=200,
 )
-async def job_webhook(request: Request[Any, Any, Any], provider: str, job_id: str, token: str) -> Response[WebhookAck]:
+async def job_webhook(
+    request: Request[Any, Any, Any], provider: FromPath[str], job_id: FromPath[str], token: FromPath[str]
+) -> Response[WebhookAck]:
     """Authenticated by the unguessable token Reelay put in the callback URL."""
     return await _receive(request, provider, job_id, token)
 

@@ -769,4 +769,5 @@ def create_seedancee2_sandbox(
         on_startup=[sandbox.startup],
         on_shutdown=[sandbox.shutdown],
         openapi_config=None,
+        logging_config=None,  # the host process configures logging
     )

@@ -1,0 +1,161 @@
+"""Real servers on loopback for tests: Reelay and the sandbox emulators, each on its own port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import uvicorn
+from litestar import Litestar
+
+from service.app import create_app
+from service.keys import create_key
+from service.sandbox import SANDBOXES, SandboxKnobs
+from service.server import make_server
+from service.settings import ProviderSettings, Settings
+
+
+def bind() -> socket.socket:
+    """A listening socket on a free loopback port, bound before the app that needs its URL exists."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@asynccontextmanager
+async def serving(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
+    server = make_server(app, "127.0.0.1", sock.getsockname()[1], graceful_seconds=2)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped before it started")
+            await asyncio.sleep(0.01)
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    base = Settings(database_url=f"sqlite:///{tmp_path / 'reelay.db'}", sqlite_synchronous="NORMAL")
+    return msgspec.structs.replace(base, **overrides)
+
+
+def sandbox_provider_settings(name: str, base_url: str) -> ProviderSettings:
+    spec = SANDBOXES[name]
+    return ProviderSettings(
+        base_url=base_url,
+        api_key=spec.api_key,
+        webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
+    )
+
+
+@dataclass
+class Stack:
+    """A running Reelay wired to running emulators, with an API key and a client for it."""
+
+    app: Litestar
+    url: str
+    key: str
+    client: httpx.AsyncClient
+    sandbox_urls: dict[str, str]
+    settings: Settings
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def hub(self) -> Any:
+        return self.app.state.ctx.hub
+
+    @property
+    def store(self) -> Any:
+        return self.app.state.ctx.gateway.store
+
+    async def submit(self, model: str = "seedancee2/pro", **input: Any) -> dict[str, Any]:
+        body = {"model": model, "input": {"prompt": "a drone shot of waves", "duration": 5, **input}}
+        response = await self.client.post(f"{self.url}/v1/jobs", json=body, headers=self.headers)
+        assert response.status_code == 202, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"{self.url}/v1/jobs/{job_id}", headers=self.headers)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def wait_for(self, job_id: str, statuses: set[str], timeout: float = 15.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"job {job_id} stuck in {job['status']}")
+            await asyncio.sleep(0.05)
+
+    async def sandbox(self, provider: str, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.client.request(method, self.sandbox_urls[provider] + path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+
+@asynccontextmanager
+async def stack(
+    tmp_path: Path,
+    *,
+    knobs: SandboxKnobs | None = None,
+    providers: tuple[str, ...] = ("seedancee2",),
+    **overrides: Any,
+) -> AsyncIterator[Stack]:
+    """Emulators on their own ports, then Reelay pointing at them, then an API key."""
+    knobs = knobs or SandboxKnobs(processing_after_s=0.1, complete_after_s=0.4)
+    async with httpx.AsyncClient(timeout=10) as client:
+        sandbox_socks = {name: bind() for name in providers}
+        reelay_sock = bind()
+        provider_settings = dict(Settings().providers)
+        for name, sock in sandbox_socks.items():
+            provider_settings[name] = sandbox_provider_settings(name, url_of(sock))
+        settings = make_settings(
+            tmp_path, public_url=url_of(reelay_sock), providers=provider_settings, **overrides
+        )
+        app = create_app(settings)
+        sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}
+        async with _serve_many([(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]):
+            async with serving(app, reelay_sock):
+                _, key = await create_key(app.state.ctx.gateway.store, "test")
+                yield Stack(
+                    app=app,
+                    url=url_of(reelay_sock),
+                    key=key,
+                    client=client,
+                    sandbox_urls={n: url_of(s) for n, s in sandbox_socks.items()},
+                    settings=settings,
+                )
+
+
+@asynccontextmanager
+async def _serve_many(apps: list[tuple[Any, socket.socket]]) -> AsyncIterator[None]:
+    if not apps:
+        yield
+        return
+    app, sock = apps[0]
+    async with serving(app, sock), _serve_many(apps[1:]):
+        yield
