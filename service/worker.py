@@ -203,7 +203,7 @@ class Dispatcher(LeasedLoop):
         delay = self.backoff.delay(job.dispatch_attempts, self.rng, at_least=retry_after)
         state = DispatchState.SENDING if maybe_sent else DispatchState.PENDING
         log.warning("dispatch.retrying", error=str(exc), delay=round(delay, 2), attempt=job.dispatch_attempts)
-        next_at = self.clock() + delay
+        next_at = min(self.clock() + delay, job.deadline_at)  # at the deadline the job fails with `timeout`
         await self._update(
             job, lambda j: jobs.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
         )

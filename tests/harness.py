@@ -123,6 +123,8 @@ async def stack(
     *,
     knobs: SandboxKnobs | None = None,
     providers: tuple[str, ...] = ("seedancee2",),
+    http_client: httpx.AsyncClient | None = None,
+    provider_overrides: dict[str, dict[str, Any]] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Emulators on their own ports, then Reelay pointing at them, then an API key."""
@@ -132,11 +134,13 @@ async def stack(
         reelay_sock = bind()
         provider_settings = dict(Settings().providers)
         for name, sock in sandbox_socks.items():
-            provider_settings[name] = sandbox_provider_settings(name, url_of(sock))
+            provider_settings[name] = msgspec.structs.replace(
+                sandbox_provider_settings(name, url_of(sock)), **(provider_overrides or {}).get(name, {})
+            )
         settings = make_settings(
             tmp_path, public_url=url_of(reelay_sock), providers=provider_settings, **overrides
         )
-        app = create_app(settings)
+        app = create_app(settings, http_client=http_client)
         sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}
         async with _serve_many([(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]):
             async with serving(app, reelay_sock):

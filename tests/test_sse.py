@@ -1,0 +1,202 @@
+"""SSE over real HTTP: resume after Last-Event-ID, the replay→live switch, overflow, heartbeats, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.hub import EventHub
+from tests.harness import Stack, stack
+
+
+async def _frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Each SSE block as a dict of its fields; comment lines are kept under ':'."""
+    block: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if block:
+                yield block
+            block = {}
+        elif line.startswith(":"):
+            block[":"] = line[1:].strip()
+        else:
+            name, _, value = line.partition(":")
+            block[name] = value.removeprefix(" ")
+
+
+async def _read_ids(stack_: Stack, count: int, **headers: str) -> list[int]:
+    ids: list[int] = []
+    async with stack_.client.stream("GET", f"{stack_.url}/v1/events", headers={**stack_.headers, **headers}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        async for block in _frames(r):
+            if "id" in block:
+                ids.append(int(block["id"]))
+                assert json.loads(block["data"])["id"] == ids[-1]
+                if len(ids) == count:
+                    return ids
+    return ids
+
+
+async def _create_jobs(stack_: Stack, count: int) -> list[str]:
+    return [(await stack_.submit())["id"] for _ in range(count)]
+
+
+async def test_resume_after_any_event_id_gives_exactly_the_rest_of_the_log(seedance: Stack) -> None:
+    await _create_jobs(seedance, 4)
+    log = [e.id for e in await seedance.store.events_after(0, api_key_id=None)]
+    assert len(log) >= 4
+    for cut in [0, *log[:-1]]:
+        expected = [i for i in log if i > cut]
+        async with asyncio.timeout(5):
+            got = await _read_ids(seedance, len(expected), **{"Last-Event-ID": str(cut)})
+        assert got == expected, f"after {cut}"
+
+
+async def test_query_parameter_resumes_like_the_header(seedance: Stack) -> None:
+    await _create_jobs(seedance, 2)
+    log = [e.id for e in await seedance.store.events_after(0)]
+    ids: list[int] = []
+    async with seedance.client.stream(
+        "GET", f"{seedance.url}/v1/events?last_event_id={log[0]}", headers=seedance.headers
+    ) as r:
+        async for block in _frames(r):
+            if "id" in block:
+                ids.append(int(block["id"]))
+                if len(ids) == len(log) - 1:
+                    break
+    assert ids == log[1:]
+
+
+async def test_switch_from_replay_to_live_loses_and_repeats_nothing(seedance: Stack) -> None:
+    """Jobs keep being created while a subscriber replays: every id after the cursor arrives once, in order."""
+    await _create_jobs(seedance, 5)
+    cursor = (await seedance.store.events_after(0))[2].id
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        while not stop.is_set():
+            await seedance.submit()
+
+    producer = asyncio.create_task(produce())
+    received: list[int] = []
+    try:
+        async with asyncio.timeout(10), seedance.client.stream(
+            "GET", f"{seedance.url}/v1/events", headers={**seedance.headers, "Last-Event-ID": str(cursor)}
+        ) as r:
+            async for block in _frames(r):
+                if "id" in block:
+                    received.append(int(block["id"]))
+                    if len(received) >= 60:
+                        break
+    finally:
+        stop.set()
+        await producer
+    logged = [e.id for e in await seedance.store.events_after(cursor, limit=10_000)]
+    assert received == logged[: len(received)]
+    assert len(set(received)) == len(received)
+
+
+async def test_slow_subscriber_is_dropped_and_resumes_without_loss(tmp_path: Path) -> None:
+    async with stack(tmp_path, sse_queue_size=5) as running:
+        frames: list[dict[str, Any]] = []
+        async with running.client.stream("GET", f"{running.url}/v1/events", headers=running.headers) as r:
+            stream = _frames(r)
+            frames.append(await anext(stream))  # `retry:` — the subscription is live now
+            while running.hub.subscriber_count == 0:
+                await asyncio.sleep(0.01)
+            # Commit 20 events while fan-out is held back, then announce them in one burst: more than the
+            # subscriber's queue holds before it can run, as when a consumer falls behind.
+            store = running.store
+            listeners = list(store._listeners)
+            store._listeners.clear()
+            try:
+                before = await store.last_event_id()
+                await _create_jobs(running, 20)
+            finally:
+                store._listeners.extend(listeners)
+            burst = await store.events_after(before)
+            running.hub.publish(burst)
+            async with asyncio.timeout(5):
+                async for block in stream:
+                    frames.append(block)
+        assert frames[-1].get(":", "").startswith("too slow")
+        assert running.hub.subscriber_count == 0
+        delivered = [int(f["id"]) for f in frames if "id" in f]
+        assert delivered == []  # the overflow came before the subscriber could send anything
+        async with asyncio.timeout(5):
+            resumed = await _read_ids(running, len(burst), **{"Last-Event-ID": str(before)})
+        assert resumed == [e.id for e in burst]
+
+
+async def test_subscriptions_do_not_leak_when_clients_disconnect(seedance: Stack) -> None:
+    job = await seedance.submit()
+    await seedance.wait_for(job["id"], {"succeeded"})
+    live = await seedance.submit()
+    for round_ in range(3):
+        clients = [httpx.AsyncClient(timeout=5) for _ in range(10)]
+        streams = []
+        for i, client in enumerate(clients):
+            path = "/v1/events" if i % 2 else f"/v1/jobs/{live['id']}/events?last_event_id=999999"
+            cm = client.stream("GET", seedance.url + path, headers=seedance.headers)
+            response = await cm.__aenter__()
+            assert response.status_code == 200, round_
+            streams.append(cm)
+        async with asyncio.timeout(5):
+            while seedance.hub.subscriber_count < 10:
+                await asyncio.sleep(0.01)
+        for client in clients:
+            await client.aclose()  # abrupt: the connection is dropped mid-stream
+        async with asyncio.timeout(5):
+            while seedance.hub.subscriber_count:
+                await asyncio.sleep(0.01)
+    assert seedance.hub.subscriber_count == 0
+
+
+async def test_heartbeat_comments_keep_idle_streams_alive(tmp_path: Path) -> None:
+    async with stack(tmp_path, sse_heartbeat_seconds=0.2) as running:
+        pings = 0
+        async with asyncio.timeout(5), running.client.stream(
+            "GET", f"{running.url}/v1/events", headers=running.headers
+        ) as r:
+            frames = _frames(r)
+            first = await anext(frames)
+            assert first == {"retry": str(running.settings.sse_retry_ms)}
+            async for block in frames:
+                assert block == {":": "ping"}
+                pings += 1
+                if pings == 3:
+                    break
+        assert pings == 3
+
+
+async def test_heartbeats_are_staggered_per_connection() -> None:
+    hub = EventHub()
+    rng = random.Random(7)
+    subs = [hub.subscribe("key") for _ in range(50)]
+    for sub in subs:
+        sub.start_heartbeat(15.0, rng)
+    loop = asyncio.get_running_loop()
+    first = [sub._timer.when() - loop.time() for sub in subs if sub._timer is not None]
+    assert len(first) == 50
+    assert all(0 < delay <= 15.0 for delay in first)
+    assert max(first) - min(first) > 5.0  # spread over the interval, not one global tick
+    hub.close_all()
+    assert hub.subscriber_count == 0
+    assert all(sub._timer is None for sub in subs)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "99999999999999999999999"])
+async def test_bad_last_event_id_is_refused(seedance: Stack, value: str) -> None:
+    response = await seedance.client.get(
+        f"{seedance.url}/v1/events", headers={**seedance.headers, "Last-Event-ID": value}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
