@@ -137,22 +137,20 @@ async def stack(
             provider_settings[name] = msgspec.structs.replace(
                 sandbox_provider_settings(name, url_of(sock)), **(provider_overrides or {}).get(name, {})
             )
-        settings = make_settings(
-            tmp_path, public_url=url_of(reelay_sock), providers=provider_settings, **overrides
-        )
+        settings = make_settings(tmp_path, public_url=url_of(reelay_sock), providers=provider_settings, **overrides)
         app = create_app(settings, http_client=http_client)
         sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}
-        async with _serve_many([(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]):
-            async with serving(app, reelay_sock):
-                _, key = await create_key(app.state.ctx.gateway.store, "test")
-                yield Stack(
-                    app=app,
-                    url=url_of(reelay_sock),
-                    key=key,
-                    client=client,
-                    sandbox_urls={n: url_of(s) for n, s in sandbox_socks.items()},
-                    settings=settings,
-                )
+        sandboxes = [(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]
+        async with _serve_many(sandboxes), serving(app, reelay_sock):
+            _, key = await create_key(app.state.ctx.gateway.store, "test")
+            yield Stack(
+                app=app,
+                url=url_of(reelay_sock),
+                key=key,
+                client=client,
+                sandbox_urls={n: url_of(s) for n, s in sandbox_socks.items()},
+                settings=settings,
+            )
 
 
 @asynccontextmanager

@@ -72,9 +72,10 @@ class LoseFirstCreateAnswer(httpx.AsyncHTTPTransport):
 
 async def test_lost_create_answer_is_reconciled_without_a_second_create(tmp_path: Path) -> None:
     transport = LoseFirstCreateAnswer()
-    async with httpx.AsyncClient(transport=transport) as client, stack(
-        tmp_path, knobs=SandboxKnobs(**QUICK), http_client=client
-    ) as running:
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        stack(tmp_path, knobs=SandboxKnobs(**QUICK), http_client=client) as running,
+    ):
         job = await running.submit()
         done = await running.wait_for(job["id"], {"succeeded", "failed"}, timeout=20)
         assert transport.lost == 1

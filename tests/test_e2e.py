@@ -37,7 +37,8 @@ async def test_job_succeeds_through_signed_callback_and_reaches_sse_subscriber(s
     )
     await connected.wait()  # a live subscriber, connected before the job exists
     job = await seedance.submit(resolution="720p", aspect_ratio="16:9")
-    assert job["status"] == "queued" and job["id"].startswith("job_")
+    assert job["status"] == "queued"
+    assert job["id"].startswith("job_")
     async with asyncio.timeout(10):
         await listener
     assert [e["type"] for e in received] == ["job.created", "job.submitted", "job.succeeded"]
@@ -45,7 +46,12 @@ async def test_job_succeeds_through_signed_callback_and_reaches_sse_subscriber(s
     final = received[-1]["job"]
     assert final["status"] == "succeeded"
     assert final["output"]["videos"][0]["url"].endswith(".mp4")
-    assert final["cost"] == {"credits_estimate": 100, "usd_estimate": None, "credits_charged": 100, "credits_reserved": 100}
+    assert final["cost"] == {
+        "credits_estimate": 100,
+        "usd_estimate": None,
+        "credits_charged": 100,
+        "credits_reserved": 100,
+    }
     callbacks = await seedance.sandbox("seedancee2", "GET", "/_sandbox/callbacks")
     assert [c["status_code"] for c in callbacks["callbacks"] if c["kind"] == "delivery"] == [200]
     # The upstream payload used Seedancee2's own names, and carried Reelay's job id for reconciliation.

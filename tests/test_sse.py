@@ -88,9 +88,12 @@ async def test_switch_from_replay_to_live_loses_and_repeats_nothing(seedance: St
     producer = asyncio.create_task(produce())
     received: list[int] = []
     try:
-        async with asyncio.timeout(10), seedance.client.stream(
-            "GET", f"{seedance.url}/v1/events", headers={**seedance.headers, "Last-Event-ID": str(cursor)}
-        ) as r:
+        async with (
+            asyncio.timeout(10),
+            seedance.client.stream(
+                "GET", f"{seedance.url}/v1/events", headers={**seedance.headers, "Last-Event-ID": str(cursor)}
+            ) as r,
+        ):
             async for block in _frames(r):
                 if "id" in block:
                     received.append(int(block["id"]))
@@ -163,9 +166,10 @@ async def test_subscriptions_do_not_leak_when_clients_disconnect(seedance: Stack
 async def test_heartbeat_comments_keep_idle_streams_alive(tmp_path: Path) -> None:
     async with stack(tmp_path, sse_heartbeat_seconds=0.2) as running:
         pings = 0
-        async with asyncio.timeout(5), running.client.stream(
-            "GET", f"{running.url}/v1/events", headers=running.headers
-        ) as r:
+        async with (
+            asyncio.timeout(5),
+            running.client.stream("GET", f"{running.url}/v1/events", headers=running.headers) as r,
+        ):
             frames = _frames(r)
             first = await anext(frames)
             assert first == {"retry": str(running.settings.sse_retry_ms)}
