@@ -28,6 +28,7 @@ class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = None
     # Several secrets separated by commas are all accepted, so a secret can be rotated without downtime.
     webhook_secrets: tuple[str, ...] = ()
+    webhook_tolerance_seconds: int = 300
     options: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
@@ -63,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Build settings from REELAY_* variables (default: the process environment)."""
         env = os.environ if environ is None else environ
         reader = _Reader(env)
+        defaults = cls()
+        tolerance = reader.integer("REELAY_WEBHOOK_TOLERANCE_SECONDS", defaults.webhook_tolerance_seconds, low=1)
         providers = {}
         for name in PROVIDER_NAMES:
             prefix = f"REELAY_{name.upper()}_"
@@ -77,9 +80,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 webhook_secrets=tuple(
                     s.strip() for s in env.get(prefix + "WEBHOOK_SECRET", "").split(",") if s.strip()
                 ),
+                webhook_tolerance_seconds=tolerance,
                 options=options,
             )
-        defaults = cls()
         return cls(
             database_url=reader.text("REELAY_DATABASE_URL", defaults.database_url),
             public_url=reader.text("REELAY_PUBLIC_URL", defaults.public_url).rstrip("/"),
@@ -98,9 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             upstream_timeout_seconds=reader.number(
                 "REELAY_UPSTREAM_TIMEOUT_SECONDS", defaults.upstream_timeout_seconds
             ),
-            webhook_tolerance_seconds=reader.integer(
-                "REELAY_WEBHOOK_TOLERANCE_SECONDS", defaults.webhook_tolerance_seconds, low=1
-            ),
+            webhook_tolerance_seconds=tolerance,
             max_body_bytes=reader.integer("REELAY_MAX_BODY_BYTES", defaults.max_body_bytes, low=1024),
             sse_heartbeat_seconds=reader.number("REELAY_SSE_HEARTBEAT_SECONDS", defaults.sse_heartbeat_seconds),
             sse_queue_size=reader.integer("REELAY_SSE_QUEUE_SIZE", defaults.sse_queue_size, low=1),

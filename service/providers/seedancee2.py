@@ -172,7 +172,13 @@ class Seedancee2(HttpProvider):
         if not secrets:
             # Unsigned callbacks cannot be told from forgeries; polling completes the job instead.
             raise SignatureError("signing_not_configured", "no REELAY_SEEDANCEE2_WEBHOOK_SECRET is set")
-        verify_header(body, headers.get(SIGNATURE_HEADER), list(secrets), now=now)
+        verify_header(
+            body,
+            headers.get(SIGNATURE_HEADER),
+            list(secrets),
+            tolerance=self.settings.webhook_tolerance_seconds,
+            now=now,
+        )
 
     def parse_webhook(self, body: bytes) -> WebhookNotice:
         decoded = msgspec.json.decode(body)

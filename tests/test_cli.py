@@ -1,0 +1,53 @@
+"""The `reelay` command line, run as a user would: keys, migrate, and clear configuration errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REELAY = str(Path(sys.executable).parent / "reelay")
+
+
+def _run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "REELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", **env}
+    return subprocess.run([REELAY, *args], env=environ, capture_output=True, text=True, timeout=60)
+
+
+def test_keys_are_shown_once_listed_without_secrets_and_revocable(tmp_path: Path) -> None:
+    created = _run(tmp_path, "keys", "create", "--name", "billing-service", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["key"].startswith("rlk_")
+    listed = _run(tmp_path, "keys", "list")
+    assert key["id"] in listed.stdout
+    assert "billing-service" in listed.stdout
+    assert "active" in listed.stdout
+    assert key["key"].rsplit("_", 1)[-1] not in listed.stdout
+    db = (tmp_path / "cli.db").read_bytes()
+    assert key["key"].rsplit("_", 1)[-1].encode() not in db  # only the hash is stored
+    assert _run(tmp_path, "keys", "revoke", key["id"]).returncode == 0
+    assert "revoked" in _run(tmp_path, "keys", "list").stdout
+    again = _run(tmp_path, "keys", "revoke", key["id"])
+    assert again.returncode == 1
+    assert "no active key" in again.stderr
+
+
+def test_migrate_creates_the_schema_and_is_repeatable(tmp_path: Path) -> None:
+    for _ in range(2):
+        result = _run(tmp_path, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert "up to date" in result.stdout
+    assert (tmp_path / "cli.db").exists()
+
+
+def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
+    result = _run(tmp_path, "keys", "list", REELAY_PORT="eighty")
+    assert result.returncode != 0
+    assert "REELAY_PORT must be an integer" in result.stderr
+    result = _run(tmp_path, "migrate", REELAY_DATABASE_URL="mysql://nope")
+    assert result.returncode != 0
+    assert "REELAY_DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,94 @@
+"""The job state machine: forward only, terminal is final, each change names its event."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from service import jobs
+from service.jobs import Report
+from storage import DispatchState, JobRecord, Stage
+
+
+def _job() -> JobRecord:
+    return jobs.new_job(
+        job_id="job_01JZ0000000000000000000000",
+        api_key_id="k",
+        model="seedancee2/pro",
+        provider="seedancee2",
+        input={"prompt": "p"},
+        metadata={},
+        cost={"credits_estimate": 100},
+        callback_token="t",
+        now=1_000.0,
+        timeout=60,
+    )
+
+
+def _apply(job: JobRecord, status: str) -> tuple[JobRecord, str | None]:
+    change = jobs.reported(job, Report(status=status), now=1_001.0)  # type: ignore[arg-type]
+    return change if change is not None else (job, None)
+
+
+def test_submitted_moves_a_queued_job_forward_once() -> None:
+    job = _job()
+    change = jobs.submitted(
+        job, provider_task_id="vid_1", cost={"credits_reserved": 100}, now=1_000.5, next_poll_at=1_100
+    )
+    assert change is not None
+    submitted, event = change
+    assert event == "job.submitted"
+    assert (submitted.stage, submitted.status, submitted.provider_task_id) == (Stage.SUBMITTED, "queued", "vid_1")
+    assert submitted.dispatch_state == DispatchState.DONE
+    assert submitted.cost == {"credits_estimate": 100, "credits_reserved": 100}
+    assert jobs.submitted(submitted, provider_task_id="vid_2", cost=None, now=1_001, next_poll_at=1_100) is None
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["queued", "processing", "succeeded", "failed"])))
+def test_any_order_of_reports_never_moves_backwards_and_has_one_terminal(order: tuple[str, ...]) -> None:
+    job = _job()
+    events: list[str] = []
+    stages = [job.stage]
+    for status in order:
+        job, event = _apply(job, status)
+        if event:
+            events.append(event)
+        stages.append(job.stage)
+    assert stages == sorted(stages)
+    terminal = [e for e in events if e in {"job.succeeded", "job.failed", "job.cancelled"}]
+    assert len(terminal) == 1
+    first_terminal = next(s for s in order if s in {"succeeded", "failed"})
+    assert job.status == first_terminal
+    assert job.completed_at is not None
+
+
+def test_terminal_status_is_final() -> None:
+    job, _ = _apply(_job(), "succeeded")
+    for status in ("queued", "processing", "failed", "cancelled", "succeeded"):
+        assert jobs.reported(job, Report(status=status), now=2_000.0) is None  # type: ignore[arg-type]
+    assert jobs.cancelled(job, now=2_000.0) is None
+    assert jobs.failed(job, code="timeout", message="late", now=2_000.0) is None
+    assert jobs.rescheduled(job, next_poll_at=1.0) is None
+
+
+def test_failure_carries_code_message_and_provider_code() -> None:
+    change = jobs.failed(
+        _job(), code="provider_rejected", message="no credits", provider_code="insufficient_credits", now=5.0
+    )
+    assert change is not None
+    job, event = change
+    assert event == "job.failed"
+    assert job.error == {"code": "provider_rejected", "message": "no credits", "provider_code": "insufficient_credits"}
+    assert job.next_poll_at is None
+    assert job.next_attempt_at is None
+
+
+def test_public_view_has_the_documented_fields() -> None:
+    view = jobs.job_view(_job())
+    assert list(view) == [
+        "id", "model", "provider", "status", "input", "metadata", "provider_task_id",
+        "output", "error", "cost", "created_at", "updated_at", "completed_at",
+    ]  # fmt: skip
+    assert view["cost"] == {"credits_estimate": 100, "usd_estimate": None, "credits_charged": None}
+    assert view["created_at"].endswith("Z")

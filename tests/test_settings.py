@@ -1,0 +1,58 @@
+"""Settings come only from the mapping given, with errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.settings import ConfigError, Settings
+
+
+def test_defaults_without_any_variable() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == "sqlite:///./var/reelay.db"
+    assert settings.port == 8000
+    assert settings.log_format == "json"
+    assert not any(p.enabled for p in settings.providers.values())
+    assert settings.provider("seedancee2").base_url == "https://api.seedancee2.ai"
+
+
+def test_variables_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "REELAY_PORT": "9000",
+            "REELAY_PUBLIC_URL": "https://reelay.example.com/",
+            "REELAY_LOG_FORMAT": "CONSOLE",
+            "REELAY_SEEDANCEE2_API_KEY": "sk_seedancee2_live_x",
+            "REELAY_SEEDANCEE2_BASE_URL": "http://127.0.0.1:8100/",
+            "REELAY_SEEDANCEE2_WEBHOOK_SECRET": "new-secret, old-secret",
+            "REELAY_WEBHOOK_TOLERANCE_SECONDS": "60",
+            "REELAY_MINUIT_MODERATION": "disabled",
+            "REELAY_MODEL_ALIASES": "seedance-2-fast=seedancee2/fast, cheap=seedancee2/mini",
+        }
+    )
+    assert settings.port == 9000
+    assert settings.public_url == "https://reelay.example.com"
+    assert settings.log_format == "console"
+    seedance = settings.provider("seedancee2")
+    assert seedance.enabled
+    assert seedance.base_url == "http://127.0.0.1:8100"
+    assert seedance.webhook_secrets == ("new-secret", "old-secret")
+    assert seedance.webhook_tolerance_seconds == 60
+    assert settings.provider("minuit").options == {"moderation": "disabled"}
+    assert settings.model_aliases == {"seedance-2-fast": "seedancee2/fast", "cheap": "seedancee2/mini"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REELAY_PORT", "http", "REELAY_PORT must be an integer"),
+        ("REELAY_PORT", "70000", "REELAY_PORT must be between"),
+        ("REELAY_LOG_FORMAT", "xml", "REELAY_LOG_FORMAT must be one of json, console"),
+        ("REELAY_JOB_TIMEOUT_SECONDS", "-5", "REELAY_JOB_TIMEOUT_SECONDS must be positive"),
+        ("REELAY_MODEL_ALIASES", "nonsense", "REELAY_MODEL_ALIASES takes alias=provider/model"),
+        ("REELAY_SQLITE_SYNCHRONOUS", "OFF", "REELAY_SQLITE_SYNCHRONOUS must be one of FULL, NORMAL"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({name: value})
