@@ -12,6 +12,7 @@ import httpx
 import structlog
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext
@@ -116,6 +117,8 @@ def create_app(
             version="0.1.0",
             path="/schema",
             description="Job gateway for asynchronous AI video generation.",
+            # /schema itself is the JSON document (a contract); the UI is at /schema/swagger.
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin()],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="Reelay API key"),
