@@ -1,0 +1,76 @@
+"""`reelay dev` as a new user runs it: it prints a key and a curl line, and a seedancee2/pro job succeeds
+within about 10 s and shows on the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.harness import bind
+
+REELAY = str(Path(sys.executable).parent / "reelay")
+
+
+async def test_reelay_dev_runs_a_job_to_success(tmp_path: Path) -> None:
+    socks = [bind(), bind()]
+    port, sandbox_port = (s.getsockname()[1] for s in socks)
+    for sock in socks:
+        sock.close()
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                REELAY,
+                "dev",
+                "--port",
+                str(port),
+                "--sandbox-port",
+                str(sandbox_port),
+                "--data-dir",
+                str(tmp_path / "var"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        async with asyncio.timeout(20):
+            while not (match := re.search(r"API key \(shown once\): (rlk_\S+)", log.read_text())):
+                assert process.poll() is None, log.read_text()
+                await asyncio.sleep(0.1)
+        key = match.group(1)
+        printed = log.read_text()
+        assert f"curl -N http://127.0.0.1:{port}/v1/events" in printed
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        events: list[dict[str, object]] = []
+        async with (
+            httpx.AsyncClient(timeout=15) as client,
+            client.stream("GET", f"{url}/v1/events", headers=headers) as stream,
+        ):
+            started = asyncio.get_running_loop().time()
+            response = await client.post(
+                f"{url}/v1/jobs",
+                headers=headers,
+                json={"model": "seedancee2/pro", "input": {"prompt": "waves on black rocks", "duration": 5}},
+            )
+            assert response.status_code == 202
+            async with asyncio.timeout(12):
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line.removeprefix("data: ")))
+                        if events[-1]["type"] == "job.succeeded":
+                            break
+            elapsed = asyncio.get_running_loop().time() - started
+        assert [e["type"] for e in events] == ["job.created", "job.submitted", "job.succeeded"]
+        assert elapsed < 10
+        assert (tmp_path / "var" / "reelay-dev.db").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == 0, log.read_text()[-2000:]

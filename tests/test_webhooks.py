@@ -1,0 +1,127 @@
+"""POST /webhooks/seedancee2: verified on the raw bytes, deduplicated, applied once; forgeries change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+
+from service.sandbox import SANDBOXES
+from service.signing import sign_header
+from tests.harness import Stack
+
+SECRET = SANDBOXES["seedancee2"].webhook_secret or ""
+
+
+def _body(task_id: str, job_id: str, status: str = "completed", **extra: Any) -> bytes:
+    data: dict[str, Any] = {"id": task_id, "status": status, "model": "pro", "metadata": {"reelay_job_id": job_id}}
+    if status == "completed":
+        data["credits_charged"] = 100
+        data["output"] = {"video_url": f"https://media.example/{task_id}.mp4", "thumbnail_url": None}
+    if status == "failed":
+        data["error"] = {"code": "generation_failed", "message": "nope", "type": "generation_error"}
+    data.update(extra)
+    return msgspec.json.encode({"data": data})
+
+
+async def _post(stack_: Stack, body: bytes, signature: str | None, **headers: str) -> Any:
+    sent = {"Content-Type": "application/json", **headers}
+    if signature is not None:
+        sent["X-Seedancee2-Signature"] = signature
+    return await stack_.client.post(f"{stack_.url}/webhooks/seedancee2", content=body, headers=sent)
+
+
+async def _events(stack_: Stack, job_id: str) -> list[str]:
+    return [e.type for e in await stack_.store.events_after(0, job_id=job_id)]
+
+
+async def _pending_job(stack_: Stack) -> dict[str, Any]:
+    """A job the provider has accepted but will not finish on its own for a minute."""
+    await stack_.sandbox(
+        "seedancee2", "PUT", "/_sandbox/knobs", json={"processing_after_s": 60, "complete_after_s": 120}
+    )
+    job = await stack_.submit()
+    async with asyncio.timeout(5):
+        while not (current := await stack_.job(job["id"]))["provider_task_id"]:
+            await asyncio.sleep(0.02)
+    return current
+
+
+async def test_signed_webhook_is_applied_and_a_redelivery_changes_nothing(seedance: Stack) -> None:
+    job = await _pending_job(seedance)
+    body = _body(job["provider_task_id"], job["id"])
+    signature = sign_header(body, SECRET, timestamp=int(time.time()))
+    first = await _post(seedance, body, signature)
+    assert first.status_code == 200
+    assert first.json() == {"received": True, "result": "applied"}
+    done = await seedance.job(job["id"])
+    assert done["status"] == "succeeded"
+    assert done["output"]["videos"][0]["url"].endswith(f"{job['provider_task_id']}.mp4")
+    for _ in range(3):  # the same delivery again, and re-signed: a provider retry
+        again = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
+        assert again.status_code == 200
+        assert again.json()["result"] == "duplicate"
+    assert await _events(seedance, job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
+
+
+async def test_a_later_contradicting_webhook_cannot_change_a_finished_job(seedance: Stack) -> None:
+    job = await _pending_job(seedance)
+    task = job["provider_task_id"]
+    for status in ("completed", "failed"):
+        body = _body(task, job["id"], status)
+        assert (await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))).status_code == 200
+    assert (await seedance.job(job["id"]))["status"] == "succeeded"
+    assert await _events(seedance, job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
+
+
+async def test_forged_tampered_and_stale_webhooks_change_nothing(seedance: Stack) -> None:
+    job = await _pending_job(seedance)
+    body = _body(job["provider_task_id"], job["id"])
+    now = int(time.time())
+    tampered = body.replace(b".mp4", b".mp5")
+    cases = {
+        "missing_header": (body, None),
+        "signature_mismatch": (body, sign_header(body, "not-the-secret", timestamp=now)),
+        "timestamp_too_old": (body, sign_header(body, SECRET, timestamp=now - 3600)),
+        "timestamp_in_future": (body, sign_header(body, SECRET, timestamp=now + 3600)),
+    }
+    for reason, (payload, signature) in cases.items():
+        response = await _post(seedance, payload, signature)
+        assert response.status_code == 401, reason
+        assert response.json()["error"]["code"] == "invalid_signature"
+        assert response.json()["error"]["details"]["reason"] == reason
+    response = await _post(seedance, tampered, sign_header(body, SECRET, timestamp=now))
+    assert response.status_code == 401
+    assert response.json()["error"]["details"]["reason"] == "signature_mismatch"
+    assert (await seedance.job(job["id"]))["status"] == "queued"
+    assert await _events(seedance, job["id"]) == ["job.created", "job.submitted"]
+    # The forged attempts recorded no receipt: the genuine delivery still applies.
+    assert (await _post(seedance, body, sign_header(body, SECRET, timestamp=now))).json()["result"] == "applied"
+
+
+async def test_webhook_for_an_unknown_task_is_acknowledged_and_ignored(seedance: Stack) -> None:
+    body = _body("vid_unknown", "job_01JZ0000000000000000000000")
+    response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
+    assert response.status_code == 200
+    assert response.json()["result"] == "ignored"
+
+
+async def test_signed_but_unreadable_body_is_a_client_error(seedance: Stack) -> None:
+    for body in (b"not json", b'{"data": "x"}', b"[]"):
+        response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def test_webhook_that_overtakes_the_dispatcher_is_applied_by_job_id(seedance: Stack) -> None:
+    """A terminal callback can arrive before Reelay stored the task id; the echoed metadata finds the job."""
+    await seedance.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json={"latency_s": 1.0, "complete_after_s": 60})
+    job = await seedance.submit()
+    body = _body("vid_early", job["id"])
+    response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
+    assert response.json()["result"] == "applied"
+    done = await seedance.job(job["id"])
+    assert done["status"] == "succeeded"
+    assert done["provider_task_id"] == "vid_early"
