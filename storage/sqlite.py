@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -29,11 +30,9 @@ from storage.records import (
     UpdateOutcome,
 )
 
-_JOB_COLUMNS = (
-    "id, api_key_id, model, provider, status, stage, input, metadata, provider_task_id, output, error, "
-    "cost, callback_token, created_at, updated_at, completed_at, deadline_at, dispatch_state, "
-    "dispatch_attempts, next_attempt_at, next_poll_at, poll_attempts, lease_until"
-)
+log = logging.getLogger("reelay.storage")
+
+_FIXED = ("id", "api_key_id", "model", "provider", "input", "metadata", "callback_token", "created_at")
 _MUTABLE = (
     "status",
     "stage",
@@ -51,10 +50,19 @@ _MUTABLE = (
     "poll_attempts",
     "lease_until",
 )
+_JOB_COLUMNS = ", ".join(_FIXED + _MUTABLE)
+_INSERT_SQL = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(_FIXED + _MUTABLE))})"
 _UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
 _EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
 
-_json_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+
+
+def _json_encode(value: Any) -> str:
+    # Stored as TEXT: SQLite 3.45+ reads a BLOB handed to its JSON functions as binary JSONB.
+    return _encoder.encode(value).decode()
+
+
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_meta = msgspec.json.Decoder(dict[str, str]).decode
 
@@ -74,21 +82,22 @@ def _now_iso() -> str:
 
 
 def _job_from_row(row: Sequence[Any]) -> JobRecord:
+    # Column order is _FIXED then _MUTABLE.
     return JobRecord(
         id=row[0],
         api_key_id=row[1],
         model=row[2],
         provider=row[3],
-        status=row[4],
-        stage=row[5],
-        input=_decode_dict(row[6]),
-        metadata=_decode_meta(row[7]),
-        provider_task_id=row[8],
-        output=None if row[9] is None else _decode_dict(row[9]),
-        error=None if row[10] is None else _decode_dict(row[10]),
-        cost=_decode_dict(row[11]),
-        callback_token=row[12],
-        created_at=row[13],
+        input=_decode_dict(row[4]),
+        metadata=_decode_meta(row[5]),
+        callback_token=row[6],
+        created_at=row[7],
+        status=row[8],
+        stage=row[9],
+        provider_task_id=row[10],
+        output=None if row[11] is None else _decode_dict(row[11]),
+        error=None if row[12] is None else _decode_dict(row[12]),
+        cost=_decode_dict(row[13]),
         updated_at=row[14],
         completed_at=row[15],
         deadline_at=row[16],
@@ -99,6 +108,19 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
         poll_attempts=row[21],
         lease_until=row[22],
     )
+
+
+def _fixed_values(job: JobRecord) -> list[Any]:
+    return [
+        job.id,
+        job.api_key_id,
+        job.model,
+        job.provider,
+        _json_encode(job.input),
+        _json_encode(job.metadata),
+        job.callback_token,
+        job.created_at,
+    ]
 
 
 def _mutable_values(job: JobRecord) -> list[Any]:
@@ -147,11 +169,15 @@ class SqliteStore:
         if self._writer is not None:
             return
         Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        with _translated():
-            self._writer = await self._connect()
-            await self._writer.execute("PRAGMA journal_mode = WAL")
-            await self.migrate()
-            self._reader = await self._connect()
+        try:
+            with _translated():
+                self._writer = await self._connect()
+                await self._writer.execute("PRAGMA journal_mode = WAL")
+                await self.migrate()
+                self._reader = await self._connect()
+        except BaseException:
+            await self.close()  # half-open would make the next open() a no-op
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self._path, isolation_level=None)
@@ -183,10 +209,14 @@ class SqliteStore:
                     if version in done:
                         continue
                     # executescript commits first, so the whole migration runs in its own BEGIN...COMMIT.
-                    await writer.executescript(
-                        f"BEGIN IMMEDIATE;\n{sql}\n"
-                        f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{_now_iso()}');\nCOMMIT;"
-                    )
+                    try:
+                        await writer.executescript(
+                            f"BEGIN IMMEDIATE;\n{sql}\n"
+                            f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{_now_iso()}');\nCOMMIT;"
+                        )
+                    except BaseException:
+                        await asyncio.shield(writer.rollback())  # a failed script leaves its BEGIN open
+                        raise
                     applied.append(name)
         return applied
 
@@ -223,13 +253,17 @@ class SqliteStore:
                 await conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
+                    await conn.commit()
                 except BaseException:
+                    # also after a failed COMMIT, which SQLite may leave open (SQLITE_FULL, SQLITE_IOERR)
                     await asyncio.shield(conn.rollback())
                     raise
-                await conn.commit()
             if events:
                 for listener in self._listeners:
-                    listener(events)
+                    try:
+                        listener(events)
+                    except Exception:  # the write is committed; one listener must not hide it or starve others
+                        log.exception("storage.listener_failed")
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
         reader = self._require_reader()
@@ -310,34 +344,7 @@ class SqliteStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     (job.api_key_id, idempotency.key, idempotency.request_hash, job.id, job.created_at),
                 )
-            await conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 23)})",
-                (
-                    job.id,
-                    job.api_key_id,
-                    job.model,
-                    job.provider,
-                    job.status,
-                    job.stage,
-                    _json_encode(job.input),
-                    _json_encode(job.metadata),
-                    job.provider_task_id,
-                    None if job.output is None else _json_encode(job.output),
-                    None if job.error is None else _json_encode(job.error),
-                    _json_encode(job.cost),
-                    job.callback_token,
-                    job.created_at,
-                    job.updated_at,
-                    job.completed_at,
-                    job.deadline_at,
-                    job.dispatch_state,
-                    job.dispatch_attempts,
-                    job.next_attempt_at,
-                    job.next_poll_at,
-                    job.poll_attempts,
-                    job.lease_until,
-                ),
-            )
+            await conn.execute(_INSERT_SQL, [*_fixed_values(job), *_mutable_values(job)])
             event = await self._append_event(conn, job, event_type, events)
         return CreateOutcome(job=job, created=True, event=event)
 
@@ -375,8 +382,9 @@ class SqliteStore:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         for key, value in filters.metadata.items():
-            clauses.append("json_extract(metadata, ?) = ?")
-            params.extend([_json_path(key), value])
+            # json_each compares the decoded key; a JSON path cannot spell keys holding '"' or escapes
+            clauses.append("EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)")
+            params.extend([key, value])
         if before_id is not None:
             clauses.append("id < ?")
             params.append(before_id)
@@ -493,10 +501,6 @@ class SqliteStore:
             params,
         )
         return [(r[0], r[1], r[2], int(r[3]), float(r[4]), float(r[5])) for r in rows]
-
-
-def _json_path(key: str) -> str:
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _translated:

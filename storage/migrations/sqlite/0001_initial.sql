@@ -1,5 +1,6 @@
 -- Reelay schema v1: API keys, jobs (with outbox and polling columns), the event log,
--- webhook receipts and idempotency keys.
+-- webhook receipts and idempotency keys. JSON columns are TEXT; an event's job snapshot is
+-- stored as the exact bytes sent to SSE subscribers.
 
 CREATE TABLE api_keys (
     id          TEXT PRIMARY KEY,
@@ -16,12 +17,12 @@ CREATE TABLE jobs (
     provider          TEXT NOT NULL,
     status            TEXT NOT NULL,
     stage             INTEGER NOT NULL,
-    input             BLOB NOT NULL,
-    metadata          BLOB NOT NULL,
+    input             TEXT NOT NULL,
+    metadata          TEXT NOT NULL,
     provider_task_id  TEXT,
-    output            BLOB,
-    error             BLOB,
-    cost              BLOB NOT NULL,
+    output            TEXT,
+    error             TEXT,
+    cost              TEXT NOT NULL,
     callback_token    TEXT NOT NULL,
     created_at        TEXT NOT NULL,
     updated_at        TEXT NOT NULL,

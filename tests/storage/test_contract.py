@@ -1,0 +1,686 @@
+"""The storage contract: every backend must pass this suite unchanged (see BACKENDS in conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+
+import msgspec
+import pytest
+
+from storage import (
+    ApiKeyRecord,
+    DispatchState,
+    EventRecord,
+    IdempotencyClaim,
+    IdempotencyConflict,
+    JobFilter,
+    JobRecord,
+    Receipt,
+    SchemaOutdated,
+    Stage,
+    StorageUnavailable,
+    Store,
+    migrations,
+)
+from storage.base import Decide, Decision
+from tests.storage.conftest import Backend
+from tests.storage.factories import KEY_A, KEY_B, encode_snapshot, make_job
+
+replace = msgspec.structs.replace
+CLAIM = IdempotencyClaim(key="idem-1", request_hash="sha256:aaaa")
+RECEIPT = Receipt(provider="seedancee2", key="evt_1")
+
+
+def field_names(struct: type[msgspec.Struct]) -> set[str]:
+    return {f.name for f in msgspec.structs.fields(struct)}
+
+
+def to_status(status: str, event_type: str | None = "job.updated") -> Decide:
+    """A decide function that moves a job to `status`."""
+
+    def decide(job: JobRecord) -> Decision:
+        return replace(job, status=status, updated_at="2025-06-01T12:00:01.000Z"), event_type
+
+    return decide
+
+
+class Recorder:
+    """A listener that keeps every call it gets."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[EventRecord]] = []
+
+    def __call__(self, events: Sequence[EventRecord]) -> None:
+        self.calls.append(list(events))
+
+
+async def create(store: Store, **changes: object) -> JobRecord:
+    job = make_job(**changes)
+    await store.create_job(job, "job.created")
+    return job
+
+
+# -- lifecycle and schema ----------------------------------------------------------------------
+
+
+async def test_open_applies_every_migration(backend: Backend) -> None:
+    store = backend.new_store()
+    await store.open()
+    await store.close()
+    rows = await backend.execute("SELECT name FROM schema_migrations ORDER BY version")
+    assert [name for (name,) in rows] == [name for _, name, _ in migrations.load(backend.name)]
+
+
+async def test_open_twice_keeps_the_store_working(store: Store) -> None:
+    await store.open()
+    assert await store.get_api_key(KEY_A.id) == KEY_A
+
+
+async def test_migrate_on_a_current_schema_applies_nothing(store: Store) -> None:
+    assert await store.migrate() == []
+
+
+async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend, store: Store) -> None:
+    assert await backend.tables() == {
+        "schema_migrations": {"version", "name", "applied_at"},
+        "api_keys": field_names(ApiKeyRecord),
+        "jobs": field_names(JobRecord),
+        "events": field_names(EventRecord),
+        "webhook_receipts": {"provider", "receipt_key", "received_at"},
+        "idempotency_keys": {"api_key_id", "key", "request_hash", "job_id", "created_at"},
+    }
+    assert await backend.indexes() == {
+        "jobs_by_key",
+        "jobs_to_dispatch",
+        "jobs_to_poll",
+        "jobs_by_provider_task",
+        "events_by_key",
+        "events_by_job",
+    }
+
+
+async def test_check_passes_on_a_current_schema(store: Store) -> None:
+    await store.check()
+
+
+async def test_check_reports_a_missing_migration(backend: Backend, store: Store) -> None:
+    await backend.execute("DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations)")
+    with pytest.raises(SchemaOutdated):
+        await store.check()
+
+
+async def test_check_on_a_closed_store_is_unavailable(store: Store) -> None:
+    await store.close()
+    with pytest.raises(StorageUnavailable):
+        await store.check()
+
+
+def with_broken_migration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the newest migration create a table and then fail."""
+    real = migrations.load
+
+    def load(backend: str) -> list[tuple[int, str, str]]:
+        return [*real(backend), (9999, "9999_broken", "CREATE TABLE broken_marker (x INTEGER);\nNOT SQL AT ALL;")]
+
+    monkeypatch.setattr(migrations, "load", load)
+
+
+async def test_a_failed_migration_leaves_no_trace(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = backend.new_store()
+    with_broken_migration(monkeypatch)
+    with pytest.raises(StorageUnavailable):
+        await store.open()
+    await store.close()
+    assert "broken_marker" not in await backend.tables()
+    assert await backend.execute("SELECT name FROM schema_migrations WHERE version = 9999") == []
+
+
+async def test_open_can_be_retried_after_a_failed_migration(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = backend.new_store()
+    with_broken_migration(monkeypatch)
+    with pytest.raises(StorageUnavailable):
+        await store.open()
+    monkeypatch.undo()
+    await store.open()
+    try:
+        await store.check()
+        await store.create_api_key(KEY_A)
+        assert await store.get_api_key(KEY_A.id) == KEY_A
+    finally:
+        await store.close()
+
+
+async def test_a_failed_migrate_leaves_the_store_writable(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_broken_migration(monkeypatch)
+    with pytest.raises(StorageUnavailable):
+        await store.migrate()
+    job = await create(store)
+    assert await store.get_job(job.id) == job
+
+
+# -- API keys ----------------------------------------------------------------------------------
+
+
+async def test_api_key_round_trips(store: Store) -> None:
+    assert await store.get_api_key(KEY_B.id) == KEY_B
+
+
+async def test_unknown_api_key_is_none(store: Store) -> None:
+    assert await store.get_api_key("key_missing") is None
+
+
+async def test_api_keys_are_listed_oldest_first(store: Store) -> None:
+    older = ApiKeyRecord(id="key_c", name="older", secret_hash=b"h", created_at="2025-05-01T00:00:00.000Z")
+    await store.create_api_key(older)
+    assert await store.list_api_keys() == [older, KEY_A, KEY_B]
+
+
+async def test_revoking_a_key_records_when(store: Store) -> None:
+    assert await store.revoke_api_key(KEY_A.id, "2025-06-02T00:00:00.000Z") is True
+    assert await store.get_api_key(KEY_A.id) == replace(KEY_A, revoked_at="2025-06-02T00:00:00.000Z")
+
+
+async def test_revoking_a_key_twice_returns_false_and_keeps_the_first_time(store: Store) -> None:
+    await store.revoke_api_key(KEY_A.id, "2025-06-02T00:00:00.000Z")
+    assert await store.revoke_api_key(KEY_A.id, "2025-06-03T00:00:00.000Z") is False
+    revoked = await store.get_api_key(KEY_A.id)
+    assert revoked is not None
+    assert revoked.revoked_at == "2025-06-02T00:00:00.000Z"
+
+
+async def test_revoking_an_unknown_key_returns_false(store: Store) -> None:
+    assert await store.revoke_api_key("key_missing", "2025-06-02T00:00:00.000Z") is False
+
+
+# -- creating jobs -----------------------------------------------------------------------------
+
+
+async def test_create_job_stores_the_job(store: Store) -> None:
+    job = make_job(metadata={"team": "video"}, cost={"credits_estimate": 12})
+    outcome = await store.create_job(job, "job.created")
+    assert outcome.created is True
+    assert outcome.job == job
+    assert await store.get_job(job.id) == job
+
+
+async def test_create_job_logs_its_first_event(store: Store) -> None:
+    job = make_job()
+    outcome = await store.create_job(job, "job.created")
+    assert outcome.event is not None
+    assert (outcome.event.type, outcome.event.job_id, outcome.event.api_key_id) == ("job.created", job.id, KEY_A.id)
+    assert outcome.event.job == encode_snapshot(job)
+    assert await store.events_after(0) == [outcome.event]
+
+
+async def test_create_job_stores_nothing_when_its_event_cannot_be_made(backend: Backend) -> None:
+    def failing_encoder(job: JobRecord) -> bytes:
+        raise ValueError("cannot encode")
+
+    store = backend.new_store(failing_encoder)
+    await store.open()
+    try:
+        await store.create_api_key(KEY_A)
+        job = make_job()
+        with pytest.raises(ValueError, match="cannot encode"):
+            await store.create_job(job, "job.created")
+        assert await store.get_job(job.id) is None
+        assert await store.last_event_id() == 0
+    finally:
+        await store.close()
+
+
+async def test_a_repeated_idempotency_claim_returns_the_original_job(store: Store) -> None:
+    original = make_job()
+    await store.create_job(original, "job.created", idempotency=CLAIM)
+    last = await store.last_event_id()
+    retry = make_job()
+    outcome = await store.create_job(retry, "job.created", idempotency=CLAIM)
+    assert (outcome.created, outcome.job, outcome.event) == (False, original, None)
+    assert await store.get_job(retry.id) is None
+    assert await store.last_event_id() == last
+
+
+async def test_an_idempotency_key_reused_for_another_request_conflicts(store: Store) -> None:
+    original = make_job()
+    await store.create_job(original, "job.created", idempotency=CLAIM)
+    last = await store.last_event_id()
+    other = make_job()
+    with pytest.raises(IdempotencyConflict) as raised:
+        await store.create_job(other, "job.created", idempotency=replace(CLAIM, request_hash="sha256:bbbb"))
+    assert raised.value.job_id == original.id
+    assert await store.get_job(other.id) is None
+    assert await store.last_event_id() == last
+
+
+async def test_idempotency_keys_belong_to_one_api_key(store: Store) -> None:
+    await store.create_job(make_job(), "job.created", idempotency=CLAIM)
+    other_key_job = make_job(api_key_id=KEY_B.id)
+    outcome = await store.create_job(other_key_job, "job.created", idempotency=replace(CLAIM, request_hash="x"))
+    assert outcome.created is True
+    assert await store.get_job(other_key_job.id) == other_key_job
+
+
+# -- reading jobs ------------------------------------------------------------------------------
+
+
+async def test_unknown_job_is_none(store: Store) -> None:
+    assert await store.get_job("job_missing") is None
+
+
+async def test_find_job_by_task_finds_the_job_given_that_task(store: Store) -> None:
+    job = await create(store)
+    outcome = await store.update_job(job.id, lambda j: (replace(j, provider_task_id="task-1"), None))
+    assert await store.find_job_by_task(job.provider, "task-1") == outcome.job
+
+
+async def test_find_job_by_task_needs_the_same_provider(store: Store) -> None:
+    await create(store, provider="seedancee2", provider_task_id="task-1")
+    assert await store.find_job_by_task("fal", "task-1") is None
+    assert await store.find_job_by_task("seedancee2", "task-2") is None
+
+
+async def test_list_jobs_is_newest_first_and_only_the_keys_own(store: Store) -> None:
+    first = await create(store)
+    await create(store, api_key_id=KEY_B.id)
+    second = await create(store)
+    third = await create(store)
+    listed = await store.list_jobs(KEY_A.id, JobFilter(), limit=10)
+    assert [j.id for j in listed] == [third.id, second.id, first.id]
+
+
+async def test_list_jobs_stops_at_limit(store: Store) -> None:
+    jobs = [await create(store) for _ in range(4)]
+    listed = await store.list_jobs(KEY_A.id, JobFilter(), limit=2)
+    assert [j.id for j in listed] == [jobs[3].id, jobs[2].id]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("status", "failed"), ("model", "seedance-2.0-fast"), ("provider", "fal")]
+)
+async def test_list_jobs_filters_by_column(store: Store, field: str, value: str) -> None:
+    wanted = await create(store, **{field: value})
+    await create(store)
+    listed = await store.list_jobs(KEY_A.id, msgspec.convert({field: value}, JobFilter), limit=10)
+    assert listed == [wanted]
+
+
+async def test_list_jobs_filters_by_every_metadata_pair(store: Store) -> None:
+    wanted = await create(store, metadata={"team": "video", "env": "prod"})
+    await create(store, metadata={"team": "video", "env": "dev"})
+    await create(store, metadata={"env": "prod"})
+    listed = await store.list_jobs(KEY_A.id, JobFilter(metadata={"team": "video", "env": "prod"}), limit=10)
+    assert listed == [wanted]
+
+
+@pytest.mark.parametrize("key", ['say "hi"', "a.b", "$.a", "a[0]", "back\\slash", "new\nline", "*"])
+async def test_metadata_filter_keys_are_taken_literally(store: Store, key: str) -> None:
+    wanted = await create(store, metadata={key: "1"})
+    await create(store, metadata={key: "2"})
+    await create(store, metadata={"a": "1", "b": "1"})
+    listed = await store.list_jobs(KEY_A.id, JobFilter(metadata={key: "1"}), limit=10)
+    assert listed == [wanted]
+
+
+async def test_paging_with_before_id_returns_every_job_once(store: Store) -> None:
+    jobs = [await create(store) for _ in range(7)]
+    seen: list[str] = []
+    before: str | None = None
+    while page := await store.list_jobs(KEY_A.id, JobFilter(), limit=3, before_id=before):
+        seen.extend(j.id for j in page)
+        before = page[-1].id
+    assert seen == [j.id for j in reversed(jobs)]
+
+
+# -- updating jobs -----------------------------------------------------------------------------
+
+
+async def test_a_decision_of_none_changes_nothing(store: Store) -> None:
+    job = await create(store)
+    last = await store.last_event_id()
+    outcome = await store.update_job(job.id, lambda j: None)
+    assert (outcome.job, outcome.event, outcome.changed, outcome.duplicate) == (job, None, False, False)
+    assert await store.get_job(job.id) == job
+    assert await store.last_event_id() == last
+
+
+async def test_a_decision_writes_every_mutable_field(store: Store) -> None:
+    job = await create(store)
+    decided = replace(
+        job,
+        status="succeeded",
+        stage=Stage.TERMINAL,
+        provider_task_id="task-9",
+        output={"video_url": "https://cdn.example/v.mp4"},
+        error={"code": "none"},
+        cost={"credits_estimate": 10, "credits_charged": 9.5},
+        updated_at="2025-06-01T12:05:00.000Z",
+        completed_at="2025-06-01T12:05:00.000Z",
+        deadline_at=1_750_009_999.5,
+        dispatch_state=DispatchState.DONE,
+        dispatch_attempts=2,
+        next_attempt_at=1_750_000_100.0,
+        next_poll_at=1_750_000_200.0,
+        poll_attempts=3,
+        lease_until=1_750_000_300.0,
+    )
+    outcome = await store.update_job(job.id, lambda j: (decided, "job.succeeded"))
+    assert (outcome.job, outcome.changed) == (decided, True)
+    assert await store.get_job(job.id) == decided
+
+
+async def test_a_decision_logs_its_event(store: Store) -> None:
+    job = await create(store)
+    last = await store.last_event_id()
+    outcome = await store.update_job(job.id, to_status("processing", "job.processing"))
+    assert outcome.event is not None
+    assert (outcome.event.type, outcome.event.job_id) == ("job.processing", job.id)
+    assert outcome.event.job == encode_snapshot(outcome.job)
+    assert await store.events_after(last) == [outcome.event]
+
+
+async def test_a_decision_without_event_type_writes_without_logging(store: Store) -> None:
+    job = await create(store)
+    last = await store.last_event_id()
+    outcome = await store.update_job(job.id, to_status("processing", None))
+    assert (outcome.changed, outcome.event) == (True, None)
+    assert await store.get_job(job.id) == outcome.job
+    assert await store.last_event_id() == last
+
+
+async def test_concurrent_updates_are_not_lost(store: Store) -> None:
+    job = await create(store)
+
+    def one_more_poll(j: JobRecord) -> Decision:
+        return replace(j, poll_attempts=j.poll_attempts + 1), None
+
+    await asyncio.gather(*(store.update_job(job.id, one_more_poll) for _ in range(50)))
+    updated = await store.get_job(job.id)
+    assert updated is not None
+    assert updated.poll_attempts == 50
+
+
+async def test_a_redelivered_receipt_is_a_duplicate_and_changes_nothing(store: Store) -> None:
+    job = await create(store)
+    first = await store.update_job(job.id, to_status("processing"), receipt=RECEIPT)
+    last = await store.last_event_id()
+    decided: list[JobRecord] = []
+
+    def decide(j: JobRecord) -> Decision:
+        decided.append(j)
+        return replace(j, status="failed"), "job.failed"
+
+    again = await store.update_job(job.id, decide, receipt=RECEIPT)
+    assert (again.duplicate, again.changed, again.event, again.job) == (True, False, None, first.job)
+    assert decided == []
+    assert await store.get_job(job.id) == first.job
+    assert await store.last_event_id() == last
+
+
+async def test_receipts_of_different_providers_are_distinct(store: Store) -> None:
+    job = await create(store)
+    await store.update_job(job.id, to_status("processing"), receipt=RECEIPT)
+    outcome = await store.update_job(job.id, to_status("succeeded"), receipt=replace(RECEIPT, provider="fal"))
+    assert (outcome.duplicate, outcome.changed) == (False, True)
+
+
+async def test_an_error_in_decide_propagates_and_records_no_receipt(store: Store) -> None:
+    job = await create(store)
+    last = await store.last_event_id()
+
+    def broken(j: JobRecord) -> Decision:
+        raise RuntimeError("bug in decide")
+
+    with pytest.raises(RuntimeError, match="bug in decide"):
+        await store.update_job(job.id, broken, receipt=RECEIPT)
+    assert await store.get_job(job.id) == job
+    assert await store.last_event_id() == last
+    retried = await store.update_job(job.id, to_status("processing"), receipt=RECEIPT)
+    assert (retried.duplicate, retried.changed) == (False, True)
+
+
+async def test_updating_an_unknown_job_raises_key_error(store: Store) -> None:
+    with pytest.raises(KeyError):
+        await store.update_job("job_missing", to_status("processing"))
+
+
+# -- listeners ---------------------------------------------------------------------------------
+
+
+async def test_listeners_get_the_events_of_each_commit(store: Store) -> None:
+    recorder, other = Recorder(), Recorder()
+    store.add_listener(recorder)
+    store.add_listener(other)
+    created = await store.create_job(make_job(), "job.created")
+    updated = await store.update_job(created.job.id, to_status("processing"))
+    assert recorder.calls == [[created.event], [updated.event]]
+    assert other.calls == recorder.calls
+
+
+async def test_listeners_are_not_called_for_writes_without_events(store: Store) -> None:
+    job = await create(store, next_attempt_at=1.0)
+    recorder = Recorder()
+    store.add_listener(recorder)
+    await store.create_api_key(replace(KEY_A, id="key_c"))
+    await store.update_job(job.id, lambda j: None)
+    await store.update_job(job.id, to_status("processing", None))
+    await store.claim_dispatch(now=2.0, limit=10, lease_seconds=30)
+    assert recorder.calls == []
+
+
+async def test_listeners_are_not_called_for_rolled_back_writes(store: Store) -> None:
+    job = await store.create_job(make_job(), "job.created", idempotency=CLAIM)
+    recorder = Recorder()
+    store.add_listener(recorder)
+    with pytest.raises(IdempotencyConflict):
+        await store.create_job(make_job(), "job.created", idempotency=replace(CLAIM, request_hash="other"))
+
+    def broken(j: JobRecord) -> Decision:
+        raise RuntimeError("bug in decide")
+
+    with pytest.raises(RuntimeError):
+        await store.update_job(job.job.id, broken)
+    assert recorder.calls == []
+
+
+async def test_listeners_see_commit_order_under_concurrent_writers(store: Store) -> None:
+    existing = [await create(store) for _ in range(25)]
+    start = await store.last_event_id()
+    recorder = Recorder()
+    store.add_listener(recorder)
+    writes: list[Awaitable[object]] = []
+    for job in existing:
+        writes.append(store.create_job(make_job(), "job.created"))
+        writes.append(store.update_job(job.id, to_status("processing")))
+    await asyncio.gather(*writes)
+    announced = [event.id for call in recorder.calls for event in call]
+    assert [len(call) for call in recorder.calls] == [1] * 50
+    assert announced == sorted(set(announced))
+    assert announced == [event.id for event in await store.events_after(start, limit=1000)]
+
+
+# -- the event log -----------------------------------------------------------------------------
+
+
+async def test_events_after_is_strictly_after_and_oldest_first(store: Store) -> None:
+    first = await store.create_job(make_job(), "job.created")
+    second = await store.create_job(make_job(), "job.created")
+    third = await store.update_job(first.job.id, to_status("processing"))
+    assert first.event is not None
+    assert await store.events_after(first.event.id) == [second.event, third.event]
+
+
+async def test_events_after_stops_at_limit(store: Store) -> None:
+    outcomes = [await store.create_job(make_job(), "job.created") for _ in range(3)]
+    assert await store.events_after(0, limit=2) == [outcomes[0].event, outcomes[1].event]
+
+
+async def test_events_after_filters_by_api_key(store: Store) -> None:
+    mine = await store.create_job(make_job(), "job.created")
+    await store.create_job(make_job(api_key_id=KEY_B.id), "job.created")
+    assert await store.events_after(0, api_key_id=KEY_A.id) == [mine.event]
+
+
+async def test_events_after_filters_by_job(store: Store) -> None:
+    job = await create(store)
+    await create(store)
+    updated = await store.update_job(job.id, to_status("processing"))
+    events = await store.events_after(0, job_id=job.id)
+    assert [e.type for e in events] == ["job.created", "job.updated"]
+    assert events[-1] == updated.event
+
+
+async def test_last_event_id_is_zero_without_events(store: Store) -> None:
+    assert await store.last_event_id() == 0
+
+
+async def test_last_event_id_is_the_newest_event(store: Store) -> None:
+    await create(store)
+    outcome = await store.create_job(make_job(), "job.created")
+    assert outcome.event is not None
+    assert await store.last_event_id() == outcome.event.id
+
+
+# -- dispatch and poll leases ------------------------------------------------------------------
+
+NOW = 1_750_000_000.0
+LEASE = 30.0
+
+
+async def test_claim_dispatch_takes_due_pending_and_sending_jobs(store: Store) -> None:
+    pending = await create(store, next_attempt_at=NOW - 5)
+    sending = await create(store, dispatch_state=DispatchState.SENDING, next_attempt_at=NOW)
+    await create(store, next_attempt_at=NOW + 1)
+    claimed = await store.claim_dispatch(NOW, limit=10, lease_seconds=LEASE)
+    assert claimed == [replace(pending, lease_until=NOW + LEASE), replace(sending, lease_until=NOW + LEASE)]
+
+
+async def test_claim_dispatch_never_takes_done_jobs(store: Store) -> None:
+    await create(store, dispatch_state=DispatchState.DONE, next_attempt_at=NOW - 5)
+    assert await store.claim_dispatch(NOW, limit=10, lease_seconds=LEASE) == []
+
+
+async def test_claim_dispatch_takes_the_longest_due_first_up_to_limit(store: Store) -> None:
+    later = await create(store, next_attempt_at=NOW - 1)
+    earliest = await create(store, next_attempt_at=NOW - 3)
+    await create(store, next_attempt_at=NOW - 2)
+    claimed = await store.claim_dispatch(NOW, limit=1, lease_seconds=LEASE)
+    assert [j.id for j in claimed] == [earliest.id]
+    assert later.id not in [j.id for j in await store.claim_dispatch(NOW, limit=1, lease_seconds=LEASE)]
+
+
+async def test_a_dispatch_lease_is_stored_and_blocks_a_second_claim(store: Store) -> None:
+    job = await create(store, next_attempt_at=NOW)
+    await store.claim_dispatch(NOW, limit=10, lease_seconds=LEASE)
+    assert await store.claim_dispatch(NOW, limit=10, lease_seconds=LEASE) == []
+    assert await store.get_job(job.id) == replace(job, lease_until=NOW + LEASE)
+
+
+async def test_an_expired_dispatch_lease_can_be_claimed_again(store: Store) -> None:
+    job = await create(store, next_attempt_at=NOW)
+    await store.claim_dispatch(NOW, limit=10, lease_seconds=LEASE)
+    claimed = await store.claim_dispatch(NOW + LEASE, limit=10, lease_seconds=LEASE)
+    assert claimed == [replace(job, lease_until=NOW + 2 * LEASE)]
+
+
+async def test_release_leases_makes_leased_jobs_claimable(store: Store) -> None:
+    dispatch = await create(store, next_attempt_at=NOW)
+    poll = await create(store, stage=Stage.SUBMITTED, dispatch_state=DispatchState.DONE, next_poll_at=NOW)
+    await store.claim_dispatch(NOW, limit=10, lease_seconds=LEASE)
+    await store.claim_polls(NOW, limit=10, lease_seconds=LEASE)
+    assert await store.release_leases() == 2
+    assert [j.id for j in await store.claim_dispatch(NOW, limit=10, lease_seconds=LEASE)] == [dispatch.id]
+    assert [j.id for j in await store.claim_polls(NOW, limit=10, lease_seconds=LEASE)] == [poll.id]
+
+
+async def test_release_leases_without_leases_releases_nothing(store: Store) -> None:
+    await create(store, next_attempt_at=NOW)
+    assert await store.release_leases() == 0
+
+
+async def test_claim_polls_takes_due_submitted_and_processing_jobs(store: Store) -> None:
+    submitted = await create(store, stage=Stage.SUBMITTED, dispatch_state=DispatchState.DONE, next_poll_at=NOW - 5)
+    processing = await create(store, stage=Stage.PROCESSING, dispatch_state=DispatchState.DONE, next_poll_at=NOW)
+    await create(store, stage=Stage.PROCESSING, dispatch_state=DispatchState.DONE, next_poll_at=NOW + 1)
+    claimed = await store.claim_polls(NOW, limit=10, lease_seconds=LEASE)
+    assert claimed == [replace(submitted, lease_until=NOW + LEASE), replace(processing, lease_until=NOW + LEASE)]
+
+
+@pytest.mark.parametrize("stage", [Stage.QUEUED, Stage.TERMINAL])
+async def test_claim_polls_never_takes_queued_or_terminal_jobs(store: Store, stage: Stage) -> None:
+    await create(store, stage=stage, next_poll_at=NOW - 5)
+    assert await store.claim_polls(NOW, limit=10, lease_seconds=LEASE) == []
+
+
+async def test_a_poll_lease_blocks_claims_until_it_expires(store: Store) -> None:
+    job = await create(store, stage=Stage.SUBMITTED, dispatch_state=DispatchState.DONE, next_poll_at=NOW)
+    await store.claim_polls(NOW, limit=10, lease_seconds=LEASE)
+    assert await store.claim_polls(NOW + LEASE - 1, limit=10, lease_seconds=LEASE) == []
+    assert [j.id for j in await store.claim_polls(NOW + LEASE, limit=10, lease_seconds=LEASE)] == [job.id]
+
+
+# -- usage -------------------------------------------------------------------------------------
+
+
+def on(day: str) -> str:
+    return f"2025-06-{day}T12:00:00.000Z"
+
+
+async def test_usage_sums_credits_by_day_model_and_status(store: Store) -> None:
+    await create(store, created_at=on("01"), status="succeeded", cost={"credits_estimate": 10, "credits_charged": 8})
+    await create(store, created_at=on("01"), status="succeeded", cost={"credits_estimate": 5, "credits_charged": 5})
+    await create(store, created_at=on("01"), status="failed", cost={"credits_estimate": 10, "credits_charged": 0})
+    await create(store, created_at=on("01"), model="fast", status="succeeded", cost={"credits_estimate": 2.5})
+    await create(store, created_at=on("02"), status="queued")
+    await create(store, created_at=on("01"), api_key_id=KEY_B.id, status="succeeded", cost={"credits_charged": 99})
+    assert await store.usage(KEY_A.id, None, None) == [
+        ("2025-06-01", "fast", "succeeded", 1, 2.5, 0.0),
+        ("2025-06-01", "seedance-2.0", "failed", 1, 10.0, 0.0),
+        ("2025-06-01", "seedance-2.0", "succeeded", 2, 15.0, 13.0),
+        ("2025-06-02", "seedance-2.0", "queued", 1, 0.0, 0.0),
+    ]
+
+
+async def test_usage_start_is_inclusive_and_end_exclusive(store: Store) -> None:
+    for day in ("01", "02", "03"):
+        await create(store, created_at=on(day), status="succeeded", cost={"credits_charged": 1})
+    assert await store.usage(KEY_A.id, on("02"), on("03")) == [("2025-06-02", "seedance-2.0", "succeeded", 1, 0.0, 1.0)]
+
+
+async def test_usage_of_a_key_without_jobs_is_empty(store: Store) -> None:
+    await create(store)
+    assert await store.usage(KEY_B.id, None, None) == []
+
+
+# -- durability --------------------------------------------------------------------------------
+
+
+async def test_jobs_and_events_survive_a_restart(backend: Backend, store: Store) -> None:
+    job = await create(store)
+    updated = await store.update_job(job.id, to_status("processing"))
+    events = await store.events_after(0)
+    await store.close()
+    reopened = backend.new_store()
+    await reopened.open()
+    try:
+        assert await reopened.get_api_key(KEY_A.id) == KEY_A
+        assert await reopened.get_job(job.id) == updated.job
+        assert await reopened.events_after(0) == events
+    finally:
+        await reopened.close()
+
+
+async def test_receipts_and_idempotency_keys_survive_a_restart(backend: Backend, store: Store) -> None:
+    original = make_job()
+    await store.create_job(original, "job.created", idempotency=CLAIM)
+    await store.update_job(original.id, to_status("processing"), receipt=RECEIPT)
+    await store.close()
+    reopened = backend.new_store()
+    await reopened.open()
+    try:
+        again = await reopened.create_job(make_job(), "job.created", idempotency=CLAIM)
+        assert (again.created, again.job.id) == (False, original.id)
+        redelivered = await reopened.update_job(original.id, to_status("failed"), receipt=RECEIPT)
+        assert redelivered.duplicate is True
+    finally:
+        await reopened.close()
