@@ -6,6 +6,7 @@ ReelayError                       -> {"error": {"code", "message", "details"}}
  ├── NotFound               404   not_found
  ├── Conflict               409   conflict / idempotency_conflict
  ├── PayloadTooLarge        413   payload_too_large
+ ├── UnsupportedMediaType   415   unsupported_media_type
  ├── RateLimited            429   rate_limited
  └── ServiceUnavailable     503   unavailable
 """
@@ -74,6 +75,11 @@ class PayloadTooLarge(ReelayError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(ReelayError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class RateLimited(ReelayError):
     status_code = 429
     code = "rate_limited"
@@ -121,6 +127,11 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             return error_response(status, "internal_error", "internal error")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(status, _HTTP_CODES.get(status, "http_error"), str(exc.detail), headers=headers)
+    # Raised by the JSON decoder on a request body, before any handler runs.
+    if isinstance(exc, UnicodeDecodeError):
+        return error_response(400, "invalid_request", "the request body is not valid UTF-8")
+    if isinstance(exc, RecursionError):
+        return error_response(400, "invalid_request", "the request body is nested too deeply")
     if isinstance(exc, StorageUnavailable):
         log.error("storage.unavailable", error=str(exc))
         return error_response(503, "unavailable", "the database is unavailable; retry later")

@@ -60,7 +60,7 @@ class Gateway:
         spec = self.models.get(model_id)
         if spec is None:
             raise InvalidRequest(
-                f"model: unknown model {model_id!r}",
+                f"model: unknown model {model_id!r}; GET /v1/models lists the model ids",
                 details={"field": "model", "allowed": sorted(self.models)},
             )
         adapter = self.adapters.get(spec.provider)
@@ -88,8 +88,11 @@ class Gateway:
         check_input(spec, given)
         claim = None
         if idempotency_key is not None:
-            if not 1 <= len(idempotency_key) <= 255:
-                raise InvalidRequest("Idempotency-Key must be 1 to 255 characters")
+            if not (1 <= len(idempotency_key) <= 255 and idempotency_key.isascii() and idempotency_key.isprintable()):
+                raise InvalidRequest(
+                    "Idempotency-Key must be 1 to 255 printable ASCII characters",
+                    details={"field": "Idempotency-Key"},
+                )
             digest = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
             claim = IdempotencyClaim(key=idempotency_key, request_hash=digest)
         now = self.clock()
@@ -180,7 +183,7 @@ class Gateway:
         adapter.verify_webhook(headers, body, now=self.clock(), job=job)
         try:
             notice = adapter.parse_webhook(body)
-        except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, msgspec.DecodeError) as exc:
             raise WebhookRejected(f"unreadable {provider} webhook body") from exc
         if job is None:
             job = await self._job_for(provider, notice.job_id, notice.provider_task_id)

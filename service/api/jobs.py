@@ -12,7 +12,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 
 from service.api.context import authenticate, context
 from service.api.sse import EventStream, StreamSession
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, UnsupportedMediaType
 from service.jobs import Job, JobCreate, JobList, encode_job
 from service.providers.base import ModelSpec
 from storage import ApiKeyRecord, JobFilter
@@ -30,11 +30,33 @@ def _cursor_param(request: Request[Any, Any, Any], query_value: str | None) -> i
     raw = request.headers.get("last-event-id") or query_value
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # str.isdigit() alone accepts "²"
         raise InvalidRequest(
             "Last-Event-ID must be an event id (a non-negative integer)", details={"field": "last_event_id"}
         )
     return int(raw)
+
+
+def _require_json(request: Request[Any, Any, Any]) -> None:
+    """A body declared as something other than JSON is refused, even when it happens to parse."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json", details={"field": "Content-Type"})
+
+
+_decode_job_create = msgspec.json.Decoder(JobCreate).decode
+
+
+def _strict(body: bytes) -> JobCreate:
+    """Litestar converts bodies leniently ("5" -> 5, "true" -> True); the API's types are strict."""
+    try:
+        return _decode_job_create(body)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$")
+        key = where.rstrip("`").lstrip(".") or "data"
+        raise InvalidRequest(
+            f"{key}: {message}", details=[{"key": key, "message": message, "source": "body"}]
+        ) from None
 
 
 class JobController(Controller):
@@ -53,7 +75,11 @@ class JobController(Controller):
     ) -> Response[Job]:
         """Accept a job (202). With `Idempotency-Key`, a repeat of the same request returns the original
         job (200) and a different request with the same key is refused (409)."""
-        job, created = await context(request).gateway.create_job(caller.id, data, idempotency_key)
+        # `data` is what Litestar validated leniently (and documents the body); the job is built from a strict pass.
+        _require_json(request)
+        job, created = await context(request).gateway.create_job(
+            caller.id, _strict(await request.body()), idempotency_key
+        )
         return _json(encode_job(job), 202 if created else 200)
 
     @get("/", summary="List jobs, newest first")
@@ -255,8 +281,9 @@ def _iso_param(name: str, value: str | None) -> str | None:
 
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        utc = parsed.astimezone(UTC)  # OverflowError for 9999-12-31T23:59-23:59 and 0001-01-01T00:00+01:00
+    except (ValueError, OverflowError):
         raise InvalidRequest(f"{name}: not an ISO 8601 date or datetime", details={"field": name}) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")

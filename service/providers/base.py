@@ -130,7 +130,7 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(min(int(value), 3600))
     try:
         when = email.utils.parsedate_to_datetime(value)
