@@ -1,0 +1,152 @@
+"""The job API as a caller uses it: list with filters and cursor, cancel, models, usage, probes, schema."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from service.sandbox import SandboxKnobs
+from tests.harness import Stack, stack
+
+SLOW = SandboxKnobs(processing_after_s=30, complete_after_s=60)
+
+
+async def _create(s: Stack, model: str = "seedancee2/pro", **fields: Any) -> dict[str, Any]:
+    body = {"model": model, "input": {"prompt": "p", "resolution": "480p"}, **fields}
+    response = await s.client.post(f"{s.url}/v1/jobs", json=body, headers=s.headers)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def test_list_pages_newest_first_with_an_opaque_cursor(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=SLOW) as s:
+        created = [(await _create(s))["id"] for _ in range(7)]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = (await s.client.get(f"{s.url}/v1/jobs", params=params, headers=s.headers)).json()
+            assert len(page["data"]) <= 3
+            seen += [j["id"] for j in page["data"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            assert not cursor.startswith("job_")  # opaque
+        assert seen == list(reversed(created))
+
+
+async def test_list_filters_by_status_model_provider_and_metadata(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=SLOW) as s:
+        a = await _create(s, metadata={"customer_job_id": "job_123", "campaign": "launch"})
+        b = await _create(s, model="seedancee2/mini", metadata={"customer_job_id": "job_456"})
+        await s.client.post(f"{s.url}/v1/jobs/{b['id']}/cancel", headers=s.headers)
+
+        async def ids(**params: str) -> list[str]:
+            response = await s.client.get(f"{s.url}/v1/jobs", params=params, headers=s.headers)
+            assert response.status_code == 200, response.text
+            return [j["id"] for j in response.json()["data"]]
+
+        assert await ids(**{"metadata.customer_job_id": "job_123"}) == [a["id"]]
+        assert await ids(**{"metadata.customer_job_id": "job_123", "metadata.campaign": "other"}) == []
+        assert await ids(model="seedancee2/mini") == [b["id"]]
+        assert await ids(status="cancelled") == [b["id"]]
+        assert await ids(provider="seedancee2") == [b["id"], a["id"]]
+        assert await ids(provider="minuit") == []
+
+
+async def test_cancel_a_running_job_then_cancel_again_is_409(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=SLOW) as s:
+        job = await _create(s)
+        response = await s.client.post(f"{s.url}/v1/jobs/{job['id']}/cancel", headers=s.headers)
+        assert response.status_code == 200
+        assert response.json()["status"] == "cancelled"
+        assert response.json()["completed_at"] is not None
+        again = await s.client.post(f"{s.url}/v1/jobs/{job['id']}/cancel", headers=s.headers)
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "job_finished"
+        events = [e.type for e in await s.store.events_after(0, job_id=job["id"])]
+        assert events[-1] == "job.cancelled"
+        assert events.count("job.cancelled") == 1
+
+
+async def test_models_list_every_id_with_capabilities_and_price(seedance: Stack) -> None:
+    response = await seedance.client.get(f"{seedance.url}/v1/models", headers=seedance.headers)
+    assert response.status_code == 200
+    models = {m["id"]: m for m in response.json()["data"]}
+    assert {"seedancee2/pro", "seedancee2/fast", "seedancee2/mini"} <= set(models)
+    pro, mini = models["seedancee2/pro"], models["seedancee2/mini"]
+    assert pro["available"] is True
+    assert pro["capabilities"]["resolutions"] == ["480p", "720p", "1080p"]
+    assert mini["capabilities"]["resolutions"] == ["480p", "720p"]
+    assert pro["capabilities"]["durations"] == list(range(4, 16))
+    assert "9:21" not in pro["capabilities"]["aspect_ratios"]
+    assert pro["price"]["unit"] == "credits"
+    assert pro["price"]["per_second"] == {"480p": 10.0, "720p": 20.0, "1080p": 50.0}
+
+
+async def test_a_provider_without_api_key_is_unavailable_and_says_so(tmp_path: Path) -> None:
+    async with stack(tmp_path, provider_overrides={"seedancee2": {"api_key": None}}) as s:
+        models = (await s.client.get(f"{s.url}/v1/models", headers=s.headers)).json()["data"]
+        assert {m["id"]: m["available"] for m in models}["seedancee2/pro"] is False
+        response = await s.client.post(
+            f"{s.url}/v1/jobs", json={"model": "seedancee2/pro", "input": {"prompt": "p"}}, headers=s.headers
+        )
+        assert response.status_code == 400
+        assert "REELAY_SEEDANCEE2_API_KEY" in response.json()["error"]["message"]
+
+
+async def test_model_alias_resolves_to_the_model_id(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=SLOW, model_aliases={"seedance-2-fast": "seedancee2/fast"}) as s:
+        job = await _create(s, model="seedance-2-fast")
+        assert job["model"] == "seedancee2/fast"
+
+
+async def test_usage_counts_jobs_and_credits_by_status_model_and_day(seedance: Stack) -> None:
+    done = await seedance.submit(model="seedancee2/mini", resolution="720p")  # 10 cr/s x 5 s
+    await seedance.wait_for(done["id"], {"succeeded"})
+    await seedance.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json={"complete_after_s": 60})
+    await seedance.submit(model="seedancee2/pro", resolution="480p")  # 10 cr/s x 5 s, still running
+    response = await seedance.client.get(f"{seedance.url}/v1/usage", headers=seedance.headers)
+    assert response.status_code == 200
+    usage = response.json()
+    assert usage["total"]["jobs"] == 2
+    assert usage["total"]["credits_estimate"] == 100
+    assert usage["total"]["credits_charged"] == 50
+    assert usage["by_status"] == {"queued": 1, "succeeded": 1}
+    assert usage["by_model"]["seedancee2/mini"]["credits_charged"] == 50
+    day = done["created_at"][:10]
+    assert usage["by_day"][day]["jobs"] == 2
+    later = await seedance.client.get(
+        f"{seedance.url}/v1/usage", params={"start": "2999-01-01"}, headers=seedance.headers
+    )
+    assert later.json()["total"]["jobs"] == 0
+
+
+async def test_probes_metrics_and_schema(seedance: Stack) -> None:
+    assert (await seedance.client.get(f"{seedance.url}/healthz")).json() == {"status": "ok"}
+    assert (await seedance.client.get(f"{seedance.url}/readyz")).json() == {"status": "ready"}
+    job = await seedance.submit()
+    await seedance.wait_for(job["id"], {"succeeded"})
+    metrics = (await seedance.client.get(f"{seedance.url}/metrics")).text
+    assert 'reelay_webhooks_total{provider="seedancee2",result="applied"} 1.0' in metrics
+    assert 'route="/v1/jobs"' in metrics
+    schema = (await seedance.client.get(f"{seedance.url}/schema")).json()
+    assert schema["openapi"].startswith("3.")
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/events", "/v1/models", "/v1/usage"):
+        assert path in schema["paths"], path
+    create = schema["paths"]["/v1/jobs"]["post"]
+    assert "202" in create["responses"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]
+
+
+async def test_readyz_fails_when_the_database_is_gone(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        await s.store.close()
+        response = await s.client.get(f"{s.url}/readyz")
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "unavailable"
+        assert (await s.client.get(f"{s.url}/healthz")).status_code == 200
+        await asyncio.sleep(0)
+        await s.store.open()  # let the app shut down normally
