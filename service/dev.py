@@ -29,7 +29,7 @@ def dev_settings(port: int, sandbox_port: int, data_dir: str) -> Settings:
             base_url=f"http://127.0.0.1:{sandbox_port + offset}",
             api_key=spec.api_key,
             webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
-            options=providers[name].options,
+            options={**spec.options, **providers[name].options},
         )
     path = Path(data_dir).resolve() / "reelay-dev.db"
     return msgspec.structs.replace(

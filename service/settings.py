@@ -14,7 +14,7 @@ DEFAULT_BASE_URLS = {
     "seedancee2": "https://api.seedancee2.ai",
     "minuit": "https://seedance2.lol",
     "mindvideo": "https://api.mindvideo.ai",
-    "imini": "https://api.imini.ai",
+    "imini": "https://openapi.imini.ai/imini/router",
     "magnific": "https://api.magnific.com",
 }
 

@@ -19,23 +19,10 @@ import structlog
 from service import jobs
 from service.gateway import Gateway
 from service.providers.base import OutcomeUnknown, PermanentError, ProviderError, TransientError
+from service.schedule import Backoff
 from storage import DispatchState, JobRecord, Stage, StorageError
 
 log = structlog.get_logger("reelay.worker")
-
-
-class Backoff(msgspec.Struct, frozen=True, kw_only=True):
-    """Exponential delays with jitter: `initial * factor**attempt`, capped, then spread by ±jitter."""
-
-    initial: float = 1.0
-    factor: float = 2.0
-    cap: float = 60.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int, rng: random.Random, *, at_least: float | None = None) -> float:
-        base = min(self.cap, self.initial * self.factor ** max(0, attempt))
-        spread = base * rng.uniform(1 - self.jitter, 1 + self.jitter)
-        return max(spread, at_least or 0.0)
 
 
 class LeasedLoop:
@@ -190,7 +177,8 @@ class Dispatcher(LeasedLoop):
     async def _submitted(self, job: JobRecord, task_id: str, cost: dict[str, Any] | None, callbacks: bool) -> None:
         now = self.clock()
         settings = self.gateway.settings
-        first_poll = settings.callback_grace_seconds if callbacks else Poller.schedule.delay(0, self.rng)
+        adapter = self.gateway.adapters[job.provider]
+        first_poll = settings.callback_grace_seconds if callbacks else adapter.poll_schedule.delay(0, self.rng)
         await self._update(
             job,
             lambda j: jobs.submitted(
@@ -214,10 +202,10 @@ class Poller(LeasedLoop):
     callbacks, and the safety net when a callback is overdue."""
 
     name = "poll"
-    schedule = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
 
     def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(gateway, concurrency=gateway.settings.poll_concurrency, **kwargs)
+        self._caps = {name: asyncio.Semaphore(a.poll_concurrency) for name, a in gateway.adapters.items()}
 
     async def claim(self, now: float, limit: int) -> list[JobRecord]:
         return await self.store.claim_polls(now, limit, self.lease_seconds)
@@ -234,7 +222,8 @@ class Poller(LeasedLoop):
         report = None
         retry_after = None
         try:
-            report = await adapter.fetch(job.provider_task_id)
+            async with self._caps[job.provider]:
+                report = await adapter.fetch(job.provider_task_id)
         except PermanentError as exc:
             await self._fail(job, "provider_error", exc.message, exc.provider_code)
             return
@@ -243,7 +232,7 @@ class Poller(LeasedLoop):
             log.warning("poll.retrying", error=str(exc))
         except (ProviderError, ValueError, KeyError, TypeError) as exc:
             log.warning("poll.bad_answer", error=str(exc))
-        delay = self.schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)
+        delay = adapter.poll_schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)
 
         def decide(current: JobRecord) -> tuple[JobRecord, str | None] | None:
             change = jobs.reported(current, report, now=now) if report is not None else None

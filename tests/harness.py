@@ -61,6 +61,7 @@ def sandbox_provider_settings(name: str, base_url: str) -> ProviderSettings:
         base_url=base_url,
         api_key=spec.api_key,
         webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
+        options=dict(spec.options),
     )
 
 

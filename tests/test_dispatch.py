@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.sandbox import SandboxKnobs
-from service.worker import Backoff
+from service.schedule import Backoff
 from tests.harness import stack
 
 QUICK = {"processing_after_s": 0.05, "complete_after_s": 0.2}

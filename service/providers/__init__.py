@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from service.providers.base import ModelSpec, ProviderAdapter
+from service.providers.imini import Imini
+from service.providers.magnific import Magnific
+from service.providers.mindvideo import MindVideo
+from service.providers.minuit import Minuit
 from service.providers.seedancee2 import Seedancee2
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {
     Seedancee2.name: Seedancee2,
+    Minuit.name: Minuit,
+    MindVideo.name: MindVideo,
+    Imini.name: Imini,
+    Magnific.name: Magnific,
 }
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx
 import msgspec
 
+from service.schedule import Backoff
+
 if TYPE_CHECKING:
     from service.jobs import Report
     from service.settings import ProviderSettings
@@ -99,6 +101,10 @@ class ProviderAdapter(Protocol):
     unknown_outcome: ClassVar[str]
     # Signed webhooks come to /webhooks/<provider>; unsigned ones to a per-job URL with a token.
     signs_webhooks: ClassVar[bool]
+    # Status checks: how often (providers with callbacks wait for the callback grace first) and how many
+    # may be in flight at once against this provider.
+    poll_schedule: ClassVar[Backoff]
+    poll_concurrency: ClassVar[int]
 
     async def submit(self, job: JobRecord, spec: ModelSpec, callback_url: str | None) -> Submission:
         """Create the upstream task."""
@@ -143,6 +149,10 @@ class HttpProvider:
     """Shared HTTP calls: maps transport failures and status codes onto the ProviderError tree."""
 
     name: ClassVar[str]
+    poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
+    poll_concurrency: ClassVar[int] = 4
+    # A floor under the wait after a 429, for providers that ask for one.
+    min_retry_after: ClassVar[float] = 0.0
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
         self.settings = settings
@@ -196,10 +206,10 @@ class HttpProvider:
             return body
         code, message = self.error_detail(body)
         if status == 429 or status == 408:
-            raise TransientError(
-                f"{self.name}: {status} {code or ''}".strip(),
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
-            )
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if self.min_retry_after:
+                retry_after = max(retry_after or 0.0, self.min_retry_after)
+            raise TransientError(f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after)
         if status >= 500:
             raise TransientError(
                 f"{self.name}: {status} {code or ''} {message or ''}".strip(),

@@ -1,0 +1,14 @@
+"""Imini adapter (seed 003): under construction; it registers no model until it is complete."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from service.providers.base import HttpProvider, ModelSpec
+
+
+class Imini(HttpProvider):
+    name: ClassVar[str] = "imini"
+    models: ClassVar[tuple[ModelSpec, ...]] = ()
+    unknown_outcome: ClassVar[str] = "fail"
+    signs_webhooks: ClassVar[bool] = False
