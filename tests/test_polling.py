@@ -1,0 +1,178 @@
+"""The poller with an injected clock: its schedule, Retry-After, the per-provider cap and the deadline,
+tested without sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from service import jobs
+from service.gateway import Gateway
+from service.jobs import Report, encode_job
+from service.providers.base import ModelSpec, TransientError
+from service.schedule import Backoff
+from service.settings import Settings
+from service.worker import Poller
+from storage import ApiKeyRecord, Stage, Store, create_store
+
+SCHEDULE = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeProvider:
+    """Answers status checks from a script; counts how many run at once."""
+
+    name: ClassVar[str] = "fake"
+    models: ClassVar[tuple[ModelSpec, ...]] = ()
+    unknown_outcome: ClassVar[str] = "fail"
+    signs_webhooks: ClassVar[bool] = False
+    poll_schedule: ClassVar[Backoff] = SCHEDULE
+    poll_concurrency: ClassVar[int] = 2
+
+    def __init__(self, answers: list[Report | Exception]) -> None:
+        self.answers = answers
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gate: asyncio.Event | None = None
+
+    async def fetch(self, provider_task_id: str) -> Report:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            answer = self.answers.pop(0) if self.answers else Report(status="processing")
+        finally:
+            self.in_flight -= 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    the_store = create_store(f"sqlite:///{tmp_path / 'poll.db'}", encode_job, sqlite_synchronous="NORMAL")
+    await the_store.open()
+    yield the_store
+    await the_store.close()
+
+
+async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000000000000000000001") -> Any:
+    if await store.get_api_key("k") is None:
+        await store.create_api_key(ApiKeyRecord(id="k", name="k", secret_hash=b"x", created_at="2026-01-01T00:00:00Z"))
+    job = jobs.new_job(
+        job_id=job_id,
+        api_key_id="k",
+        model="fake/m",
+        provider="fake",
+        input={"prompt": "p"},
+        metadata={},
+        cost={},
+        callback_token="t",
+        now=clock.now,
+        timeout=600,
+    )
+    await store.create_job(job, "job.created")
+    outcome = await store.update_job(
+        job.id,
+        lambda j: jobs.submitted(
+            j, provider_task_id=f"task-{job_id[-4:]}", cost=None, now=clock.now, next_poll_at=clock.now
+        ),
+    )
+    return outcome.job
+
+
+def _poller(store: Store, clock: Clock, provider: FakeProvider, seed: int = 3) -> Poller:
+    gateway = Gateway(Settings(), store, {"fake": provider}, {}, clock=clock)  # type: ignore[dict-item]
+    return Poller(gateway, rng=random.Random(seed))
+
+
+async def test_schedule_backs_off_with_jitter_until_the_job_finishes(store: Store) -> None:
+    clock = Clock()
+    provider = FakeProvider([Report(status="queued"), Report(status="processing"), Report(status="processing")])
+    poller = _poller(store, clock, provider)
+    expected_rng = random.Random(3)
+    job = await _submitted_job(store, clock)
+    for attempt in range(3):
+        await poller.handle(job)
+        job = await store.get_job(job.id)
+        assert job is not None
+        expected = SCHEDULE.delay(attempt, expected_rng)
+        assert job.next_poll_at == pytest.approx(clock.now + expected)
+        assert job.poll_attempts == attempt + 1
+        assert job.lease_until is None
+        clock.now = job.next_poll_at  # the worker would claim it exactly then
+    assert job.status == "processing"
+    provider.answers = [Report(status="succeeded", output={"videos": [{"url": "u"}]})]
+    await poller.handle(job)
+    done = await store.get_job(job.id)
+    assert done is not None
+    assert (done.status, done.stage, done.next_poll_at) == ("succeeded", Stage.TERMINAL, None)
+
+
+async def test_delays_grow_then_stop_at_the_cap() -> None:
+    rng = random.Random(0)
+    delays = [SCHEDULE.delay(n, rng) for n in range(20)]
+    assert 1.6 <= delays[0] <= 2.4
+    assert all(d <= 60.0 * 1.2 for d in delays)
+    assert min(delays[12:]) >= 60.0 * 0.8  # capped, still jittered
+
+
+async def test_retry_after_on_429_is_honoured(store: Store) -> None:
+    clock = Clock()
+    poller = _poller(store, clock, FakeProvider([TransientError("429", retry_after=45.0)]))
+    job = await _submitted_job(store, clock)
+    await poller.handle(job)
+    after = await store.get_job(job.id)
+    assert after is not None
+    assert after.next_poll_at == pytest.approx(clock.now + 45.0)
+    assert after.status == "queued"
+
+
+async def test_job_past_its_deadline_fails_with_timeout(store: Store) -> None:
+    clock = Clock()
+    poller = _poller(store, clock, FakeProvider([]))
+    job = await _submitted_job(store, clock)
+    clock.now = job.deadline_at + 1
+    await poller.handle(job)
+    after = await store.get_job(job.id)
+    assert after is not None
+    assert after.status == "failed"
+    assert after.error == {"code": "timeout", "message": "the provider did not finish the job before its deadline"}
+
+
+async def test_next_poll_never_lands_after_the_deadline(store: Store) -> None:
+    clock = Clock()
+    poller = _poller(store, clock, FakeProvider([TransientError("429", retry_after=3600.0)]))
+    job = await _submitted_job(store, clock)
+    await poller.handle(job)
+    after = await store.get_job(job.id)
+    assert after is not None
+    assert after.next_poll_at == job.deadline_at
+
+
+async def test_per_provider_cap_limits_status_checks_in_flight(store: Store) -> None:
+    clock = Clock()
+    provider = FakeProvider([])
+    provider.gate = asyncio.Event()
+    poller = _poller(store, clock, provider)
+    submitted = [await _submitted_job(store, clock, f"job_01JZ00000000000000000000{i:02d}") for i in range(6)]
+    tasks = [asyncio.create_task(poller.handle(job)) for job in submitted]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert provider.in_flight == FakeProvider.poll_concurrency
+    provider.gate.set()
+    await asyncio.gather(*tasks)
+    assert provider.most_in_flight == FakeProvider.poll_concurrency
