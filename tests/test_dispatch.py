@@ -33,7 +33,7 @@ async def test_rate_limited_create_is_retried(tmp_path: Path) -> None:
 
 
 async def test_server_errors_are_retried_and_the_job_is_created_once(tmp_path: Path) -> None:
-    # A 500 may hide a created task, so before resending Reelay looks the job up in the provider's list.
+    # An error answer means nothing was created: the create is simply sent again.
     async with stack(tmp_path, knobs=SandboxKnobs(burst_5xx=2, **QUICK)) as running:
         job = await running.submit()
         done = await running.wait_for(job["id"], {"succeeded", "failed"}, timeout=20)

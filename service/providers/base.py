@@ -211,10 +211,10 @@ class HttpProvider:
                 retry_after = max(retry_after or 0.0, self.min_retry_after)
             raise TransientError(f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after)
         if status >= 500:
+            # An error answer is a refusal, so resending is safe; only a lost answer is an unknown outcome.
             raise TransientError(
                 f"{self.name}: {status} {code or ''} {message or ''}".strip(),
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                maybe_sent=creates,
             )
         raise PermanentError(message or f"{self.name} answered {status}", provider_code=code, status=status)
 
