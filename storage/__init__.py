@@ -15,6 +15,7 @@ from storage.records import (
     Receipt,
     Stage,
     UpdateOutcome,
+    UsageRow,
 )
 
 
@@ -43,5 +44,6 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "UpdateOutcome",
+    "UsageRow",
     "create_store",
 ]

@@ -14,6 +14,7 @@ from storage.records import (
     JobRecord,
     Receipt,
     UpdateOutcome,
+    UsageRow,
 )
 
 JobEncoder = Callable[[JobRecord], bytes]
@@ -106,7 +107,5 @@ class Store(Protocol):
     async def last_event_id(self) -> int:
         """The id of the newest event, or 0."""
 
-    async def usage(
-        self, api_key_id: str, start: str | None, end: str | None
-    ) -> list[tuple[str, str, str, int, float, float]]:
-        """(day, model, status, jobs, credits_estimate, credits_charged) rows for the key's jobs."""
+    async def usage(self, api_key_id: str, start: str | None, end: str | None) -> list[UsageRow]:
+        """The key's jobs created in [start, end), grouped by day, model and status."""

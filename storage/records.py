@@ -100,3 +100,16 @@ class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
     provider: str | None = None
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
+    """Jobs of one key grouped by creation day, model and status, with their summed costs."""
+
+    day: str
+    model: str
+    status: str
+    jobs: int
+    credits_estimate: float = 0.0
+    credits_charged: float = 0.0
+    usd_estimate: float = 0.0
+    usd_charged: float = 0.0

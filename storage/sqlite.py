@@ -28,6 +28,7 @@ from storage.records import (
     Receipt,
     Stage,
     UpdateOutcome,
+    UsageRow,
 )
 
 log = logging.getLogger("reelay.storage")
@@ -54,6 +55,7 @@ _JOB_COLUMNS = ", ".join(_FIXED + _MUTABLE)
 _INSERT_SQL = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(_FIXED + _MUTABLE))})"
 _UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
 _EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
+_COST_FIELDS = ("credits_estimate", "credits_charged", "usd_estimate", "usd_charged")
 
 _encoder = msgspec.json.Encoder()
 
@@ -482,9 +484,7 @@ class SqliteStore:
         rows = await self._read("SELECT coalesce(max(id), 0) FROM events")
         return int(next(iter(rows))[0])
 
-    async def usage(
-        self, api_key_id: str, start: str | None, end: str | None
-    ) -> list[tuple[str, str, str, int, float, float]]:
+    async def usage(self, api_key_id: str, start: str | None, end: str | None) -> list[UsageRow]:
         clauses = ["api_key_id = ?"]
         params: list[Any] = [api_key_id]
         if start is not None:
@@ -495,12 +495,20 @@ class SqliteStore:
             params.append(end)
         rows = await self._read(
             "SELECT substr(created_at, 1, 10) AS day, model, status, count(*), "
-            "coalesce(sum(json_extract(cost, '$.credits_estimate')), 0), "
-            "coalesce(sum(json_extract(cost, '$.credits_charged')), 0) "
-            f"FROM jobs WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
+            + ", ".join(f"coalesce(sum(json_extract(cost, '$.{field}')), 0)" for field in _COST_FIELDS)
+            + f" FROM jobs WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
             params,
         )
-        return [(r[0], r[1], r[2], int(r[3]), float(r[4]), float(r[5])) for r in rows]
+        return [
+            UsageRow(
+                day=r[0],
+                model=r[1],
+                status=r[2],
+                jobs=int(r[3]),
+                **dict(zip(_COST_FIELDS, map(float, r[4:]), strict=True)),
+            )
+            for r in rows
+        ]
 
 
 class _translated:

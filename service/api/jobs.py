@@ -15,7 +15,7 @@ from service.api.sse import EventStream, StreamSession
 from service.errors import InvalidRequest, UnsupportedMediaType
 from service.jobs import Job, JobCreate, JobList, encode_job
 from service.providers.base import ModelSpec
-from storage import ApiKeyRecord, JobFilter
+from storage import ApiKeyRecord, JobFilter, UsageRow
 
 _encode = msgspec.json.Encoder().encode
 _META_PARAM = re.compile(r"^metadata\.([A-Za-z0-9_.\-]{1,40})$")
@@ -221,26 +221,36 @@ async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[A
     return ModelList(data=[model_info(spec, spec.provider in gateway.adapters) for spec in gateway.models.values()])
 
 
-class UsageRow(msgspec.Struct):
-    jobs: int
-    credits_estimate: float
-    credits_charged: float
-    by_status: dict[str, int]
+class UsageTotals(msgspec.Struct):
+    jobs: int = 0
+    credits_estimate: float = 0.0
+    credits_charged: float = 0.0
+    usd_estimate: float = 0.0
+    usd_charged: float = 0.0
+    by_status: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def add(self, row: UsageRow) -> None:
+        self.jobs += row.jobs
+        self.credits_estimate += row.credits_estimate
+        self.credits_charged += row.credits_charged
+        self.usd_estimate += row.usd_estimate
+        self.usd_charged += row.usd_charged
+        self.by_status[row.status] = self.by_status.get(row.status, 0) + row.jobs
 
 
 class Usage(msgspec.Struct):
     range: dict[str, str | None]
-    total: UsageRow
+    total: UsageTotals
     by_status: dict[str, int]
-    by_model: dict[str, UsageRow]
-    by_day: dict[str, UsageRow]
+    by_model: dict[str, UsageTotals]
+    by_day: dict[str, UsageTotals]
 
 
 @get(
     "/v1/usage",
     dependencies={"caller": Provide(authenticate)},
     tags=["usage"],
-    summary="Jobs and credits by status, by model and by day",
+    summary="Jobs and costs by status, by model and by day",
     security=[{"bearer": []}, {"apiKey": []}],
 )
 async def usage(
@@ -249,18 +259,16 @@ async def usage(
     start: FromQuery[str | None] = None,
     end: FromQuery[str | None] = None,
 ) -> Usage:
-    """`start` and `end` are ISO 8601 dates or datetimes (UTC); `end` is exclusive."""
+    """Jobs created in [`start`, `end`) (ISO 8601 dates or datetimes, UTC). Credits and USD are summed
+    separately: estimates when the job was accepted, charges as the provider reported them."""
     start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)
-    rows = await context(request).gateway.store.usage(caller.id, start_iso, end_iso)
-    total = UsageRow(jobs=0, credits_estimate=0.0, credits_charged=0.0, by_status={})
-    by_model: dict[str, UsageRow] = {}
-    by_day: dict[str, UsageRow] = {}
-    for day, model, status, count, estimate, charged in rows:
-        for row in (total, by_model.setdefault(model, _empty()), by_day.setdefault(day, _empty())):
-            row.jobs += count
-            row.credits_estimate += estimate
-            row.credits_charged += charged
-            row.by_status[status] = row.by_status.get(status, 0) + count
+    total = UsageTotals()
+    by_model: dict[str, UsageTotals] = {}
+    by_day: dict[str, UsageTotals] = {}
+    for row in await context(request).gateway.store.usage(caller.id, start_iso, end_iso):
+        total.add(row)
+        by_model.setdefault(row.model, UsageTotals()).add(row)
+        by_day.setdefault(row.day, UsageTotals()).add(row)
     return Usage(
         range={"start": start_iso, "end": end_iso},
         total=total,
@@ -268,10 +276,6 @@ async def usage(
         by_model=by_model,
         by_day=by_day,
     )
-
-
-def _empty() -> UsageRow:
-    return UsageRow(jobs=0, credits_estimate=0.0, credits_charged=0.0, by_status={})
 
 
 def _iso_param(name: str, value: str | None) -> str | None:

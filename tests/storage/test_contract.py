@@ -633,18 +633,25 @@ async def test_usage_sums_credits_by_day_model_and_status(store: Store) -> None:
     await create(store, created_at=on("01"), model="fast", status="succeeded", cost={"credits_estimate": 2.5})
     await create(store, created_at=on("02"), status="queued")
     await create(store, created_at=on("01"), api_key_id=KEY_B.id, status="succeeded", cost={"credits_charged": 99})
-    assert await store.usage(KEY_A.id, None, None) == [
-        ("2025-06-01", "fast", "succeeded", 1, 2.5, 0.0),
-        ("2025-06-01", "seedance-2.0", "failed", 1, 10.0, 0.0),
-        ("2025-06-01", "seedance-2.0", "succeeded", 2, 15.0, 13.0),
-        ("2025-06-02", "seedance-2.0", "queued", 1, 0.0, 0.0),
+    await create(store, created_at=on("02"), status="succeeded", cost={"usd_estimate": 0.07, "usd_charged": 0.0657})
+    rows = [
+        (r.day, r.model, r.status, r.jobs, r.credits_estimate, r.credits_charged, r.usd_estimate, r.usd_charged)
+        for r in await store.usage(KEY_A.id, None, None)
+    ]
+    assert rows == [
+        ("2025-06-01", "fast", "succeeded", 1, 2.5, 0.0, 0.0, 0.0),
+        ("2025-06-01", "seedance-2.0", "failed", 1, 10.0, 0.0, 0.0, 0.0),
+        ("2025-06-01", "seedance-2.0", "succeeded", 2, 15.0, 13.0, 0.0, 0.0),
+        ("2025-06-02", "seedance-2.0", "queued", 1, 0.0, 0.0, 0.0, 0.0),
+        ("2025-06-02", "seedance-2.0", "succeeded", 1, 0.0, 0.0, 0.07, 0.0657),
     ]
 
 
 async def test_usage_start_is_inclusive_and_end_exclusive(store: Store) -> None:
     for day in ("01", "02", "03"):
         await create(store, created_at=on(day), status="succeeded", cost={"credits_charged": 1})
-    assert await store.usage(KEY_A.id, on("02"), on("03")) == [("2025-06-02", "seedance-2.0", "succeeded", 1, 0.0, 1.0)]
+    rows = await store.usage(KEY_A.id, on("02"), on("03"))
+    assert [(r.day, r.jobs, r.credits_charged) for r in rows] == [("2025-06-02", 1, 1.0)]
 
 
 async def test_usage_of_a_key_without_jobs_is_empty(store: Store) -> None:
