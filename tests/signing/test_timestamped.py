@@ -568,6 +568,7 @@ def test_package_imports_nothing_from_the_rest_of_the_service() -> None:
         "service.signing",
         "service.signing.asgi",
         "service.signing.errors",
+        "service.signing.standard",
         "service.signing.timestamped",
     }
 
@@ -579,9 +580,12 @@ def test_public_surface() -> None:
         "Reason",
         "SignatureError",
         "SignatureVerificationMiddleware",
+        "StandardWebhooksScheme",
         "TimestampedScheme",
         "Verifier",
         "compute_signature",
         "sign_header",
+        "sign_headers",
         "verify_header",
+        "verify_headers",
     ]
