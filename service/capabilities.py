@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.errors import InvalidRequest
-from service.providers.base import ModelSpec
+from service.providers.base import InputRefused, ModelSpec, ProviderAdapter
 
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21", "adaptive")
 RESOLUTIONS = ("480p", "720p", "1080p")
@@ -17,7 +17,7 @@ _LISTS = {
 }
 
 
-def _refuse(spec: ModelSpec, field: str, message: str, allowed: Any) -> InvalidRequest:
+def refuse(spec: ModelSpec, field: str, message: str, allowed: Any) -> InvalidRequest:
     return InvalidRequest(
         f"input.{field}: {message} for {spec.id}; allowed: {allowed}",
         details={"field": f"input.{field}", "model": spec.id, "allowed": allowed},
@@ -28,35 +28,53 @@ def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:
     """Raise InvalidRequest naming the first field the model cannot serve and its allowed values."""
     duration = given.get("duration")
     if duration is not None and duration not in spec.durations:
-        raise _refuse(spec, "duration", f"{duration} s is not offered", list(spec.durations))
+        raise refuse(spec, "duration", f"{duration} s is not offered", list(spec.durations))
     resolution = given.get("resolution")
     if resolution is not None and resolution not in spec.resolutions:
-        raise _refuse(spec, "resolution", f"{resolution!r} is not offered", list(spec.resolutions))
+        raise refuse(spec, "resolution", f"{resolution!r} is not offered", list(spec.resolutions))
     aspect = given.get("aspect_ratio")
     if aspect is not None and aspect not in spec.aspect_ratios:
-        raise _refuse(spec, "aspect_ratio", f"{aspect!r} is not offered", list(spec.aspect_ratios))
+        raise refuse(spec, "aspect_ratio", f"{aspect!r} is not offered", list(spec.aspect_ratios))
     for field in given:
         if field not in _ALWAYS and field not in spec.inputs:
-            raise _refuse(
+            raise refuse(
                 spec, field, "this input is not supported", sorted(_ALWAYS - {"provider_options"} | set(spec.inputs))
             )
     if given.get("generate_audio") and not spec.audio:
-        raise _refuse(spec, "generate_audio", "audio generation is not offered", [False])
+        raise refuse(spec, "generate_audio", "audio generation is not offered", [False])
     seed = given.get("seed")
     if seed is not None and spec.seed_range is not None:
         low, high = spec.seed_range
         if not low <= seed <= high:
-            raise _refuse(spec, "seed", f"{seed} is out of range", {"min": low, "max": high})
+            raise refuse(spec, "seed", f"{seed} is out of range", {"min": low, "max": high})
     for field, limit_name in _LISTS.items():
         items = given.get(field)
         limit = getattr(spec, limit_name)
         if items is not None and len(items) > limit:
-            raise _refuse(spec, field, f"{len(items)} items is too many", {"max_items": limit})
+            raise refuse(spec, field, f"{len(items)} items is too many", {"max_items": limit})
     for group in spec.together:
         present = [f for f in group if given.get(f) is not None]
         if present and len(present) != len(group):
             missing = [f for f in group if f not in present]
-            raise _refuse(spec, missing[0], f"must be given together with {', '.join(present)}", list(group))
+            raise refuse(spec, missing[0], f"must be given together with {', '.join(present)}", list(group))
     for first, second in spec.exclusive:
         if given.get(first) and given.get(second):
-            raise _refuse(spec, second, f"cannot be combined with {first}", [first, second])
+            raise refuse(spec, second, f"cannot be combined with {first}", [first, second])
+    for field, needs in spec.requires:
+        if given.get(field) and not any(given.get(other) for other in needs):
+            raise refuse(spec, field, f"needs {' or '.join(needs)} as well", list(needs))
+    for field in spec.urls_only:
+        value = given.get(field)
+        for url in value if isinstance(value, list) else [value] if value else []:
+            if not url.startswith(("https://", "http://")):
+                raise refuse(spec, field, "takes public URLs only, not data URIs", ["https://..."])
+
+
+def check_for(spec: ModelSpec, adapter: ProviderAdapter, given: dict[str, Any]) -> None:
+    """The capability data first, then the adapter's own rules for what the data cannot say."""
+    check_input(spec, given)
+    try:
+        adapter.validate(spec, given)
+    except InputRefused as exc:
+        field = exc.field.removeprefix("input.")
+        raise refuse(spec, field, exc.message, exc.allowed) from None

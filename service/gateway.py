@@ -14,7 +14,7 @@ import msgspec
 import structlog
 
 from service import jobs
-from service.capabilities import check_input
+from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from service.ids import new_job_id, new_token
 from service.providers.base import ModelSpec, ProviderAdapter
@@ -85,7 +85,7 @@ class Gateway:
     ) -> tuple[JobRecord, bool]:
         spec, adapter = self.resolve_model(request.model)
         given: dict[str, Any] = msgspec.to_builtins(request.input)
-        check_input(spec, given)
+        check_for(spec, adapter, given)
         claim = None
         if idempotency_key is not None:
             if not (1 <= len(idempotency_key) <= 255 and idempotency_key.isascii() and idempotency_key.isprintable()):

@@ -190,6 +190,7 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
         "resolutions": list(spec.resolutions),
         "default_resolution": spec.default_resolution,
         "aspect_ratios": list(spec.aspect_ratios),
+        "default_aspect_ratio": spec.default_aspect_ratio,
         "inputs": ["prompt", "duration", "resolution", "aspect_ratio", *spec.inputs, "provider_options"],
         "max_reference_images": spec.max_reference_images,
         "max_reference_videos": spec.max_reference_videos,
@@ -199,6 +200,8 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
         "callbacks": spec.callbacks,
         "inputs_together": [list(g) for g in spec.together],
         "inputs_exclusive": [list(p) for p in spec.exclusive],
+        "inputs_requiring": {field: list(needs) for field, needs in spec.requires},
+        "inputs_urls_only": list(spec.urls_only),
     }
     return ModelInfo(
         id=spec.id,

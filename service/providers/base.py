@@ -47,6 +47,16 @@ class OutcomeUnknown(ProviderError):
     """The request reached the network but its answer never came back."""
 
 
+class InputRefused(ValueError):
+    """Input a provider cannot take, found before anything is sent (the caller gets a 400)."""
+
+    def __init__(self, field: str, message: str, allowed: Any = None) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.allowed = allowed
+
+
 class Price(msgspec.Struct, frozen=True, kw_only=True):
     unit: str  # "credits" or "usd"
     per_second: dict[str, float] = msgspec.field(default_factory=dict)  # by resolution
@@ -73,9 +83,14 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     seed_range: tuple[int, int] | None = None
     callbacks: bool = False
     price: Price | None = None
-    # Inputs that must be given together, and inputs that must not be combined.
+    default_aspect_ratio: str | None = None
+    # Inputs that must be given together, inputs that must not be combined, inputs that need one of
+    # some others (e.g. ("reference_audios", ("reference_images", "reference_videos"))), and inputs that
+    # take public http(s) URLs only, never data URIs.
     together: tuple[tuple[str, ...], ...] = ()
     exclusive: tuple[tuple[str, str], ...] = ()
+    requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    urls_only: tuple[str, ...] = ()
 
 
 class Submission(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,6 +142,9 @@ class ProviderAdapter(Protocol):
     def needs_confirmation(self, notice: WebhookNotice, job: JobRecord) -> bool:
         """True when the webhook must not be applied as is: the status endpoint decides instead."""
 
+    def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
+        """Raise InputRefused for input the capabilities data cannot express a rule for."""
+
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         """The cost estimate for a job, before it is sent."""
 
@@ -160,6 +178,9 @@ class HttpProvider:
 
     def auth_headers(self) -> dict[str, str]:
         raise NotImplementedError
+
+    def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
+        return None  # most providers' rules are all in their ModelSpec
 
     def error_detail(self, body: Any) -> tuple[str | None, str | None]:
         """(provider code, message) from an error body."""

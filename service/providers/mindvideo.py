@@ -1,14 +1,225 @@
-"""MindVideo adapter (seed 001): under construction; it registers no model until it is complete."""
+"""MindVideo (seed 001): `doubao-seedance-2-0-fast` behind an Idempotency-Key create and a poll-only status endpoint."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from service.providers.base import HttpProvider, ModelSpec
+from service.jobs import Report
+from service.providers.base import HttpProvider, InputRefused, ModelSpec, Price, Submission, WebhookNotice
+from service.schedule import Backoff
+from service.signing import SignatureError
+from storage import JobRecord
+
+UPSTREAM_MODEL = "doubao-seedance-2-0-fast"
+MAX_PROMPT_CHARS = 4000
+MAX_IMAGES = 9
+SEED_MAX = 2**31 - 1  # int32: trap 14
+# Every `input` key the schema knows (additionalProperties: false): provider_options may set only these.
+INPUT_FIELDS = frozenset(
+    {
+        "prompt",
+        "size",
+        "resolution",
+        "duration",
+        "generate_audio",
+        "seed",
+        "watermark",
+        "camera_fixed",
+        "return_last_frame",
+        "image_urls",
+        "image_with_roles",
+        "video_urls",
+        "audio_urls",
+        "tools",
+    }
+)
+_STATUSES = frozenset({"queued", "processing", "succeeded", "failed", "cancelled"})
+# Normalized input → the same-named MindVideo field, sent only when given.
+_PLAIN = ("seed", "watermark", "camera_fixed", "return_last_frame")
+
+MODEL = ModelSpec(
+    id=f"mindvideo/{UPSTREAM_MODEL}",
+    provider="mindvideo",
+    upstream_model=UPSTREAM_MODEL,
+    durations=tuple(range(4, 16)),
+    default_duration=5,
+    resolutions=("480p", "720p"),
+    # Upstream defaults to 480p but its own example sends 720p (trap 13); Reelay always sends one, like its peers.
+    default_resolution="720p",
+    aspect_ratios=("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "adaptive"),
+    inputs=(
+        "generate_audio",
+        "seed",
+        "watermark",
+        "camera_fixed",
+        "return_last_frame",
+        "first_frame",
+        "last_frame",
+        "reference_images",
+        "reference_videos",
+        "reference_audios",
+    ),
+    max_reference_images=MAX_IMAGES,
+    max_reference_videos=3,
+    max_reference_audios=3,
+    audio=True,
+    seed_range=(0, SEED_MAX),
+    price=Price(unit="usd", note="per-task cost_estimate returned at create, cost_actual billed; no rate table"),
+    # Frame roles cannot be combined with video_urls/audio_urls (trap 15).
+    exclusive=(
+        ("first_frame", "reference_videos"),
+        ("first_frame", "reference_audios"),
+        ("last_frame", "reference_videos"),
+        ("last_frame", "reference_audios"),
+    ),
+    requires=(("reference_audios", ("reference_images", "reference_videos")),),
+    default_aspect_ratio="16:9",
+)
 
 
 class MindVideo(HttpProvider):
     name: ClassVar[str] = "mindvideo"
-    models: ClassVar[tuple[ModelSpec, ...]] = ()
-    unknown_outcome: ClassVar[str] = "fail"
+    models: ClassVar[tuple[ModelSpec, ...]] = (MODEL,)
+    # The Idempotency-Key (the job id) makes a resent create return the original task, never a second charge.
+    unknown_outcome: ClassVar[str] = "idempotency"
     signs_webhooks: ClassVar[bool] = False
+    # Poll-only: look early for short jobs, then back off to every 30 s for long ones.
+    poll_schedule: ClassVar[Backoff] = Backoff(initial=1.0, factor=1.5, cap=30.0, jitter=0.2)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.api_key}"}
+
+    def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
+        """The schema's rules that ModelSpec cannot express, checked before the job is accepted."""
+        if len(input["prompt"]) > MAX_PROMPT_CHARS:  # Reelay itself accepts longer prompts
+            raise InputRefused("prompt", f"at most {MAX_PROMPT_CHARS} characters", {"max_length": MAX_PROMPT_CHARS})
+        frames = sum(1 for role in ("first_frame", "last_frame") if input.get(role))
+        if frames and frames + len(input.get("reference_images") or ()) > MAX_IMAGES:
+            raise InputRefused(
+                "reference_images", "frames and reference images together are too many", {"max_items": MAX_IMAGES}
+            )
+        unknown = sorted(set(input.get("provider_options") or {}) - INPUT_FIELDS)
+        if unknown:
+            raise InputRefused(
+                "provider_options", f"{', '.join(unknown)} not in MindVideo's input schema", sorted(INPUT_FIELDS)
+            )
+
+    def payload(self, job: JobRecord, spec: ModelSpec) -> dict[str, Any]:
+        """The create body, from input that `validate` and the ModelSpec have accepted."""
+        given = job.input
+        body: dict[str, Any] = {
+            "prompt": given["prompt"],
+            "duration": given.get("duration", spec.default_duration),
+            # Both have upstream defaults that differ from the documented example: always explicit (trap 13).
+            "resolution": given.get("resolution", spec.default_resolution),
+            "generate_audio": bool(given.get("generate_audio", False)),
+        }
+        if "aspect_ratio" in given:
+            body["size"] = given["aspect_ratio"]  # MindVideo's aspect-ratio field on this model (trap 12)
+        for field in _PLAIN:
+            if field in given:
+                body[field] = given[field]
+        references = list(given.get("reference_images") or [])
+        # Reelay's frame inputs are named like MindVideo's roles.
+        roles = [{"url": given[role], "role": role} for role in ("first_frame", "last_frame") if given.get(role)]
+        if roles:
+            # image_urls cannot be combined with image_with_roles: references travel as roles too (trap 15).
+            roles += [{"url": url, "role": "reference_image"} for url in references]
+            body["image_with_roles"] = roles
+        elif references:
+            body["image_urls"] = references
+        if given.get("reference_videos"):
+            body["video_urls"] = list(given["reference_videos"])
+        if given.get("reference_audios"):
+            body["audio_urls"] = list(given["reference_audios"])
+        body.update(given.get("provider_options") or {})
+        return {"model": spec.upstream_model, "input": body}
+
+    async def submit(self, job: JobRecord, spec: ModelSpec, callback_url: str | None) -> Submission:
+        # MindVideo has no callbacks: callback_url is never sent, and the job is polled.
+        answer = await self.call(
+            "POST", "/api/v1/tasks", json=self.payload(job, spec), headers={"Idempotency-Key": job.id}, creates=True
+        )
+        if not isinstance(answer, dict) or not answer.get("task_id"):
+            raise ValueError("MindVideo create answer has no task_id")
+        estimate = answer.get("cost_estimate")
+        return Submission(
+            provider_task_id=str(answer["task_id"]),
+            cost={"usd_estimate": estimate} if _is_number(estimate) else None,
+        )
+
+    async def find_submission(self, job: JobRecord) -> Submission | None:
+        return None  # never called: lost creates are resent under the same Idempotency-Key
+
+    async def fetch(self, provider_task_id: str) -> Report:
+        answer = await self.call("GET", f"/api/v1/tasks/{provider_task_id}")
+        if not isinstance(answer, dict):
+            raise ValueError("MindVideo status answer is not an object")
+        return self.report(answer)
+
+    async def cancel(self, provider_task_id: str) -> bool:
+        return False  # `cancelled` exists upstream but no cancel endpoint is documented (trap 16)
+
+    def report(self, data: Mapping[str, Any]) -> Report:
+        raw = str(data.get("status", "")).lower()
+        status = raw if raw in _STATUSES else "processing"  # an unknown word keeps the job running; polling goes on
+        output = None
+        error = None
+        cost: dict[str, Any] = {}
+        if _is_number(data.get("cost_estimate")):
+            cost["usd_estimate"] = data["cost_estimate"]
+        if _is_number(data.get("cost_actual")):
+            cost["usd_charged"] = data["cost_actual"]
+        if status == "succeeded":
+            out = data.get("output")
+            videos = out.get("videos") if isinstance(out, dict) else None
+            found = [v for v in videos if isinstance(v, dict) and v.get("url")] if isinstance(videos, list) else []
+            if not found:
+                status = "failed"
+                error = {"code": "generation_failed", "message": "the provider reported success without a video"}
+            else:
+                assert isinstance(out, dict)
+                output = {
+                    "videos": [{"url": v["url"], "thumbnail_url": v.get("thumbnail_url")} for v in found],
+                    "last_frame_url": out.get("last_frame_url"),
+                }
+        if status == "failed" and error is None:
+            code, message = _failure(data)
+            error = {"code": "generation_failed", "message": message, "provider_code": code}
+        return Report(
+            status=status,  # type: ignore[arg-type]
+            provider_task_id=str(data["task_id"]) if data.get("task_id") else None,
+            output=output,
+            error=error,
+            cost=cost or None,
+        )
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
+        # MindVideo documents no webhooks, so anything posted to its callback URL is not from MindVideo.
+        raise SignatureError("signing_not_configured", "MindVideo sends no webhooks; its jobs are polled")
+
+    def parse_webhook(self, body: bytes) -> WebhookNotice:
+        raise ValueError("MindVideo sends no webhooks")
+
+    def needs_confirmation(self, notice: WebhookNotice, job: JobRecord) -> bool:
+        return True  # only the status endpoint speaks for MindVideo
+
+    def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
+        return {}  # no rate table: the estimate is MindVideo's cost_estimate, known once the task is created
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _failure(data: Mapping[str, Any]) -> tuple[str, str]:
+    """(provider code, message) of a failed task, read defensively: the failure shape is not documented."""
+    err = data.get("error")
+    code = message = None
+    if isinstance(err, dict):
+        code, message = err.get("code"), err.get("message")
+    elif isinstance(err, str):
+        code = err
+    message = message or data.get("message") or data.get("error_message")
+    return (str(code) if code else "failed"), (str(message) if message else "the provider reported failure")

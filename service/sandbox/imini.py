@@ -1,11 +1,505 @@
-"""Emulator of the Imini API (seed 003): under construction."""
+"""Emulator of the imini router's Seedance 2.0 video API (seed 003) that stands in for imini in tests and dev.
+
+It follows the documented contract strictly (Bearer auth, upper-case resolutions, typed reference objects,
+`extra_params`, status words, `{"error": {code, message, status, request_id}}`) and adds unauthenticated,
+sandbox-only control endpoints under `/_sandbox/`. imini has no webhooks: the callback knobs (drop, duplicate,
+out of order) do not apply, and `GET /_sandbox/callbacks` is always empty.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from litestar import Litestar
+import msgspec
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from msgspec import UNSET, UnsetType
+
+from service.sandbox.knobs import Chaos, SandboxKnobs
+
+__all__ = ["create_imini_sandbox"]
+
+Status = Literal["queued", "processing", "succeeded", "failed"]
+Outcome = Literal["succeeded", "failed"]
+Resolution = Literal["480P", "720P"]
+AspectRatio = Literal["16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive"]
+ReferenceType = Literal["first_frame", "last_frame", "asset"]
+LastFramePlacement = Literal["video", "top"]
+
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
+MODEL = "doubao/seedance-2.0"
+SEED_MIN, SEED_MAX = -1, 2**32 - 1
+MAX_BODY_BYTES = 64 * 1024 * 1024  # "total request body <= 64 MB"
+MEDIA_HOST = "https://media.imini.sandbox"
+FAILURE_MESSAGE = "Video generation failed. Please adjust the prompt or the references and try again."
+# Output sizes of Seedance 2.0 per resolution and aspect ratio; "adaptive" renders as 16:9 here [A].
+DIMENSIONS: dict[str, dict[str, tuple[int, int]]] = {
+    "480P": {
+        "16:9": (864, 480),
+        "4:3": (736, 544),
+        "1:1": (640, 640),
+        "3:4": (544, 736),
+        "9:16": (480, 864),
+        "21:9": (992, 432),
+    },
+    "720P": {
+        "16:9": (1280, 720),
+        "4:3": (1112, 834),
+        "1:1": (960, 960),
+        "3:4": (834, 1112),
+        "9:16": (720, 1280),
+        "21:9": (1470, 630),
+    },
+}
 
 
-def create_imini_sandbox(**kwargs: Any) -> Litestar:
-    raise NotImplementedError("the Imini sandbox is not written yet")
+# ---------------------------------------------------------------------------------------------------------
+# Wire structs. Field order is the order the doc shows; unknown fields and explicit nulls are rejected.
+
+
+class ImageReference(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """[A] The doc names the list but not the object's fields; `{url, reference_type}` is the assumed shape."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1)]
+    reference_type: ReferenceType
+
+
+class MediaReference(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class ExtraParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    seed: Annotated[int, msgspec.Meta(ge=SEED_MIN, le=SEED_MAX)] | UnsetType = UNSET
+    watermark: bool = False
+    return_last_frame: bool = False
+
+
+class CreateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str
+    prompt: str | UnsetType = UNSET  # not marked required (trap 25)
+    resolution: Resolution = "720P"
+    aspect_ratio: AspectRatio = "adaptive"
+    duration: Annotated[int, msgspec.Meta(ge=4, le=15)] = 5
+    generate_audio: bool = True  # the documented default (trap 24)
+    reference_images: Annotated[list[ImageReference], msgspec.Meta(max_length=9)] | UnsetType = UNSET
+    reference_videos: Annotated[list[MediaReference], msgspec.Meta(max_length=3)] | UnsetType = UNSET
+    reference_audios: Annotated[list[MediaReference], msgspec.Meta(max_length=3)] | UnsetType = UNSET
+    extra_params: ExtraParams = msgspec.field(default_factory=ExtraParams)
+
+
+class CreatedTask(msgspec.Struct):
+    """The create answer: no status field (trap 26)."""
+
+    task_id: str
+    model: str
+    created_at: str
+    request_id: str
+
+
+class Video(msgspec.Struct):
+    url: str
+    width: int
+    height: int
+    duration: int
+    cover_url: str
+    last_frame_url: str | UnsetType = UNSET
+
+
+class ApiError(msgspec.Struct):
+    code: str
+    message: str
+    # [A] The envelope names `status` without describing it; the HTTP status code is assumed.
+    status: int
+    request_id: str
+
+
+class TaskView(msgspec.Struct):
+    task_id: str
+    status: Status
+    model: str
+    created_at: str
+    completed_at: str | None
+    videos: list[Video] | None
+    error: ApiError | None
+    request_id: str
+    last_frame_url: str | UnsetType = UNSET
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ApiError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors: every answer that is not a success goes through the `{"error": {...}}` envelope.
+
+
+class SandboxApiError(Exception):
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> SandboxApiError:
+    return SandboxApiError(400, "INVALID_PARAMETER", message)
+
+
+def _task_not_found(task_id: str) -> SandboxApiError:
+    return SandboxApiError(404, "TASK_NOT_FOUND", f"Task {task_id} not found.")
+
+
+def _error_response(status_code: int, code: str, message: str) -> Response[bytes]:
+    body = ErrorEnvelope(ApiError(code=code, message=message, status=status_code, request_id=str(uuid.uuid4())))
+    return Response(msgspec.json.encode(body), status_code=status_code, media_type="application/json")
+
+
+def _on_sandbox_error(_: Request[Any, Any, Any], exc: SandboxApiError) -> Response[bytes]:
+    return _error_response(exc.status_code, exc.code, exc.message)
+
+
+def _on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    # Unknown routes, methods and oversized bodies are not covered by the doc; keep the envelope anyway.
+    if exc.status_code >= 500:
+        return _error_response(exc.status_code, "INTERNAL_ERROR", "Internal server error.")
+    code = "NOT_FOUND" if exc.status_code == 404 else "INVALID_PARAMETER"
+    return _error_response(exc.status_code, code, exc.detail)
+
+
+def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return _error_response(500, "INTERNAL_ERROR", f"Internal server error: {exc!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _iso(moment: datetime) -> str:
+    """Format like the doc: `2026-04-15T04:43:20.233Z` (UTC, milliseconds)."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _json(value: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+def _validate(request: CreateRequest) -> None:
+    """Check the rules the struct cannot express: the model, the prompt and the reference combinations."""
+    if request.model != MODEL:
+        raise _invalid(f"model must be {MODEL}.")
+    images = request.reference_images or []
+    videos = request.reference_videos or []
+    audios = request.reference_audios or []
+    if isinstance(request.prompt, str) and not request.prompt.strip():
+        raise SandboxApiError(400, "INVALID_PROMPT", "prompt must not be blank.")
+    # [A] A task with neither a prompt nor a reference has nothing to generate from.
+    if isinstance(request.prompt, UnsetType) and not (images or videos):
+        raise SandboxApiError(400, "INVALID_PROMPT", "prompt is required when no reference is given.")
+    kinds = [image.reference_type for image in images]
+    frames = kinds.count("first_frame") + kinds.count("last_frame")
+    if kinds.count("first_frame") > 1 or kinds.count("last_frame") > 1:
+        raise _invalid("reference_images takes at most one first_frame and one last_frame.")
+    if "last_frame" in kinds and "first_frame" not in kinds:
+        raise _invalid("a last_frame reference needs a first_frame reference.")
+    if frames and (frames != len(kinds) or videos or audios):
+        raise _invalid("first_frame/last_frame references cannot be combined with asset, video or audio references.")
+    if audios and not (images or videos):
+        raise _invalid("reference_audios cannot be used alone; add a reference image or video.")
+    for video in videos:
+        if not video.url.startswith(("https://", "http://")):
+            raise _invalid("reference_videos accepts public URLs only.")
+    for url in [image.url for image in images] + [audio.url for audio in audios]:
+        if not url.startswith(("https://", "http://", "data:")):
+            raise _invalid("reference url must be an http(s) URL or a data URI.")
+
+
+def _new_task_id(taken: Mapping[str, Any]) -> str:
+    # Always 19 digits, so above 2**53: a client that parses the id as a number corrupts it (trap 30).
+    while (task_id := f"task_{10**18 + secrets.randbelow(9 * 10**18)}") in taken:
+        pass
+    return task_id
+
+
+@dataclass(eq=False, kw_only=True)
+class _Task:
+    id: str
+    owner: str
+    request: CreateRequest
+    body: Any
+    created_at: datetime
+    created_mono: float
+    processing_after_s: float
+    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
+    terminal_after_s: float
+    outcome: Outcome
+    error_request_id: str
+    forced: bool = False
+    polls: int = 0
+
+    def status(self, now_mono: float) -> Status:
+        elapsed = now_mono - self.created_mono
+        if elapsed >= self.terminal_after_s:
+            return self.outcome
+        if elapsed >= self.processing_after_s:
+            return "processing"
+        return "queued"
+
+    def view(self, now_mono: float, placement: LastFramePlacement) -> TaskView:
+        status = self.status(now_mono)
+        view = TaskView(
+            task_id=self.id,
+            status=status,
+            model=MODEL,
+            created_at=_iso(self.created_at),
+            completed_at=None,
+            videos=None,
+            error=None,
+            request_id=f"req_{uuid.uuid4().hex}",
+        )
+        if status in TERMINAL:
+            view.completed_at = _iso(self.created_at + timedelta(seconds=self.terminal_after_s))
+        if status == "succeeded":
+            spec = self.request
+            width, height = DIMENSIONS[spec.resolution].get(spec.aspect_ratio, DIMENSIONS[spec.resolution]["16:9"])
+            # [A] Where the last frame appears is not documented; the placement is a factory option.
+            last_frame = f"{MEDIA_HOST}/frames/{self.id}.png" if spec.extra_params.return_last_frame else None
+            video = Video(
+                url=f"{MEDIA_HOST}/videos/{self.id}.mp4",
+                width=width,
+                height=height,
+                duration=spec.duration,
+                cover_url=f"{MEDIA_HOST}/covers/{self.id}.jpg",
+            )
+            if last_frame is not None and placement == "video":
+                video.last_frame_url = last_frame
+            if last_frame is not None and placement == "top":
+                view.last_frame_url = last_frame
+            view.videos = [video]
+        elif status == "failed":
+            view.error = ApiError(
+                code="GENERATION_FAILED", message=FAILURE_MESSAGE, status=500, request_id=self.error_request_id
+            )
+        return view
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State
+
+
+class _IminiSandbox:
+    def __init__(
+        self,
+        api_keys: frozenset[str],
+        knobs: SandboxKnobs,
+        task_quota: int | None,
+        last_frame_placement: LastFramePlacement,
+    ) -> None:
+        self.api_keys = api_keys
+        self.chaos = Chaos(knobs)
+        self.task_quota = task_quota
+        self.last_frame_placement = last_frame_placement
+        self.tasks: dict[str, _Task] = {}
+        self.create_attempts = 0
+        self.accepted_creates: list[dict[str, Any]] = []
+
+    async def gate(self, request: Request[Any, Any, Any]) -> str:
+        """Apply latency and bursts, then authenticate; return the caller's API key."""
+        knobs = self.chaos.knobs
+        if knobs.latency_s > 0:
+            await asyncio.sleep(knobs.latency_s)
+        if self.chaos.take_429():
+            # [A] No Retry-After header is documented; imini's own client waits at least 5 s.
+            raise SandboxApiError(429, "RATE_LIMITED", "Too many requests. Please retry later.")
+        if self.chaos.take_5xx():
+            raise SandboxApiError(500, "INTERNAL_ERROR", "Internal server error.")
+        return self.authenticate(request.headers)
+
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip() in self.api_keys:
+            return token.strip()
+        # [A] The 401 code is not in the documented list.
+        raise SandboxApiError(401, "UNAUTHORIZED", "Missing or invalid API key.")
+
+    def owned_task(self, task_id: str, owner: str) -> _Task:
+        task = self.tasks.get(task_id)
+        # Another key's task is reported as missing, so ids do not leak across accounts.
+        if task is None or task.owner != owner:
+            raise _task_not_found(task_id)
+        return task
+
+    def create(self, owner: str, raw: bytes) -> _Task:
+        try:
+            body = msgspec.json.decode(raw)
+            # Decoded from the raw bytes so JSON types are checked strictly ("5" is not a duration).
+            request = msgspec.json.decode(raw, type=CreateRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _invalid(str(exc)) from None
+        _validate(request)
+        if self.task_quota is not None:
+            if self.task_quota <= 0:
+                raise SandboxApiError(403, "INSUFFICIENT_CREDITS", "Insufficient credits. Please top up.")
+            self.task_quota -= 1
+        knobs = self.chaos.knobs
+        task = _Task(
+            id=_new_task_id(self.tasks),
+            owner=owner,
+            request=request,
+            body=body,
+            created_at=datetime.now(UTC),
+            created_mono=time.monotonic(),
+            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
+            processing_after_s=knobs.processing_after_s,
+            terminal_after_s=knobs.complete_after_s,
+            outcome="failed" if self.chaos.should_fail() else "succeeded",
+            error_request_id=str(uuid.uuid4()),
+        )
+        self.tasks[task.id] = task
+        self.accepted_creates.append({"task_id": task.id, "body": body})
+        return task
+
+    def force(self, task_id: str, outcome: Outcome) -> _Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise _task_not_found(task_id)
+        now = time.monotonic()
+        if task.status(now) in TERMINAL:
+            raise SandboxApiError(409, "TASK_ALREADY_TERMINAL", f"Task {task_id} is already {task.status(now)}.")
+        task.terminal_after_s = now - task.created_mono
+        task.outcome = outcome
+        task.forced = True
+        return task
+
+
+# ---------------------------------------------------------------------------------------------------------
+# App
+
+
+def create_imini_sandbox(
+    *,
+    api_key: str = "sk-imini-sandbox",
+    knobs: SandboxKnobs | None = None,
+    extra_api_keys: Iterable[str] = (),
+    task_quota: int | None = None,
+    last_frame_placement: LastFramePlacement = "video",
+) -> Litestar:
+    """Build the emulator app.
+
+    Args:
+        api_key: Key accepted as `Authorization: Bearer <key>`.
+        knobs: Initial chaos settings; replaceable at runtime with `PUT /_sandbox/knobs`. The callback knobs
+            are ignored: imini sends no callbacks.
+        extra_api_keys: More accepted keys, each seeing only its own tasks (to test account isolation).
+        task_quota: How many more tasks the account can pay for (None: unlimited); then 403 INSUFFICIENT_CREDITS.
+        last_frame_placement: Where a requested last frame appears: on each video (`video`) or at the top level
+            of the task (`top`), the two places the adapter must read.
+    """
+    sandbox = _IminiSandbox(
+        api_keys=frozenset((api_key, *extra_api_keys)),
+        knobs=knobs or SandboxKnobs(),
+        task_quota=task_quota,
+        last_frame_placement=last_frame_placement,
+    )
+
+    # -- provider API -------------------------------------------------------------------------------------
+
+    @post("/v1/videos/generate", status_code=200)
+    async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
+        # Counted before the gate so tests can see attempts that were rate limited or rejected.
+        sandbox.create_attempts += 1
+        owner = await sandbox.gate(request)
+        task = sandbox.create(owner, await request.body())
+        created = CreatedTask(
+            task_id=task.id, model=MODEL, created_at=_iso(task.created_at), request_id=str(uuid.uuid4())
+        )
+        return _json(created)
+
+    @get("/v1/videos/tasks/{task_id:str}")
+    async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        task = sandbox.owned_task(task_id, owner)
+        task.polls += 1
+        return _json(task.view(time.monotonic(), sandbox.last_frame_placement))
+
+    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
+
+    @get("/_sandbox/creates")
+    async def sandbox_creates() -> Response[bytes]:
+        """Accepted create bodies in arrival order, plus the count of every create attempt."""
+        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
+
+    @get("/_sandbox/tasks")
+    async def sandbox_tasks() -> Response[bytes]:
+        now = time.monotonic()
+        tasks = [
+            {
+                "task_id": task.id,
+                "status": task.status(now),
+                "outcome": task.outcome,
+                "forced": task.forced,
+                "polls": task.polls,
+                # What imini would do with the request, defaults applied (audio is on unless turned off).
+                "effective": task.request,
+                "request": task.body,
+            }
+            for task in sandbox.tasks.values()
+        ]
+        return _json({"tasks": tasks})
+
+    @get("/_sandbox/knobs")
+    async def sandbox_get_knobs() -> Response[bytes]:
+        return _json(sandbox.chaos.knobs)
+
+    @put("/_sandbox/knobs")
+    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
+        try:
+            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _invalid(str(exc)) from None
+        sandbox.chaos = Chaos(knobs)
+        return _json(knobs)
+
+    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
+    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(sandbox.force(task_id, "succeeded").view(time.monotonic(), sandbox.last_frame_placement))
+
+    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
+    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(sandbox.force(task_id, "failed").view(time.monotonic(), sandbox.last_frame_placement))
+
+    @get("/_sandbox/callbacks")
+    async def sandbox_callbacks() -> Response[bytes]:
+        """Always empty: imini has no webhooks; kept so tools can treat every emulator alike."""
+        return _json({"callbacks": []})
+
+    return Litestar(
+        route_handlers=[
+            generate,
+            get_task,
+            sandbox_creates,
+            sandbox_tasks,
+            sandbox_get_knobs,
+            sandbox_put_knobs,
+            sandbox_complete,
+            sandbox_fail,
+            sandbox_callbacks,
+        ],
+        exception_handlers={
+            SandboxApiError: _on_sandbox_error,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected_error,
+        },
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=None,
+        logging_config=None,  # the host process configures logging
+    )

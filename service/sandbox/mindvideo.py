@@ -1,11 +1,507 @@
-"""Emulator of the MindVideo API (seed 001): under construction."""
+"""Emulator of the MindVideo API (seed 001) that stands in for the real provider in tests and dev.
+
+It follows the documented contract strictly (Bearer auth, `additionalProperties: false` schemas, Idempotency-Key,
+normalized status words) and adds unauthenticated, sandbox-only control endpoints under `/_sandbox/`.
+MindVideo sends no callbacks, so the callback knobs (drop, duplicate, out of order) have nothing to act on.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from litestar import Litestar
+import httpx
+import msgspec
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from msgspec import UNSET, UnsetType
+from ulid import ULID
+
+from service.sandbox.knobs import Chaos, SandboxKnobs
+
+__all__ = ["create_mindvideo_sandbox"]
+
+Status = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
+Outcome = Literal["succeeded", "failed", "cancelled"]
+Size = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "adaptive"]
+Resolution = Literal["480p", "720p"]
+Role = Literal["first_frame", "last_frame", "reference_image"]
+
+MODEL = "doubao-seedance-2-0-fast"
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+FRAME_ROLES: tuple[Role, ...] = ("first_frame", "last_frame")
+# Assumption: no price table is published; 480p matches the doc's 0.0657 for 5 s, 720p costs twice as much.
+USD_PER_SECOND: dict[str, float] = {"480p": 0.01314, "720p": 0.02628}
+MEDIA_HOST = "https://cdn.mindvideo.ai"
+FAILURE_MESSAGE = "Video generation failed upstream. Please adjust the input and try again."
+MAX_IDEMPOTENCY_KEY = 255
 
 
-def create_mindvideo_sandbox(**kwargs: Any) -> Litestar:
-    raise NotImplementedError("the MindVideo sandbox is not written yet")
+# ---------------------------------------------------------------------------------------------------------
+# Wire structs: the seed's JSON schema, with `additionalProperties: false` on `input` and on every item.
+
+
+class ImageWithRole(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    role: Role
+
+
+class Tool(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["web_search"]
+
+
+class TaskInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`input` of a create. Defaults are the schema's; explicit nulls are rejected as the schema has no null."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    size: Size = "16:9"
+    resolution: Resolution = "480p"
+    duration: Annotated[int, msgspec.Meta(ge=4, le=15)] = 5
+    generate_audio: bool = False
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | UnsetType = UNSET
+    watermark: bool = False
+    camera_fixed: bool = False
+    return_last_frame: bool = False
+    # Lists stay UNSET when absent: the exclusions are about a field being sent at all, even empty.
+    image_urls: Annotated[list[str], msgspec.Meta(max_length=9)] | UnsetType = UNSET
+    image_with_roles: Annotated[list[ImageWithRole], msgspec.Meta(max_length=9)] | UnsetType = UNSET
+    video_urls: Annotated[list[str], msgspec.Meta(max_length=3)] | UnsetType = UNSET
+    audio_urls: Annotated[list[str], msgspec.Meta(max_length=3)] | UnsetType = UNSET
+    tools: list[Tool] | UnsetType = UNSET
+
+
+class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope; it takes no field besides `model` and `input` (no callback, no metadata)."""
+
+    model: str
+    input: TaskInput
+
+
+class CreatedTask(msgspec.Struct):
+    request_id: str
+    task_id: str
+    status: Status
+    cost_estimate: float
+
+
+class Video(msgspec.Struct):
+    url: str
+
+
+class TaskOutput(msgspec.Struct):
+    videos: list[Video]
+    # Assumption: the doc shows no last-frame field; Seedance's own `last_frame_url` name is used.
+    last_frame_url: str | UnsetType = UNSET
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+
+
+class TaskView(msgspec.Struct):
+    request_id: str
+    task_id: str
+    status: Status
+    cost_estimate: float
+    cost_actual: float | UnsetType = UNSET
+    output: TaskOutput | UnsetType = UNSET
+    error: ErrorBody | UnsetType = UNSET
+
+
+class TaskEvent(msgspec.Struct):
+    status: Status
+    created_at: str
+    message: str | UnsetType = UNSET
+
+
+class TaskEvents(msgspec.Struct):
+    """`GET /api/v1/tasks/{id}/events`; the shape is not documented (providers.md §2.3 [A]), oldest first."""
+
+    task_id: str
+    events: list[TaskEvent]
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors: everything the emulator answers with goes through the `{"error": {"code", "message"}}` shape.
+
+
+class SandboxApiError(Exception):
+    def __init__(self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _invalid(message: str) -> SandboxApiError:
+    return SandboxApiError(400, "invalid_request", message)
+
+
+def _task_not_found(task_id: str) -> SandboxApiError:
+    return SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
+
+
+def _error_response(status_code: int, code: str, message: str, headers: dict[str, str]) -> Response[bytes]:
+    body = msgspec.json.encode(ErrorEnvelope(ErrorBody(code=code, message=message)))
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+def _on_sandbox_error(_: Request[Any, Any, Any], exc: SandboxApiError) -> Response[bytes]:
+    return _error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+
+def _on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    # Unknown routes and methods are not covered by the doc; keep the error shape anyway.
+    if exc.status_code >= 500:
+        return _error_response(exc.status_code, "internal_error", "Internal server error.", {})
+    return _error_response(exc.status_code, "invalid_request", exc.detail, {})
+
+
+def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return _error_response(500, "internal_error", f"Internal server error: {exc!r}", {})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _iso(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{str(ULID()).lower()}"
+
+
+def _json(value: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+def _validate(request: CreateRequest) -> float:
+    """Check the cross-field rules the schema states in prose; return the task's cost estimate."""
+    if request.model != MODEL:
+        raise SandboxApiError(400, "model_not_found", f"Model {request.model!r} is not available.")
+    spec = request.input
+    roles = [item.role for item in spec.image_with_roles] if isinstance(spec.image_with_roles, list) else []
+    if isinstance(spec.image_urls, list) and isinstance(spec.image_with_roles, list):
+        raise _invalid("image_urls cannot be used together with image_with_roles.")
+    media = isinstance(spec.video_urls, list) or isinstance(spec.audio_urls, list)
+    if any(role in FRAME_ROLES for role in roles) and media:
+        raise _invalid("First-frame or last-frame images cannot be used with video_urls or audio_urls.")
+    # Assumption: one image per frame role; two first frames have no meaning.
+    for role in FRAME_ROLES:
+        if roles.count(role) > 1:
+            raise _invalid(f"image_with_roles may hold at most one {role} image.")
+    has_reference_images = bool(spec.image_urls) or "reference_image" in roles
+    if spec.audio_urls and not (has_reference_images or spec.video_urls):
+        raise _invalid("audio_urls must be used with reference images or reference videos.")
+    return round(USD_PER_SECOND[spec.resolution] * spec.duration, 4)
+
+
+@dataclass(eq=False, kw_only=True)
+class _Task:
+    id: str
+    request_id: str
+    owner: str
+    idempotency_key: str | None
+    request: CreateRequest
+    body: Any
+    cost: float
+    created_at: datetime
+    created_mono: float
+    processing_after_s: float
+    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
+    terminal_after_s: float
+    outcome: Outcome
+    forced: bool = False
+
+    def status(self, now_mono: float) -> Status:
+        elapsed = now_mono - self.created_mono
+        if elapsed >= self.terminal_after_s:
+            return self.outcome
+        if elapsed >= self.processing_after_s:
+            return "processing"
+        return "queued"
+
+    def view(self, now_mono: float) -> TaskView:
+        status = self.status(now_mono)
+        view = TaskView(request_id=self.request_id, task_id=self.id, status=status, cost_estimate=self.cost)
+        if status in TERMINAL:
+            # Assumption: only a succeeded task is charged.
+            view.cost_actual = self.cost if status == "succeeded" else 0.0
+        if status == "succeeded":
+            view.output = TaskOutput(
+                videos=[Video(url=f"{MEDIA_HOST}/output/{self.id}.mp4")],
+                last_frame_url=f"{MEDIA_HOST}/output/{self.id}_last_frame.png"
+                if self.request.input.return_last_frame
+                else UNSET,
+            )
+        elif status == "failed":
+            view.error = ErrorBody(code="generation_failed", message=FAILURE_MESSAGE)
+        return view
+
+    def events(self, now_mono: float) -> list[TaskEvent]:
+        status = self.status(now_mono)
+        events = [TaskEvent(status="queued", created_at=_iso(self.created_at))]
+        # A task forced to its outcome before it started running never reports `processing`.
+        if status != "queued" and self.processing_after_s < self.terminal_after_s:
+            at = self.created_at + timedelta(seconds=self.processing_after_s)
+            events.append(TaskEvent(status="processing", created_at=_iso(at)))
+        if status in TERMINAL:
+            at = self.created_at + timedelta(seconds=self.terminal_after_s)
+            event = TaskEvent(status=status, created_at=_iso(at))
+            if status == "failed":
+                event.message = FAILURE_MESSAGE
+            events.append(event)
+        return events
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State
+
+
+class _MindVideoSandbox:
+    def __init__(self, api_keys: frozenset[str], knobs: SandboxKnobs) -> None:
+        self.api_keys = api_keys
+        self.chaos = Chaos(knobs)
+        self.tasks: dict[str, _Task] = {}
+        # (owner, Idempotency-Key) → the task it created; keys are scoped to the account that sent them.
+        self.idempotency: dict[tuple[str, str], _Task] = {}
+        self.create_attempts = 0
+        self.accepted_creates: list[dict[str, Any]] = []
+        self.replayed_creates: list[dict[str, Any]] = []
+
+    async def gate(self, request: Request[Any, Any, Any]) -> str:
+        """Apply latency and bursts, then authenticate; return the caller's API key."""
+        knobs = self.chaos.knobs
+        if knobs.latency_s > 0:
+            await asyncio.sleep(knobs.latency_s)
+        if self.chaos.take_429():
+            # 429 is not documented by MindVideo; the code is the emulator's choice.
+            raise SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
+        if self.chaos.take_5xx():
+            raise SandboxApiError(500, "internal_error", "Internal server error.")
+        return self.authenticate(request.headers)
+
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        # Only `Authorization: Bearer` is documented; there is no x-api-key alternative.
+        scheme, _, token = (headers.get("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip() in self.api_keys:
+            return token.strip()
+        raise SandboxApiError(401, "invalid_api_key", "API key is missing, invalid, or disabled.")
+
+    def owned_task(self, task_id: str, owner: str) -> _Task:
+        task = self.tasks.get(task_id)
+        # Another key's task is reported as missing, so ids do not leak across accounts.
+        if task is None or task.owner != owner:
+            raise _task_not_found(task_id)
+        return task
+
+    def create(self, owner: str, raw: bytes, idempotency_key: str | None) -> tuple[_Task, bool]:
+        """Create a task, or return the one this Idempotency-Key already created for the same payload.
+
+        Returns the task and whether it is such a replay (no new task, no second charge).
+        """
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise _invalid(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.")
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise _invalid("Request body is not valid JSON.") from None
+        if idempotency_key is not None:
+            earlier = self.idempotency.get((owner, idempotency_key))
+            if earlier is not None:
+                if earlier.body != body:
+                    raise SandboxApiError(
+                        409, "idempotency_conflict", "Idempotency-Key was already used with a different payload."
+                    )
+                self.replayed_creates.append({"id": earlier.id, "idempotency_key": idempotency_key})
+                return earlier, True
+        try:
+            # Decoded from the raw bytes (not converted from `body`) so JSON types are checked strictly.
+            request = msgspec.json.decode(raw, type=CreateRequest)
+        except msgspec.ValidationError as exc:
+            raise _invalid(str(exc)) from None
+        cost = _validate(request)
+        knobs = self.chaos.knobs
+        task = _Task(
+            id=_new_id("task"),
+            request_id=_new_id("req"),
+            owner=owner,
+            idempotency_key=idempotency_key,
+            request=request,
+            body=body,
+            cost=cost,
+            created_at=datetime.now(UTC),
+            created_mono=time.monotonic(),
+            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
+            processing_after_s=knobs.processing_after_s,
+            terminal_after_s=knobs.complete_after_s,
+            outcome="failed" if self.chaos.should_fail() else "succeeded",
+        )
+        self.tasks[task.id] = task
+        if idempotency_key is not None:
+            self.idempotency[(owner, idempotency_key)] = task
+        self.accepted_creates.append({"id": task.id, "idempotency_key": idempotency_key, "body": body})
+        return task, False
+
+    def force(self, task_id: str, outcome: Outcome) -> _Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise _task_not_found(task_id)
+        now = time.monotonic()
+        if task.status(now) in TERMINAL:
+            raise SandboxApiError(409, "task_already_terminal", f"Task {task_id} is already {task.status(now)}.")
+        task.terminal_after_s = now - task.created_mono
+        task.outcome = outcome
+        task.forced = True
+        return task
+
+
+# ---------------------------------------------------------------------------------------------------------
+# App
+
+
+def create_mindvideo_sandbox(
+    *,
+    api_key: str = "mv_live_sandbox",
+    knobs: SandboxKnobs | None = None,
+    callback_client: httpx.AsyncClient | None = None,
+    extra_api_keys: Iterable[str] = (),
+) -> Litestar:
+    """Build the emulator app.
+
+    Args:
+        api_key: Key accepted as `Authorization: Bearer <key>`.
+        knobs: Initial chaos settings; replaceable at runtime with `PUT /_sandbox/knobs`. The callback knobs
+            do not apply: MindVideo has no webhooks.
+        callback_client: Accepted so every emulator factory takes the same arguments; never used, as
+            MindVideo sends no callbacks.
+        extra_api_keys: More accepted keys, each seeing only its own tasks (to test account isolation).
+    """
+    sandbox = _MindVideoSandbox(api_keys=frozenset((api_key, *extra_api_keys)), knobs=knobs or SandboxKnobs())
+
+    # -- provider API -------------------------------------------------------------------------------------
+
+    @post("/api/v1/tasks", status_code=200)
+    async def create_task(request: Request[Any, Any, Any]) -> Response[bytes]:
+        # Counted before the gate so tests can see attempts that were rate limited or rejected.
+        sandbox.create_attempts += 1
+        owner = await sandbox.gate(request)
+        task, replayed = sandbox.create(owner, await request.body(), request.headers.get("idempotency-key"))
+        created = CreatedTask(
+            # Each request has its own id; a replay answers with the original task as it is now.
+            request_id=_new_id("req") if replayed else task.request_id,
+            task_id=task.id,
+            status=task.status(time.monotonic()),
+            cost_estimate=task.cost,
+        )
+        return _json(created)
+
+    @get("/api/v1/tasks/{task_id:str}")
+    async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        return _json(sandbox.owned_task(task_id, owner).view(time.monotonic()))
+
+    @get("/api/v1/tasks/{task_id:str}/events")
+    async def get_task_events(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        task = sandbox.owned_task(task_id, owner)
+        return _json(TaskEvents(task_id=task.id, events=task.events(time.monotonic())))
+
+    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
+
+    @get("/_sandbox/creates")
+    async def sandbox_creates() -> Response[bytes]:
+        """Every create attempt counted; accepted bodies (new tasks) and idempotent replays, in arrival order."""
+        return _json(
+            {
+                "attempts": sandbox.create_attempts,
+                "accepted": sandbox.accepted_creates,
+                "replayed": sandbox.replayed_creates,
+            }
+        )
+
+    @get("/_sandbox/tasks")
+    async def sandbox_tasks() -> Response[bytes]:
+        now = time.monotonic()
+        tasks = [
+            {
+                "id": task.id,
+                "status": task.status(now),
+                "outcome": task.outcome,
+                "forced": task.forced,
+                "idempotency_key": task.idempotency_key,
+                "request": task.body,
+                "view": task.view(now),
+            }
+            for task in sandbox.tasks.values()
+        ]
+        return _json({"tasks": tasks})
+
+    @get("/_sandbox/knobs")
+    async def sandbox_get_knobs() -> Response[bytes]:
+        return _json(sandbox.chaos.knobs)
+
+    @put("/_sandbox/knobs")
+    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
+        try:
+            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _invalid(str(exc)) from None
+        sandbox.chaos = Chaos(knobs)
+        return _json(knobs)
+
+    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
+    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(sandbox.force(task_id, "succeeded").view(time.monotonic()))
+
+    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
+    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(sandbox.force(task_id, "failed").view(time.monotonic()))
+
+    @post("/_sandbox/tasks/{task_id:str}/cancel", status_code=200)
+    async def sandbox_cancel(task_id: FromPath[str]) -> Response[bytes]:
+        """Cancel as the platform would on its side: MindVideo has `cancelled` but no cancel endpoint."""
+        return _json(sandbox.force(task_id, "cancelled").view(time.monotonic()))
+
+    @get("/_sandbox/callbacks")
+    async def sandbox_callbacks() -> Response[bytes]:
+        """Always empty: kept so every emulator has the same control surface."""
+        return _json({"callbacks": []})
+
+    return Litestar(
+        route_handlers=[
+            create_task,
+            get_task,
+            get_task_events,
+            sandbox_creates,
+            sandbox_tasks,
+            sandbox_get_knobs,
+            sandbox_put_knobs,
+            sandbox_complete,
+            sandbox_fail,
+            sandbox_cancel,
+            sandbox_callbacks,
+        ],
+        exception_handlers={
+            SandboxApiError: _on_sandbox_error,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected_error,
+        },
+        openapi_config=None,
+        logging_config=None,  # the host process configures logging
+    )
