@@ -52,6 +52,9 @@ def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:
         limit = getattr(spec, limit_name)
         if items is not None and len(items) > limit:
             raise refuse(spec, field, f"{len(items)} items is too many", {"max_items": limit})
+    for field in spec.required:
+        if given.get(field) is None:
+            raise refuse(spec, field, "is required", [field])
     for group in spec.together:
         present = [f for f in group if given.get(f) is not None]
         if present and len(present) != len(group):
@@ -76,5 +79,6 @@ def check_for(spec: ModelSpec, adapter: ProviderAdapter, given: dict[str, Any]) 
     try:
         adapter.validate(spec, given)
     except InputRefused as exc:
-        field = exc.field.removeprefix("input.")
-        raise refuse(spec, field, exc.message, exc.allowed) from None
+        if exc.field == "model":  # the model as configured here cannot take jobs at all
+            raise InvalidRequest(f"model: {exc.message}", details={"field": "model", "model": spec.id}) from None
+        raise refuse(spec, exc.field.removeprefix("input."), exc.message, exc.allowed) from None

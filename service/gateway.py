@@ -73,7 +73,7 @@ class Gateway:
         return spec, adapter
 
     def callback_url(self, job: JobRecord, adapter: ProviderAdapter) -> str:
-        if adapter.signs_webhooks:
+        if adapter.signs_webhooks and not adapter.callback_per_job:
             return f"{self.settings.public_url}/webhooks/{job.provider}"
         # Unsigned callbacks are authenticated by an unguessable per-job token in the URL.
         return f"{self.settings.public_url}/webhooks/{job.provider}/{job.id}/{job.callback_token}"
@@ -193,14 +193,13 @@ class Gateway:
         if job.provider_task_id and job.provider_task_id != notice.provider_task_id:
             log.warning("webhook.task_mismatch", provider=provider, job_id=job.id)
             return "ignored"
-        receipt = Receipt(provider=provider, key=notice.receipt_key)
         if adapter.needs_confirmation(notice, job):
-            outcome = await self.store.update_job(
-                job.id, lambda j: jobs.rescheduled(j, next_poll_at=self.clock(), lease_until=None), receipt=receipt
-            )
+            # No receipt: a confirmation only schedules a status check, and doing that twice is harmless.
+            await self.store.update_job(job.id, lambda j: jobs.confirm_soon(j, now=self.clock()))
             self._on_confirm()
-            result = "duplicate" if outcome.duplicate else "confirming"
+            result = "confirming"
         else:
+            receipt = Receipt(provider=provider, key=notice.receipt_key)
             outcome = await self.store.update_job(
                 job.id, lambda j: jobs.reported(j, notice.report, now=self.clock()), receipt=receipt
             )

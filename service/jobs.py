@@ -196,7 +196,8 @@ def submitted(
             updated_at=iso(now),
             dispatch_state=DispatchState.DONE,
             next_attempt_at=None,
-            next_poll_at=next_poll_at,
+            # A callback that came before this answer asked for an early check (see confirm_soon).
+            next_poll_at=min(next_poll_at, job.next_poll_at) if job.next_poll_at is not None else next_poll_at,
             lease_until=None,
         ),
         "job.submitted",
@@ -238,6 +239,18 @@ def failed(
 
 def cancelled(job: JobRecord, *, now: float) -> tuple[JobRecord, str | None] | None:
     return reported(job, Report(status="cancelled"), now=now)
+
+
+def confirm_soon(job: JobRecord, *, now: float) -> tuple[JobRecord, str | None] | None:
+    """A callback that cannot be trusted as is: check the provider's status endpoint now.
+
+    A job still being sent keeps the dispatcher's lease; it is checked as soon as it is submitted.
+    """
+    if job.stage == Stage.TERMINAL:
+        return None
+    if job.stage == Stage.QUEUED:
+        return msgspec.structs.replace(job, next_poll_at=now), None
+    return msgspec.structs.replace(job, next_poll_at=now, lease_until=None), None
 
 
 def rescheduled(job: JobRecord, **changes: Any) -> tuple[JobRecord, str | None] | None:

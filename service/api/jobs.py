@@ -198,6 +198,7 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
         "audio": spec.audio,
         "seed_range": None if spec.seed_range is None else {"min": spec.seed_range[0], "max": spec.seed_range[1]},
         "callbacks": spec.callbacks,
+        "inputs_required": list(spec.required),
         "inputs_together": [list(g) for g in spec.together],
         "inputs_exclusive": [list(p) for p in spec.exclusive],
         "inputs_requiring": {field: list(needs) for field, needs in spec.requires},

@@ -84,9 +84,10 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     callbacks: bool = False
     price: Price | None = None
     default_aspect_ratio: str | None = None
-    # Inputs that must be given together, inputs that must not be combined, inputs that need one of
-    # some others (e.g. ("reference_audios", ("reference_images", "reference_videos"))), and inputs that
-    # take public http(s) URLs only, never data URIs.
+    # Inputs that must be given; inputs that must be given together; inputs that must not be combined;
+    # inputs that need one of some others (e.g. ("reference_audios", ("reference_images", "reference_videos")));
+    # and inputs that take public http(s) URLs only, never data URIs.
+    required: tuple[str, ...] = ()
     together: tuple[tuple[str, ...], ...] = ()
     exclusive: tuple[tuple[str, str], ...] = ()
     requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -114,8 +115,10 @@ class ProviderAdapter(Protocol):
     models: ClassVar[tuple[ModelSpec, ...]]
     # How a create whose answer was lost is resolved: "idempotency", "lookup" or "fail".
     unknown_outcome: ClassVar[str]
-    # Signed webhooks come to /webhooks/<provider>; unsigned ones to a per-job URL with a token.
+    # Signed webhooks come to /webhooks/<provider>; unsigned ones to a per-job URL with a token. A signing
+    # provider whose callbacks carry nothing of Reelay's may ask for the per-job URL too (checked both ways).
     signs_webhooks: ClassVar[bool]
+    callback_per_job: ClassVar[bool]
     # Status checks: how often (providers with callbacks wait for the callback grace first) and how many
     # may be in flight at once against this provider.
     poll_schedule: ClassVar[Backoff]
@@ -167,6 +170,7 @@ class HttpProvider:
     """Shared HTTP calls: maps transport failures and status codes onto the ProviderError tree."""
 
     name: ClassVar[str]
+    callback_per_job: ClassVar[bool] = False
     poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
     poll_concurrency: ClassVar[int] = 4
     # A floor under the wait after a 429, for providers that ask for one.

@@ -1,11 +1,644 @@
-"""Emulator of the Magnific API (seed 004): under construction."""
+"""Emulator of the Magnific Seedance 2.0 Mini API (seed 004) that stands in for the real provider in tests and dev.
+
+It follows the documented contract (`x-magnific-api-key`, the resolution in the create path only, `{"data": ...}`
+bodies, UPPERCASE statuses, Standard Webhooks callbacks) strictly, and adds sandbox-only control endpoints under
+`/_sandbox/`. Callbacks go out on every status change after the create (IN_PROGRESS, then COMPLETED or FAILED),
+the superset of the two documented readings, so an adapter that copes with this copes with completion-only too.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import time
+import uuid
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from litestar import Litestar
+import httpx
+import msgspec
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from msgspec import UNSET, UnsetType
+
+from service.sandbox.knobs import Chaos, SandboxKnobs
+
+__all__ = ["create_magnific_sandbox"]
+
+T = TypeVar("T")
+
+Status = Literal["CREATED", "IN_PROGRESS", "COMPLETED", "FAILED"]
+Outcome = Literal["COMPLETED", "FAILED"]
+AspectRatio = Literal[
+    "film_horizontal_21_9",
+    "widescreen_16_9",
+    "classic_4_3",
+    "square_1_1",
+    "traditional_3_4",
+    "social_story_9_16",
+    "film_vertical_9_21",
+]
+
+CREATE_PATHS = {
+    "/v1/ai/video/seedance-2-mini-480p": "480p",
+    "/v1/ai/video/seedance-2-mini-720p": "720p",
+}
+TASKS_PATH = "/v1/ai/video/seedance-2-mini"
+TERMINAL: frozenset[str] = frozenset({"COMPLETED", "FAILED"})
+MAX_PROMPT_CHARS = 2000
+SEED_MAX = 4294967295
+# `.invalid` cannot resolve: these URLs only stand for the 24-hour MP4 links the real API returns.
+MEDIA_HOST = "https://cdn.magnific.invalid"
+
+# Retries are not documented by Magnific; a few quick ones (same webhook-id, fresh signature) keep tests short.
+CALLBACK_ATTEMPTS = 3
+CALLBACK_BACKOFF_S = 0.2
+CALLBACK_TIMEOUT_S = 5.0
 
 
-def create_magnific_sandbox(**kwargs: Any) -> Litestar:
-    raise NotImplementedError("the Magnific sandbox is not written yet")
+# ---------------------------------------------------------------------------------------------------------
+# Wire structs. Field order is the order the doc shows; UNSET fields are omitted from the JSON.
+
+
+class CreateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The create body. Unknown fields are refused (assumption: it catches `reference_images`, trap 34, and
+    misspellings); explicit nulls are refused too, because the doc gives no field as nullable."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    webhook_url: str | UnsetType = UNSET
+    image: Annotated[str, msgspec.Meta(min_length=1)] | UnsetType = UNSET
+    image_end: Annotated[str, msgspec.Meta(min_length=1)] | UnsetType = UNSET
+    duration: Literal[5, 10] = 5
+    aspect_ratio: AspectRatio = "widescreen_16_9"
+    camera_fixed: bool = False
+    seed: Annotated[int, msgspec.Meta(ge=-1, le=SEED_MAX)] = -1
+    enable_safety_checker: bool = True
+
+
+class DataEnvelope(msgspec.Struct, Generic[T]):
+    data: T
+
+
+class CreatedTask(msgspec.Struct):
+    """The create answer, in the doc's field order (it differs from the status answer's)."""
+
+    generated: list[str]
+    task_id: str
+    status: Status
+
+
+class TaskView(msgspec.Struct):
+    """The status and list item, and (unwrapped) the callback body."""
+
+    task_id: str
+    status: Status
+    generated: list[str]
+
+
+class InvalidParam(msgspec.Struct):
+    name: str
+    reason: str
+
+
+class Problem(msgspec.Struct):
+    """The 400 body, flat as in the doc's example (the schema nests it under `problem`: trap 40)."""
+
+    message: str
+    invalid_params: list[InvalidParam]
+
+
+class CallbackRecord(msgspec.Struct, kw_only=True):
+    """One delivery attempt, as listed by `GET /_sandbox/callbacks`.
+
+    `kind` is `delivery`, `duplicate`, `out_of_order` (the IN_PROGRESS callback held back until after the
+    terminal one) or `dropped`; `attempt` is 0 for a dropped callback and `status_code` is null when the request
+    never got an HTTP answer (see `error`).
+    """
+
+    task_id: str
+    webhook_id: str
+    url: str
+    status: Status
+    kind: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    at: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors: `{"message": ...}` everywhere, and the problem shape for invalid parameters.
+
+
+class SandboxApiError(Exception):
+    def __init__(self, status_code: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class InvalidParams(Exception):
+    def __init__(self, params: list[InvalidParam]) -> None:
+        super().__init__(params[0].reason)
+        self.params = params
+
+
+def _invalid(name: str, reason: str) -> InvalidParams:
+    return InvalidParams([InvalidParam(name=name, reason=reason)])
+
+
+def _message_response(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> Response[bytes]:
+    body = msgspec.json.encode({"message": message})
+    return Response(body, status_code=status_code, media_type="application/json", headers=dict(headers or {}))
+
+
+def _on_sandbox_error(_: Request[Any, Any, Any], exc: SandboxApiError) -> Response[bytes]:
+    return _message_response(exc.status_code, exc.message, exc.headers)
+
+
+def _on_invalid_params(_: Request[Any, Any, Any], exc: InvalidParams) -> Response[bytes]:
+    body = msgspec.json.encode(Problem(message="Your request has invalid parameters", invalid_params=exc.params))
+    return Response(body, status_code=400, media_type="application/problem+json")
+
+
+def _on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    # Unknown routes and methods are not covered by the doc; keep the documented `{"message"}` shape anyway.
+    if exc.status_code >= 500:
+        return _message_response(exc.status_code, "Internal Server Error")
+    return _message_response(exc.status_code, exc.detail)
+
+
+def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return _message_response(500, "Internal Server Error")
+
+
+_AT_FIELD = re.compile(r"at `\$\.([A-Za-z_]+)")
+_NAMED_FIELD = re.compile(r"field `([A-Za-z_]+)`")
+
+
+def _params_of(exc: msgspec.ValidationError) -> list[InvalidParam]:
+    """Name the offending field the way the problem body does: msgspec says `at $.field` or `field 'name'`."""
+    text = str(exc)
+    found = _AT_FIELD.search(text) or _NAMED_FIELD.search(text)
+    return [InvalidParam(name=found.group(1) if found else "body", reason=text)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _iso(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _signing_key(secret: str) -> bytes:
+    """`whsec_<base64>` is the Standard Webhooks form; anything else is used as its UTF-8 bytes (trap 38)."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"))
+    return secret.encode("utf-8")
+
+
+def _is_url_or_base64(value: str) -> bool:
+    """`string<byte>` that also takes URLs (trap 35); assumption: a `data:` URI is neither, so it is refused."""
+    if value.startswith(("http://", "https://")):
+        return True
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+def sign_callback(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """`webhook-signature` value: `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{raw_body}")).
+
+    Deliberately independent of `service.signing`, so a bug there cannot be cancelled out by a shared one here.
+    """
+    content = f"{webhook_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode("ascii")
+
+
+def _json(value: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+@dataclass(eq=False, kw_only=True)
+class _Delivery:
+    """One callback message: the body and webhook-id are fixed; each attempt is signed afresh."""
+
+    task_id: str
+    url: str
+    status: Status
+    webhook_id: str
+    body: bytes
+    drop: bool
+    duplicate: bool
+    kind: str = "delivery"
+
+
+@dataclass(eq=False, kw_only=True)
+class _Task:
+    id: str
+    owner: str
+    resolution: str
+    request: CreateRequest
+    body: Any
+    created_at: datetime
+    created_mono: float
+    processing_after_s: float
+    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
+    terminal_after_s: float
+    outcome: Outcome
+    # COMPLETED with nothing in `generated`: the case trap 36 defends against.
+    empty: bool = False
+    forced: bool = False
+    timer: asyncio.Task[None] | None = None
+    # Callbacks for this task go out one at a time, in the order they were decided.
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+    held: list[_Delivery] = field(default_factory=list)
+
+    def status(self, now_mono: float) -> Status:
+        elapsed = now_mono - self.created_mono
+        if elapsed >= self.terminal_after_s:
+            return self.outcome
+        if elapsed >= self.processing_after_s:
+            return "IN_PROGRESS"
+        return "CREATED"
+
+    def view(self, now_mono: float) -> TaskView:
+        return self.view_as(self.status(now_mono))
+
+    def view_as(self, status: Status) -> TaskView:
+        # `generated` stays [] until COMPLETED, as the doc says.
+        generated = [] if status != "COMPLETED" or self.empty else [f"{MEDIA_HOST}/{self.resolution}/{self.id}.mp4"]
+        return TaskView(task_id=self.id, status=status, generated=generated)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State
+
+
+class _MagnificSandbox:
+    def __init__(
+        self,
+        api_keys: frozenset[str],
+        webhook_secret: str,
+        knobs: SandboxKnobs,
+        callback_client: httpx.AsyncClient | None,
+    ) -> None:
+        self.api_keys = api_keys
+        self.signing_key = _signing_key(webhook_secret)
+        self.chaos = Chaos(knobs)
+        self.client = callback_client
+        self.owns_client = False
+        self.tasks: dict[str, _Task] = {}
+        self.create_attempts = 0
+        self.accepted_creates: list[dict[str, Any]] = []
+        self.callbacks: list[CallbackRecord] = []
+        self.background: set[asyncio.Task[None]] = set()
+
+    # -- lifespan ---------------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self.client is None:
+            self.client = httpx.AsyncClient()
+            self.owns_client = True
+
+    async def shutdown(self) -> None:
+        pending = list(self.background)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.owns_client and self.client is not None:
+            await self.client.aclose()
+            self.client = None
+            self.owns_client = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    # -- API gate -------------------------------------------------------------------------------------------
+
+    async def gate(self, request: Request[Any, Any, Any]) -> str:
+        """Apply latency and bursts, then authenticate; return the caller's API key."""
+        knobs = self.chaos.knobs
+        if knobs.latency_s > 0:
+            await asyncio.sleep(knobs.latency_s)
+        if self.chaos.take_429():
+            # Magnific publishes no rate-limit headers, so unlike the knob's default no Retry-After is sent.
+            raise SandboxApiError(429, "Rate limit exceeded")
+        if self.chaos.take_5xx():
+            raise SandboxApiError(500, "Internal Server Error")
+        return self.authenticate(request.headers)
+
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        # Only x-magnific-api-key counts: `Authorization: Bearer` is refused like a missing key (trap 41).
+        api_key = headers.get("x-magnific-api-key")
+        if not api_key:
+            raise SandboxApiError(401, "Missing API key")
+        if api_key not in self.api_keys:
+            raise SandboxApiError(401, "Invalid API key")
+        return api_key
+
+    def owned_task(self, task_id: str, owner: str) -> _Task:
+        task = self.tasks.get(task_id)
+        # Another key's task is reported as missing, not forbidden, so ids do not leak across accounts.
+        if task is None or task.owner != owner:
+            raise SandboxApiError(404, "Task not found")
+        return task
+
+    # -- create -----------------------------------------------------------------------------------------
+
+    def create(self, owner: str, resolution: str, raw: bytes) -> _Task:
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise _invalid("body", "Request body is not valid JSON") from None
+        try:
+            # Decoded from the raw bytes (not converted from `body`) so JSON types are checked strictly.
+            request = msgspec.json.decode(raw, type=CreateRequest)
+        except msgspec.ValidationError as exc:
+            raise InvalidParams(_params_of(exc)) from None
+        # Assumption: the doc uses image_end only "together with image"; refusing it alone exposes a dropped frame.
+        if not isinstance(request.image_end, UnsetType) and isinstance(request.image, UnsetType):
+            raise _invalid("image_end", "image_end requires image")
+        for name, image in (("image", request.image), ("image_end", request.image_end)):
+            if isinstance(image, str) and not _is_url_or_base64(image):
+                raise _invalid(name, f"{name} must be a public URL or base64-encoded image")
+        if isinstance(request.webhook_url, str) and not request.webhook_url.startswith(("http://", "https://")):
+            raise _invalid("webhook_url", "webhook_url must be an http(s) URI")
+        knobs = self.chaos.knobs
+        task = _Task(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            resolution=resolution,
+            request=request,
+            body=body,
+            created_at=datetime.now(UTC),
+            created_mono=time.monotonic(),
+            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
+            processing_after_s=knobs.processing_after_s,
+            terminal_after_s=knobs.complete_after_s,
+            outcome="FAILED" if self.chaos.should_fail() else "COMPLETED",
+        )
+        self.tasks[task.id] = task
+        self.accepted_creates.append({"task_id": task.id, "resolution": resolution, "body": body})
+        if isinstance(request.webhook_url, str):
+            task.timer = self._spawn(self._run_timeline(task))
+        return task
+
+    def force(self, task_id: str, outcome: Outcome, *, empty: bool = False) -> _Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise SandboxApiError(404, "Task not found")
+        now = time.monotonic()
+        if task.status(now) in TERMINAL:
+            raise SandboxApiError(409, f"Task {task_id} is already {task.status(now)}")
+        task.terminal_after_s = now - task.created_mono
+        task.outcome = outcome
+        task.empty = empty
+        task.forced = True
+        if task.timer is not None:
+            task.timer.cancel()
+        if isinstance(task.request.webhook_url, str):
+            self._spawn(self._send(task, self._terminal_batch(task)))
+        return task
+
+    # -- callbacks --------------------------------------------------------------------------------------
+
+    async def _run_timeline(self, task: _Task) -> None:
+        """Post IN_PROGRESS when the task starts and the terminal status when it ends (unless forced first)."""
+        await asyncio.sleep(max(0.0, task.created_mono + task.processing_after_s - time.monotonic()))
+        if task.status(time.monotonic()) == "IN_PROGRESS":
+            delivery = self._decide(task, "IN_PROGRESS")
+            if self.chaos.should_reorder_callback():
+                task.held.append(delivery)
+            else:
+                self._spawn(self._send(task, [delivery]))
+        await asyncio.sleep(max(0.0, task.created_mono + task.terminal_after_s - time.monotonic()))
+        # asyncio may wake a timer up to one clock tick early: settle the task now, so a racing force sees it done.
+        task.terminal_after_s = min(task.terminal_after_s, time.monotonic() - task.created_mono)
+        task.timer = None
+        self._spawn(self._send(task, self._terminal_batch(task)))
+
+    def _decide(self, task: _Task, status: Status) -> _Delivery:
+        """Snapshot the body and roll the dice at the status change, not when the delivery runs."""
+        assert isinstance(task.request.webhook_url, str)
+        return _Delivery(
+            task_id=task.id,
+            url=task.request.webhook_url,
+            status=status,
+            webhook_id=f"msg_{uuid.uuid4().hex}",
+            body=msgspec.json.encode(task.view_as(status)),
+            drop=self.chaos.should_drop_callback(),
+            duplicate=self.chaos.should_duplicate_callback(),
+        )
+
+    def _terminal_batch(self, task: _Task) -> list[_Delivery]:
+        """The terminal callback, then any IN_PROGRESS callback that was held back to arrive out of order."""
+        held, task.held = task.held, []
+        for delivery in held:
+            delivery.kind = "out_of_order"
+        return [self._decide(task, task.outcome), *held]
+
+    async def _send(self, task: _Task, deliveries: list[_Delivery]) -> None:
+        async with task.sending:
+            for delivery in deliveries:
+                if delivery.drop:
+                    self._record(delivery, "dropped", 0, None, None)
+                    continue
+                await self._deliver(delivery, delivery.kind)
+                if delivery.duplicate:
+                    await self._deliver(delivery, "duplicate")
+
+    def headers(self, delivery: _Delivery) -> dict[str, str]:
+        timestamp = int(time.time())
+        return {
+            "Content-Type": "application/json",
+            "webhook-id": delivery.webhook_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign_callback(self.signing_key, delivery.webhook_id, timestamp, delivery.body),
+        }
+
+    async def _deliver(self, delivery: _Delivery, kind: str) -> None:
+        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
+            if attempt > 1:
+                await asyncio.sleep(CALLBACK_BACKOFF_S * 2 ** (attempt - 2))
+            if await self._post_once(delivery, kind, attempt):
+                return
+
+    async def _post_once(self, delivery: _Delivery, kind: str, attempt: int) -> bool:
+        if self.client is None:
+            self._record(delivery, kind, attempt, None, "callback client not started (no lifespan)")
+            return False
+        try:
+            response = await self.client.post(
+                delivery.url, content=delivery.body, headers=self.headers(delivery), timeout=CALLBACK_TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            self._record(delivery, kind, attempt, None, f"{type(exc).__name__}: {exc}")
+            return False
+        self._record(delivery, kind, attempt, response.status_code, None)
+        return response.is_success
+
+    def _record(self, delivery: _Delivery, kind: str, attempt: int, status_code: int | None, error: str | None) -> None:
+        self.callbacks.append(
+            CallbackRecord(
+                task_id=delivery.task_id,
+                webhook_id=delivery.webhook_id,
+                url=delivery.url,
+                status=delivery.status,
+                kind=kind,
+                attempt=attempt,
+                status_code=status_code,
+                error=error,
+                at=_iso(datetime.now(UTC)),
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# App
+
+
+def create_magnific_sandbox(
+    *,
+    api_key: str = "magnific_sandbox_key",
+    webhook_secret: str = "whsec_bWFnbmlmaWMtc2FuZGJveC1zZWNyZXQ=",  # noqa: S107 - a public sandbox-only secret
+    knobs: SandboxKnobs | None = None,
+    callback_client: httpx.AsyncClient | None = None,
+    extra_api_keys: Iterable[str] = (),
+) -> Litestar:
+    """Build the emulator app.
+
+    Chaos knobs: latency, 429 and 500 bursts and failure_rate apply as documented on `SandboxKnobs`; drop and
+    duplicate are rolled for every callback (IN_PROGRESS and terminal); out_of_order holds the IN_PROGRESS
+    callback back and sends it after the terminal one.
+
+    Args:
+        api_key: Key accepted in the `x-magnific-api-key` header.
+        webhook_secret: Signs callbacks (Standard Webhooks); `whsec_<base64>` or a raw secret used as UTF-8.
+        knobs: Initial chaos settings; replaceable at runtime with `PUT /_sandbox/knobs`.
+        callback_client: Client used to POST callbacks; when None one is created on startup and closed on
+            shutdown.
+        extra_api_keys: More accepted keys, each seeing only its own tasks (to test account isolation).
+    """
+    sandbox = _MagnificSandbox(
+        api_keys=frozenset((api_key, *extra_api_keys)),
+        webhook_secret=webhook_secret,
+        knobs=knobs or SandboxKnobs(),
+        callback_client=callback_client,
+    )
+
+    # -- provider API -------------------------------------------------------------------------------------
+
+    @post(list(CREATE_PATHS), status_code=200)
+    async def create_task(request: Request[Any, Any, Any]) -> Response[bytes]:
+        # Counted before the gate so tests can see attempts that were rate limited or rejected.
+        sandbox.create_attempts += 1
+        owner = await sandbox.gate(request)
+        task = sandbox.create(owner, CREATE_PATHS[request.url.path], await request.body())
+        return _json(DataEnvelope(CreatedTask(generated=[], task_id=task.id, status="CREATED")))
+
+    # One status path for both resolutions: `-720p/{id}` does not exist (trap 33).
+    @get(f"{TASKS_PATH}/{{task_id:str}}")
+    async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        return _json(DataEnvelope(sandbox.owned_task(task_id, owner).view(time.monotonic())))
+
+    @get(TASKS_PATH)
+    async def list_tasks(request: Request[Any, Any, Any]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        now = time.monotonic()
+        # Newest first; nothing in an item ties a task to the request that created it.
+        views = [task.view(now) for task in reversed(sandbox.tasks.values()) if task.owner == owner]
+        return _json(DataEnvelope(views))
+
+    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
+
+    @get("/_sandbox/creates")
+    async def sandbox_creates() -> Response[bytes]:
+        """Accepted create bodies (with the resolution their path named) in arrival order, and all attempts."""
+        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
+
+    @get("/_sandbox/tasks")
+    async def sandbox_tasks() -> Response[bytes]:
+        now = time.monotonic()
+        tasks = [
+            {
+                "task_id": task.id,
+                "resolution": task.resolution,
+                "status": task.status(now),
+                "outcome": task.outcome,
+                "forced": task.forced,
+                "webhook_url": task.request.webhook_url or None,
+                "request": task.body,
+                "view": task.view(now),
+            }
+            for task in sandbox.tasks.values()
+        ]
+        return _json({"tasks": tasks})
+
+    @get("/_sandbox/knobs")
+    async def sandbox_get_knobs() -> Response[bytes]:
+        return _json(sandbox.chaos.knobs)
+
+    @put("/_sandbox/knobs")
+    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
+        try:
+            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _invalid("knobs", str(exc)) from None
+        sandbox.chaos = Chaos(knobs)
+        return _json(knobs)
+
+    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
+    async def sandbox_complete(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
+        """Complete now; `?empty=true` completes with an empty `generated` list."""
+        empty = request.query_params.get("empty") == "true"
+        return _json(DataEnvelope(sandbox.force(task_id, "COMPLETED", empty=empty).view(time.monotonic())))
+
+    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
+    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(DataEnvelope(sandbox.force(task_id, "FAILED").view(time.monotonic())))
+
+    @get("/_sandbox/callbacks")
+    async def sandbox_callbacks() -> Response[bytes]:
+        return _json({"callbacks": sandbox.callbacks})
+
+    return Litestar(
+        route_handlers=[
+            create_task,
+            get_task,
+            list_tasks,
+            sandbox_creates,
+            sandbox_tasks,
+            sandbox_get_knobs,
+            sandbox_put_knobs,
+            sandbox_complete,
+            sandbox_fail,
+            sandbox_callbacks,
+        ],
+        exception_handlers={
+            SandboxApiError: _on_sandbox_error,
+            InvalidParams: _on_invalid_params,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected_error,
+        },
+        on_startup=[sandbox.startup],
+        on_shutdown=[sandbox.shutdown],
+        openapi_config=None,
+        logging_config=None,  # the host process configures logging
+    )

@@ -1,11 +1,721 @@
-"""Emulator of the Minuit API (seed 000): under construction."""
+"""Emulator of the Minuit API (seed 000) that stands in for the real provider in tests and dev.
+
+It follows the documented contract strictly (paths, `Token` auth, flat `{"error", "message"}` bodies, quota in
+the create answer, `state` words, unsigned callbacks on every state change) and adds unauthenticated,
+sandbox-only control endpoints under `/_sandbox/`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from litestar import Litestar
+import httpx
+import msgspec
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from msgspec import UNSET, UnsetType
+
+from service.sandbox.knobs import Chaos, SandboxKnobs
+
+__all__ = ["create_minuit_sandbox"]
+
+State = Literal["queueing", "processing", "success", "failed"]
+Outcome = Literal["success", "failed"]
+Resolution = Literal["480p", "720p", "1080p"]
+AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "adaptive"]
+Urls = Annotated[list[str], msgspec.Meta(max_length=3)]
+Prompt = Annotated[str, msgspec.Meta(min_length=1)]
+
+TERMINAL: frozenset[str] = frozenset({"success", "failed"})
+WAN = "wan2.7-i2v-spicy"
+# Credits per second by resolution (seed 000, "Pricing reference").
+RATES = {"480p": 16, "720p": 34, "1080p": 85}
+WAN_RESOLUTIONS = ("720p", "1080p")
+# The only moderation value the doc gives.
+MODERATION_VALUES = ("disabled",)
+MEDIA_HOST = "https://media-delivery.example.com"
+# Assumption: the failure text and the Vidu err_code that Minuit passes through.
+FAILURE_CODE = "CreationPolicyViolation"
+FAILURE_MESSAGE = "The generated video did not pass the content review."
+
+# Vidu, which Minuit copies, retries a failed delivery 3 times; the short backoff keeps tests quick.
+CALLBACK_ATTEMPTS = 4
+CALLBACK_BACKOFF_S = 0.2
+CALLBACK_TIMEOUT_S = 5.0
 
 
-def create_minuit_sandbox(**kwargs: Any) -> Litestar:
-    raise NotImplementedError("the Minuit sandbox is not written yet")
+# ---------------------------------------------------------------------------------------------------------
+# Wire structs: one per create endpoint, unknown fields refused; UNSET fields are omitted from the JSON.
+
+
+class TextRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    template: Literal["t2v_high_quality"]
+    prompt: Prompt
+    resolution: Resolution = "720p"
+    aspect_ratio: AspectRatio | UnsetType = UNSET
+    duration: int = 5
+    audio: bool = False
+    callback_url: str | UnsetType = UNSET
+    moderation: str
+
+
+class ImageRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Both i2v paths: the `i2v_high_quality` template or the Wan 2.7 `model`, told apart after decoding."""
+
+    template: Literal["i2v_high_quality"] | UnsetType = UNSET
+    model: Literal["wan2.7-i2v-spicy"] | UnsetType = UNSET
+    images: list[str] | UnsetType = UNSET
+    image: str | UnsetType = UNSET
+    prompt: Prompt
+    video_urls: Urls | UnsetType = UNSET
+    audio_urls: Urls | UnsetType = UNSET
+    resolution: Resolution = "720p"
+    aspect_ratio: AspectRatio | UnsetType = UNSET
+    duration: int = 5
+    # The doc lists `audio` twice: default false for the template, true for Wan.
+    audio: bool | UnsetType = UNSET
+    negative_prompt: str | UnsetType = UNSET
+    audio_url: str | UnsetType = UNSET
+    prompt_extend: bool | UnsetType = UNSET
+    seed: int | UnsetType = UNSET
+    moderation: str
+    callback_url: str | UnsetType = UNSET
+
+
+class ReferenceRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    template: Literal["r2v_high_quality"]
+    images: Annotated[list[str], msgspec.Meta(max_length=9)] | UnsetType = UNSET
+    prompt: Prompt
+    video_urls: Urls | UnsetType = UNSET
+    audio_urls: Urls | UnsetType = UNSET
+    resolution: Resolution = "720p"
+    aspect_ratio: AspectRatio | UnsetType = UNSET
+    duration: int = 5
+    audio: bool = False
+    callback_url: str | UnsetType = UNSET
+    moderation: str
+
+
+CreateRequest = TextRequest | ImageRequest | ReferenceRequest
+
+
+class Quota(msgspec.Struct):
+    cost: int
+    rate_per_second: int
+    duration: int
+    resolution: str
+    model: str
+    # Assumption: Wan tasks have no template, shown as null.
+    template: str | None
+    unit: str
+    remaining: int
+    total_credits: int
+    used_credits: int
+
+
+class CreatedTask(msgspec.Struct):
+    task_id: str
+    state: State
+    quota: Quota
+
+
+class Creation(msgspec.Struct):
+    url: str
+
+
+class TaskView(msgspec.Struct):
+    """The GET creations body; callbacks carry the same shape. `err_*` appear on failure only."""
+
+    id: str
+    task_id: str
+    state: State
+    creations: list[Creation]
+    err_code: str | UnsetType = UNSET
+    err_msg: str | UnsetType = UNSET
+
+
+class ErrorBody(msgspec.Struct):
+    error: str
+    message: str
+
+
+class CallbackRecord(msgspec.Struct, kw_only=True):
+    """One delivery attempt, as listed by `GET /_sandbox/callbacks`.
+
+    `kind` is `delivery`, `duplicate`, `late` (a processing callback held back until after the terminal one)
+    or `dropped`; `attempt` is 0 for a dropped callback and `status_code` is null when no HTTP answer came.
+    `body` is the exact JSON text sent.
+    """
+
+    task_id: str
+    url: str
+    state: str
+    kind: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    body: str
+    at: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors: everything the emulator answers with goes through the documented flat shape.
+
+
+class SandboxApiError(Exception):
+    def __init__(self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _invalid(message: str) -> SandboxApiError:
+    # The doc's 400 codes: invalid_json covers "malformed or missing required input", missing_image the image.
+    return SandboxApiError(400, "invalid_json", message)
+
+
+def _missing_image(message: str) -> SandboxApiError:
+    return SandboxApiError(400, "missing_image", message)
+
+
+def _error_response(status_code: int, code: str, message: str, headers: dict[str, str]) -> Response[bytes]:
+    body = msgspec.json.encode(ErrorBody(error=code, message=message))
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+def _on_sandbox_error(_: Request[Any, Any, Any], exc: SandboxApiError) -> Response[bytes]:
+    return _error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+
+def _on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    # Unknown routes and methods are not covered by the doc; keep the documented shape anyway.
+    if exc.status_code >= 500:
+        return _error_response(exc.status_code, "internal_error", "Unexpected server error.", {})
+    return _error_response(exc.status_code, "not_found" if exc.status_code == 404 else "invalid_json", exc.detail, {})
+
+
+def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return _error_response(500, "internal_error", f"Unexpected server error: {exc!r}", {})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation beyond what the structs express
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    """What a valid create asks for, whichever endpoint it came through."""
+
+    model: str
+    template: str | None
+    resolution: str
+    duration: int
+
+
+def _is_media(value: str) -> bool:
+    return value.startswith(("https://", "http://", "data:"))
+
+
+def _check_common(request: CreateRequest, durations: range) -> None:
+    if request.moderation not in MODERATION_VALUES:
+        raise _invalid(f"moderation must be one of: {', '.join(MODERATION_VALUES)}.")
+    if request.duration == -1:
+        # Assumption: automatic duration "when enabled by the upstream template" is not enabled for sandbox keys.
+        raise _invalid("Automatic duration (-1) is not enabled for this template.")
+    if request.duration not in durations:
+        raise _invalid(f"duration must be between {durations.start} and {durations.stop - 1} seconds.")
+    if isinstance(request.callback_url, str) and not request.callback_url.startswith(("http://", "https://")):
+        raise _invalid("callback_url must be an http(s) URL.")
+
+
+def _check_images(images: list[str]) -> None:
+    if not all(_is_media(image) for image in images):
+        raise _invalid("Each image must be an http(s) URL or a data URI.")
+
+
+def _plan_text(request: TextRequest) -> _Plan:
+    _check_common(request, range(4, 16))
+    return _Plan(
+        model="high_quality", template=request.template, resolution=request.resolution, duration=request.duration
+    )
+
+
+def _plan_image(request: ImageRequest) -> _Plan:
+    wan = isinstance(request.model, str)
+    if wan == isinstance(request.template, str):
+        raise _invalid("Send either template i2v_high_quality or model wan2.7-i2v-spicy.")
+    images = request.images if isinstance(request.images, list) else []
+    if isinstance(request.image, str):
+        if isinstance(request.images, list):
+            raise _invalid("Use either images or image, not both.")
+        images = [request.image]
+    if not images:
+        raise _missing_image("A first-frame image is required in images or image.")
+    if len(images) != 1:
+        raise _invalid("Image-to-video takes exactly one image.")
+    _check_images(images)
+    _check_common(request, range(2, 16) if wan else range(4, 16))
+    if wan:
+        if request.resolution not in WAN_RESOLUTIONS:
+            raise _invalid(f"{WAN} supports resolution {' or '.join(WAN_RESOLUTIONS)}.")
+        # Wan's documented options do not include these template fields.
+        for name in ("video_urls", "audio_urls", "aspect_ratio"):
+            if not isinstance(getattr(request, name), UnsetType):
+                raise _invalid(f"{name} is not supported by {WAN}.")
+        if isinstance(request.audio_url, str) and not request.audio_url.startswith("https://"):
+            raise _invalid("audio_url must be an https URL.")
+        return _Plan(model=WAN, template=None, resolution=request.resolution, duration=request.duration)
+    for name in ("negative_prompt", "audio_url", "prompt_extend", "seed"):
+        if not isinstance(getattr(request, name), UnsetType):
+            raise _invalid(f"{name} is only supported by {WAN}.")
+    return _Plan(
+        model="high_quality", template="i2v_high_quality", resolution=request.resolution, duration=request.duration
+    )
+
+
+def _plan_reference(request: ReferenceRequest) -> _Plan:
+    if not isinstance(request.images, list) or not request.images:
+        raise _missing_image("Reference generation needs one to nine images.")
+    _check_images(request.images)
+    _check_common(request, range(4, 16))
+    return _Plan(
+        model="high_quality", template=request.template, resolution=request.resolution, duration=request.duration
+    )
+
+
+ENDPOINTS: dict[str, tuple[type[CreateRequest], Callable[[Any], _Plan]]] = {
+    "/ent/v2/text2video": (TextRequest, _plan_text),
+    "/ent/v2/img2video": (ImageRequest, _plan_image),
+    "/ent/v2/reference2video": (ReferenceRequest, _plan_reference),
+}
+
+
+def _iso(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _json(value: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass(eq=False, kw_only=True)
+class _Task:
+    id: str
+    owner: str
+    path: str
+    body: Any
+    callback_url: str | None
+    created_mono: float
+    processing_after_s: float
+    # Seconds from creation to the terminal state; shortened when a test forces the outcome.
+    terminal_after_s: float
+    outcome: Outcome
+    forced: bool = False
+    waiter: asyncio.Task[None] | None = None
+    # Set once the terminal callback has gone out (or was dropped): a held-back processing callback waits for it.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def state(self, now_mono: float) -> State:
+        elapsed = now_mono - self.created_mono
+        if elapsed >= self.terminal_after_s:
+            return self.outcome
+        if elapsed >= self.processing_after_s:
+            return "processing"
+        return "queueing"
+
+    def view(self, now_mono: float) -> TaskView:
+        state = self.state(now_mono)
+        view = TaskView(id=self.id, task_id=self.id, state=state, creations=[])
+        if state == "success":
+            view.creations = [Creation(url=f"{MEDIA_HOST}/{self.id}/generated-result.mp4")]
+        elif state == "failed":
+            view.err_code = FAILURE_CODE
+            view.err_msg = FAILURE_MESSAGE
+        return view
+
+
+class _MinuitSandbox:
+    def __init__(
+        self,
+        api_keys: frozenset[str],
+        knobs: SandboxKnobs,
+        callback_client: httpx.AsyncClient | None,
+        quota_credits: int,
+    ) -> None:
+        self.api_keys = api_keys
+        self.chaos = Chaos(knobs)
+        self.client = callback_client
+        self.owns_client = False
+        self.quota_credits = quota_credits
+        self.used: dict[str, int] = dict.fromkeys(api_keys, 0)
+        self.tasks: dict[str, _Task] = {}
+        self.create_attempts = 0
+        self.accepted_creates: list[dict[str, Any]] = []
+        self.callbacks: list[CallbackRecord] = []
+        self.background: set[asyncio.Task[None]] = set()
+
+    # -- lifespan ---------------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self.client is None:
+            self.client = httpx.AsyncClient()
+            self.owns_client = True
+
+    async def shutdown(self) -> None:
+        pending = list(self.background)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.owns_client and self.client is not None:
+            await self.client.aclose()
+            self.client = None
+            self.owns_client = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    # -- API gate ---------------------------------------------------------------------------------------
+
+    async def gate(self, request: Request[Any, Any, Any]) -> str:
+        """Apply latency and bursts, then authenticate; return the caller's API key."""
+        knobs = self.chaos.knobs
+        if knobs.latency_s > 0:
+            await asyncio.sleep(knobs.latency_s)
+        if self.chaos.take_429():
+            # Minuit documents no 429; the code is the emulator's choice (Vidu says TooManyRequests).
+            raise SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
+        if self.chaos.take_5xx():
+            # 502 upstream_error is the only server error Minuit documents.
+            raise SandboxApiError(502, "upstream_error", "The generation service failed the task. Retry later.")
+        return self.authenticate(request.headers)
+
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        authorization = headers.get("authorization")
+        api_key = headers.get("x-api-key")
+        if authorization is None and api_key is None:
+            raise SandboxApiError(401, "missing_api_key", "API key is missing.")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            # The scheme is Token; a Bearer client is refused even with the right key.
+            if scheme.lower() == "token" and token.strip() in self.api_keys:
+                return token.strip()
+        if api_key is not None and api_key in self.api_keys:
+            return api_key
+        raise SandboxApiError(401, "invalid_api_key", "API key is invalid, disabled or expired.")
+
+    def owned_task(self, task_id: str, owner: str) -> _Task:
+        task = self.tasks.get(task_id)
+        # Another key's task is reported as missing, so ids do not leak across accounts.
+        if task is None or task.owner != owner:
+            raise SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
+        return task
+
+    # -- create -----------------------------------------------------------------------------------------
+
+    def create(self, owner: str, path: str, raw: bytes) -> tuple[_Task, Quota]:
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise _invalid("Request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise _invalid("Request body must be a JSON object.")
+        struct, plan_of = ENDPOINTS[path]
+        try:
+            # Decoded from the raw bytes so JSON types are checked strictly (no "5" for 5, no 5.5 for an int).
+            request = msgspec.json.decode(raw, type=struct)
+        except msgspec.ValidationError as exc:
+            raise _invalid(str(exc)) from None
+        plan = plan_of(request)
+        # Assumption: Wan 2.7 has no published price; it is charged at the template rates.
+        rate = RATES[plan.resolution]
+        cost = rate * plan.duration
+        used = self.used[owner]
+        if used + cost > self.quota_credits:
+            raise SandboxApiError(402, "quota_exhausted", "Quota exhausted")
+        self.used[owner] = used + cost
+        knobs = self.chaos.knobs
+        task = _Task(
+            id=f"mnt_task_{secrets.token_hex(12)}",
+            owner=owner,
+            path=path,
+            body=body,
+            callback_url=request.callback_url if isinstance(request.callback_url, str) else None,
+            created_mono=time.monotonic(),
+            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
+            processing_after_s=knobs.processing_after_s,
+            terminal_after_s=knobs.complete_after_s,
+            outcome="failed" if self.chaos.should_fail() else "success",
+        )
+        self.tasks[task.id] = task
+        self.accepted_creates.append({"task_id": task.id, "path": path, "body": body})
+        if task.callback_url is not None:
+            task.waiter = self._spawn(self._progress(task))
+        quota = Quota(
+            cost=cost,
+            rate_per_second=rate,
+            duration=plan.duration,
+            resolution=plan.resolution,
+            model=plan.model,
+            template=plan.template,
+            unit="second",
+            remaining=self.quota_credits - self.used[owner],
+            total_credits=self.quota_credits,
+            used_credits=self.used[owner],
+        )
+        return task, quota
+
+    def force(self, task_id: str, outcome: Outcome) -> _Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
+        now = time.monotonic()
+        if task.state(now) in TERMINAL:
+            raise SandboxApiError(409, "task_already_terminal", f"Task {task_id} is already {task.state(now)}.")
+        task.terminal_after_s = now - task.created_mono
+        task.outcome = outcome
+        task.forced = True
+        if task.waiter is not None:
+            task.waiter.cancel()
+        if task.callback_url is not None:
+            self._emit(task)
+        return task
+
+    # -- callbacks --------------------------------------------------------------------------------------
+
+    async def _progress(self, task: _Task) -> None:
+        """Send a callback at each state change: queueing → processing, then processing → terminal."""
+        if task.processing_after_s < task.terminal_after_s:
+            await asyncio.sleep(max(0.0, task.created_mono + task.processing_after_s - time.monotonic()))
+            # asyncio may wake a timer a clock tick early: make the state change happen as of now.
+            task.processing_after_s = min(task.processing_after_s, time.monotonic() - task.created_mono)
+            self._emit(task)
+        await asyncio.sleep(max(0.0, task.created_mono + task.terminal_after_s - time.monotonic()))
+        task.terminal_after_s = min(task.terminal_after_s, time.monotonic() - task.created_mono)
+        self._emit(task)
+
+    def _emit(self, task: _Task) -> None:
+        """Snapshot the body and roll the dice now (synchronously), then deliver in the background.
+
+        Out of order means a processing callback is held back until the terminal one has gone out.
+        """
+        assert task.callback_url is not None
+        url = task.callback_url
+        view = task.view(time.monotonic())
+        body = msgspec.json.encode(view)
+        terminal = view.state in TERMINAL
+        drop = self.chaos.should_drop_callback()
+        duplicate = self.chaos.should_duplicate_callback()
+        late = self.chaos.should_reorder_callback() and not terminal
+
+        async def deliver() -> None:
+            try:
+                if late:
+                    await task.settled.wait()
+                if drop:
+                    self._record(task.id, url, view.state, "dropped", 0, None, None, body)
+                    return
+                await self._deliver(task.id, url, view.state, body, "late" if late else "delivery")
+                if duplicate:
+                    await self._deliver(task.id, url, view.state, body, "duplicate")
+            finally:
+                if terminal:
+                    task.settled.set()
+
+        self._spawn(deliver())
+
+    async def _deliver(self, task_id: str, url: str, state: str, body: bytes, kind: str) -> None:
+        """POST with a few retries; unsigned, as Minuit documents no signature."""
+        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
+            if attempt > 1:
+                await asyncio.sleep(CALLBACK_BACKOFF_S * 2 ** (attempt - 2))
+            if await self._post_once(task_id, url, state, body, kind, attempt):
+                return
+
+    async def _post_once(self, task_id: str, url: str, state: str, body: bytes, kind: str, attempt: int) -> bool:
+        if self.client is None:
+            self._record(task_id, url, state, kind, attempt, None, "callback client not started (no lifespan)", body)
+            return False
+        try:
+            response = await self.client.post(
+                url, content=body, headers={"Content-Type": "application/json"}, timeout=CALLBACK_TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            self._record(task_id, url, state, kind, attempt, None, f"{type(exc).__name__}: {exc}", body)
+            return False
+        self._record(task_id, url, state, kind, attempt, response.status_code, None, body)
+        return response.is_success
+
+    def _record(
+        self,
+        task_id: str,
+        url: str,
+        state: str,
+        kind: str,
+        attempt: int,
+        status_code: int | None,
+        error: str | None,
+        body: bytes,
+    ) -> None:
+        self.callbacks.append(
+            CallbackRecord(
+                task_id=task_id,
+                url=url,
+                state=state,
+                kind=kind,
+                attempt=attempt,
+                status_code=status_code,
+                error=error,
+                body=body.decode(),
+                at=_iso(datetime.now(UTC)),
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# App
+
+
+def create_minuit_sandbox(
+    *,
+    api_key: str = "mn_live_sandbox",
+    knobs: SandboxKnobs | None = None,
+    callback_client: httpx.AsyncClient | None = None,
+    extra_api_keys: Iterable[str] = (),
+    quota_credits: int = 10_000_000,
+) -> Litestar:
+    """Build the emulator app.
+
+    Args:
+        api_key: Key accepted as `Authorization: Token <key>` or `x-api-key: <key>`.
+        knobs: Initial chaos settings; replaceable at runtime with `PUT /_sandbox/knobs`. Every knob applies;
+            drop, duplicate and out-of-order are rolled for each callback (processing and terminal alike).
+        callback_client: Client used to POST callbacks; when None one is created on startup and closed on
+            shutdown.
+        extra_api_keys: More accepted keys, each seeing only its own tasks (to test ownership).
+        quota_credits: Credits each key starts with; a create that would exceed them answers 402.
+    """
+    sandbox = _MinuitSandbox(
+        api_keys=frozenset((api_key, *extra_api_keys)),
+        knobs=knobs or SandboxKnobs(),
+        callback_client=callback_client,
+        quota_credits=quota_credits,
+    )
+
+    async def create(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
+        # Counted before the gate so tests can see attempts that were rate limited or rejected.
+        sandbox.create_attempts += 1
+        owner = await sandbox.gate(request)
+        task, quota = sandbox.create(owner, path, await request.body())
+        return _json(CreatedTask(task_id=task.id, state="queueing", quota=quota))
+
+    # -- provider API -------------------------------------------------------------------------------------
+
+    @post("/ent/v2/text2video", status_code=200)
+    async def text2video(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await create(request, "/ent/v2/text2video")
+
+    @post("/ent/v2/img2video", status_code=200)
+    async def img2video(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await create(request, "/ent/v2/img2video")
+
+    @post("/ent/v2/reference2video", status_code=200)
+    async def reference2video(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await create(request, "/ent/v2/reference2video")
+
+    @get("/ent/v2/tasks/{task_id:str}/creations")
+    async def creations(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
+        owner = await sandbox.gate(request)
+        return _json(sandbox.owned_task(task_id, owner).view(time.monotonic()))
+
+    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
+
+    @get("/_sandbox/creates")
+    async def sandbox_creates() -> Response[bytes]:
+        """Accepted create bodies in arrival order, plus the count of every create attempt."""
+        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
+
+    @get("/_sandbox/tasks")
+    async def sandbox_tasks() -> Response[bytes]:
+        now = time.monotonic()
+        tasks = [
+            {
+                "task_id": task.id,
+                "state": task.state(now),
+                "outcome": task.outcome,
+                "forced": task.forced,
+                "path": task.path,
+                "callback_url": task.callback_url,
+                "request": task.body,
+                "view": task.view(now),
+            }
+            for task in sandbox.tasks.values()
+        ]
+        return _json({"tasks": tasks})
+
+    @get("/_sandbox/knobs")
+    async def sandbox_get_knobs() -> Response[bytes]:
+        return _json(sandbox.chaos.knobs)
+
+    @put("/_sandbox/knobs")
+    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
+        try:
+            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _invalid(str(exc)) from None
+        sandbox.chaos = Chaos(knobs)
+        return _json(knobs)
+
+    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
+    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(sandbox.force(task_id, "success").view(time.monotonic()))
+
+    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
+    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
+        return _json(sandbox.force(task_id, "failed").view(time.monotonic()))
+
+    @get("/_sandbox/callbacks")
+    async def sandbox_callbacks() -> Response[bytes]:
+        return _json({"callbacks": sandbox.callbacks})
+
+    return Litestar(
+        route_handlers=[
+            text2video,
+            img2video,
+            reference2video,
+            creations,
+            sandbox_creates,
+            sandbox_tasks,
+            sandbox_get_knobs,
+            sandbox_put_knobs,
+            sandbox_complete,
+            sandbox_fail,
+            sandbox_callbacks,
+        ],
+        exception_handlers={
+            SandboxApiError: _on_sandbox_error,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected_error,
+        },
+        on_startup=[sandbox.startup],
+        on_shutdown=[sandbox.shutdown],
+        openapi_config=None,
+        logging_config=None,  # the host process configures logging
+    )
