@@ -50,6 +50,7 @@ async def test_job_succeeds_through_signed_callback_and_reaches_sse_subscriber(s
         "credits_estimate": 100,
         "usd_estimate": None,
         "credits_charged": 100,
+        "usd_charged": None,
         "credits_reserved": 100,
     }
     callbacks = await seedance.sandbox("seedancee2", "GET", "/_sandbox/callbacks")

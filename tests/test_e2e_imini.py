@@ -75,7 +75,12 @@ async def test_job_succeeds_by_polling_and_reaches_sse_subscriber(tmp_path: Path
         "last_frame_url": None,
     }
     assert final["error"] is None
-    assert final["cost"] == {"credits_estimate": None, "usd_estimate": None, "credits_charged": None}
+    assert final["cost"] == {
+        "credits_estimate": None,
+        "usd_estimate": None,
+        "credits_charged": None,
+        "usd_charged": None,
+    }
     assert task["polls"] >= 2
     # The upstream payload used imini's names and casing, with audio turned off explicitly.
     assert creates["accepted"][0]["body"] == {

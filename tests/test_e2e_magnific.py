@@ -88,7 +88,12 @@ async def test_job_succeeds_through_signed_callbacks_and_reaches_sse_subscriber(
         "videos": [{"url": f"https://cdn.magnific.invalid/480p/{task_id}.mp4", "thumbnail_url": None}],
         "last_frame_url": None,
     }
-    assert final["cost"] == {"credits_estimate": None, "usd_estimate": None, "credits_charged": None}
+    assert final["cost"] == {
+        "credits_estimate": None,
+        "usd_estimate": None,
+        "credits_charged": None,
+        "usd_charged": None,
+    }
     creates = await magnific.sandbox("magnific", "GET", "/_sandbox/creates")
     record = await magnific.store.get_job(job["id"])
     assert creates["accepted"] == [

@@ -90,5 +90,5 @@ def test_public_view_has_the_documented_fields() -> None:
         "id", "model", "provider", "status", "input", "metadata", "provider_task_id",
         "output", "error", "cost", "created_at", "updated_at", "completed_at",
     ]  # fmt: skip
-    assert view["cost"] == {"credits_estimate": 100, "usd_estimate": None, "credits_charged": None}
+    assert view["cost"] == {"credits_estimate": 100, "usd_estimate": None, "credits_charged": None, "usd_charged": None}
     assert view["created_at"].endswith("Z")
