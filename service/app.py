@@ -11,13 +11,15 @@ from typing import Any
 import httpx
 import structlog
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext
 from service.api.jobs import JobController, all_events, list_models, usage
-from service.api.middleware import RequestContextMiddleware
+from service.api.limits import RateLimiter
+from service.api.middleware import RequestContextMiddleware, add_security_headers
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.errors import handle_exception
 from service.gateway import Gateway
@@ -28,7 +30,7 @@ from service.providers import ADAPTERS, all_models
 from service.providers.base import ProviderAdapter
 from service.settings import Settings
 from service.worker import Dispatcher, Poller
-from storage import Store, create_store
+from storage import StorageError, Store, create_store
 
 log = structlog.get_logger("reelay.app")
 
@@ -76,7 +78,13 @@ def create_app(
         poller = Poller(gateway)
         gateway._on_new_job = dispatcher.wake
         gateway._on_confirm = poller.wake
-        app.state.ctx = AppContext(settings=settings, gateway=gateway, hub=hub, registry=metrics_holder.registry)
+        app.state.ctx = AppContext(
+            settings=settings,
+            gateway=gateway,
+            hub=hub,
+            registry=metrics_holder.registry,
+            limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        )
         app.state.dispatcher = dispatcher
         app.state.poller = poller
         tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(poller.run())] if run_workers else []
@@ -88,8 +96,12 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await dispatcher.drain()
-            await poller.drain()
+            # In-flight creates and polls get a bounded time to finish; the rest are cancelled and their
+            # leases released, so the next start (or another worker) takes them over.
+            await dispatcher.drain(settings.shutdown_drain_seconds)
+            await poller.drain(settings.shutdown_drain_seconds)
+            with contextlib.suppress(StorageError):
+                await the_store.release_leases()
             if http_client is None:
                 await client.aclose()
             if store is None:
@@ -111,6 +123,9 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
         middleware=[RequestContextMiddleware()],
+        before_send=[add_security_headers],
+        # Off unless REELAY_CORS_ORIGINS names the browser origins allowed to call the API.
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Reelay",

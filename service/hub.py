@@ -13,6 +13,7 @@ from storage import EventRecord
 HEARTBEAT: Final = "heartbeat"
 CLOSE: Final = "close"
 OVERFLOW: Final = "overflow"
+SHUTDOWN: Final = "shutdown"
 
 Item = tuple[int, str, bytes] | str
 """(event id, event type, encoded SSE frame), or one of the signals above."""
@@ -78,9 +79,9 @@ class Subscription:
                 self._waiter = None
         return self._items.popleft()
 
-    def close(self) -> None:
+    def close(self, signal: str = CLOSE) -> None:
         """Stop receiving and leave the hub; safe to call more than once, needs no await."""
-        self._end(CLOSE)
+        self._end(signal)
 
     def _end(self, signal: str) -> None:
         if self.closed:
@@ -107,12 +108,17 @@ class EventHub:
         self._queue_size = queue_size
         self._by_key: dict[str, set[Subscription]] = {}
         self._by_job: dict[str, set[Subscription]] = {}
+        self._per_key: dict[str, int] = {}  # open subscriptions of each API key, job streams included
 
     def subscribe(self, api_key_id: str, job_id: str | None = None) -> Subscription:
         sub = Subscription(self, api_key_id, job_id, self._queue_size)
         index, name = (self._by_key, api_key_id) if job_id is None else (self._by_job, job_id)
         index.setdefault(name, set()).add(sub)
+        self._per_key[api_key_id] = self._per_key.get(api_key_id, 0) + 1
         return sub
+
+    def count_for(self, api_key_id: str) -> int:
+        return self._per_key.get(api_key_id, 0)
 
     def publish(self, events: Sequence[EventRecord]) -> None:
         """Store listener: called with committed events in id order; never blocks."""
@@ -132,16 +138,22 @@ class EventHub:
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._by_key.values()) + sum(len(s) for s in self._by_job.values())
 
-    def close_all(self) -> None:
+    def close_all(self, signal: str = SHUTDOWN) -> None:
+        """End every subscription (on shutdown: each stream tells its client to reconnect)."""
         for index in (self._by_key, self._by_job):
             for subs in list(index.values()):
                 for sub in list(subs):
-                    sub.close()
+                    sub.close(signal)
 
     def _remove(self, sub: Subscription) -> None:
         index, name = (self._by_key, sub.api_key_id) if sub.job_id is None else (self._by_job, sub.job_id)
         subs = index.get(name)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
             if not subs:
                 del index[name]
+            left = self._per_key[sub.api_key_id] - 1
+            if left:
+                self._per_key[sub.api_key_id] = left
+            else:
+                del self._per_key[sub.api_key_id]

@@ -58,6 +58,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_queue_size: int = 1000
     sse_retry_ms: int = 2000
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    rate_limit_per_second: float = 100.0
+    rate_limit_burst: int = 200
+    sse_max_per_key: int = 50
+    cors_origins: tuple[str, ...] = ()
+    min_free_disk_bytes: int = 16 * 1024 * 1024
+    shutdown_drain_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +115,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             sqlite_synchronous=reader.choice(  # type: ignore[arg-type]
                 "REELAY_SQLITE_SYNCHRONOUS", defaults.sqlite_synchronous, ("FULL", "NORMAL")
             ),
+            rate_limit_per_second=reader.number(
+                "REELAY_RATE_LIMIT_PER_SECOND", defaults.rate_limit_per_second, allow_zero=True
+            ),
+            rate_limit_burst=reader.integer("REELAY_RATE_LIMIT_BURST", defaults.rate_limit_burst, low=1),
+            sse_max_per_key=reader.integer("REELAY_SSE_MAX_PER_KEY", defaults.sse_max_per_key, low=1),
+            cors_origins=tuple(o.strip() for o in env.get("REELAY_CORS_ORIGINS", "").split(",") if o.strip()),
+            min_free_disk_bytes=reader.integer("REELAY_MIN_FREE_DISK_BYTES", defaults.min_free_disk_bytes, low=0),
+            shutdown_drain_seconds=reader.number("REELAY_SHUTDOWN_DRAIN_SECONDS", defaults.shutdown_drain_seconds),
         )
 
     def provider(self, name: str) -> ProviderSettings:
@@ -137,7 +151,7 @@ class _Reader:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
         return value
 
-    def number(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float, *, allow_zero: bool = False) -> float:
         raw = self._env.get(name, "").strip()
         if not raw:
             return default
@@ -145,8 +159,8 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-        if not value > 0:
-            raise ConfigError(f"{name} must be positive, got {raw!r}")
+        if not (value >= 0 if allow_zero else value > 0) or value != value or value == float("inf"):
+            raise ConfigError(f"{name} must be {'zero or more' if allow_zero else 'positive'}, got {raw!r}")
         return value
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:

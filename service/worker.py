@@ -92,10 +92,16 @@ class LeasedLoop:
             except Exception:
                 log.exception(f"{self.name}.crashed")
 
-    async def drain(self) -> None:
-        """Wait for in-flight work (used on shutdown)."""
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+    async def drain(self, grace_seconds: float) -> None:
+        """Wait up to `grace_seconds` for in-flight work on shutdown, then cancel what is left."""
+        if not self._inflight:
+            return
+        _, pending = await asyncio.wait(set(self._inflight), timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning(f"{self.name}.drain_cancelled", tasks=len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _update(self, job: JobRecord, decide: Callable[[JobRecord], Any]) -> JobRecord:
         outcome = await self.store.update_job(job.id, decide)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request
+from litestar.exceptions import TooManyRequestsException
 
+from service.api.limits import RateLimiter, retry_after_header
 from service.errors import Unauthorized
 from service.ids import secret_matches, split_api_key
 from storage import ApiKeyRecord
@@ -26,6 +28,7 @@ class AppContext:
     gateway: Gateway
     hub: EventHub
     registry: CollectorRegistry
+    limiter: RateLimiter
     # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
     key_cache: dict[str, tuple[ApiKeyRecord, float]] = field(default_factory=dict)
     key_cache_seconds: float = 5.0
@@ -61,4 +64,10 @@ async def authenticate(request: Request[Any, Any, Any]) -> ApiKeyRecord:
         ctx.key_cache[key_id] = (record, now)
     if record.revoked_at is not None or not secret_matches(secret, record.secret_hash):
         raise Unauthorized("the API key is not valid")
+    wait = ctx.limiter.take(key_id)
+    if wait is not None:
+        raise TooManyRequestsException(
+            detail=f"rate limit of {ctx.limiter.rate:g} requests/s for this API key exceeded; retry later",
+            headers=retry_after_header(wait),
+        )
     return record

@@ -17,6 +17,35 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("reelay.http")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_COMMON_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+# Only the API docs page is HTML; it loads Swagger UI from its CDN. Everything else may load nothing.
+_HTML_CSP = (
+    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; frame-ancestors 'none'"
+)
+_API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """A before-send hook, so error pages and 404s carry the headers too."""
+    if message["type"] == "http.response.start":
+        message["headers"] = security_headers(list(message.get("headers", [])))
+
+
+def security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Headers every response carries; API answers are also never cached."""
+    names = {name.lower() for name, _ in headers}
+    content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+    extra = [h for h in _COMMON_HEADERS if h[0] not in names]
+    is_html = content_type.startswith(b"text/html")
+    extra.append((b"content-security-policy", _HTML_CSP if is_html else _API_CSP))
+    if b"cache-control" not in names:
+        extra.append((b"cache-control", b"no-store"))
+    return [*headers, *extra]
 
 
 class RequestContextMiddleware(ASGIMiddleware):

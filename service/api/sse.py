@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 from litestar import Response
 from litestar.response.base import ASGIResponse
 
-from service.hub import CLOSE, HEARTBEAT, OVERFLOW, EventHub, sse_frame
+from service.api.limits import retry_after_header
+from service.errors import error_response
+from service.hub import CLOSE, HEARTBEAT, OVERFLOW, SHUTDOWN, EventHub, sse_frame
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request
@@ -75,6 +77,10 @@ class StreamSession:
                 elif item is OVERFLOW:
                     await _body(send, b": too slow; reconnect with Last-Event-ID to resume\n\n")
                     return
+                elif item is SHUTDOWN:
+                    # A last hint: come back soon, to this or another replica, from the last id received.
+                    await _body(send, b"retry: %d\n: server shutting down; reconnect with Last-Event-ID\n\n" % 1000)
+                    return
                 elif item is CLOSE:
                     return
                 elif isinstance(item, tuple):
@@ -127,6 +133,16 @@ class EventStream(Response[bytes]):
         self.session = session
 
     def to_asgi_response(self, app: Litestar | None, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
+        limit: int = request.app.state.ctx.settings.sse_max_per_key
+        if self.session.hub.count_for(self.session.api_key_id) >= limit:
+            refusal = error_response(
+                429,
+                "too_many_streams",
+                f"this API key already has {limit} open event streams; close one or retry later",
+                {"max_streams": limit},
+                headers=retry_after_header(5),
+            )
+            return refusal.to_asgi_response(app=None, request=request)
         headers = {
             "cache-control": "no-cache",
             "x-accel-buffering": "no",  # nginx: pass events through as they come
