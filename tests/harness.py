@@ -22,11 +22,12 @@ from service.server import make_server
 from service.settings import ProviderSettings, Settings
 
 
-def bind() -> socket.socket:
-    """A listening socket on a free loopback port, bound before the app that needs its URL exists."""
+def bind(port: int = 0) -> socket.socket:
+    """A listening socket on a loopback port (a free one by default), bound before the app that needs its
+    URL exists."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
