@@ -1,19 +1,24 @@
-"""The `reelay` command line: serve, dev, keys and migrate."""
+"""The `reelay` command line: serve, dev, keys, migrate, and the operations backup, restore and prune."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
 
-from service.jobs import encode_job
+from service.jobs import encode_job, iso
 from service.logging import configure_logging
 from service.settings import ConfigError, Settings
-from storage import StorageError, Store, create_store
+from storage import BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 T = TypeVar("T")
 
@@ -54,8 +59,10 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    # Fail here, with one clear line, if the database cannot be opened, migrated or written.
+    _with_store(settings, lambda store: store.check())
     app = create_app(settings)
-    server = make_server(app, host or settings.host, port or settings.port)
+    server = make_server(app, host or settings.host, settings.port if port is None else port)
     asyncio.run(serve_all([server], on_stop=lambda: _close_streams(app)))
 
 
@@ -127,3 +134,114 @@ def keys_revoke(key_id: str) -> None:
         click.echo(f"no active key with id {key_id}", err=True)
         sys.exit(1)
     click.echo(f"revoked {key_id}")
+
+
+# -- operations --------------------------------------------------------------------------------
+
+_PG_TOOLS = (
+    "reelay backup and restore copy SQLite database files; back up PostgreSQL with its own tools: "
+    'pg_dump --format=custom --file=reelay.dump "$REELAY_DATABASE_URL", and pg_restore to restore'
+)
+
+
+def _file_backups(settings: Settings) -> SupportsBackup:
+    """The store, unopened: a copy needs no migration and must not apply one."""
+    if settings.database_url.startswith(("postgresql:", "postgres:")):
+        raise click.ClickException(_PG_TOOLS)
+    try:
+        store = create_store(settings.database_url, encode_job, sqlite_synchronous=settings.sqlite_synchronous)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not isinstance(store, SupportsBackup):
+        raise click.ClickException(_PG_TOOLS)
+    return store
+
+
+def _copy(work: Callable[[_PageBar], Coroutine[Any, Any, BackupReport]], label: str) -> BackupReport:
+    bar = _PageBar(label)
+    try:
+        return asyncio.run(work(bar))
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+
+
+class _PageBar:
+    """Progress of a database copy on stderr, drawn once the copy knows its size (label only when not a tty)."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar: ProgressBar[int] | None = None
+
+    def __call__(self, copied: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label=self._label, file=sys.stderr, show_pos=True)
+        self._bar.update(copied - self._bar.pos)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.render_finish()
+
+
+def _describe(report: BackupReport) -> None:
+    click.echo(f"  size:           {report.size_bytes / 1_048_576:.1f} MiB ({report.size_bytes} bytes)")
+    click.echo(f"  jobs:           {report.jobs}")
+    click.echo(f"  events:         {report.events}")
+    click.echo(f"  schema version: {report.schema_version}")
+    click.echo("  integrity:      ok")
+
+
+@main.command(help="Copy the SQLite database to PATH, consistently, while the service runs; then verify the copy.")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+def backup(path: Path, force: bool) -> None:
+    store = _file_backups(_settings())
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
+    report = _copy(lambda bar: store.backup(path, bar, overwrite=force), "copying")
+    click.echo(f"backup written to {report.path}")
+    _describe(report)
+
+
+@main.command(
+    help="Replace the SQLite database with BACKUP. Refused while the service, or any other process on this "
+    "host, has the database open: stop the service first."
+)
+@click.argument("source", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def restore(source: Path, yes: bool) -> None:
+    settings = _settings()
+    store = _file_backups(settings)
+    if not yes:
+        click.confirm(f"Replace {settings.database_url} with {source}? What it holds now is lost", abort=True)
+    report = _copy(lambda bar: store.restore(source, bar), "restoring")
+    click.echo(f"restored {source} into {report.path}")
+    _describe(report)
+    if report.schema_version < max(version for version, _, _ in migrations.load("sqlite")):
+        click.echo(
+            "the backup's schema is older than this Reelay: `reelay migrate` (or starting the service) updates it"
+        )
+
+
+@main.command(
+    help="Delete finished jobs (with their events), webhook receipts and idempotency keys older than "
+    "REELAY_RETENTION_DAYS (or --days). Unfinished jobs are never deleted. Safe while the service runs."
+)
+@click.option(
+    "--days", type=click.IntRange(min=1), default=None, help="Retention in days (default REELAY_RETENTION_DAYS)."
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+def prune(days: int | None, dry_run: bool) -> None:
+    settings = _settings()
+    days = days or settings.retention_days
+    if not days:
+        click.echo("retention is off (REELAY_RETENTION_DAYS unset or 0): nothing pruned; --days N prunes once")
+        return
+    before = iso(time.time() - days * 86_400)
+    counts = _with_store(settings, lambda store: store.prunable(before) if dry_run else store.prune(before))
+    click.echo(f"{'dry run: would remove' if dry_run else 'removed'} what is older than {days} days ({before}):")
+    click.echo(f"  jobs:             {counts.jobs}")
+    click.echo(f"  events:           {counts.events}")
+    click.echo(f"  webhook receipts: {counts.webhook_receipts}")
+    click.echo(f"  idempotency keys: {counts.idempotency_keys}")

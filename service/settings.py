@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: tuple[str, ...] = ()
     min_free_disk_bytes: int = 16 * 1024 * 1024
     shutdown_drain_seconds: float = 5.0
+    # `reelay prune` deletes finished jobs, receipts and idempotency keys older than this; 0 keeps everything.
+    retention_days: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cors_origins=tuple(o.strip() for o in env.get("REELAY_CORS_ORIGINS", "").split(",") if o.strip()),
             min_free_disk_bytes=reader.integer("REELAY_MIN_FREE_DISK_BYTES", defaults.min_free_disk_bytes, low=0),
             shutdown_drain_seconds=reader.number("REELAY_SHUTDOWN_DRAIN_SECONDS", defaults.shutdown_drain_seconds),
+            retention_days=reader.integer("REELAY_RETENTION_DAYS", defaults.retention_days, low=0),
         )
 
     def provider(self, name: str) -> ProviderSettings:
@@ -148,7 +151,8 @@ class _Reader:
         except ValueError:
             raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ConfigError(f"{name} must be {bounds}, got {value}")
         return value
 
     def number(self, name: str, default: float, *, allow_zero: bool = False) -> float:

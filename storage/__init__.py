@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from storage.base import JobEncoder, Store
+from storage.base import BackupProgress, JobEncoder, Store, SupportsBackup
 from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
 from storage.records import (
     ApiKeyRecord,
+    BackupReport,
     CreateOutcome,
     DispatchState,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
+    PruneCounts,
     Receipt,
     Stage,
     UpdateOutcome,
@@ -30,6 +32,8 @@ def create_store(database_url: str, encode_job: JobEncoder, *, sqlite_synchronou
 
 __all__ = [
     "ApiKeyRecord",
+    "BackupProgress",
+    "BackupReport",
     "CreateOutcome",
     "DispatchState",
     "EventRecord",
@@ -37,12 +41,14 @@ __all__ = [
     "IdempotencyConflict",
     "JobFilter",
     "JobRecord",
+    "PruneCounts",
     "Receipt",
     "SchemaOutdated",
     "Stage",
     "StorageError",
     "StorageUnavailable",
     "Store",
+    "SupportsBackup",
     "UpdateOutcome",
     "UsageRow",
     "create_store",

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from storage.records import (
     ApiKeyRecord,
+    BackupReport,
     CreateOutcome,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
+    PruneCounts,
     Receipt,
     UpdateOutcome,
     UsageRow,
@@ -27,6 +30,9 @@ Decision = tuple[JobRecord, str | None] | None
 """What a decide function returns: the job's new state and the event type to log, or None."""
 
 Decide = Callable[[JobRecord], Decision]
+
+BackupProgress = Callable[[int, int], None]
+"""Called on the event loop with (pages copied, total pages) as a database copy advances."""
 
 
 class Store(Protocol):
@@ -109,3 +115,37 @@ class Store(Protocol):
 
     async def usage(self, api_key_id: str, start: str | None, end: str | None) -> list[UsageRow]:
         """The key's jobs created in [start, end), grouped by day, model and status."""
+
+    async def prunable(self, before: str) -> PruneCounts:
+        """What `prune(before)` would remove now; removes nothing."""
+
+    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+        """Delete what is older than the ISO-8601 UTC timestamp `before`, and count it.
+
+        That is: finished jobs (stage TERMINAL) whose `completed_at` is older, with all their events;
+        webhook receipts received before it; idempotency keys created before it. Unfinished jobs and
+        the events of kept jobs are never deleted. Each transaction removes at most `batch_size` jobs
+        (or rows), so other writers wait for one batch at most, never for the whole pass.
+        """
+
+
+@runtime_checkable
+class SupportsBackup(Protocol):
+    """A store that copies its own database file (SQLite). A server database is backed up with its own tools.
+
+    Neither method needs the store to be open, and neither applies migrations.
+    """
+
+    async def backup(
+        self, target: str | Path, progress: BackupProgress | None = None, *, overwrite: bool = False
+    ) -> BackupReport:
+        """Write a consistent copy of the database to `target` while it is in use, then verify the copy.
+
+        The copy appears at `target` only once it passed `PRAGMA integrity_check`.
+        """
+
+    async def restore(self, source: str | Path, progress: BackupProgress | None = None) -> BackupReport:
+        """Replace the database with the verified backup `source`, in one transaction.
+
+        Raises StorageUnavailable when any other connection has the database open (stop the service first).
+        """

@@ -113,3 +113,22 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     credits_charged: float = 0.0
     usd_estimate: float = 0.0
     usd_charged: float = 0.0
+
+
+class PruneCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """Rows a retention pass removed, or would remove."""
+
+    jobs: int = 0
+    events: int = 0
+    webhook_receipts: int = 0
+    idempotency_keys: int = 0
+
+
+class BackupReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A database file just written by a backup or a restore, as verified after writing."""
+
+    path: str
+    size_bytes: int
+    jobs: int
+    events: int
+    schema_version: int

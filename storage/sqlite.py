@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,18 @@ import aiosqlite
 import msgspec
 
 from storage import migrations
-from storage.base import Decide, EventListener, JobEncoder
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageUnavailable
+from storage.base import BackupProgress, Decide, EventListener, JobEncoder
+from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
 from storage.records import (
     ApiKeyRecord,
+    BackupReport,
     CreateOutcome,
     DispatchState,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
+    PruneCounts,
     Receipt,
     Stage,
     UpdateOutcome,
@@ -56,6 +60,9 @@ _INSERT_SQL = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(_
 _UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
 _EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
 _COST_FIELDS = ("credits_estimate", "credits_charged", "usd_estimate", "usd_charged")
+# Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
+_FINISHED_BEFORE = f"stage = {int(Stage.TERMINAL)} AND completed_at < ?"
+_COPY_STEP_PAGES = 1024  # pages copied between progress reports (4 MiB with the default page size)
 
 _encoder = msgspec.json.Encoder()
 
@@ -156,6 +163,9 @@ class SqliteStore:
     are called in that order; reads use a second connection and never see uncommitted data.
     """
 
+    prune_pause = 0.05
+    """Seconds between prune batches: a writer in another process busy-waits for the lock and needs a gap."""
+
     def __init__(self, path: str | Path, encode_job: JobEncoder, *, synchronous: str = "FULL") -> None:
         self._path = str(path)
         self._encode_job = encode_job
@@ -177,15 +187,26 @@ class SqliteStore:
                 await self._writer.execute("PRAGMA journal_mode = WAL")
                 await self.migrate()
                 self._reader = await self._connect()
-        except BaseException:
+        except StorageUnavailable as exc:
             await self.close()  # half-open would make the next open() a no-op
+            raise StorageUnavailable(
+                f"cannot open the database {self._path}: {exc.__cause__ or exc} "
+                "(is the file or its folder read-only, or the disk full?)"
+            ) from exc
+        except BaseException:
+            await self.close()
             raise
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self._path, isolation_level=None)
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        try:
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except BaseException:
+            # SQLite opens the file lazily; a connection that fails here still owns a worker thread.
+            await asyncio.shield(conn.close())
+            raise
         return conn
 
     async def close(self) -> None:
@@ -336,10 +357,15 @@ class SqliteStore:
                     (job.api_key_id, idempotency.key),
                 )
                 for request_hash, job_id in rows:
+                    existing = await self._get_job(conn, job_id)
+                    if existing is None:  # its job was pruned: the key expired with it
+                        await conn.execute(
+                            "DELETE FROM idempotency_keys WHERE api_key_id = ? AND key = ?",
+                            (job.api_key_id, idempotency.key),
+                        )
+                        break
                     if request_hash != idempotency.request_hash:
                         raise IdempotencyConflict(job_id)
-                    existing = await self._get_job(conn, job_id)
-                    assert existing is not None
                     return CreateOutcome(job=existing, created=False)
                 await conn.execute(
                     "INSERT INTO idempotency_keys (api_key_id, key, request_hash, job_id, created_at) "
@@ -510,9 +536,206 @@ class SqliteStore:
             for r in rows
         ]
 
+    # -- retention ---------------------------------------------------------------------------
+
+    async def prunable(self, before: str) -> PruneCounts:
+        rows = await self._read(
+            f"SELECT (SELECT count(*) FROM jobs WHERE {_FINISHED_BEFORE}), "
+            f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
+            "(SELECT count(*) FROM webhook_receipts WHERE received_at < ?), "
+            "(SELECT count(*) FROM idempotency_keys WHERE created_at < ?)",
+            (before,) * 4,
+        )
+        jobs, events, receipts, keys = next(iter(rows))
+        return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
+
+    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        # Keys before jobs, so that no key is left answering for a job that is gone.
+        keys = await self._prune_rows("idempotency_keys", "created_at", before, batch_size)
+        receipts = await self._prune_rows("webhook_receipts", "received_at", before, batch_size)
+        jobs = events = 0
+        while True:
+            async with self._transaction() as conn:
+                rows = await conn.execute_fetchall(
+                    f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
+                )
+                ids = [row[0] for row in rows]
+                if ids:
+                    marks = ", ".join("?" * len(ids))
+                    cursor = await conn.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)
+                    events += cursor.rowcount
+                    await conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+            jobs += len(ids)
+            if len(ids) < batch_size:
+                break
+            await asyncio.sleep(self.prune_pause)
+        return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
+
+    async def _prune_rows(self, table: str, column: str, before: str, batch_size: int) -> int:
+        removed = 0
+        while True:
+            async with self._transaction() as conn:
+                cursor = await conn.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
+                    (before, batch_size),
+                )
+                count = cursor.rowcount
+            removed += count
+            if count < batch_size:
+                return removed
+            await asyncio.sleep(self.prune_pause)
+
+    # -- backup and restore ------------------------------------------------------------------
+
+    async def backup(
+        self, target: str | Path, progress: BackupProgress | None = None, *, overwrite: bool = False
+    ) -> BackupReport:
+        source = Path(self._path)
+        return await _in_thread(lambda step: _backup(source, Path(target), step, overwrite=overwrite), progress)
+
+    async def restore(self, source: str | Path, progress: BackupProgress | None = None) -> BackupReport:
+        if self._writer is not None:
+            raise StorageError("close the store before restoring into its database")
+        newest = max(version for version, _, _ in migrations.load("sqlite"))
+        database = Path(self._path)
+        return await _in_thread(lambda step: _restore(Path(source), database, step, newest=newest), progress)
+
+
+_Step = Callable[[int, int, int], object]
+"""The progress callback of sqlite3.Connection.backup: (status, remaining pages, total pages)."""
+
+
+class _Abandoned(Exception):
+    """Raised from a copy's progress callback to abort it: sqlite3 then rolls the copy back."""
+
+
+async def _in_thread(work: Callable[[_Step], BackupReport], progress: BackupProgress | None) -> BackupReport:
+    """Run a file copy in a worker thread, reporting its progress on the event loop."""
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+
+    def step(status: int, remaining: int, total: int) -> None:
+        if stop.is_set():
+            raise _Abandoned
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, total - remaining, total)
+
+    try:
+        with _translated():
+            return await asyncio.to_thread(work, step)
+    except asyncio.CancelledError:
+        stop.set()  # a thread cannot be cancelled; it stops at its next step
+        raise
+
+
+def _backup(source: Path, target: Path, step: _Step, *, overwrite: bool) -> BackupReport:
+    _require_file(source)
+    if target.resolve() in _database_files(source):
+        raise StorageError("the backup cannot be written over the database itself")
+    if target.is_dir():
+        raise StorageError(f"{target} is a directory; give a file name")
+    if target.exists() and not overwrite:
+        raise StorageError(f"{target} already exists")
+    if not target.parent.is_dir():
+        raise StorageError(f"directory {target.parent} does not exist")
+    partial = target.with_name(f".{target.name}.partial")  # the target appears only once the copy is verified
+    _remove_files(partial)
+    try:
+        with closing(_connect_existing(source)) as src, closing(sqlite3.connect(partial)) as dst:
+            # A read transaction held across steps pins one snapshot. Without it, every commit by another
+            # connection restarts the copy, and a busy service can keep it from ever finishing.
+            src.execute("BEGIN")
+            src.execute("SELECT count(*) FROM sqlite_master")
+            src.backup(dst, pages=_COPY_STEP_PAGES, progress=step)
+            src.execute("COMMIT")
+        report = _verify(partial)
+        os.replace(partial, target)
+    except BaseException:
+        _remove_files(partial)
+        raise
+    return msgspec.structs.replace(report, path=str(target))
+
+
+def _restore(source: Path, database: Path, step: _Step, *, newest: int) -> BackupReport:
+    _require_file(source)
+    if source.resolve() in _database_files(database):
+        raise StorageError("the backup is the database itself")
+    found = _verify(source)
+    if found.schema_version > newest:
+        raise StorageError(
+            f"{source} has schema version {found.schema_version}, newer than this Reelay knows ({newest}); "
+            "restore it with the version that wrote it"
+        )
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(database, isolation_level=None, timeout=1.0)) as dst:
+        # In WAL mode every open connection holds a shared lock on the file for as long as it is open, so an
+        # exclusive lock is granted only when no other connection on this host has the database open.
+        # Exclusive locking mode keeps it until this connection closes.
+        dst.execute("PRAGMA locking_mode = EXCLUSIVE")
+        try:
+            dst.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(
+                f"{database} is in use: stop the service and any other reelay command, then restore"
+            ) from exc
+        dst.execute("COMMIT")
+        with closing(_connect_existing(source)) as src:
+            # One transaction on the destination: interrupted, it rolls back to the old database.
+            src.backup(dst, pages=_COPY_STEP_PAGES, progress=step)
+    return _verify(database)
+
+
+def _verify(path: Path) -> BackupReport:
+    """Check a database file's integrity and count what it holds."""
+    with closing(_connect_existing(path)) as conn:
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # locked or unreadable: about access, not about what the file holds
+            raise StorageError(f"{path} is not a SQLite database ({exc})") from exc
+        if problems != ["ok"]:
+            raise StorageUnavailable(f"{path} fails its integrity check: {'; '.join(problems[:5])}")
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"schema_migrations", "jobs", "events"} <= tables:
+            raise StorageError(f"{path} is not a Reelay database")
+        version, jobs, events = conn.execute(
+            "SELECT (SELECT max(version) FROM schema_migrations), (SELECT count(*) FROM jobs), "
+            "(SELECT count(*) FROM events)"
+        ).fetchone()
+    # Measured after closing: the last connection folds the WAL into the file.
+    return BackupReport(
+        path=str(path), size_bytes=path.stat().st_size, jobs=jobs, events=events, schema_version=version or 0
+    )
+
+
+def _connect_existing(path: Path) -> sqlite3.Connection:
+    """A connection to a database file that must exist (sqlite3.connect would create an empty one)."""
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise StorageError(f"no database file at {path}")
+
+
+def _database_files(path: Path) -> set[Path]:
+    """The database file and the journal files SQLite keeps beside it."""
+    resolved = path.resolve()
+    return {resolved, *(resolved.with_name(resolved.name + suffix) for suffix in ("-wal", "-shm", "-journal"))}
+
+
+def _remove_files(path: Path) -> None:
+    for name in _database_files(path):
+        name.unlink(missing_ok=True)
+
 
 class _translated:
-    """Turns sqlite3 driver errors into StorageUnavailable at the edge."""
+    """Turns sqlite3 driver errors and file-system errors into StorageUnavailable at the edge."""
 
     def __enter__(self) -> None:
         return None
@@ -522,3 +745,5 @@ class _translated:
             return  # a programming error or a constraint the caller handles; let it through
         if isinstance(exc, sqlite3.Error):
             raise StorageUnavailable(f"sqlite: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise StorageUnavailable(str(exc)) from exc

@@ -16,6 +16,7 @@ from storage import (
     IdempotencyConflict,
     JobFilter,
     JobRecord,
+    PruneCounts,
     Receipt,
     SchemaOutdated,
     Stage,
@@ -97,6 +98,9 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "jobs_by_provider_task",
         "events_by_key",
         "events_by_job",
+        "jobs_by_completion",
+        "webhook_receipts_by_time",
+        "idempotency_keys_by_time",
     }
 
 
@@ -657,6 +661,140 @@ async def test_usage_start_is_inclusive_and_end_exclusive(store: Store) -> None:
 async def test_usage_of_a_key_without_jobs_is_empty(store: Store) -> None:
     await create(store)
     assert await store.usage(KEY_B.id, None, None) == []
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+CUTOFF = "2025-06-10T00:00:00.000Z"
+BEFORE_CUTOFF = "2025-06-01T12:00:00.000Z"
+AFTER_CUTOFF = "2025-06-20T12:00:00.000Z"
+
+
+async def finished(store: Store, completed_at: str, status: str = "succeeded", **changes: object) -> JobRecord:
+    """A job taken through processing to `status` at `completed_at`: three events."""
+    job = await create(store, **changes)
+    await store.update_job(job.id, to_status("processing"))
+
+    def finish(current: JobRecord) -> Decision:
+        done = replace(current, status=status, stage=Stage.TERMINAL, completed_at=completed_at, updated_at=completed_at)
+        return done, f"job.{status}"
+
+    return (await store.update_job(job.id, finish)).job
+
+
+async def test_prune_removes_jobs_finished_before_the_cutoff_with_their_events(store: Store) -> None:
+    old = [await finished(store, BEFORE_CUTOFF, status) for status in ("succeeded", "failed", "cancelled")]
+    counts = await store.prune(CUTOFF)
+    assert counts == PruneCounts(jobs=3, events=9)
+    assert [await store.get_job(job.id) for job in old] == [None, None, None]
+    assert await store.events_after(0) == []
+
+
+async def test_prune_keeps_jobs_finished_at_or_after_the_cutoff(store: Store) -> None:
+    kept = [await finished(store, CUTOFF), await finished(store, AFTER_CUTOFF)]
+    events = await store.events_after(0)
+    assert await store.prune(CUTOFF) == PruneCounts()
+    assert [await store.get_job(job.id) for job in kept] == kept
+    assert await store.events_after(0) == events
+
+
+async def test_prune_never_removes_unfinished_jobs(store: Store) -> None:
+    ancient = "2000-01-01T00:00:00.000Z"
+    queued = await create(store, created_at=ancient, updated_at=ancient)
+    running = await create(store, created_at=ancient, updated_at=ancient, status="processing", stage=Stage.PROCESSING)
+    events = await store.events_after(0)
+    assert await store.prune(AFTER_CUTOFF) == PruneCounts()
+    assert [await store.get_job(queued.id), await store.get_job(running.id)] == [queued, running]
+    assert await store.events_after(0) == events
+
+
+async def test_prune_keeps_old_events_of_a_kept_job(store: Store) -> None:
+    kept = await create(store, created_at=BEFORE_CUTOFF, updated_at=BEFORE_CUTOFF)
+    await store.update_job(kept.id, to_status("processing"))  # logged before the cutoff too
+    await finished(store, BEFORE_CUTOFF)
+    await store.prune(CUTOFF)
+    assert [(e.job_id, e.type) for e in await store.events_after(0)] == [
+        (kept.id, "job.created"),
+        (kept.id, "job.updated"),
+    ]
+
+
+async def test_prune_removes_idempotency_keys_created_before_the_cutoff(store: Store) -> None:
+    old = make_job(created_at=BEFORE_CUTOFF)  # unfinished: the job stays, its key expires
+    await store.create_job(old, "job.created", idempotency=CLAIM)
+    recent = make_job(created_at=AFTER_CUTOFF)
+    await store.create_job(recent, "job.created", idempotency=replace(CLAIM, key="idem-2"))
+    assert await store.prune(CUTOFF) == PruneCounts(idempotency_keys=1)
+    again = await store.create_job(make_job(), "job.created", idempotency=CLAIM)
+    assert again.created is True
+    repeated = await store.create_job(make_job(), "job.created", idempotency=replace(CLAIM, key="idem-2"))
+    assert (repeated.created, repeated.job.id) == (False, recent.id)
+
+
+async def test_prune_removes_webhook_receipts_received_before_the_cutoff(store: Store) -> None:
+    job = await create(store)
+    await store.update_job(job.id, to_status("processing"), receipt=RECEIPT)
+    # The store stamps receipts with its own clock: a cutoff in the past keeps one, one far ahead removes it.
+    assert await store.prune("2000-01-01T00:00:00.000Z") == PruneCounts()
+    assert (await store.update_job(job.id, to_status("failed"), receipt=RECEIPT)).duplicate is True
+    assert await store.prune("9999-01-01T00:00:00.000Z") == PruneCounts(webhook_receipts=1)
+    assert (await store.update_job(job.id, to_status("failed"), receipt=RECEIPT)).duplicate is False
+
+
+async def test_a_key_outliving_its_pruned_job_makes_a_new_job(store: Store) -> None:
+    # A clock stepped back can finish a job "before" it was created; the key then survives its job.
+    original = make_job(created_at=AFTER_CUTOFF)
+    await store.create_job(original, "job.created", idempotency=CLAIM)
+    await store.update_job(
+        original.id,
+        lambda j: (replace(j, status="failed", stage=Stage.TERMINAL, completed_at=BEFORE_CUTOFF), "job.failed"),
+    )
+    assert await store.prune(CUTOFF) == PruneCounts(jobs=1, events=2)
+    again = await store.create_job(make_job(), "job.created", idempotency=CLAIM)
+    assert again.created is True
+    assert await store.get_job(again.job.id) == again.job
+
+
+async def test_prune_in_small_batches_removes_everything_due(store: Store) -> None:
+    for _ in range(7):
+        await finished(store, BEFORE_CUTOFF)
+    kept = await finished(store, AFTER_CUTOFF)
+    assert await store.prune(CUTOFF, batch_size=3) == PruneCounts(jobs=7, events=21)
+    assert {e.job_id for e in await store.events_after(0)} == {kept.id}
+
+
+async def test_prunable_counts_what_prune_removes_and_removes_nothing(store: Store) -> None:
+    for status in ("succeeded", "failed"):
+        await finished(store, BEFORE_CUTOFF, status)
+    await finished(store, AFTER_CUTOFF)
+    await store.create_job(make_job(created_at=BEFORE_CUTOFF), "job.created", idempotency=CLAIM)
+    events = await store.events_after(0)
+    expected = PruneCounts(jobs=2, events=6, idempotency_keys=1)
+    assert await store.prunable(CUTOFF) == expected
+    assert await store.events_after(0) == events
+    assert await store.prune(CUTOFF) == expected
+    assert await store.prunable(CUTOFF) == PruneCounts()
+
+
+async def test_other_writes_go_through_while_a_prune_runs(store: Store) -> None:
+    for _ in range(20):
+        await finished(store, BEFORE_CUTOFF)
+    pruning = asyncio.create_task(store.prune(CUTOFF, batch_size=1))
+    await asyncio.sleep(0)
+    job = await create(store)  # waits for one batch, not for the whole prune
+    assert not pruning.done()
+    assert (await pruning).jobs == 20
+    assert await store.get_job(job.id) == job
+
+
+async def test_resuming_from_a_pruned_event_returns_what_remains(store: Store) -> None:
+    await finished(store, BEFORE_CUTOFF)
+    seen = (await store.events_after(0))[0].id  # a client saw the first event of a job later pruned
+    kept = await create(store)
+    await store.prune(CUTOFF)
+    remaining = await store.events_after(seen)
+    assert [e.job_id for e in remaining] == [kept.id]
+    assert await store.last_event_id() == remaining[-1].id
 
 
 # -- durability --------------------------------------------------------------------------------
