@@ -13,12 +13,16 @@ ReelayError                       -> {"error": {"code", "message", "details"}}
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import structlog
 from litestar import MediaType, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example, OpenAPIHeader, OpenAPIResponse, Operation, Schema
+from litestar.openapi.spec.enums import OpenAPIType
 
 from storage import StorageUnavailable
 
@@ -29,12 +33,22 @@ log = structlog.get_logger("reelay.http")
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
-    code: str
-    message: str
-    details: Any = None
+    code: Annotated[
+        str,
+        msgspec.Meta(
+            description="stable, machine-readable: invalid_request, unauthorized, invalid_signature, not_found, "
+            "conflict, idempotency_conflict, job_finished, payload_too_large, unsupported_media_type, "
+            "rate_limited, too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
+            examples=["invalid_request"],
+        ),
+    ]
+    message: Annotated[str, msgspec.Meta(description="for humans; names the field at fault")]
+    details: Annotated[Any, msgspec.Meta(description="optional structured context (the field, allowed values)")] = None
 
 
 class ErrorResponse(msgspec.Struct):
+    """The one error shape of every 4xx and 5xx answer."""
+
     error: ErrorBody
 
 
@@ -88,6 +102,55 @@ class RateLimited(ReelayError):
 class ServiceUnavailable(ReelayError):
     status_code = 503
     code = "unavailable"
+
+
+# -- OpenAPI: every error an operation can answer is documented with the shape above ----------------
+
+ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request", "Invalid request: a malformed body, parameter or header, or input the model cannot serve"),
+    401: ("unauthorized", "Missing or invalid API key (`Authorization: Bearer <key>` or `x-api-key`)"),
+    404: ("not_found", "No such job for this API key"),
+    409: ("conflict", "Conflict with the job's current state"),
+    413: ("payload_too_large", "The request body is larger than the configured limit"),
+    415: ("unsupported_media_type", "The request body is not declared as JSON"),
+    429: ("rate_limited", "Too many requests for this API key (`rate_limited`); retry after `Retry-After` seconds"),
+    503: ("unavailable", "The database is unavailable; retry later"),
+}
+
+
+def error_responses(*statuses: int, described: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
+    """OpenAPI `responses` for the given error statuses, each documented with `ErrorResponse`.
+
+    Also replaces the 400 Litestar documents by default (its own ValidationException shape, which is not ours).
+    """
+    specs = {}
+    for status in statuses:
+        code, description = ERROR_DESCRIPTIONS[status]
+        description = (described or {}).get(status, description)
+        example = ErrorResponse(ErrorBody(code=code, message=description))
+        specs[status] = ResponseSpec(
+            data_container=ErrorResponse,
+            description=description,
+            generate_examples=False,
+            examples=[Example(summary=description, value=msgspec.to_builtins(example))],
+        )
+    return specs
+
+
+@dataclass
+class ApiOperation(Operation):
+    """What `ResponseSpec` cannot say: a 429 always carries `Retry-After` (whole seconds)."""
+
+    def __post_init__(self) -> None:
+        for status, response in (self.responses or {}).items():
+            if status == "429" and isinstance(response, OpenAPIResponse):
+                response.headers = {
+                    "Retry-After": OpenAPIHeader(
+                        schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
+                        required=True,
+                        description="seconds to wait before retrying",
+                    )
+                }
 
 
 _HTTP_CODES = {

@@ -27,44 +27,70 @@ MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=r
 MetadataValue = Annotated[str, msgspec.Meta(max_length=500)]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000_000, description="https URL or data URI")]
 
+# The public values of the normalized enums; each model accepts a subset (GET /v1/models), anything else is a 400.
+RESOLUTIONS = ("480p", "720p", "1080p")
+ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21", "adaptive")
+
+
+def _doc(description: str | None = None, **schema: Any) -> msgspec.Meta:
+    """OpenAPI-only facts for a field (Litestar applies `extra` to the field's schema; msgspec ignores it).
+
+    For what Litestar cannot derive from the type: additionalProperties, formats, enums checked per model.
+    """
+    extra: dict[str, Any] = {"extra": schema}
+    if description is not None:
+        extra["description"] = description
+    return msgspec.Meta(extra_json_schema=extra)
+
+
+_URL_ITEMS = {"type": "string", "minLength": 1, "maxLength": 10_000_000}
+_Timestamp = Annotated[str, _doc(format="date-time")]
+
 
 class JobInput(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """Normalized generation input; each adapter maps it to its provider's own names."""
 
     prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
-    duration: int | None = None
-    resolution: str | None = None
-    aspect_ratio: str | None = None
+    duration: Annotated[int, _doc("seconds; the model's `durations` (GET /v1/models)")] | None = None
+    resolution: Annotated[str, _doc("one of the model's `resolutions`", enum=[*RESOLUTIONS, None])] | None = None
+    aspect_ratio: Annotated[str, _doc("one of the model's `aspect_ratios`", enum=[*ASPECT_RATIOS, None])] | None = None
     generate_audio: bool | None = None
-    seed: int | None = None
+    seed: Annotated[int, _doc("within the model's `seed_range`")] | None = None
     negative_prompt: Annotated[str, msgspec.Meta(max_length=5000)] | None = None
     camera_fixed: bool | None = None
     watermark: bool | None = None
     return_last_frame: bool | None = None
     first_frame: Url | None = None
     last_frame: Url | None = None
-    reference_images: Annotated[list[Url], msgspec.Meta(max_length=16)] | None = None
-    reference_videos: Annotated[list[Url], msgspec.Meta(max_length=16)] | None = None
-    reference_audios: Annotated[list[Url], msgspec.Meta(max_length=16)] | None = None
-    provider_options: dict[str, Any] | None = None
+    reference_images: Annotated[list[Url], msgspec.Meta(max_length=16), _doc(items=_URL_ITEMS)] | None = None
+    reference_videos: Annotated[list[Url], msgspec.Meta(max_length=16), _doc(items=_URL_ITEMS)] | None = None
+    reference_audios: Annotated[list[Url], msgspec.Meta(max_length=16), _doc(items=_URL_ITEMS)] | None = None
+    provider_options: Annotated[dict[str, Any], _doc("merged into the provider's own payload")] | None = None
 
 
 class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["seedancee2/pro"])]
-    input: JobInput
-    metadata: Annotated[dict[MetadataKey, MetadataValue], msgspec.Meta(max_length=50)] = msgspec.field(
-        default_factory=dict
-    )
+    input: Annotated[JobInput, _doc(additional_properties=False)]
+    metadata: Annotated[
+        dict[MetadataKey, MetadataValue],
+        msgspec.Meta(max_length=50),
+        _doc(
+            "up to 50 string pairs, echoed on the job and filterable with `metadata.<key>=<value>`",
+            max_properties=50,
+            property_names={"minLength": 1, "maxLength": 40, "pattern": r"^[A-Za-z0-9_.\-]+$"},
+            additional_properties={"type": "string", "maxLength": 500},
+        ),
+    ] = msgspec.field(default_factory=dict)
 
 
 class Video(msgspec.Struct):
     url: str
-    thumbnail_url: str | None = None
+    thumbnail_url: str | None
 
 
 class Output(msgspec.Struct):
     videos: list[Video]
-    last_frame_url: str | None = None
+    last_frame_url: str | None
 
 
 class JobError(msgspec.Struct, omit_defaults=True):
@@ -74,14 +100,16 @@ class JobError(msgspec.Struct, omit_defaults=True):
 
 
 class Cost(msgspec.Struct):
-    credits_estimate: float | None = None
-    usd_estimate: float | None = None
-    credits_charged: float | None = None
-    usd_charged: float | None = None
+    """The four keys are always present (null until known); providers may add figures of their own."""
+
+    credits_estimate: float | None
+    usd_estimate: float | None
+    credits_charged: float | None
+    usd_charged: float | None
 
 
 class Job(msgspec.Struct):
-    """A job as callers see it (fields may be added, never renamed)."""
+    """A job as callers see it (fields may be added, never renamed). The schema of what `job_view` emits."""
 
     id: str
     model: str
@@ -92,15 +120,15 @@ class Job(msgspec.Struct):
     provider_task_id: str | None
     output: Output | None
     error: JobError | None
-    cost: Cost
-    created_at: str
-    updated_at: str
-    completed_at: str | None
+    cost: Annotated[Cost, _doc(additional_properties={"type": "number"})]
+    created_at: _Timestamp
+    updated_at: _Timestamp
+    completed_at: _Timestamp | None
 
 
 class JobList(msgspec.Struct):
     data: list[Job]
-    next_cursor: str | None
+    next_cursor: Annotated[str, _doc("pass as `cursor` for the next page; null on the last page")] | None
 
 
 _encode = msgspec.json.Encoder().encode

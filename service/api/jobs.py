@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.enums import RequestEncodingType
+from litestar.openapi import ResponseSpec
+from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 
 from service.api.context import authenticate, context
 from service.api.sse import EventStream, StreamSession
-from service.errors import InvalidRequest, UnsupportedMediaType
+from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses
 from service.jobs import Job, JobCreate, JobList, encode_job
 from service.providers.base import ModelSpec
 from storage import ApiKeyRecord, JobFilter, UsageRow
@@ -20,21 +22,119 @@ from storage import ApiKeyRecord, JobFilter, UsageRow
 _encode = msgspec.json.Encoder().encode
 _META_PARAM = re.compile(r"^metadata\.([A-Za-z0-9_.\-]{1,40})$")
 StatusFilter = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
+_STATUSES: tuple[str, ...] = get_args(StatusFilter)
+EventType = Literal["job.created", "job.submitted", "job.processing", "job.succeeded", "job.failed", "job.cancelled"]
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+
+# -- OpenAPI facts Litestar cannot derive from the signatures -------------------------------------------
+# Query strings and headers are never JSON null: an optional parameter is documented as absent-or-string,
+# with the constraints the handler enforces (a value outside them is a 400).
+
+
+def _text(description: str, **schema: Any) -> dict[str, Any]:
+    return {"description": description, "schema_extra": {"one_of": None, "type": "string", **schema}}
+
+
+_EVENT_ID = {"pattern": r"^[0-9]{0,18}$", "max_length": 18}
+OptionalText = Annotated[str | None, QueryParameter(**_text("exact match"))]
+LastEventIdQuery = Annotated[
+    str | None,
+    QueryParameter(**_text("resume after this event id (same as the `Last-Event-ID` header)", **_EVENT_ID)),
+]
+LastEventIdHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Last-Event-ID",
+        required=False,
+        **_text("resume exactly after this event id (wins over the query)", **_EVENT_ID),
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        **_text(
+            "the same key with the same body returns the original job (200); with another body, 409",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x20-\x7E]+$",
+        ),
+    ),
+]
+_JOB_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "type", "created_at", "job"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "type": {"type": "string", "enum": list(get_args(EventType))},
+        "created_at": {"type": "string", "format": "date-time"},
+        "job": {"$ref": "#/components/schemas/Job"},
+    },
+}
+
+
+class ServerSentEvent(msgspec.Struct):
+    """One event of the stream, as an SSE client parses it (`id:`, `event:` and `data:` lines).
+
+    Until OpenAPI 3.2's `itemSchema`, the schema of a `text/event-stream` body describes each event. The stream
+    opens with a `retry:` line and is kept alive by `: ping` comments; neither is an event.
+    """
+
+    id: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$", description="the event id to resume after")]
+    event: EventType
+    data: Annotated[
+        str,
+        msgspec.Meta(
+            description='JSON: {"id", "type", "created_at", "job"}',
+            extra_json_schema={
+                "extra": {"content_media_type": "application/json", "content_schema": _JOB_EVENT_SCHEMA}
+            },
+        ),
+    ]
+
+
+def _event_stream(description: str) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=ServerSentEvent,
+        media_type="text/event-stream",
+        description=description,
+        generate_examples=False,
+    )
+
+
+_SSE_ERRORS = {
+    400: "`Last-Event-ID` is not an event id",
+    429: "Too many requests, or too many open event streams for this API key (`too_many_streams`); "
+    "retry after `Retry-After` seconds",
+}
+_JOB_RESPONSES = error_responses(400, 401, 404, 429, 503)
 
 
 def _json(body: bytes, status: int = 200) -> Response[Any]:
     return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
-def _cursor_param(request: Request[Any, Any, Any], query_value: str | None) -> int | None:
-    raw = request.headers.get("last-event-id") or query_value
+def _cursor_param(request: Request[Any, Any, Any], header_value: str | None, query_value: str | None) -> int | None:
+    """The header wins over the query; both are checked, so a malformed one is never silently ignored."""
+    _reject_repeated(request)
+    from_header, from_query = _event_id(header_value, "Last-Event-ID"), _event_id(query_value, "last_event_id")
+    return from_header if from_header is not None else from_query
+
+
+def _event_id(raw: str | None, field: str) -> int | None:
     if raw is None or raw == "":
         return None
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # str.isdigit() alone accepts "²"
-        raise InvalidRequest(
-            "Last-Event-ID must be an event id (a non-negative integer)", details={"field": "last_event_id"}
-        )
+        raise InvalidRequest("Last-Event-ID must be an event id (a non-negative integer)", details={"field": field})
     return int(raw)
+
+
+def _reject_repeated(request: Request[Any, Any, Any]) -> None:
+    """A query parameter given twice is ambiguous (Litestar would keep one of them): refused, not guessed."""
+    for name in request.query_params:
+        if len(request.query_params.getall(name)) > 1:
+            raise InvalidRequest(f"{name}: given more than once", details={"field": name})
 
 
 def _require_json(request: Request[Any, Any, Any]) -> None:
@@ -63,15 +163,40 @@ class JobController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
     dependencies = {"caller": Provide(authenticate)}
-    security = [{"bearer": []}, {"apiKey": []}]
+    security = SECURITY
 
-    @post("/", status_code=202, summary="Create a job")
+    @post(
+        "/",
+        status_code=202,
+        summary="Create a job",
+        response_description="Accepted: the new job",
+        responses={
+            200: ResponseSpec(
+                Job,
+                description="A repeat of an earlier request with the same Idempotency-Key: the original job",
+                generate_examples=False,
+            ),
+            **error_responses(
+                400,
+                401,
+                409,
+                413,
+                415,
+                429,
+                503,
+                described={409: "Idempotency-Key already used with a different body (`idempotency_conflict`)"},
+            ),
+        },
+        operation_class=ApiOperation,
+    )
     async def create_job(
         self,
         request: Request[Any, Any, Any],
-        data: JSONBody[JobCreate],
+        data: Annotated[
+            JobCreate, Body(media_type=RequestEncodingType.JSON, schema_extra={"additional_properties": False})
+        ],
         caller: NamedDependency[ApiKeyRecord],
-        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Job]:
         """Accept a job (202). With `Idempotency-Key`, a repeat of the same request returns the original
         job (200) and a different request with the same key is refused (409)."""
@@ -82,18 +207,30 @@ class JobController(Controller):
         )
         return _json(encode_job(job), 202 if created else 200)
 
-    @get("/", summary="List jobs, newest first")
+    @get(
+        "/",
+        summary="List jobs, newest first",
+        responses=error_responses(400, 401, 429, 503),
+        operation_class=ApiOperation,
+    )
     async def list_jobs(
         self,
         request: Request[Any, Any, Any],
         caller: NamedDependency[ApiKeyRecord],
-        status: FromQuery[StatusFilter | None] = None,
-        model: FromQuery[str | None] = None,
-        provider: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        cursor: FromQuery[str | None] = None,
+        # `str`, checked below: with `Literal[...] | None` Litestar would read `?status=null` as no filter at all.
+        status: Annotated[str | None, QueryParameter(**_text("only jobs in this status", enum=list(_STATUSES)))] = None,
+        model: OptionalText = None,
+        provider: OptionalText = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100, description="page size")] = 20,
+        cursor: Annotated[str | None, QueryParameter(**_text("a `next_cursor` this API returned"))] = None,
     ) -> Response[JobList]:
         """Filters combine; `metadata.<key>=<value>` filters on metadata. `next_cursor` pages on."""
+        _reject_repeated(request)
+        if status is not None and status not in _STATUSES:
+            raise InvalidRequest(
+                f"status: {status!r} is not one of {', '.join(_STATUSES)}",
+                details={"field": "status", "allowed": list(_STATUSES)},
+            )
         metadata = {}
         for name, value in request.query_params.items():
             if name.startswith("metadata."):
@@ -108,14 +245,20 @@ class JobController(Controller):
         body = b'{"data":[' + b",".join(encode_job(j) for j in page) + b'],"next_cursor":' + _encode(next_cursor) + b"}"
         return _json(body)
 
-    @get("/{job_id:str}", summary="Get a job")
+    @get("/{job_id:str}", summary="Get a job", responses=_JOB_RESPONSES, operation_class=ApiOperation)
     async def get_job(
         self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
     ) -> Response[Job]:
         job = await context(request).gateway.get_job(caller.id, job_id)
         return _json(encode_job(job))
 
-    @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a job")
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a job",
+        responses={**_JOB_RESPONSES, **error_responses(409, described={409: "The job has finished (`job_finished`)"})},
+        operation_class=ApiOperation,
+    )
     async def cancel_job(
         self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
     ) -> Response[Job]:
@@ -123,18 +266,29 @@ class JobController(Controller):
         job = await context(request).gateway.cancel_job(caller.id, job_id)
         return _json(encode_job(job))
 
-    @get("/{job_id:str}/events", summary="Stream a job's events (SSE)", media_type="text/event-stream")
+    @get(
+        "/{job_id:str}/events",
+        summary="Stream a job's events (SSE)",
+        media_type="text/event-stream",
+        responses={
+            200: _event_stream("The job's past events, then live ones, up to its terminal event"),
+            **_JOB_RESPONSES,
+            **error_responses(400, 429, described=_SSE_ERRORS),
+        },
+        operation_class=ApiOperation,
+    )
     async def job_events(
         self,
         request: Request[Any, Any, Any],
         caller: NamedDependency[ApiKeyRecord],
         job_id: FromPath[str],
-        last_event_id: FromQuery[str | None] = None,
+        last_event_id: LastEventIdQuery = None,
+        last_event_id_header: LastEventIdHeader = None,
     ) -> EventStream:
         """The job's past events, then live ones; the stream ends after the terminal event."""
         ctx = context(request)
         await ctx.gateway.get_job(caller.id, job_id)
-        return _stream(request, caller, job_id, _cursor_param(request, last_event_id))
+        return _stream(request, caller, job_id, _cursor_param(request, last_event_id_header, last_event_id))
 
 
 @get(
@@ -143,13 +297,21 @@ class JobController(Controller):
     media_type="text/event-stream",
     tags=["events"],
     summary="Stream every event of the caller's jobs (SSE)",
-    security=[{"bearer": []}, {"apiKey": []}],
+    security=SECURITY,
+    responses={
+        200: _event_stream("Events after the cursor, then live ones; the stream does not end"),
+        **error_responses(400, 401, 429, 503, described=_SSE_ERRORS),
+    },
+    operation_class=ApiOperation,
 )
 async def all_events(
-    request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], last_event_id: FromQuery[str | None] = None
+    request: Request[Any, Any, Any],
+    caller: NamedDependency[ApiKeyRecord],
+    last_event_id: LastEventIdQuery = None,
+    last_event_id_header: LastEventIdHeader = None,
 ) -> EventStream:
     """Resumes exactly after `Last-Event-ID` (header) or `last_event_id` (query); without one, live only."""
-    return _stream(request, caller, None, _cursor_param(request, last_event_id))
+    return _stream(request, caller, None, _cursor_param(request, last_event_id_header, last_event_id))
 
 
 def _stream(
@@ -218,7 +380,9 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
     dependencies={"caller": Provide(authenticate)},
     tags=["models"],
     summary="Model ids, capabilities and prices",
-    security=[{"bearer": []}, {"apiKey": []}],
+    security=SECURITY,
+    responses=error_responses(401, 429, 503),
+    operation_class=ApiOperation,
 )
 async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord]) -> ModelList:
     gateway = context(request).gateway
@@ -242,8 +406,13 @@ class UsageTotals(msgspec.Struct):
         self.by_status[row.status] = self.by_status.get(row.status, 0) + row.jobs
 
 
+class UsageRange(msgspec.Struct):
+    start: Annotated[str, msgspec.Meta(extra_json_schema={"extra": {"format": "date-time"}})] | None
+    end: Annotated[str, msgspec.Meta(extra_json_schema={"extra": {"format": "date-time"}})] | None
+
+
 class Usage(msgspec.Struct):
-    range: dict[str, str | None]
+    range: UsageRange
     total: UsageTotals
     by_status: dict[str, int]
     by_model: dict[str, UsageTotals]
@@ -255,16 +424,23 @@ class Usage(msgspec.Struct):
     dependencies={"caller": Provide(authenticate)},
     tags=["usage"],
     summary="Jobs and costs by status, by model and by day",
-    security=[{"bearer": []}, {"apiKey": []}],
+    security=SECURITY,
+    responses=error_responses(400, 401, 429, 503),
+    operation_class=ApiOperation,
 )
 async def usage(
     request: Request[Any, Any, Any],
     caller: NamedDependency[ApiKeyRecord],
-    start: FromQuery[str | None] = None,
-    end: FromQuery[str | None] = None,
+    start: Annotated[
+        str | None, QueryParameter(**_text("ISO 8601 date or datetime (UTC if no offset), inclusive"))
+    ] = None,
+    end: Annotated[
+        str | None, QueryParameter(**_text("ISO 8601 date or datetime (UTC if no offset), exclusive"))
+    ] = None,
 ) -> Usage:
     """Jobs created in [`start`, `end`) (ISO 8601 dates or datetimes, UTC). Credits and USD are summed
     separately: estimates when the job was accepted, charges as the provider reported them."""
+    _reject_repeated(request)
     start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)
     total = UsageTotals()
     by_model: dict[str, UsageTotals] = {}
@@ -274,7 +450,7 @@ async def usage(
         by_model.setdefault(row.model, UsageTotals()).add(row)
         by_day.setdefault(row.day, UsageTotals()).add(row)
     return Usage(
-        range={"start": start_iso, "end": end_iso},
+        range=UsageRange(start=start_iso, end=end_iso),
         total=total,
         by_status=dict(total.by_status),
         by_model=by_model,

@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import msgspec
 import structlog
 from litestar import MediaType, Request, Response, get, post
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+from litestar.params import FromPath, PathParameter
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.api.context import context
-from service.errors import ErrorResponse, error_response
+from service.errors import error_response, error_responses
 from service.gateway import WebhookRejected
+from service.health import NotReady, check_ready
+from service.providers import ADAPTERS
 from service.signing import SignatureError
-from storage import SchemaOutdated, StorageUnavailable
 
 log = structlog.get_logger("reelay.webhooks")
 
 
+WEBHOOK_RESULTS = ("applied", "duplicate", "stale", "ignored", "confirming")  # what Gateway.receive_webhook returns
+
+
 class WebhookAck(msgspec.Struct):
     received: bool
-    result: str
+    result: Annotated[str, msgspec.Meta(extra_json_schema={"extra": {"enum": list(WEBHOOK_RESULTS)}})]
+
+
+@dataclass
+class WebhookOperation(Operation):
+    """Documents the body the handler reads raw (signatures are over the exact bytes, so Litestar must not parse it)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            description="The provider's own callback payload, verified on the raw bytes before it is read",
+            required=True,
+            content={MediaType.JSON: OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT))},
+        )
+
+
+Provider = Annotated[str, PathParameter(description="a provider name", schema_extra={"enum": sorted(ADAPTERS)})]
+_WEBHOOK_RESPONSES = error_responses(
+    400,
+    401,
+    413,
+    503,
+    described={
+        400: "Unknown or unconfigured provider, or a body that cannot be read",
+        401: "Bad, missing or expired signature, or a callback token that matches no job (`invalid_signature`)",
+    },
+)
 
 
 async def _receive(
@@ -46,8 +78,15 @@ async def _receive(
     return Response(WebhookAck(received=True, result=result), status_code=200)
 
 
-@post("/webhooks/{provider:str}", tags=["webhooks"], summary="Signed provider callback", status_code=200)
-async def provider_webhook(request: Request[Any, Any, Any], provider: FromPath[str]) -> Response[WebhookAck]:
+@post(
+    "/webhooks/{provider:str}",
+    tags=["webhooks"],
+    summary="Signed provider callback",
+    status_code=200,
+    responses=_WEBHOOK_RESPONSES,
+    operation_class=WebhookOperation,
+)
+async def provider_webhook(request: Request[Any, Any, Any], provider: Provider) -> Response[WebhookAck]:
     """Verified on the raw body (401 with a reason code otherwise); redeliveries answer 200 and change nothing."""
     return await _receive(request, provider, None, None)
 
@@ -57,9 +96,11 @@ async def provider_webhook(request: Request[Any, Any, Any], provider: FromPath[s
     tags=["webhooks"],
     summary="Per-job callback for providers that do not sign",
     status_code=200,
+    responses=_WEBHOOK_RESPONSES,
+    operation_class=WebhookOperation,
 )
 async def job_webhook(
-    request: Request[Any, Any, Any], provider: FromPath[str], job_id: FromPath[str], token: FromPath[str]
+    request: Request[Any, Any, Any], provider: Provider, job_id: FromPath[str], token: FromPath[str]
 ) -> Response[WebhookAck]:
     """Authenticated by the unguessable token Reelay put in the callback URL."""
     return await _receive(request, provider, job_id, token)
@@ -78,16 +119,17 @@ async def healthz() -> Health:
     "/readyz",
     tags=["operations"],
     summary="Readiness: database reachable, writable and schema current",
-    responses={503: ResponseSpec(data_container=ErrorResponse, description="Not ready")},
+    responses={
+        200: ResponseSpec(Health, description="Ready", generate_examples=False),
+        **error_responses(503, described={503: "Not ready: `unavailable`, `schema_outdated` or `disk_full`"}),
+    },
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
+    ctx = context(request)
     try:
-        await context(request).gateway.store.check()
-    except SchemaOutdated as exc:
-        return error_response(503, "schema_outdated", str(exc))
-    except StorageUnavailable as exc:
-        log.error("readyz.storage_unavailable", error=str(exc))
-        return error_response(503, "unavailable", "the database is not reachable or not writable")
+        await check_ready(ctx.gateway.store, ctx.settings)
+    except NotReady as exc:
+        return error_response(503, exc.code, exc.message)
     return Response(Health(status="ready"))
 
 
