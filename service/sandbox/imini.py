@@ -8,7 +8,6 @@ out of order) do not apply, and `GET /_sandbox/callbacks` is always empty.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 import uuid
@@ -18,12 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
+from service.sandbox.common import SandboxCore, SandboxTask, iso, json_response, sandbox_app
+from service.sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_imini_sandbox"]
 
@@ -35,6 +35,8 @@ ReferenceType = Literal["first_frame", "last_frame", "asset"]
 LastFramePlacement = Literal["video", "top"]
 
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
+# What `POST /_sandbox/tasks/{id}/<action>` forces.
+FORCED: dict[str, Outcome] = {"complete": "succeeded", "fail": "failed"}
 MODEL = "doubao/seedance-2.0"
 SEED_MIN, SEED_MAX = -1, 2**32 - 1
 MAX_BODY_BYTES = 64 * 1024 * 1024  # "total request body <= 64 MB"
@@ -153,10 +155,6 @@ def _invalid(message: str) -> SandboxApiError:
     return SandboxApiError(400, "INVALID_PARAMETER", message)
 
 
-def _task_not_found(task_id: str) -> SandboxApiError:
-    return SandboxApiError(404, "TASK_NOT_FOUND", f"Task {task_id} not found.")
-
-
 def _error_response(status_code: int, code: str, message: str) -> Response[bytes]:
     body = ErrorEnvelope(ApiError(code=code, message=message, status=status_code, request_id=str(uuid.uuid4())))
     return Response(msgspec.json.encode(body), status_code=status_code, media_type="application/json")
@@ -180,16 +178,6 @@ def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _iso(moment: datetime) -> str:
-    """Format like the doc: `2026-04-15T04:43:20.233Z` (UTC, milliseconds)."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _json(value: Any) -> Response[bytes]:
-    return Response(msgspec.json.encode(value), media_type="application/json")
 
 
 def _validate(request: CreateRequest) -> None:
@@ -230,28 +218,15 @@ def _new_task_id(taken: Mapping[str, Any]) -> str:
 
 
 @dataclass(eq=False, kw_only=True)
-class _Task:
-    id: str
-    owner: str
+class _Task(SandboxTask[Outcome]):
     request: CreateRequest
     body: Any
     created_at: datetime
-    created_mono: float
-    processing_after_s: float
-    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
-    terminal_after_s: float
-    outcome: Outcome
     error_request_id: str
-    forced: bool = False
     polls: int = 0
 
     def status(self, now_mono: float) -> Status:
-        elapsed = now_mono - self.created_mono
-        if elapsed >= self.terminal_after_s:
-            return self.outcome
-        if elapsed >= self.processing_after_s:
-            return "processing"
-        return "queued"
+        return self.stage(now_mono, "queued", "processing")
 
     def view(self, now_mono: float, placement: LastFramePlacement) -> TaskView:
         status = self.status(now_mono)
@@ -259,14 +234,14 @@ class _Task:
             task_id=self.id,
             status=status,
             model=MODEL,
-            created_at=_iso(self.created_at),
+            created_at=iso(self.created_at),
             completed_at=None,
             videos=None,
             error=None,
             request_id=f"req_{uuid.uuid4().hex}",
         )
         if status in TERMINAL:
-            view.completed_at = _iso(self.created_at + timedelta(seconds=self.terminal_after_s))
+            view.completed_at = iso(self.created_at + timedelta(seconds=self.terminal_after_s))
         if status == "succeeded":
             spec = self.request
             width, height = DIMENSIONS[spec.resolution].get(spec.aspect_ratio, DIMENSIONS[spec.resolution]["16:9"])
@@ -295,33 +270,19 @@ class _Task:
 # State
 
 
-class _IminiSandbox:
+class _IminiSandbox(SandboxCore[_Task, Outcome]):
     def __init__(
         self,
         api_keys: frozenset[str],
-        knobs: SandboxKnobs,
+        knobs: SandboxKnobs | None,
         task_quota: int | None,
         last_frame_placement: LastFramePlacement,
     ) -> None:
-        self.api_keys = api_keys
-        self.chaos = Chaos(knobs)
+        super().__init__(api_keys=api_keys, knobs=knobs)
         self.task_quota = task_quota
         self.last_frame_placement = last_frame_placement
-        self.tasks: dict[str, _Task] = {}
-        self.create_attempts = 0
-        self.accepted_creates: list[dict[str, Any]] = []
 
-    async def gate(self, request: Request[Any, Any, Any]) -> str:
-        """Apply latency and bursts, then authenticate; return the caller's API key."""
-        knobs = self.chaos.knobs
-        if knobs.latency_s > 0:
-            await asyncio.sleep(knobs.latency_s)
-        if self.chaos.take_429():
-            # [A] No Retry-After header is documented; imini's own client waits at least 5 s.
-            raise SandboxApiError(429, "RATE_LIMITED", "Too many requests. Please retry later.")
-        if self.chaos.take_5xx():
-            raise SandboxApiError(500, "INTERNAL_ERROR", "Internal server error.")
-        return self.authenticate(request.headers)
+    # -- provider words ---------------------------------------------------------------------------------
 
     def authenticate(self, headers: Mapping[str, str]) -> str:
         scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -330,12 +291,38 @@ class _IminiSandbox:
         # [A] The 401 code is not in the documented list.
         raise SandboxApiError(401, "UNAUTHORIZED", "Missing or invalid API key.")
 
-    def owned_task(self, task_id: str, owner: str) -> _Task:
-        task = self.tasks.get(task_id)
-        # Another key's task is reported as missing, so ids do not leak across accounts.
-        if task is None or task.owner != owner:
-            raise _task_not_found(task_id)
-        return task
+    def rate_limited(self) -> SandboxApiError:
+        # [A] No Retry-After header is documented; imini's own client waits at least 5 s.
+        return SandboxApiError(429, "RATE_LIMITED", "Too many requests. Please retry later.")
+
+    def server_error(self) -> SandboxApiError:
+        return SandboxApiError(500, "INTERNAL_ERROR", "Internal server error.")
+
+    def not_found(self, task_id: str) -> SandboxApiError:
+        return SandboxApiError(404, "TASK_NOT_FOUND", f"Task {task_id} not found.")
+
+    def already_terminal(self, task: _Task) -> SandboxApiError:
+        return SandboxApiError(409, "TASK_ALREADY_TERMINAL", f"Task {task.id} is already {task.outcome}.")
+
+    def invalid_knobs(self, message: str) -> SandboxApiError:
+        return _invalid(message)
+
+    def describe(self, task: _Task, now_mono: float) -> dict[str, Any]:
+        return {
+            "task_id": task.id,
+            "status": task.status(now_mono),
+            "outcome": task.outcome,
+            "forced": task.forced,
+            "polls": task.polls,
+            # What imini would do with the request, defaults applied (audio is on unless turned off).
+            "effective": task.request,
+            "request": task.body,
+        }
+
+    def forced_view(self, task: _Task) -> TaskView:
+        return task.view(time.monotonic(), self.last_frame_placement)
+
+    # -- create -----------------------------------------------------------------------------------------
 
     def create(self, owner: str, raw: bytes) -> _Task:
         try:
@@ -349,34 +336,18 @@ class _IminiSandbox:
             if self.task_quota <= 0:
                 raise SandboxApiError(403, "INSUFFICIENT_CREDITS", "Insufficient credits. Please top up.")
             self.task_quota -= 1
-        knobs = self.chaos.knobs
         task = _Task(
             id=_new_task_id(self.tasks),
             owner=owner,
             request=request,
             body=body,
             created_at=datetime.now(UTC),
-            created_mono=time.monotonic(),
-            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
-            processing_after_s=knobs.processing_after_s,
-            terminal_after_s=knobs.complete_after_s,
+            **self.schedule(),
             outcome="failed" if self.chaos.should_fail() else "succeeded",
             error_request_id=str(uuid.uuid4()),
         )
         self.tasks[task.id] = task
         self.accepted_creates.append({"task_id": task.id, "body": body})
-        return task
-
-    def force(self, task_id: str, outcome: Outcome) -> _Task:
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise _task_not_found(task_id)
-        now = time.monotonic()
-        if task.status(now) in TERMINAL:
-            raise SandboxApiError(409, "TASK_ALREADY_TERMINAL", f"Task {task_id} is already {task.status(now)}.")
-        task.terminal_after_s = now - task.created_mono
-        task.outcome = outcome
-        task.forced = True
         return task
 
 
@@ -405,101 +376,35 @@ def create_imini_sandbox(
     """
     sandbox = _IminiSandbox(
         api_keys=frozenset((api_key, *extra_api_keys)),
-        knobs=knobs or SandboxKnobs(),
+        knobs=knobs,
         task_quota=task_quota,
         last_frame_placement=last_frame_placement,
     )
 
-    # -- provider API -------------------------------------------------------------------------------------
-
     @post("/v1/videos/generate", status_code=200)
     async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
-        # Counted before the gate so tests can see attempts that were rate limited or rejected.
-        sandbox.create_attempts += 1
-        owner = await sandbox.gate(request)
+        owner = await sandbox.gate(request, create=True)
         task = sandbox.create(owner, await request.body())
         created = CreatedTask(
-            task_id=task.id, model=MODEL, created_at=_iso(task.created_at), request_id=str(uuid.uuid4())
+            task_id=task.id, model=MODEL, created_at=iso(task.created_at), request_id=str(uuid.uuid4())
         )
-        return _json(created)
+        return json_response(created)
 
     @get("/v1/videos/tasks/{task_id:str}")
     async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
         owner = await sandbox.gate(request)
         task = sandbox.owned_task(task_id, owner)
         task.polls += 1
-        return _json(task.view(time.monotonic(), sandbox.last_frame_placement))
+        return json_response(task.view(time.monotonic(), sandbox.last_frame_placement))
 
-    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
-
-    @get("/_sandbox/creates")
-    async def sandbox_creates() -> Response[bytes]:
-        """Accepted create bodies in arrival order, plus the count of every create attempt."""
-        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
-
-    @get("/_sandbox/tasks")
-    async def sandbox_tasks() -> Response[bytes]:
-        now = time.monotonic()
-        tasks = [
-            {
-                "task_id": task.id,
-                "status": task.status(now),
-                "outcome": task.outcome,
-                "forced": task.forced,
-                "polls": task.polls,
-                # What imini would do with the request, defaults applied (audio is on unless turned off).
-                "effective": task.request,
-                "request": task.body,
-            }
-            for task in sandbox.tasks.values()
-        ]
-        return _json({"tasks": tasks})
-
-    @get("/_sandbox/knobs")
-    async def sandbox_get_knobs() -> Response[bytes]:
-        return _json(sandbox.chaos.knobs)
-
-    @put("/_sandbox/knobs")
-    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
-        try:
-            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _invalid(str(exc)) from None
-        sandbox.chaos = Chaos(knobs)
-        return _json(knobs)
-
-    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
-    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(sandbox.force(task_id, "succeeded").view(time.monotonic(), sandbox.last_frame_placement))
-
-    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
-    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(sandbox.force(task_id, "failed").view(time.monotonic(), sandbox.last_frame_placement))
-
-    @get("/_sandbox/callbacks")
-    async def sandbox_callbacks() -> Response[bytes]:
-        """Always empty: imini has no webhooks; kept so tools can treat every emulator alike."""
-        return _json({"callbacks": []})
-
-    return Litestar(
-        route_handlers=[
-            generate,
-            get_task,
-            sandbox_creates,
-            sandbox_tasks,
-            sandbox_get_knobs,
-            sandbox_put_knobs,
-            sandbox_complete,
-            sandbox_fail,
-            sandbox_callbacks,
-        ],
+    return sandbox_app(
+        sandbox,
+        routes=[generate, get_task],
+        outcomes=FORCED,
         exception_handlers={
             SandboxApiError: _on_sandbox_error,
             HTTPException: _on_http_error,
             Exception: _on_unexpected_error,
         },
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=None,
-        logging_config=None,  # the host process configures logging
     )

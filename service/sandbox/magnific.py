@@ -15,19 +15,27 @@ import hmac
 import re
 import time
 import uuid
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import httpx
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
+from service.sandbox.common import (
+    Callback,
+    CallbackDice,
+    CallbackRecord,
+    SandboxCore,
+    SandboxTask,
+    json_response,
+    sandbox_app,
+)
+from service.sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_magnific_sandbox"]
 
@@ -50,16 +58,12 @@ CREATE_PATHS = {
     "/v1/ai/video/seedance-2-mini-720p": "720p",
 }
 TASKS_PATH = "/v1/ai/video/seedance-2-mini"
-TERMINAL: frozenset[str] = frozenset({"COMPLETED", "FAILED"})
+# What `POST /_sandbox/tasks/{id}/<action>` forces; `complete` has its own route, for its `?empty=true`.
+FORCED: dict[str, Outcome] = {"fail": "FAILED"}
 MAX_PROMPT_CHARS = 2000
 SEED_MAX = 4294967295
 # `.invalid` cannot resolve: these URLs only stand for the 24-hour MP4 links the real API returns.
 MEDIA_HOST = "https://cdn.magnific.invalid"
-
-# Retries are not documented by Magnific; a few quick ones (same webhook-id, fresh signature) keep tests short.
-CALLBACK_ATTEMPTS = 3
-CALLBACK_BACKOFF_S = 0.2
-CALLBACK_TIMEOUT_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,25 +115,6 @@ class Problem(msgspec.Struct):
 
     message: str
     invalid_params: list[InvalidParam]
-
-
-class CallbackRecord(msgspec.Struct, kw_only=True):
-    """One delivery attempt, as listed by `GET /_sandbox/callbacks`.
-
-    `kind` is `delivery`, `duplicate`, `out_of_order` (the IN_PROGRESS callback held back until after the
-    terminal one) or `dropped`; `attempt` is 0 for a dropped callback and `status_code` is null when the request
-    never got an HTTP answer (see `error`).
-    """
-
-    task_id: str
-    webhook_id: str
-    url: str
-    status: Status
-    kind: str
-    attempt: int
-    status_code: int | None
-    error: str | None
-    at: str
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,11 +179,6 @@ def _params_of(exc: msgspec.ValidationError) -> list[InvalidParam]:
 # Helpers
 
 
-def _iso(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def _signing_key(secret: str) -> bytes:
     """`whsec_<base64>` is the Standard Webhooks form; anything else is used as its UTF-8 bytes (trap 38)."""
     if secret.startswith("whsec_"):
@@ -226,52 +206,28 @@ def sign_callback(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> s
     return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode("ascii")
 
 
-def _json(value: Any) -> Response[bytes]:
-    return Response(msgspec.json.encode(value), media_type="application/json")
-
-
 @dataclass(eq=False, kw_only=True)
 class _Delivery:
-    """One callback message: the body and webhook-id are fixed; each attempt is signed afresh."""
+    """One callback message with the chaos decided for it; each attempt is signed afresh, same webhook-id."""
 
-    task_id: str
-    url: str
-    status: Status
-    webhook_id: str
-    body: bytes
-    drop: bool
-    duplicate: bool
+    callback: Callback
+    dice: CallbackDice
     kind: str = "delivery"
 
 
 @dataclass(eq=False, kw_only=True)
-class _Task:
-    id: str
-    owner: str
+class _Task(SandboxTask[Outcome]):
     resolution: str
     request: CreateRequest
     body: Any
-    created_at: datetime
-    created_mono: float
-    processing_after_s: float
-    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
-    terminal_after_s: float
-    outcome: Outcome
     # COMPLETED with nothing in `generated`: the case trap 36 defends against.
     empty: bool = False
-    forced: bool = False
-    timer: asyncio.Task[None] | None = None
     # Callbacks for this task go out one at a time, in the order they were decided.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
     held: list[_Delivery] = field(default_factory=list)
 
     def status(self, now_mono: float) -> Status:
-        elapsed = now_mono - self.created_mono
-        if elapsed >= self.terminal_after_s:
-            return self.outcome
-        if elapsed >= self.processing_after_s:
-            return "IN_PROGRESS"
-        return "CREATED"
+        return self.stage(now_mono, "CREATED", "IN_PROGRESS")
 
     def view(self, now_mono: float) -> TaskView:
         return self.view_as(self.status(now_mono))
@@ -286,61 +242,21 @@ class _Task:
 # State
 
 
-class _MagnificSandbox:
+class _MagnificSandbox(SandboxCore[_Task, Outcome]):
+    # Retries are not documented by Magnific; a few quick ones (same webhook-id, fresh signature) keep tests short.
+    CALLBACK_ATTEMPTS = 3
+
     def __init__(
         self,
         api_keys: frozenset[str],
         webhook_secret: str,
-        knobs: SandboxKnobs,
+        knobs: SandboxKnobs | None,
         callback_client: httpx.AsyncClient | None,
     ) -> None:
-        self.api_keys = api_keys
+        super().__init__(api_keys=api_keys, knobs=knobs, callback_client=callback_client)
         self.signing_key = _signing_key(webhook_secret)
-        self.chaos = Chaos(knobs)
-        self.client = callback_client
-        self.owns_client = False
-        self.tasks: dict[str, _Task] = {}
-        self.create_attempts = 0
-        self.accepted_creates: list[dict[str, Any]] = []
-        self.callbacks: list[CallbackRecord] = []
-        self.background: set[asyncio.Task[None]] = set()
 
-    # -- lifespan ---------------------------------------------------------------------------------------
-
-    async def startup(self) -> None:
-        if self.client is None:
-            self.client = httpx.AsyncClient()
-            self.owns_client = True
-
-    async def shutdown(self) -> None:
-        pending = list(self.background)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self.owns_client and self.client is not None:
-            await self.client.aclose()
-            self.client = None
-            self.owns_client = False
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-        return task
-
-    # -- API gate -------------------------------------------------------------------------------------------
-
-    async def gate(self, request: Request[Any, Any, Any]) -> str:
-        """Apply latency and bursts, then authenticate; return the caller's API key."""
-        knobs = self.chaos.knobs
-        if knobs.latency_s > 0:
-            await asyncio.sleep(knobs.latency_s)
-        if self.chaos.take_429():
-            # Magnific publishes no rate-limit headers, so unlike the knob's default no Retry-After is sent.
-            raise SandboxApiError(429, "Rate limit exceeded")
-        if self.chaos.take_5xx():
-            raise SandboxApiError(500, "Internal Server Error")
-        return self.authenticate(request.headers)
+    # -- provider words ---------------------------------------------------------------------------------
 
     def authenticate(self, headers: Mapping[str, str]) -> str:
         # Only x-magnific-api-key counts: `Authorization: Bearer` is refused like a missing key (trap 41).
@@ -351,12 +267,36 @@ class _MagnificSandbox:
             raise SandboxApiError(401, "Invalid API key")
         return api_key
 
-    def owned_task(self, task_id: str, owner: str) -> _Task:
-        task = self.tasks.get(task_id)
-        # Another key's task is reported as missing, not forbidden, so ids do not leak across accounts.
-        if task is None or task.owner != owner:
-            raise SandboxApiError(404, "Task not found")
-        return task
+    def rate_limited(self) -> SandboxApiError:
+        # Magnific publishes no rate-limit headers, so unlike the knob's default no Retry-After is sent.
+        return SandboxApiError(429, "Rate limit exceeded")
+
+    def server_error(self) -> SandboxApiError:
+        return SandboxApiError(500, "Internal Server Error")
+
+    def not_found(self, task_id: str) -> SandboxApiError:
+        return SandboxApiError(404, "Task not found")
+
+    def already_terminal(self, task: _Task) -> SandboxApiError:
+        return SandboxApiError(409, f"Task {task.id} is already {task.outcome}")
+
+    def invalid_knobs(self, message: str) -> InvalidParams:
+        return _invalid("knobs", message)
+
+    def describe(self, task: _Task, now_mono: float) -> dict[str, Any]:
+        return {
+            "task_id": task.id,
+            "resolution": task.resolution,
+            "status": task.status(now_mono),
+            "outcome": task.outcome,
+            "forced": task.forced,
+            "webhook_url": task.request.webhook_url or None,
+            "request": task.body,
+            "view": task.view(now_mono),
+        }
+
+    def forced_view(self, task: _Task) -> DataEnvelope[TaskView]:
+        return DataEnvelope(task.view(time.monotonic()))
 
     # -- create -----------------------------------------------------------------------------------------
 
@@ -378,72 +318,58 @@ class _MagnificSandbox:
                 raise _invalid(name, f"{name} must be a public URL or base64-encoded image")
         if isinstance(request.webhook_url, str) and not request.webhook_url.startswith(("http://", "https://")):
             raise _invalid("webhook_url", "webhook_url must be an http(s) URI")
-        knobs = self.chaos.knobs
         task = _Task(
             id=str(uuid.uuid4()),
             owner=owner,
             resolution=resolution,
             request=request,
             body=body,
-            created_at=datetime.now(UTC),
-            created_mono=time.monotonic(),
-            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
-            processing_after_s=knobs.processing_after_s,
-            terminal_after_s=knobs.complete_after_s,
+            **self.schedule(),
             outcome="FAILED" if self.chaos.should_fail() else "COMPLETED",
         )
         self.tasks[task.id] = task
         self.accepted_creates.append({"task_id": task.id, "resolution": resolution, "body": body})
         if isinstance(request.webhook_url, str):
-            task.timer = self._spawn(self._run_timeline(task))
+            task.timer = self.spawn(self._run_timeline(task))
         return task
 
     def force(self, task_id: str, outcome: Outcome, *, empty: bool = False) -> _Task:
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise SandboxApiError(404, "Task not found")
-        now = time.monotonic()
-        if task.status(now) in TERMINAL:
-            raise SandboxApiError(409, f"Task {task_id} is already {task.status(now)}")
-        task.terminal_after_s = now - task.created_mono
-        task.outcome = outcome
+        task = super().force(task_id, outcome)
         task.empty = empty
-        task.forced = True
-        if task.timer is not None:
-            task.timer.cancel()
         if isinstance(task.request.webhook_url, str):
-            self._spawn(self._send(task, self._terminal_batch(task)))
+            self.spawn(self._send(task, self._terminal_batch(task)))
         return task
 
     # -- callbacks --------------------------------------------------------------------------------------
 
     async def _run_timeline(self, task: _Task) -> None:
         """Post IN_PROGRESS when the task starts and the terminal status when it ends (unless forced first)."""
-        await asyncio.sleep(max(0.0, task.created_mono + task.processing_after_s - time.monotonic()))
+        await task.sleep_until(task.processing_after_s)
+        # IN_PROGRESS goes out only if the task is running now, not if its timings took it straight to its end.
         if task.status(time.monotonic()) == "IN_PROGRESS":
             delivery = self._decide(task, "IN_PROGRESS")
-            if self.chaos.should_reorder_callback():
+            if delivery.dice.reorder:
                 task.held.append(delivery)
             else:
-                self._spawn(self._send(task, [delivery]))
-        await asyncio.sleep(max(0.0, task.created_mono + task.terminal_after_s - time.monotonic()))
-        # asyncio may wake a timer up to one clock tick early: settle the task now, so a racing force sees it done.
-        task.terminal_after_s = min(task.terminal_after_s, time.monotonic() - task.created_mono)
+                self.spawn(self._send(task, [delivery]))
+        await task.reach_terminal()
         task.timer = None
-        self._spawn(self._send(task, self._terminal_batch(task)))
+        self.spawn(self._send(task, self._terminal_batch(task)))
 
     def _decide(self, task: _Task, status: Status) -> _Delivery:
-        """Snapshot the body and roll the dice at the status change, not when the delivery runs."""
+        """Snapshot the body and roll the dice at the status change, not when the delivery runs.
+
+        Only an IN_PROGRESS callback can be held back to arrive out of order, so only it rolls for that.
+        """
         assert isinstance(task.request.webhook_url, str)
-        return _Delivery(
-            task_id=task.id,
-            url=task.request.webhook_url,
-            status=status,
-            webhook_id=f"msg_{uuid.uuid4().hex}",
-            body=msgspec.json.encode(task.view_as(status)),
-            drop=self.chaos.should_drop_callback(),
-            duplicate=self.chaos.should_duplicate_callback(),
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        body = msgspec.json.encode(task.view_as(status))
+        callback = Callback(
+            log=CallbackRecord(task_id=task.id, webhook_id=webhook_id, url=task.request.webhook_url, status=status),
+            body=body,
+            headers=lambda: self._headers(webhook_id, body),
         )
+        return _Delivery(callback=callback, dice=self.roll_callback(reorder=status == "IN_PROGRESS"))
 
     def _terminal_batch(self, task: _Task) -> list[_Delivery]:
         """The terminal callback, then any IN_PROGRESS callback that was held back to arrive out of order."""
@@ -455,57 +381,16 @@ class _MagnificSandbox:
     async def _send(self, task: _Task, deliveries: list[_Delivery]) -> None:
         async with task.sending:
             for delivery in deliveries:
-                if delivery.drop:
-                    self._record(delivery, "dropped", 0, None, None)
-                    continue
-                await self._deliver(delivery, delivery.kind)
-                if delivery.duplicate:
-                    await self._deliver(delivery, "duplicate")
+                await self.send(delivery.callback, delivery.dice, delivery.kind)
 
-    def headers(self, delivery: _Delivery) -> dict[str, str]:
+    def _headers(self, webhook_id: str, body: bytes) -> dict[str, str]:
         timestamp = int(time.time())
         return {
             "Content-Type": "application/json",
-            "webhook-id": delivery.webhook_id,
+            "webhook-id": webhook_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign_callback(self.signing_key, delivery.webhook_id, timestamp, delivery.body),
+            "webhook-signature": sign_callback(self.signing_key, webhook_id, timestamp, body),
         }
-
-    async def _deliver(self, delivery: _Delivery, kind: str) -> None:
-        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
-            if attempt > 1:
-                await asyncio.sleep(CALLBACK_BACKOFF_S * 2 ** (attempt - 2))
-            if await self._post_once(delivery, kind, attempt):
-                return
-
-    async def _post_once(self, delivery: _Delivery, kind: str, attempt: int) -> bool:
-        if self.client is None:
-            self._record(delivery, kind, attempt, None, "callback client not started (no lifespan)")
-            return False
-        try:
-            response = await self.client.post(
-                delivery.url, content=delivery.body, headers=self.headers(delivery), timeout=CALLBACK_TIMEOUT_S
-            )
-        except httpx.HTTPError as exc:
-            self._record(delivery, kind, attempt, None, f"{type(exc).__name__}: {exc}")
-            return False
-        self._record(delivery, kind, attempt, response.status_code, None)
-        return response.is_success
-
-    def _record(self, delivery: _Delivery, kind: str, attempt: int, status_code: int | None, error: str | None) -> None:
-        self.callbacks.append(
-            CallbackRecord(
-                task_id=delivery.task_id,
-                webhook_id=delivery.webhook_id,
-                url=delivery.url,
-                status=delivery.status,
-                kind=kind,
-                attempt=attempt,
-                status_code=status_code,
-                error=error,
-                at=_iso(datetime.now(UTC)),
-            )
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -533,29 +418,28 @@ def create_magnific_sandbox(
         callback_client: Client used to POST callbacks; when None one is created on startup and closed on
             shutdown.
         extra_api_keys: More accepted keys, each seeing only its own tasks (to test account isolation).
+
+    `GET /_sandbox/callbacks` logs each attempt with its `webhook_id`, `status` and a `kind`: `delivery`,
+    `duplicate`, `out_of_order` (the IN_PROGRESS callback held back until after the terminal one) or `dropped`.
     """
     sandbox = _MagnificSandbox(
         api_keys=frozenset((api_key, *extra_api_keys)),
         webhook_secret=webhook_secret,
-        knobs=knobs or SandboxKnobs(),
+        knobs=knobs,
         callback_client=callback_client,
     )
 
-    # -- provider API -------------------------------------------------------------------------------------
-
     @post(list(CREATE_PATHS), status_code=200)
     async def create_task(request: Request[Any, Any, Any]) -> Response[bytes]:
-        # Counted before the gate so tests can see attempts that were rate limited or rejected.
-        sandbox.create_attempts += 1
-        owner = await sandbox.gate(request)
+        owner = await sandbox.gate(request, create=True)
         task = sandbox.create(owner, CREATE_PATHS[request.url.path], await request.body())
-        return _json(DataEnvelope(CreatedTask(generated=[], task_id=task.id, status="CREATED")))
+        return json_response(DataEnvelope(CreatedTask(generated=[], task_id=task.id, status="CREATED")))
 
     # One status path for both resolutions: `-720p/{id}` does not exist (trap 33).
     @get(f"{TASKS_PATH}/{{task_id:str}}")
     async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
         owner = await sandbox.gate(request)
-        return _json(DataEnvelope(sandbox.owned_task(task_id, owner).view(time.monotonic())))
+        return json_response(DataEnvelope(sandbox.owned_task(task_id, owner).view(time.monotonic())))
 
     @get(TASKS_PATH)
     async def list_tasks(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -563,82 +447,22 @@ def create_magnific_sandbox(
         now = time.monotonic()
         # Newest first; nothing in an item ties a task to the request that created it.
         views = [task.view(now) for task in reversed(sandbox.tasks.values()) if task.owner == owner]
-        return _json(DataEnvelope(views))
-
-    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
-
-    @get("/_sandbox/creates")
-    async def sandbox_creates() -> Response[bytes]:
-        """Accepted create bodies (with the resolution their path named) in arrival order, and all attempts."""
-        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
-
-    @get("/_sandbox/tasks")
-    async def sandbox_tasks() -> Response[bytes]:
-        now = time.monotonic()
-        tasks = [
-            {
-                "task_id": task.id,
-                "resolution": task.resolution,
-                "status": task.status(now),
-                "outcome": task.outcome,
-                "forced": task.forced,
-                "webhook_url": task.request.webhook_url or None,
-                "request": task.body,
-                "view": task.view(now),
-            }
-            for task in sandbox.tasks.values()
-        ]
-        return _json({"tasks": tasks})
-
-    @get("/_sandbox/knobs")
-    async def sandbox_get_knobs() -> Response[bytes]:
-        return _json(sandbox.chaos.knobs)
-
-    @put("/_sandbox/knobs")
-    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
-        try:
-            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _invalid("knobs", str(exc)) from None
-        sandbox.chaos = Chaos(knobs)
-        return _json(knobs)
+        return json_response(DataEnvelope(views))
 
     @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
     async def sandbox_complete(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
         """Complete now; `?empty=true` completes with an empty `generated` list."""
         empty = request.query_params.get("empty") == "true"
-        return _json(DataEnvelope(sandbox.force(task_id, "COMPLETED", empty=empty).view(time.monotonic())))
+        return json_response(sandbox.forced_view(sandbox.force(task_id, "COMPLETED", empty=empty)))
 
-    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
-    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(DataEnvelope(sandbox.force(task_id, "FAILED").view(time.monotonic())))
-
-    @get("/_sandbox/callbacks")
-    async def sandbox_callbacks() -> Response[bytes]:
-        return _json({"callbacks": sandbox.callbacks})
-
-    return Litestar(
-        route_handlers=[
-            create_task,
-            get_task,
-            list_tasks,
-            sandbox_creates,
-            sandbox_tasks,
-            sandbox_get_knobs,
-            sandbox_put_knobs,
-            sandbox_complete,
-            sandbox_fail,
-            sandbox_callbacks,
-        ],
+    return sandbox_app(
+        sandbox,
+        routes=[create_task, get_task, list_tasks, sandbox_complete],
+        outcomes=FORCED,
         exception_handlers={
             SandboxApiError: _on_sandbox_error,
             InvalidParams: _on_invalid_params,
             HTTPException: _on_http_error,
             Exception: _on_unexpected_error,
         },
-        on_startup=[sandbox.startup],
-        on_shutdown=[sandbox.shutdown],
-        openapi_config=None,
-        logging_config=None,  # the host process configures logging
     )

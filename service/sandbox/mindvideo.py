@@ -7,7 +7,6 @@ MindVideo sends no callbacks, so the callback knobs (drop, duplicate, out of ord
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,13 +15,14 @@ from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 from ulid import ULID
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
+from service.sandbox.common import SandboxCore, SandboxTask, iso, json_response, sandbox_app
+from service.sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_mindvideo_sandbox"]
 
@@ -34,6 +34,9 @@ Role = Literal["first_frame", "last_frame", "reference_image"]
 
 MODEL = "doubao-seedance-2-0-fast"
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+# What `POST /_sandbox/tasks/{id}/<action>` forces; `cancel` as the platform would on its side, since MindVideo
+# has `cancelled` but no cancel endpoint.
+FORCED: dict[str, Outcome] = {"complete": "succeeded", "fail": "failed", "cancel": "cancelled"}
 FRAME_ROLES: tuple[Role, ...] = ("first_frame", "last_frame")
 # Assumption: no price table is published; 480p matches the doc's 0.0657 for 5 s, 720p costs twice as much.
 USD_PER_SECOND: dict[str, float] = {"480p": 0.01314, "720p": 0.02628}
@@ -148,10 +151,6 @@ def _invalid(message: str) -> SandboxApiError:
     return SandboxApiError(400, "invalid_request", message)
 
 
-def _task_not_found(task_id: str) -> SandboxApiError:
-    return SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
-
-
 def _error_response(status_code: int, code: str, message: str, headers: dict[str, str]) -> Response[bytes]:
     body = msgspec.json.encode(ErrorEnvelope(ErrorBody(code=code, message=message)))
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
@@ -176,17 +175,8 @@ def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[
 # Helpers
 
 
-def _iso(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{str(ULID()).lower()}"
-
-
-def _json(value: Any) -> Response[bytes]:
-    return Response(msgspec.json.encode(value), media_type="application/json")
 
 
 def _validate(request: CreateRequest) -> float:
@@ -211,29 +201,16 @@ def _validate(request: CreateRequest) -> float:
 
 
 @dataclass(eq=False, kw_only=True)
-class _Task:
-    id: str
+class _Task(SandboxTask[Outcome]):
     request_id: str
-    owner: str
     idempotency_key: str | None
     request: CreateRequest
     body: Any
     cost: float
     created_at: datetime
-    created_mono: float
-    processing_after_s: float
-    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
-    terminal_after_s: float
-    outcome: Outcome
-    forced: bool = False
 
     def status(self, now_mono: float) -> Status:
-        elapsed = now_mono - self.created_mono
-        if elapsed >= self.terminal_after_s:
-            return self.outcome
-        if elapsed >= self.processing_after_s:
-            return "processing"
-        return "queued"
+        return self.stage(now_mono, "queued", "processing")
 
     def view(self, now_mono: float) -> TaskView:
         status = self.status(now_mono)
@@ -254,14 +231,14 @@ class _Task:
 
     def events(self, now_mono: float) -> list[TaskEvent]:
         status = self.status(now_mono)
-        events = [TaskEvent(status="queued", created_at=_iso(self.created_at))]
+        events = [TaskEvent(status="queued", created_at=iso(self.created_at))]
         # A task forced to its outcome before it started running never reports `processing`.
         if status != "queued" and self.processing_after_s < self.terminal_after_s:
             at = self.created_at + timedelta(seconds=self.processing_after_s)
-            events.append(TaskEvent(status="processing", created_at=_iso(at)))
+            events.append(TaskEvent(status="processing", created_at=iso(at)))
         if status in TERMINAL:
             at = self.created_at + timedelta(seconds=self.terminal_after_s)
-            event = TaskEvent(status=status, created_at=_iso(at))
+            event = TaskEvent(status=status, created_at=iso(at))
             if status == "failed":
                 event.message = FAILURE_MESSAGE
             events.append(event)
@@ -272,28 +249,14 @@ class _Task:
 # State
 
 
-class _MindVideoSandbox:
-    def __init__(self, api_keys: frozenset[str], knobs: SandboxKnobs) -> None:
-        self.api_keys = api_keys
-        self.chaos = Chaos(knobs)
-        self.tasks: dict[str, _Task] = {}
+class _MindVideoSandbox(SandboxCore[_Task, Outcome]):
+    def __init__(self, api_keys: frozenset[str], knobs: SandboxKnobs | None) -> None:
+        super().__init__(api_keys=api_keys, knobs=knobs)
         # (owner, Idempotency-Key) → the task it created; keys are scoped to the account that sent them.
         self.idempotency: dict[tuple[str, str], _Task] = {}
-        self.create_attempts = 0
-        self.accepted_creates: list[dict[str, Any]] = []
         self.replayed_creates: list[dict[str, Any]] = []
 
-    async def gate(self, request: Request[Any, Any, Any]) -> str:
-        """Apply latency and bursts, then authenticate; return the caller's API key."""
-        knobs = self.chaos.knobs
-        if knobs.latency_s > 0:
-            await asyncio.sleep(knobs.latency_s)
-        if self.chaos.take_429():
-            # 429 is not documented by MindVideo; the code is the emulator's choice.
-            raise SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
-        if self.chaos.take_5xx():
-            raise SandboxApiError(500, "internal_error", "Internal server error.")
-        return self.authenticate(request.headers)
+    # -- provider words ---------------------------------------------------------------------------------
 
     def authenticate(self, headers: Mapping[str, str]) -> str:
         # Only `Authorization: Bearer` is documented; there is no x-api-key alternative.
@@ -302,12 +265,41 @@ class _MindVideoSandbox:
             return token.strip()
         raise SandboxApiError(401, "invalid_api_key", "API key is missing, invalid, or disabled.")
 
-    def owned_task(self, task_id: str, owner: str) -> _Task:
-        task = self.tasks.get(task_id)
-        # Another key's task is reported as missing, so ids do not leak across accounts.
-        if task is None or task.owner != owner:
-            raise _task_not_found(task_id)
-        return task
+    def rate_limited(self) -> SandboxApiError:
+        # 429 is not documented by MindVideo; the code is the emulator's choice.
+        return SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
+
+    def server_error(self) -> SandboxApiError:
+        return SandboxApiError(500, "internal_error", "Internal server error.")
+
+    def not_found(self, task_id: str) -> SandboxApiError:
+        return SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
+
+    def already_terminal(self, task: _Task) -> SandboxApiError:
+        return SandboxApiError(409, "task_already_terminal", f"Task {task.id} is already {task.outcome}.")
+
+    def invalid_knobs(self, message: str) -> SandboxApiError:
+        return _invalid(message)
+
+    def describe(self, task: _Task, now_mono: float) -> dict[str, Any]:
+        return {
+            "id": task.id,
+            "status": task.status(now_mono),
+            "outcome": task.outcome,
+            "forced": task.forced,
+            "idempotency_key": task.idempotency_key,
+            "request": task.body,
+            "view": task.view(now_mono),
+        }
+
+    def forced_view(self, task: _Task) -> TaskView:
+        return task.view(time.monotonic())
+
+    def creates_log(self) -> dict[str, Any]:
+        """Every create attempt counted; accepted bodies (new tasks) and idempotent replays, in arrival order."""
+        return {**super().creates_log(), "replayed": self.replayed_creates}
+
+    # -- create -----------------------------------------------------------------------------------------
 
     def create(self, owner: str, raw: bytes, idempotency_key: str | None) -> tuple[_Task, bool]:
         """Create a task, or return the one this Idempotency-Key already created for the same payload.
@@ -335,7 +327,6 @@ class _MindVideoSandbox:
         except msgspec.ValidationError as exc:
             raise _invalid(str(exc)) from None
         cost = _validate(request)
-        knobs = self.chaos.knobs
         task = _Task(
             id=_new_id("task"),
             request_id=_new_id("req"),
@@ -345,10 +336,7 @@ class _MindVideoSandbox:
             body=body,
             cost=cost,
             created_at=datetime.now(UTC),
-            created_mono=time.monotonic(),
-            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
-            processing_after_s=knobs.processing_after_s,
-            terminal_after_s=knobs.complete_after_s,
+            **self.schedule(),
             outcome="failed" if self.chaos.should_fail() else "succeeded",
         )
         self.tasks[task.id] = task
@@ -356,18 +344,6 @@ class _MindVideoSandbox:
             self.idempotency[(owner, idempotency_key)] = task
         self.accepted_creates.append({"id": task.id, "idempotency_key": idempotency_key, "body": body})
         return task, False
-
-    def force(self, task_id: str, outcome: Outcome) -> _Task:
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise _task_not_found(task_id)
-        now = time.monotonic()
-        if task.status(now) in TERMINAL:
-            raise SandboxApiError(409, "task_already_terminal", f"Task {task_id} is already {task.status(now)}.")
-        task.terminal_after_s = now - task.created_mono
-        task.outcome = outcome
-        task.forced = True
-        return task
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -391,15 +367,11 @@ def create_mindvideo_sandbox(
             MindVideo sends no callbacks.
         extra_api_keys: More accepted keys, each seeing only its own tasks (to test account isolation).
     """
-    sandbox = _MindVideoSandbox(api_keys=frozenset((api_key, *extra_api_keys)), knobs=knobs or SandboxKnobs())
-
-    # -- provider API -------------------------------------------------------------------------------------
+    sandbox = _MindVideoSandbox(api_keys=frozenset((api_key, *extra_api_keys)), knobs=knobs)
 
     @post("/api/v1/tasks", status_code=200)
     async def create_task(request: Request[Any, Any, Any]) -> Response[bytes]:
-        # Counted before the gate so tests can see attempts that were rate limited or rejected.
-        sandbox.create_attempts += 1
-        owner = await sandbox.gate(request)
+        owner = await sandbox.gate(request, create=True)
         task, replayed = sandbox.create(owner, await request.body(), request.headers.get("idempotency-key"))
         created = CreatedTask(
             # Each request has its own id; a replay answers with the original task as it is now.
@@ -408,100 +380,26 @@ def create_mindvideo_sandbox(
             status=task.status(time.monotonic()),
             cost_estimate=task.cost,
         )
-        return _json(created)
+        return json_response(created)
 
     @get("/api/v1/tasks/{task_id:str}")
     async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
         owner = await sandbox.gate(request)
-        return _json(sandbox.owned_task(task_id, owner).view(time.monotonic()))
+        return json_response(sandbox.owned_task(task_id, owner).view(time.monotonic()))
 
     @get("/api/v1/tasks/{task_id:str}/events")
     async def get_task_events(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
         owner = await sandbox.gate(request)
         task = sandbox.owned_task(task_id, owner)
-        return _json(TaskEvents(task_id=task.id, events=task.events(time.monotonic())))
+        return json_response(TaskEvents(task_id=task.id, events=task.events(time.monotonic())))
 
-    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
-
-    @get("/_sandbox/creates")
-    async def sandbox_creates() -> Response[bytes]:
-        """Every create attempt counted; accepted bodies (new tasks) and idempotent replays, in arrival order."""
-        return _json(
-            {
-                "attempts": sandbox.create_attempts,
-                "accepted": sandbox.accepted_creates,
-                "replayed": sandbox.replayed_creates,
-            }
-        )
-
-    @get("/_sandbox/tasks")
-    async def sandbox_tasks() -> Response[bytes]:
-        now = time.monotonic()
-        tasks = [
-            {
-                "id": task.id,
-                "status": task.status(now),
-                "outcome": task.outcome,
-                "forced": task.forced,
-                "idempotency_key": task.idempotency_key,
-                "request": task.body,
-                "view": task.view(now),
-            }
-            for task in sandbox.tasks.values()
-        ]
-        return _json({"tasks": tasks})
-
-    @get("/_sandbox/knobs")
-    async def sandbox_get_knobs() -> Response[bytes]:
-        return _json(sandbox.chaos.knobs)
-
-    @put("/_sandbox/knobs")
-    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
-        try:
-            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _invalid(str(exc)) from None
-        sandbox.chaos = Chaos(knobs)
-        return _json(knobs)
-
-    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
-    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(sandbox.force(task_id, "succeeded").view(time.monotonic()))
-
-    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
-    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(sandbox.force(task_id, "failed").view(time.monotonic()))
-
-    @post("/_sandbox/tasks/{task_id:str}/cancel", status_code=200)
-    async def sandbox_cancel(task_id: FromPath[str]) -> Response[bytes]:
-        """Cancel as the platform would on its side: MindVideo has `cancelled` but no cancel endpoint."""
-        return _json(sandbox.force(task_id, "cancelled").view(time.monotonic()))
-
-    @get("/_sandbox/callbacks")
-    async def sandbox_callbacks() -> Response[bytes]:
-        """Always empty: kept so every emulator has the same control surface."""
-        return _json({"callbacks": []})
-
-    return Litestar(
-        route_handlers=[
-            create_task,
-            get_task,
-            get_task_events,
-            sandbox_creates,
-            sandbox_tasks,
-            sandbox_get_knobs,
-            sandbox_put_knobs,
-            sandbox_complete,
-            sandbox_fail,
-            sandbox_cancel,
-            sandbox_callbacks,
-        ],
+    return sandbox_app(
+        sandbox,
+        routes=[create_task, get_task, get_task_events],
+        outcomes=FORCED,
         exception_handlers={
             SandboxApiError: _on_sandbox_error,
             HTTPException: _on_http_error,
             Exception: _on_unexpected_error,
         },
-        openapi_config=None,
-        logging_config=None,  # the host process configures logging
     )

@@ -10,19 +10,19 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
+from service.sandbox.common import Callback, CallbackRecord, SandboxCore, SandboxTask, json_response, sandbox_app
+from service.sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_minuit_sandbox"]
 
@@ -34,6 +34,8 @@ Urls = Annotated[list[str], msgspec.Meta(max_length=3)]
 Prompt = Annotated[str, msgspec.Meta(min_length=1)]
 
 TERMINAL: frozenset[str] = frozenset({"success", "failed"})
+# What `POST /_sandbox/tasks/{id}/<action>` forces.
+FORCED: dict[str, Outcome] = {"complete": "success", "fail": "failed"}
 WAN = "wan2.7-i2v-spicy"
 # Credits per second by resolution (seed 000, "Pricing reference").
 RATES = {"480p": 16, "720p": 34, "1080p": 85}
@@ -44,11 +46,6 @@ MEDIA_HOST = "https://media-delivery.example.com"
 # Assumption: the failure text and the Vidu err_code that Minuit passes through.
 FAILURE_CODE = "CreationPolicyViolation"
 FAILURE_MESSAGE = "The generated video did not pass the content review."
-
-# Vidu, which Minuit copies, retries a failed delivery 3 times; the short backoff keeps tests quick.
-CALLBACK_ATTEMPTS = 4
-CALLBACK_BACKOFF_S = 0.2
-CALLBACK_TIMEOUT_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,25 +141,6 @@ class TaskView(msgspec.Struct):
 class ErrorBody(msgspec.Struct):
     error: str
     message: str
-
-
-class CallbackRecord(msgspec.Struct, kw_only=True):
-    """One delivery attempt, as listed by `GET /_sandbox/callbacks`.
-
-    `kind` is `delivery`, `duplicate`, `late` (a processing callback held back until after the terminal one)
-    or `dropped`; `attempt` is 0 for a dropped callback and `status_code` is null when no HTTP answer came.
-    `body` is the exact JSON text sent.
-    """
-
-    task_id: str
-    url: str
-    state: str
-    kind: str
-    attempt: int
-    status_code: int | None
-    error: str | None
-    body: str
-    at: str
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -299,43 +277,20 @@ ENDPOINTS: dict[str, tuple[type[CreateRequest], Callable[[Any], _Plan]]] = {
 }
 
 
-def _iso(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _json(value: Any) -> Response[bytes]:
-    return Response(msgspec.json.encode(value), media_type="application/json")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # State
 
 
 @dataclass(eq=False, kw_only=True)
-class _Task:
-    id: str
-    owner: str
+class _Task(SandboxTask[Outcome]):
     path: str
     body: Any
     callback_url: str | None
-    created_mono: float
-    processing_after_s: float
-    # Seconds from creation to the terminal state; shortened when a test forces the outcome.
-    terminal_after_s: float
-    outcome: Outcome
-    forced: bool = False
-    waiter: asyncio.Task[None] | None = None
     # Set once the terminal callback has gone out (or was dropped): a held-back processing callback waits for it.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def state(self, now_mono: float) -> State:
-        elapsed = now_mono - self.created_mono
-        if elapsed >= self.terminal_after_s:
-            return self.outcome
-        if elapsed >= self.processing_after_s:
-            return "processing"
-        return "queueing"
+        return self.stage(now_mono, "queueing", "processing")
 
     def view(self, now_mono: float) -> TaskView:
         state = self.state(now_mono)
@@ -348,63 +303,22 @@ class _Task:
         return view
 
 
-class _MinuitSandbox:
+class _MinuitSandbox(SandboxCore[_Task, Outcome]):
+    # Vidu, which Minuit copies, retries a failed delivery 3 times; the short backoff keeps tests quick.
+    CALLBACK_ATTEMPTS = 4
+
     def __init__(
         self,
         api_keys: frozenset[str],
-        knobs: SandboxKnobs,
+        knobs: SandboxKnobs | None,
         callback_client: httpx.AsyncClient | None,
         quota_credits: int,
     ) -> None:
-        self.api_keys = api_keys
-        self.chaos = Chaos(knobs)
-        self.client = callback_client
-        self.owns_client = False
+        super().__init__(api_keys=api_keys, knobs=knobs, callback_client=callback_client)
         self.quota_credits = quota_credits
         self.used: dict[str, int] = dict.fromkeys(api_keys, 0)
-        self.tasks: dict[str, _Task] = {}
-        self.create_attempts = 0
-        self.accepted_creates: list[dict[str, Any]] = []
-        self.callbacks: list[CallbackRecord] = []
-        self.background: set[asyncio.Task[None]] = set()
 
-    # -- lifespan ---------------------------------------------------------------------------------------
-
-    async def startup(self) -> None:
-        if self.client is None:
-            self.client = httpx.AsyncClient()
-            self.owns_client = True
-
-    async def shutdown(self) -> None:
-        pending = list(self.background)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self.owns_client and self.client is not None:
-            await self.client.aclose()
-            self.client = None
-            self.owns_client = False
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-        return task
-
-    # -- API gate ---------------------------------------------------------------------------------------
-
-    async def gate(self, request: Request[Any, Any, Any]) -> str:
-        """Apply latency and bursts, then authenticate; return the caller's API key."""
-        knobs = self.chaos.knobs
-        if knobs.latency_s > 0:
-            await asyncio.sleep(knobs.latency_s)
-        if self.chaos.take_429():
-            # Minuit documents no 429; the code is the emulator's choice (Vidu says TooManyRequests).
-            raise SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
-        if self.chaos.take_5xx():
-            # 502 upstream_error is the only server error Minuit documents.
-            raise SandboxApiError(502, "upstream_error", "The generation service failed the task. Retry later.")
-        return self.authenticate(request.headers)
+    # -- provider words ---------------------------------------------------------------------------------
 
     def authenticate(self, headers: Mapping[str, str]) -> str:
         authorization = headers.get("authorization")
@@ -420,12 +334,37 @@ class _MinuitSandbox:
             return api_key
         raise SandboxApiError(401, "invalid_api_key", "API key is invalid, disabled or expired.")
 
-    def owned_task(self, task_id: str, owner: str) -> _Task:
-        task = self.tasks.get(task_id)
-        # Another key's task is reported as missing, so ids do not leak across accounts.
-        if task is None or task.owner != owner:
-            raise SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
-        return task
+    def rate_limited(self) -> SandboxApiError:
+        # Minuit documents no 429; the code is the emulator's choice (Vidu says TooManyRequests).
+        return SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
+
+    def server_error(self) -> SandboxApiError:
+        # 502 upstream_error is the only server error Minuit documents.
+        return SandboxApiError(502, "upstream_error", "The generation service failed the task. Retry later.")
+
+    def not_found(self, task_id: str) -> SandboxApiError:
+        return SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
+
+    def already_terminal(self, task: _Task) -> SandboxApiError:
+        return SandboxApiError(409, "task_already_terminal", f"Task {task.id} is already {task.outcome}.")
+
+    def invalid_knobs(self, message: str) -> SandboxApiError:
+        return _invalid(message)
+
+    def describe(self, task: _Task, now_mono: float) -> dict[str, Any]:
+        return {
+            "task_id": task.id,
+            "state": task.state(now_mono),
+            "outcome": task.outcome,
+            "forced": task.forced,
+            "path": task.path,
+            "callback_url": task.callback_url,
+            "request": task.body,
+            "view": task.view(now_mono),
+        }
+
+    def forced_view(self, task: _Task) -> TaskView:
+        return task.view(time.monotonic())
 
     # -- create -----------------------------------------------------------------------------------------
 
@@ -450,23 +389,19 @@ class _MinuitSandbox:
         if used + cost > self.quota_credits:
             raise SandboxApiError(402, "quota_exhausted", "Quota exhausted")
         self.used[owner] = used + cost
-        knobs = self.chaos.knobs
         task = _Task(
             id=f"mnt_task_{secrets.token_hex(12)}",
             owner=owner,
             path=path,
             body=body,
             callback_url=request.callback_url if isinstance(request.callback_url, str) else None,
-            created_mono=time.monotonic(),
-            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
-            processing_after_s=knobs.processing_after_s,
-            terminal_after_s=knobs.complete_after_s,
+            **self.schedule(),
             outcome="failed" if self.chaos.should_fail() else "success",
         )
         self.tasks[task.id] = task
         self.accepted_creates.append({"task_id": task.id, "path": path, "body": body})
         if task.callback_url is not None:
-            task.waiter = self._spawn(self._progress(task))
+            task.timer = self.spawn(self._progress(task))
         quota = Quota(
             cost=cost,
             rate_per_second=rate,
@@ -482,17 +417,7 @@ class _MinuitSandbox:
         return task, quota
 
     def force(self, task_id: str, outcome: Outcome) -> _Task:
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
-        now = time.monotonic()
-        if task.state(now) in TERMINAL:
-            raise SandboxApiError(409, "task_already_terminal", f"Task {task_id} is already {task.state(now)}.")
-        task.terminal_after_s = now - task.created_mono
-        task.outcome = outcome
-        task.forced = True
-        if task.waiter is not None:
-            task.waiter.cancel()
+        task = super().force(task_id, outcome)
         if task.callback_url is not None:
             self._emit(task)
         return task
@@ -502,90 +427,38 @@ class _MinuitSandbox:
     async def _progress(self, task: _Task) -> None:
         """Send a callback at each state change: queueing → processing, then processing → terminal."""
         if task.processing_after_s < task.terminal_after_s:
-            await asyncio.sleep(max(0.0, task.created_mono + task.processing_after_s - time.monotonic()))
-            # asyncio may wake a timer a clock tick early: make the state change happen as of now.
-            task.processing_after_s = min(task.processing_after_s, time.monotonic() - task.created_mono)
+            await task.reach_running()
             self._emit(task)
-        await asyncio.sleep(max(0.0, task.created_mono + task.terminal_after_s - time.monotonic()))
-        task.terminal_after_s = min(task.terminal_after_s, time.monotonic() - task.created_mono)
+        await task.reach_terminal()
         self._emit(task)
 
     def _emit(self, task: _Task) -> None:
         """Snapshot the body and roll the dice now (synchronously), then deliver in the background.
 
         Out of order means a processing callback is held back until the terminal one has gone out.
+        Unsigned, as Minuit documents no signature.
         """
         assert task.callback_url is not None
-        url = task.callback_url
         view = task.view(time.monotonic())
         body = msgspec.json.encode(view)
+        callback = Callback(
+            log=CallbackRecord(task_id=task.id, url=task.callback_url, state=view.state, body=body.decode()),
+            body=body,
+        )
         terminal = view.state in TERMINAL
-        drop = self.chaos.should_drop_callback()
-        duplicate = self.chaos.should_duplicate_callback()
-        late = self.chaos.should_reorder_callback() and not terminal
+        dice = self.roll_callback()
+        late = dice.reorder and not terminal
 
         async def deliver() -> None:
             try:
                 if late:
                     await task.settled.wait()
-                if drop:
-                    self._record(task.id, url, view.state, "dropped", 0, None, None, body)
-                    return
-                await self._deliver(task.id, url, view.state, body, "late" if late else "delivery")
-                if duplicate:
-                    await self._deliver(task.id, url, view.state, body, "duplicate")
+                await self.send(callback, dice, "late" if late else "delivery")
             finally:
                 if terminal:
                     task.settled.set()
 
-        self._spawn(deliver())
-
-    async def _deliver(self, task_id: str, url: str, state: str, body: bytes, kind: str) -> None:
-        """POST with a few retries; unsigned, as Minuit documents no signature."""
-        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
-            if attempt > 1:
-                await asyncio.sleep(CALLBACK_BACKOFF_S * 2 ** (attempt - 2))
-            if await self._post_once(task_id, url, state, body, kind, attempt):
-                return
-
-    async def _post_once(self, task_id: str, url: str, state: str, body: bytes, kind: str, attempt: int) -> bool:
-        if self.client is None:
-            self._record(task_id, url, state, kind, attempt, None, "callback client not started (no lifespan)", body)
-            return False
-        try:
-            response = await self.client.post(
-                url, content=body, headers={"Content-Type": "application/json"}, timeout=CALLBACK_TIMEOUT_S
-            )
-        except httpx.HTTPError as exc:
-            self._record(task_id, url, state, kind, attempt, None, f"{type(exc).__name__}: {exc}", body)
-            return False
-        self._record(task_id, url, state, kind, attempt, response.status_code, None, body)
-        return response.is_success
-
-    def _record(
-        self,
-        task_id: str,
-        url: str,
-        state: str,
-        kind: str,
-        attempt: int,
-        status_code: int | None,
-        error: str | None,
-        body: bytes,
-    ) -> None:
-        self.callbacks.append(
-            CallbackRecord(
-                task_id=task_id,
-                url=url,
-                state=state,
-                kind=kind,
-                attempt=attempt,
-                status_code=status_code,
-                error=error,
-                body=body.decode(),
-                at=_iso(datetime.now(UTC)),
-            )
-        )
+        self.spawn(deliver())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -610,22 +483,21 @@ def create_minuit_sandbox(
             shutdown.
         extra_api_keys: More accepted keys, each seeing only its own tasks (to test ownership).
         quota_credits: Credits each key starts with; a create that would exceed them answers 402.
+
+    `GET /_sandbox/callbacks` logs each attempt with its `state`, the exact `body` sent and a `kind`: `delivery`,
+    `duplicate`, `late` (a processing callback held back until after the terminal one) or `dropped`.
     """
     sandbox = _MinuitSandbox(
         api_keys=frozenset((api_key, *extra_api_keys)),
-        knobs=knobs or SandboxKnobs(),
+        knobs=knobs,
         callback_client=callback_client,
         quota_credits=quota_credits,
     )
 
     async def create(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
-        # Counted before the gate so tests can see attempts that were rate limited or rejected.
-        sandbox.create_attempts += 1
-        owner = await sandbox.gate(request)
+        owner = await sandbox.gate(request, create=True)
         task, quota = sandbox.create(owner, path, await request.body())
-        return _json(CreatedTask(task_id=task.id, state="queueing", quota=quota))
-
-    # -- provider API -------------------------------------------------------------------------------------
+        return json_response(CreatedTask(task_id=task.id, state="queueing", quota=quota))
 
     @post("/ent/v2/text2video", status_code=200)
     async def text2video(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -642,80 +514,15 @@ def create_minuit_sandbox(
     @get("/ent/v2/tasks/{task_id:str}/creations")
     async def creations(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
         owner = await sandbox.gate(request)
-        return _json(sandbox.owned_task(task_id, owner).view(time.monotonic()))
+        return json_response(sandbox.owned_task(task_id, owner).view(time.monotonic()))
 
-    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
-
-    @get("/_sandbox/creates")
-    async def sandbox_creates() -> Response[bytes]:
-        """Accepted create bodies in arrival order, plus the count of every create attempt."""
-        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
-
-    @get("/_sandbox/tasks")
-    async def sandbox_tasks() -> Response[bytes]:
-        now = time.monotonic()
-        tasks = [
-            {
-                "task_id": task.id,
-                "state": task.state(now),
-                "outcome": task.outcome,
-                "forced": task.forced,
-                "path": task.path,
-                "callback_url": task.callback_url,
-                "request": task.body,
-                "view": task.view(now),
-            }
-            for task in sandbox.tasks.values()
-        ]
-        return _json({"tasks": tasks})
-
-    @get("/_sandbox/knobs")
-    async def sandbox_get_knobs() -> Response[bytes]:
-        return _json(sandbox.chaos.knobs)
-
-    @put("/_sandbox/knobs")
-    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
-        try:
-            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _invalid(str(exc)) from None
-        sandbox.chaos = Chaos(knobs)
-        return _json(knobs)
-
-    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
-    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(sandbox.force(task_id, "success").view(time.monotonic()))
-
-    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
-    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(sandbox.force(task_id, "failed").view(time.monotonic()))
-
-    @get("/_sandbox/callbacks")
-    async def sandbox_callbacks() -> Response[bytes]:
-        return _json({"callbacks": sandbox.callbacks})
-
-    return Litestar(
-        route_handlers=[
-            text2video,
-            img2video,
-            reference2video,
-            creations,
-            sandbox_creates,
-            sandbox_tasks,
-            sandbox_get_knobs,
-            sandbox_put_knobs,
-            sandbox_complete,
-            sandbox_fail,
-            sandbox_callbacks,
-        ],
+    return sandbox_app(
+        sandbox,
+        routes=[text2video, img2video, reference2video, creations],
+        outcomes=FORCED,
         exception_handlers={
             SandboxApiError: _on_sandbox_error,
             HTTPException: _on_http_error,
             Exception: _on_unexpected_error,
         },
-        on_startup=[sandbox.startup],
-        on_shutdown=[sandbox.shutdown],
-        openapi_config=None,
-        logging_config=None,  # the host process configures logging
     )

@@ -17,13 +17,22 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import httpx
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 from ulid import ULID
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
+from service.sandbox.common import (
+    Callback,
+    CallbackRecord,
+    SandboxCore,
+    SandboxTask,
+    iso,
+    json_response,
+    sandbox_app,
+)
+from service.sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_seedancee2_sandbox"]
 
@@ -36,7 +45,8 @@ AspectRatio = Literal["16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive"]
 GenerationType = Literal["omni_reference", "first_and_last_frames"]
 
 STATUSES: tuple[Status, ...] = ("pending", "processing", "completed", "failed")
-TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+# What `POST /_sandbox/tasks/{id}/<action>` forces.
+FORCED: dict[str, Outcome] = {"complete": "completed", "fail": "failed"}
 
 # Credits per second of output, per model and resolution (seed 002, "Credits"); a missing key = unsupported.
 RATES: dict[str, dict[str, int]] = {
@@ -50,11 +60,6 @@ MAX_DURATION_S = 15
 DEFAULT_RESOLUTION = "720p"
 MEDIA_HOST = "https://media.seedancee2.ai"
 FAILURE_MESSAGE = "The video could not be generated. Please try again with a different prompt."
-
-# Retries are not documented by Seedancee2; a few quick ones keep flaky-receiver tests short.
-CALLBACK_ATTEMPTS = 3
-CALLBACK_BACKOFF_S = 0.2
-CALLBACK_TIMEOUT_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,23 +149,6 @@ class ErrorEnvelope(msgspec.Struct):
     error: TaskError
 
 
-class CallbackRecord(msgspec.Struct, kw_only=True):
-    """One delivery attempt, as listed by `GET /_sandbox/callbacks`.
-
-    `kind` is `delivery`, `duplicate`, `stale_replay` or `dropped`; `attempt` is 0 for a dropped callback and
-    `status_code` is null when the request never got an HTTP answer (see `error`).
-    """
-
-    task_id: str
-    url: str
-    event: str
-    kind: str
-    attempt: int
-    status_code: int | None
-    error: str | None
-    at: str
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Errors: everything the emulator answers with goes through the documented `{"error": {...}}` shape.
 
@@ -179,10 +167,6 @@ class SandboxApiError(Exception):
 
 def _invalid(message: str) -> SandboxApiError:
     return SandboxApiError(400, "invalid_request", message, "invalid_request_error")
-
-
-def _task_not_found(task_id: str) -> SandboxApiError:
-    return SandboxApiError(404, "task_not_found", f"Task {task_id} does not exist.", "invalid_request_error")
 
 
 def _error_response(status_code: int, code: str, message: str, type_: str, headers: dict[str, str]) -> Response[bytes]:
@@ -207,12 +191,6 @@ def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _iso(moment: datetime) -> str:
-    """Format like the doc: `2026-06-29T10:00:00.000Z` (UTC, milliseconds)."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _parse_iso(value: str, name: str) -> datetime:
@@ -247,36 +225,22 @@ def _sign_callback(secret: str, timestamp: int, body: bytes) -> str:
 
 
 @dataclass(eq=False, kw_only=True)
-class _Task:
-    id: str
-    owner: str
+class _Task(SandboxTask[Outcome]):
     request: CreateRequest
     body: Any
     credits: int
     created_at: datetime
-    created_mono: float
-    processing_after_s: float
     # The complete_after_s the task was created with, kept even if a test forces the outcome earlier.
     lifetime_s: float
-    # Seconds from creation to the terminal status; shortened when a test forces the outcome.
-    terminal_after_s: float
-    outcome: Outcome
-    forced: bool = False
-    waiter: asyncio.Task[None] | None = None
 
     def status(self, now_mono: float) -> Status:
-        elapsed = now_mono - self.created_mono
-        if elapsed >= self.terminal_after_s:
-            return self.outcome
-        if elapsed >= self.processing_after_s:
-            return "processing"
-        return "pending"
+        return self.stage(now_mono, "pending", "processing")
 
     def view(self, now_mono: float, *, for_callback: bool = False) -> TaskView:
         status = self.status(now_mono)
         metadata = self.request.metadata
         view = TaskView(
-            id=self.id, status=status, model=self.request.model, created_at=_iso(self.created_at), metadata=metadata
+            id=self.id, status=status, model=self.request.model, created_at=iso(self.created_at), metadata=metadata
         )
         if status == "completed":
             completed_at = self.created_at + timedelta(seconds=self.terminal_after_s)
@@ -285,7 +249,7 @@ class _Task:
             # The doc's GET example (which asked for return_last_frame) shows last_frame_url equal to the
             # poster URL; the completed webhook example omits it, so callbacks never carry it.
             wants_last_frame = self.request.input.return_last_frame is True and not for_callback
-            view.completed_at = _iso(completed_at)
+            view.completed_at = iso(completed_at)
             view.credits_charged = self.credits
             view.output = TaskOutput(
                 video_url=f"{MEDIA_HOST}/videos/{day}/{self.id}.mp4",
@@ -340,71 +304,25 @@ def _counts(tasks: Iterable[_Task], now_mono: float) -> dict[str, int]:
     return {**counts, "credits_charged": charged, "credits_refunded": refunded, "net_credits": charged - refunded}
 
 
-def _json(value: Any) -> Response[bytes]:
-    return Response(msgspec.json.encode(value), media_type="application/json")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # State
 
 
-class _Seedancee2Sandbox:
+class _Seedancee2Sandbox(SandboxCore[_Task, Outcome]):
+    # Retries are not documented by Seedancee2; a few quick ones keep flaky-receiver tests short.
+    CALLBACK_ATTEMPTS = 3
+
     def __init__(
         self,
         api_keys: frozenset[str],
         webhook_secret: str | None,
-        knobs: SandboxKnobs,
+        knobs: SandboxKnobs | None,
         callback_client: httpx.AsyncClient | None,
     ) -> None:
-        self.api_keys = api_keys
+        super().__init__(api_keys=api_keys, knobs=knobs, callback_client=callback_client)
         self.webhook_secret = webhook_secret
-        self.chaos = Chaos(knobs)
-        self.client = callback_client
-        self.owns_client = False
-        self.tasks: dict[str, _Task] = {}
-        self.create_attempts = 0
-        self.accepted_creates: list[dict[str, Any]] = []
-        self.callbacks: list[CallbackRecord] = []
-        self.background: set[asyncio.Task[None]] = set()
 
-    # -- lifespan ---------------------------------------------------------------------------------------
-
-    async def startup(self) -> None:
-        if self.client is None:
-            self.client = httpx.AsyncClient()
-            self.owns_client = True
-
-    async def shutdown(self) -> None:
-        pending = list(self.background)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self.owns_client and self.client is not None:
-            await self.client.aclose()
-            self.client = None
-            self.owns_client = False
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-        return task
-
-    # -- API gate -------------------------------------------------------------------------------------------
-
-    async def gate(self, request: Request[Any, Any, Any]) -> str:
-        """Apply latency and bursts, then authenticate; return the caller's API key."""
-        knobs = self.chaos.knobs
-        if knobs.latency_s > 0:
-            await asyncio.sleep(knobs.latency_s)
-        if self.chaos.take_429():
-            # 429 is not documented by Seedancee2; the code and type are the emulator's choice.
-            raise SandboxApiError(
-                429, "rate_limit_exceeded", "Too many requests.", "rate_limit_error", {"Retry-After": "1"}
-            )
-        if self.chaos.take_5xx():
-            raise SandboxApiError(500, "internal_error", "Unexpected server error.", "api_error")
-        return self.authenticate(request.headers)
+    # -- provider words ---------------------------------------------------------------------------------
 
     def authenticate(self, headers: Mapping[str, str]) -> str:
         authorization = headers.get("authorization")
@@ -419,12 +337,39 @@ class _Seedancee2Sandbox:
             401, "invalid_api_key", "API key is missing, invalid, or disabled.", "authentication_error"
         )
 
-    def owned_task(self, task_id: str, owner: str) -> _Task:
-        task = self.tasks.get(task_id)
-        # Another key's task is reported as missing, not forbidden, so ids do not leak across accounts.
-        if task is None or task.owner != owner:
-            raise _task_not_found(task_id)
-        return task
+    def rate_limited(self) -> SandboxApiError:
+        # 429 is not documented by Seedancee2; the code and type are the emulator's choice.
+        return SandboxApiError(
+            429, "rate_limit_exceeded", "Too many requests.", "rate_limit_error", {"Retry-After": "1"}
+        )
+
+    def server_error(self) -> SandboxApiError:
+        return SandboxApiError(500, "internal_error", "Unexpected server error.", "api_error")
+
+    def not_found(self, task_id: str) -> SandboxApiError:
+        return SandboxApiError(404, "task_not_found", f"Task {task_id} does not exist.", "invalid_request_error")
+
+    def already_terminal(self, task: _Task) -> SandboxApiError:
+        return SandboxApiError(
+            409, "task_already_terminal", f"Task {task.id} is already {task.outcome}.", "sandbox_error"
+        )
+
+    def invalid_knobs(self, message: str) -> SandboxApiError:
+        return _invalid(message)
+
+    def describe(self, task: _Task, now_mono: float) -> dict[str, Any]:
+        return {
+            "id": task.id,
+            "status": task.status(now_mono),
+            "outcome": task.outcome,
+            "forced": task.forced,
+            "callback_url": task.request.callback_url or None,
+            "request": task.body,
+            "view": task.view(now_mono),
+        }
+
+    def forced_view(self, task: _Task) -> DataEnvelope[TaskView]:
+        return DataEnvelope(task.view(time.monotonic()))
 
     # -- create -----------------------------------------------------------------------------------------
 
@@ -439,7 +384,6 @@ class _Seedancee2Sandbox:
         except msgspec.ValidationError as exc:
             raise _invalid(str(exc)) from None
         credits = _validate(request)
-        knobs = self.chaos.knobs
         task = _Task(
             id=f"vid_{str(ULID()).lower()}",
             owner=owner,
@@ -447,44 +391,26 @@ class _Seedancee2Sandbox:
             body=body,
             credits=credits,
             created_at=datetime.now(UTC),
-            created_mono=time.monotonic(),
-            # Each task keeps the timings it was created with, so a later knobs change does not rewind it.
-            processing_after_s=knobs.processing_after_s,
-            lifetime_s=knobs.complete_after_s,
-            terminal_after_s=knobs.complete_after_s,
+            **self.schedule(),
+            lifetime_s=self.chaos.knobs.complete_after_s,
             outcome="failed" if self.chaos.should_fail() else "completed",
         )
         self.tasks[task.id] = task
         self.accepted_creates.append({"id": task.id, "body": body})
         if isinstance(request.callback_url, str):
-            task.waiter = self._spawn(self._callback_when_terminal(task))
+            task.timer = self.spawn(self._callback_when_terminal(task))
         return task
 
     def force(self, task_id: str, outcome: Outcome) -> _Task:
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise _task_not_found(task_id)
-        now = time.monotonic()
-        if task.status(now) in TERMINAL:
-            raise SandboxApiError(
-                409, "task_already_terminal", f"Task {task_id} is already {task.status(now)}.", "sandbox_error"
-            )
-        task.terminal_after_s = now - task.created_mono
-        task.outcome = outcome
-        task.forced = True
-        if task.waiter is not None:
-            task.waiter.cancel()
+        task = super().force(task_id, outcome)
         if isinstance(task.request.callback_url, str):
-            task.waiter = self._spawn(self._terminal_callback(task))
+            task.timer = self.spawn(self._terminal_callback(task))
         return task
 
     # -- callbacks --------------------------------------------------------------------------------------
 
     async def _callback_when_terminal(self, task: _Task) -> None:
-        await asyncio.sleep(max(0.0, task.created_mono + task.terminal_after_s - time.monotonic()))
-        # asyncio may wake a timer up to one clock tick early: make the task terminal as of now, so a
-        # concurrent force sees it settled and the callback body shows the terminal state.
-        task.terminal_after_s = min(task.terminal_after_s, time.monotonic() - task.created_mono)
+        await task.reach_terminal()
         await self._terminal_callback(task)
 
     def _terminal_callback(self, task: _Task) -> Coroutine[Any, Any, None]:
@@ -494,25 +420,22 @@ class _Seedancee2Sandbox:
         that follows a force from affecting that force's callback.
         """
         assert isinstance(task.request.callback_url, str)
-        url = task.request.callback_url
         view = task.view(time.monotonic(), for_callback=True)
         event = f"video.generation.{view.status}"
         body = msgspec.json.encode(DataEnvelope(view))
-        drop = self.chaos.should_drop_callback()
-        duplicate = self.chaos.should_duplicate_callback()
-        stale = self.chaos.should_reorder_callback()
+        callback = Callback(
+            log=CallbackRecord(task_id=task.id, url=task.request.callback_url, event=event),
+            body=body,
+            headers=lambda: self._headers(event, body),
+        )
+        dice = self.roll_callback()
 
         async def deliver() -> None:
-            if drop:
-                self._record(task.id, url, event, "dropped", 0, None, None)
-                return
-            headers = await self._deliver(task.id, url, event, body, "delivery")
-            if duplicate:
-                await self._deliver(task.id, url, event, body, "duplicate")
-            if stale:
+            headers = await self.send(callback, dice)
+            if headers is not None and dice.reorder:
                 # One task lifetime later, callbacks of tasks created after this one have gone out first.
                 await asyncio.sleep(max(task.lifetime_s, 0.1))
-                await self._deliver(task.id, url, event, body, "stale_replay", replay_headers=headers)
+                await self.deliver(callback, "stale_replay", headers=headers)
 
         return deliver()
 
@@ -521,56 +444,6 @@ class _Seedancee2Sandbox:
         if self.webhook_secret is not None:
             headers["X-Seedancee2-Signature"] = _sign_callback(self.webhook_secret, int(time.time()), body)
         return headers
-
-    async def _deliver(
-        self,
-        task_id: str,
-        url: str,
-        event: str,
-        body: bytes,
-        kind: str,
-        *,
-        replay_headers: dict[str, str] | None = None,
-    ) -> dict[str, str]:
-        """POST with a few retries; each attempt is signed afresh unless replaying stale headers."""
-        headers = replay_headers or self._headers(event, body)
-        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
-            if attempt > 1:
-                await asyncio.sleep(CALLBACK_BACKOFF_S * 2 ** (attempt - 2))
-                headers = replay_headers or self._headers(event, body)
-            if await self._post_once(task_id, url, event, body, headers, kind, attempt):
-                break
-        return headers
-
-    async def _post_once(
-        self, task_id: str, url: str, event: str, body: bytes, headers: dict[str, str], kind: str, attempt: int
-    ) -> bool:
-        if self.client is None:
-            self._record(task_id, url, event, kind, attempt, None, "callback client not started (no lifespan)")
-            return False
-        try:
-            response = await self.client.post(url, content=body, headers=headers, timeout=CALLBACK_TIMEOUT_S)
-        except httpx.HTTPError as exc:
-            self._record(task_id, url, event, kind, attempt, None, f"{type(exc).__name__}: {exc}")
-            return False
-        self._record(task_id, url, event, kind, attempt, response.status_code, None)
-        return response.is_success
-
-    def _record(
-        self, task_id: str, url: str, event: str, kind: str, attempt: int, status_code: int | None, error: str | None
-    ) -> None:
-        self.callbacks.append(
-            CallbackRecord(
-                task_id=task_id,
-                url=url,
-                event=event,
-                kind=kind,
-                attempt=attempt,
-                status_code=status_code,
-                error=error,
-                at=_iso(datetime.now(UTC)),
-            )
-        )
 
     # -- usage ------------------------------------------------------------------------------------------
 
@@ -593,8 +466,8 @@ class _Seedancee2Sandbox:
         return {
             # Assumption: an absent bound is echoed as null (the doc only shows both bounds given).
             "range": {
-                "start": _iso(start) if start is not None else None,
-                "end": _iso(end) if end is not None else None,
+                "start": iso(start) if start is not None else None,
+                "end": iso(end) if end is not None else None,
             },
             "summary": _counts(tasks, now),
             "by_model": [{"model": model, **_counts(by_model[model], now)} for model in sorted(by_model)],
@@ -623,35 +496,34 @@ def create_seedancee2_sandbox(
         callback_client: Client used to POST callbacks; when None one is created on startup and closed on
             shutdown.
         extra_api_keys: More accepted keys, each seeing only its own tasks (to test account isolation).
+
+    `GET /_sandbox/callbacks` logs each attempt with its `event` and a `kind`: `delivery`, `duplicate`,
+    `stale_replay` (see `SandboxKnobs.out_of_order_rate`) or `dropped`.
     """
     sandbox = _Seedancee2Sandbox(
         api_keys=frozenset((api_key, *extra_api_keys)),
         webhook_secret=webhook_secret,
-        knobs=knobs or SandboxKnobs(),
+        knobs=knobs,
         callback_client=callback_client,
     )
 
-    # -- provider API -------------------------------------------------------------------------------------
-
     @post("/v1/videos/generations", status_code=200)
     async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
-        # Counted before the gate so tests can see attempts that were rate limited or rejected.
-        sandbox.create_attempts += 1
-        owner = await sandbox.gate(request)
+        owner = await sandbox.gate(request, create=True)
         task = sandbox.create(owner, await request.body())
         created = CreatedTask(
             id=task.id,
             status="pending",
             model=task.request.model,
             credits_reserved=task.credits,
-            created_at=_iso(task.created_at),
+            created_at=iso(task.created_at),
         )
-        return _json(DataEnvelope(created))
+        return json_response(DataEnvelope(created))
 
     @get("/v1/videos/generations/{task_id:str}")
     async def get_generation(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[bytes]:
         owner = await sandbox.gate(request)
-        return _json(DataEnvelope(sandbox.owned_task(task_id, owner).view(time.monotonic())))
+        return json_response(DataEnvelope(sandbox.owned_task(task_id, owner).view(time.monotonic())))
 
     @get("/v1/videos/generations")
     async def list_generations(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -670,7 +542,7 @@ def create_seedancee2_sandbox(
                 views.append(view)
             if len(views) == limit:
                 break
-        return _json(DataEnvelope(views))
+        return json_response(DataEnvelope(views))
 
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -684,7 +556,7 @@ def create_seedancee2_sandbox(
             )
             for model, rates in RATES.items()
         ]
-        return _json(DataEnvelope(models))
+        return json_response(DataEnvelope(models))
 
     @get("/v1/usage")
     async def usage(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -694,80 +566,15 @@ def create_seedancee2_sandbox(
         start = _parse_iso(start_raw, "start") if start_raw is not None else None
         end = _parse_iso(end_raw, "end") if end_raw is not None else None
         limit = _parse_limit(params.get("limit"), default=30, maximum=365)
-        return _json(DataEnvelope(sandbox.usage(owner, start, end, limit)))
+        return json_response(DataEnvelope(sandbox.usage(owner, start, end, limit)))
 
-    # -- sandbox-only control (no auth; never part of the real provider) ----------------------------------
-
-    @get("/_sandbox/creates")
-    async def sandbox_creates() -> Response[bytes]:
-        """Accepted create bodies in arrival order, plus the count of every create attempt."""
-        return _json({"attempts": sandbox.create_attempts, "accepted": sandbox.accepted_creates})
-
-    @get("/_sandbox/tasks")
-    async def sandbox_tasks() -> Response[bytes]:
-        now = time.monotonic()
-        tasks = [
-            {
-                "id": task.id,
-                "status": task.status(now),
-                "outcome": task.outcome,
-                "forced": task.forced,
-                "callback_url": task.request.callback_url or None,
-                "request": task.body,
-                "view": task.view(now),
-            }
-            for task in sandbox.tasks.values()
-        ]
-        return _json({"tasks": tasks})
-
-    @get("/_sandbox/knobs")
-    async def sandbox_get_knobs() -> Response[bytes]:
-        return _json(sandbox.chaos.knobs)
-
-    @put("/_sandbox/knobs")
-    async def sandbox_put_knobs(request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Replace the knobs (absent fields take their defaults); burst counters and randomness restart."""
-        try:
-            knobs = msgspec.json.decode(await request.body(), type=SandboxKnobs)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _invalid(str(exc)) from None
-        sandbox.chaos = Chaos(knobs)
-        return _json(knobs)
-
-    @post("/_sandbox/tasks/{task_id:str}/complete", status_code=200)
-    async def sandbox_complete(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(DataEnvelope(sandbox.force(task_id, "completed").view(time.monotonic())))
-
-    @post("/_sandbox/tasks/{task_id:str}/fail", status_code=200)
-    async def sandbox_fail(task_id: FromPath[str]) -> Response[bytes]:
-        return _json(DataEnvelope(sandbox.force(task_id, "failed").view(time.monotonic())))
-
-    @get("/_sandbox/callbacks")
-    async def sandbox_callbacks() -> Response[bytes]:
-        return _json({"callbacks": sandbox.callbacks})
-
-    return Litestar(
-        route_handlers=[
-            create_generation,
-            get_generation,
-            list_generations,
-            list_models,
-            usage,
-            sandbox_creates,
-            sandbox_tasks,
-            sandbox_get_knobs,
-            sandbox_put_knobs,
-            sandbox_complete,
-            sandbox_fail,
-            sandbox_callbacks,
-        ],
+    return sandbox_app(
+        sandbox,
+        routes=[create_generation, get_generation, list_generations, list_models, usage],
+        outcomes=FORCED,
         exception_handlers={
             SandboxApiError: _on_sandbox_error,
             HTTPException: _on_http_error,
             Exception: _on_unexpected_error,
         },
-        on_startup=[sandbox.startup],
-        on_shutdown=[sandbox.shutdown],
-        openapi_config=None,
-        logging_config=None,  # the host process configures logging
     )

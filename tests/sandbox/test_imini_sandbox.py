@@ -6,16 +6,14 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
 
 from service.sandbox.imini import create_imini_sandbox
 from service.sandbox.knobs import SandboxKnobs
+from tests.sandbox.conftest import serve
 
 API_KEY = "sk-imini-sandbox"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -34,19 +32,6 @@ def body(**fields: Any) -> dict[str, Any]:
 
 def image(url: str = IMAGE, kind: str = "asset") -> dict[str, str]:
     return {"url": url, "reference_type": kind}
-
-
-@asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.lifespan(),
-        # Litestar's precise ASGI types do not match httpx's loose ones; the app is a plain ASGI callable.
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-            base_url="https://openapi.imini.ai",
-        ) as client,
-    ):
-        yield client
 
 
 async def create(client: httpx.AsyncClient, payload: dict[str, Any]) -> dict[str, Any]:

@@ -8,18 +8,15 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
-from litestar import Litestar
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.sandbox.knobs import SandboxKnobs
 from service.sandbox.magnific import create_magnific_sandbox
+from tests.sandbox.conftest import Receiver, eventually, serve
 
 API_KEY = "magnific_sandbox_key"
 SECRET = "whsec_bWFnbmlmaWMtc2FuZGJveC1zZWNyZXQ="
@@ -47,52 +44,6 @@ DOC_EXAMPLE = {
 
 def body(**fields: Any) -> dict[str, Any]:
     return {"prompt": "Waves on black volcanic rocks", **fields}
-
-
-@asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan (ASGITransport does not) and talk to it in-process."""
-    async with (
-        app.lifespan(),
-        # Litestar's precise ASGI types do not match httpx's loose ones; the app is a plain ASGI callable.
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-            base_url="https://api.magnific.com",
-        ) as client,
-    ):
-        yield client
-
-
-class Receiver:
-    """A callback endpoint behind httpx.MockTransport, answering with scripted status codes."""
-
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
-        self.requests: list[httpx.Request] = []
-        self._statuses = list(statuses)
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        self.requests.append(request)
-        return httpx.Response(self._statuses.pop(0) if self._statuses else 200)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
-
-    def arrived(self, count: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return len(self.requests) >= count
-
-        return check
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [msgspec.json.decode(request.content) for request in self.requests]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def create(client: httpx.AsyncClient, payload: dict[str, Any], path: str = CREATE_720P) -> dict[str, Any]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
 
 from service.sandbox.knobs import SandboxKnobs
 from service.sandbox.mindvideo import create_mindvideo_sandbox
+from tests.sandbox.conftest import serve
 
 API_KEY = "mv_live_sandbox"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -43,19 +41,6 @@ def body(**input_fields: Any) -> dict[str, Any]:
 
 def roles(*pairs: tuple[str, str]) -> list[dict[str, str]]:
     return [{"url": url, "role": role} for role, url in pairs]
-
-
-@asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.lifespan(),
-        # Litestar's precise ASGI types do not match httpx's loose ones; the app is a plain ASGI callable.
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-            base_url="https://api.mindvideo.ai",
-        ) as client,
-    ):
-        yield client
 
 
 async def create(

@@ -6,16 +6,14 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
 
 from service.sandbox.knobs import SandboxKnobs
 from service.sandbox.minuit import create_minuit_sandbox
+from tests.sandbox.conftest import Receiver, eventually, serve
 
 API_KEY = "mn_live_sandbox"
 AUTH = {"Authorization": f"Token {API_KEY}"}
@@ -66,46 +64,8 @@ def r2v(**fields: Any) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan (ASGITransport does not) and talk to it in-process."""
-    async with (
-        app.lifespan(),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-            base_url="https://seedance2.lol",
-        ) as client,
-    ):
-        yield client
-
-
-class Receiver:
-    """A callback endpoint behind httpx.MockTransport, answering with scripted status codes."""
-
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
-        self.requests: list[httpx.Request] = []
-        self._statuses = list(statuses)
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        self.requests.append(request)
-        return httpx.Response(self._statuses.pop(0) if self._statuses else 200)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
-
-    def states(self) -> list[str]:
-        return [json.loads(request.content)["state"] for request in self.requests]
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if await result if isinstance(result, Awaitable) else result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+def states(receiver: Receiver) -> list[str]:
+    return [body["state"] for body in receiver.bodies()]
 
 
 async def create(client: httpx.AsyncClient, path: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -467,7 +427,7 @@ async def test_callback_on_each_state_change_has_the_status_body_and_no_signatur
         await eventually(lambda: len(receiver.requests) == 2)
         polled = (await status(client, task_id)).content
         log = (await client.get("/_sandbox/callbacks")).json()["callbacks"]
-    assert receiver.states() == ["processing", "success"]
+    assert states(receiver) == ["processing", "success"]
     assert all(str(request.url) == CALLBACK_URL for request in receiver.requests)
     assert json.loads(receiver.requests[0].content) == {
         "id": task_id,
@@ -550,7 +510,7 @@ async def test_duplicated_callbacks_are_sent_twice_with_the_same_body() -> None:
     async with serve(create_minuit_sandbox(knobs=knobs, callback_client=receiver.client())) as client:
         await create(client, "/ent/v2/text2video", t2v(callback_url=CALLBACK_URL))
         await eventually(lambda: len(receiver.requests) == 4)
-    assert receiver.states() == ["processing", "processing", "success", "success"]
+    assert states(receiver) == ["processing", "processing", "success", "success"]
     assert receiver.requests[2].content == receiver.requests[3].content
 
 
@@ -561,7 +521,7 @@ async def test_out_of_order_delivers_processing_after_success() -> None:
         await create(client, "/ent/v2/text2video", t2v(callback_url=CALLBACK_URL))
         await eventually(lambda: len(receiver.requests) == 2)
         log = (await client.get("/_sandbox/callbacks")).json()["callbacks"]
-    assert receiver.states() == ["success", "processing"]
+    assert states(receiver) == ["success", "processing"]
     assert [(entry["state"], entry["kind"]) for entry in log] == [("success", "delivery"), ("processing", "late")]
 
 

@@ -8,18 +8,17 @@ import hmac
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 import stripe
 import uvicorn
-from litestar import Litestar
 
 from service.sandbox.knobs import Chaos, SandboxKnobs
 from service.sandbox.seedancee2 import create_seedancee2_sandbox
+from tests.sandbox.conftest import Receiver, eventually, serve
 
 API_KEY = "sk_seedancee2_live_sandbox"
 SECRET = "whsec_seedancee2_sandbox"
@@ -39,43 +38,6 @@ DOC_FAILED_ERROR = {
 
 def body(model: str = "mini", **input_fields: Any) -> dict[str, Any]:
     return {"model": model, "input": {"prompt": "Waves on black volcanic rocks", **input_fields}}
-
-
-@asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan (ASGITransport does not) and talk to it in-process."""
-    async with (
-        app.lifespan(),
-        # Litestar's precise ASGI types do not match httpx's loose ones; the app is a plain ASGI callable.
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-            base_url="https://api.seedancee2.ai",
-        ) as client,
-    ):
-        yield client
-
-
-class Receiver:
-    """A callback endpoint behind httpx.MockTransport, answering with scripted status codes."""
-
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
-        self.requests: list[httpx.Request] = []
-        self._statuses = list(statuses)
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        self.requests.append(request)
-        return httpx.Response(self._statuses.pop(0) if self._statuses else 200)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def create(client: httpx.AsyncClient, payload: dict[str, Any]) -> dict[str, Any]:
