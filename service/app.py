@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -28,12 +28,13 @@ from service.jobs import encode_job
 from service.metrics import Metrics
 from service.providers import ADAPTERS, all_models
 from service.providers.base import ProviderAdapter
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 from service.worker import Dispatcher, Poller
 from storage import StorageError, Store, create_store
 
 log = structlog.get_logger("reelay.app")
 
+Role = Literal["all", "api", "worker"]
 AdapterFactory = Callable[[Settings, httpx.AsyncClient], Mapping[str, ProviderAdapter]]
 
 
@@ -52,9 +53,19 @@ def create_app(
     http_client: httpx.AsyncClient | None = None,
     store: Store | None = None,
     clock: Callable[[], float] | None = None,
-    run_workers: bool = True,
+    role: Role = "all",
 ) -> Litestar:
-    """Build the application. Nothing is opened until the app starts (lifespan)."""
+    """Build the application for a role. Nothing is opened until the app starts (lifespan).
+
+    `api` serves HTTP without background work, `worker` runs the dispatcher and poller and serves only
+    the probes and metrics, `all` does both.
+    """
+    if role != "all" and settings.database_url.startswith("sqlite"):
+        # Events committed in one process never reach another process's SSE subscribers on SQLite.
+        raise ConfigError(
+            f"--role {role} needs PostgreSQL (REELAY_DATABASE_URL=postgresql://...); SQLite runs as one process"
+        )
+    run_workers = role in ("all", "worker")
     metrics_holder = Metrics.create()
 
     @contextlib.asynccontextmanager
@@ -63,7 +74,8 @@ def create_app(
             settings.database_url, encode_job, sqlite_synchronous=settings.sqlite_synchronous
         )
         await the_store.open()
-        await the_store.release_leases()  # leases of a previous (crashed) run of this single process
+        if run_workers:
+            await the_store.release_leases()  # this worker's leases left by a crash (all of them on SQLite)
         client = http_client or httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
@@ -109,17 +121,9 @@ def create_app(
             log.info("reelay.stopped")
 
     app = Litestar(
-        route_handlers=[
-            JobController,
-            all_events,
-            list_models,
-            usage,
-            provider_webhook,
-            job_webhook,
-            healthz,
-            readyz,
-            metrics,
-        ],
+        route_handlers=[healthz, readyz, metrics]
+        if role == "worker"
+        else [JobController, all_events, list_models, usage, provider_webhook, job_webhook, healthz, readyz, metrics],
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
         middleware=[RequestContextMiddleware()],

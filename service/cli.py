@@ -53,7 +53,16 @@ def main() -> None:
 @main.command(help="Run the service (production).")
 @click.option("--host", default=None, help="Bind address (default REELAY_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default REELAY_PORT or 8000).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "worker"]),
+    default="all",
+    envvar="REELAY_ROLE",
+    show_default=True,
+    help="api: HTTP only; worker: dispatch and polling (probes and metrics only); all: both. "
+    "api and worker need PostgreSQL.",
+)
+def serve(host: str | None, port: int | None, role: str) -> None:
     from service.app import create_app
     from service.server import make_server, serve_all
 
@@ -61,7 +70,10 @@ def serve(host: str | None, port: int | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     # Fail here, with one clear line, if the database cannot be opened, migrated or written.
     _with_store(settings, lambda store: store.check())
-    app = create_app(settings)
+    try:
+        app = create_app(settings, role=role)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     server = make_server(app, host or settings.host, settings.port if port is None else port)
     asyncio.run(serve_all([server], on_stop=lambda: _close_streams(app)))
 
