@@ -86,8 +86,8 @@ def create_app(
         gateway = Gateway(
             settings, the_store, enabled_adapters(settings, client), all_models(), rng=random.Random(), **kwargs
         )
-        dispatcher = Dispatcher(gateway)
-        poller = Poller(gateway)
+        dispatcher = Dispatcher(gateway, lease_seconds=settings.lease_seconds)
+        poller = Poller(gateway, lease_seconds=settings.lease_seconds)
         gateway._on_new_job = dispatcher.wake
         gateway._on_confirm = poller.wake
         app.state.ctx = AppContext(

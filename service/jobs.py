@@ -24,7 +24,8 @@ _STAGE_OF: dict[str, Stage] = {
 }
 
 MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.\-]+$")]
-MetadataValue = Annotated[str, msgspec.Meta(max_length=500)]
+# No NUL: PostgreSQL's jsonb (which filters metadata) cannot store it.
+MetadataValue = Annotated[str, msgspec.Meta(max_length=500, pattern="^[^\x00]*$")]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000_000, description="https URL or data URI")]
 
 # The public values of the normalized enums; each model accepts a subset (GET /v1/models), anything else is a 400.

@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: tuple[str, ...] = ()
     min_free_disk_bytes: int = 16 * 1024 * 1024
     shutdown_drain_seconds: float = 5.0
+    # How long a worker holds a claimed job; must outlast an upstream call, so never below the timeout.
+    lease_seconds: float = 120.0
     # `reelay prune` deletes finished jobs, receipts and idempotency keys older than this; 0 keeps everything.
     retention_days: int = 0
 
@@ -125,8 +127,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cors_origins=tuple(o.strip() for o in env.get("REELAY_CORS_ORIGINS", "").split(",") if o.strip()),
             min_free_disk_bytes=reader.integer("REELAY_MIN_FREE_DISK_BYTES", defaults.min_free_disk_bytes, low=0),
             shutdown_drain_seconds=reader.number("REELAY_SHUTDOWN_DRAIN_SECONDS", defaults.shutdown_drain_seconds),
+            lease_seconds=reader.number("REELAY_LEASE_SECONDS", defaults.lease_seconds),
             retention_days=reader.integer("REELAY_RETENTION_DAYS", defaults.retention_days, low=0),
         )
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= self.upstream_timeout_seconds:
+            raise ConfigError(
+                f"REELAY_LEASE_SECONDS ({self.lease_seconds:g}) must exceed REELAY_UPSTREAM_TIMEOUT_SECONDS "
+                f"({self.upstream_timeout_seconds:g}): a lease must outlast the upstream call it covers"
+            )
 
     def provider(self, name: str) -> ProviderSettings:
         return self.providers.get(name) or ProviderSettings(base_url=DEFAULT_BASE_URLS.get(name, ""))

@@ -22,11 +22,18 @@ from storage.records import (
 
 
 def create_store(database_url: str, encode_job: JobEncoder, *, sqlite_synchronous: str = "FULL") -> Store:
-    """The backend a database URL names (`sqlite:///path`; `postgresql://` arrives with scale-out)."""
+    """The backend a database URL names: `sqlite:///path`, or `postgresql://...` for several replicas."""
+    # Imported here: each backend pulls in its driver, and asyncpg is an optional dependency.
     if database_url.startswith("sqlite:"):
         from storage.sqlite import SqliteStore, sqlite_path
 
         return SqliteStore(sqlite_path(database_url), encode_job, synchronous=sqlite_synchronous)
+    if database_url.startswith(("postgresql:", "postgres:")):
+        try:
+            from storage.postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"{exc.name} is not installed: pip install 'reelay[postgres]'") from exc
+        return PostgresStore(database_url, encode_job)
     raise ValueError(f"unsupported REELAY_DATABASE_URL scheme: {database_url.split(':', 1)[0]!r}")
 
 

@@ -51,7 +51,10 @@ class Store(Protocol):
         """Raise StorageUnavailable or SchemaOutdated unless the store is ready to serve."""
 
     def add_listener(self, listener: EventListener) -> None:
-        """Register a callback for committed events."""
+        """Register a callback for committed events, called in event-id order.
+
+        On a database that several processes share, it gets the events every one of them commits.
+        """
 
     async def create_api_key(self, key: ApiKeyRecord) -> None:
         """Store a new API key (its secret only as a hash)."""
@@ -98,7 +101,12 @@ class Store(Protocol):
         """Lease submitted, unfinished jobs whose status check is due."""
 
     async def release_leases(self) -> int:
-        """Drop every lease (a single-process store does this at start-up)."""
+        """Drop the leases this store holds, so they can be claimed again at once; return how many.
+
+        A single-process store (SQLite) holds every lease and drops them all. A store shared by several
+        processes (PostgreSQL) drops only those this instance claimed: other workers' leases stay until they
+        end or expire.
+        """
 
     async def events_after(
         self,

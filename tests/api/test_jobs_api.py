@@ -150,3 +150,10 @@ async def test_readyz_fails_when_the_database_is_gone(tmp_path: Path) -> None:
         assert (await s.client.get(f"{s.url}/healthz")).status_code == 200
         await asyncio.sleep(0)
         await s.store.open()  # let the app shut down normally
+
+
+async def test_metadata_with_a_nul_character_is_refused(seedance: Stack) -> None:
+    body = {"model": "seedancee2/pro", "input": {"prompt": "p"}, "metadata": {"k": "a\u0000b"}}
+    response = await seedance.client.post(f"{seedance.url}/v1/jobs", json=body, headers=seedance.headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"

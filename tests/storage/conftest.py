@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from storage import Store, create_store
 from storage.base import JobEncoder
+from tests import pg
 from tests.storage.factories import KEY_A, KEY_B, encode_snapshot
 
-BACKENDS = ["sqlite"]  # add "postgresql" here, and its Backend to _BUILDERS, once storage has it
+BACKENDS = ["sqlite", "postgresql"]
 
 
 class Backend:
@@ -22,6 +24,8 @@ class Backend:
 
     name: str
     url: str
+    private_columns: dict[str, set[str]] = {}
+    """Columns a backend keeps beyond the fields of the records, by table."""
 
     def new_store(self, encode_job: JobEncoder = encode_snapshot) -> Store:
         """A new, unopened store on this database."""
@@ -64,12 +68,46 @@ class SqliteBackend(Backend):
         return {name for (name,) in rows}
 
 
-_BUILDERS: dict[str, Callable[[Path], Backend]] = {"sqlite": SqliteBackend}
+class PostgresBackend(Backend):
+    name = "postgresql"
+    # Replicas share the jobs table, so a lease records which store instance holds it.
+    private_columns = {"jobs": {"lease_owner"}}
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(self.url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *params)]
+        finally:
+            await conn.close()
+
+    async def tables(self) -> dict[str, set[str]]:
+        rows = await self.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        )
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            found.setdefault(table, set()).add(column)
+        return found
+
+    async def indexes(self) -> set[str]:
+        rows = await self.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND NOT i.indisprimary"
+        )
+        return {name for (name,) in rows}
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return _BUILDERS[request.param](tmp_path)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield SqliteBackend(tmp_path)
+        return
+    server: pg.PostgresServer = request.getfixturevalue("postgres_server")
+    async with server.database() as url:
+        yield PostgresBackend(url)
 
 
 @pytest.fixture

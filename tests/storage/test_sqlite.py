@@ -131,6 +131,7 @@ async def fill(store: Store, jobs: int) -> None:
         await store.create_job(make_job(input=BIG_INPUT), "job.created")
 
 
+@sqlite_only
 async def test_sqlite_store_supports_backup(store: Store) -> None:
     assert isinstance(store, SupportsBackup)
 
