@@ -14,6 +14,7 @@ from secrets import token_urlsafe
 from typing import Final, TypeAlias
 
 from service.signing.errors import SignatureError
+from service.signing.material import payload_bytes, secret_keys, text_key
 
 __all__ = (
     "DEFAULT_TOLERANCE",
@@ -53,12 +54,12 @@ _ENTRY: Final = re.compile(r"([A-Za-z0-9_-]+),([\x21-\x2b\x2d-\x7e]+)")
 
 def sign(payload: bytes | str, secret: str | bytes, *, msg_id: str, timestamp: int) -> str:
     """Return ``v1,<base64 HMAC-SHA256(key, f"{msg_id}.{timestamp}." + payload)>``."""
-    return _signature(_key(secret), _signed_prefix(msg_id, timestamp), _payload_bytes(payload))
+    return _signature(_key(secret), _signed_prefix(msg_id, timestamp), payload_bytes(payload))
 
 
 def sign_headers(payload: bytes | str, secret: str | bytes, *, msg_id: str, timestamp: int) -> dict[str, str]:
     """Return the three Standard Webhooks headers for ``payload``."""
-    return _headers([_key(secret)], msg_id, timestamp, _payload_bytes(payload))
+    return _headers([_key(secret)], msg_id, timestamp, payload_bytes(payload))
 
 
 def verify_headers(
@@ -80,8 +81,8 @@ def verify_headers(
         SignatureError: for every way the headers, payload or secrets can be wrong.
         ValueError: if ``tolerance`` is negative or ``now`` or ``tolerance`` is not finite.
     """
-    keys = _keys(secrets)
-    body = _payload_bytes(payload)
+    keys = secret_keys(secrets, _key)
+    body = payload_bytes(payload)
     msg_id, timestamp, signatures = _parse(headers)
     prefix = f"{msg_id}.{timestamp}.".encode("ascii")
     matched = False
@@ -124,7 +125,7 @@ class StandardWebhooksScheme:
         """
         if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValueError("tolerance must be None or a finite number >= 0")
-        self._keys: tuple[bytes, ...] = tuple(_keys(secrets))
+        self._keys: tuple[bytes, ...] = tuple(secret_keys(secrets, _key))
         self._tolerance = tolerance
         self._clock = clock
 
@@ -132,7 +133,7 @@ class StandardWebhooksScheme:
         """Return the headers for ``payload``, one signature per secret; a fresh id and ``clock()`` by default."""
         when = int(self._clock()) if timestamp is None else timestamp
         ident = f"msg_{token_urlsafe(18)}" if msg_id is None else msg_id
-        return _headers(self._keys, ident, when, _payload_bytes(payload))
+        return _headers(self._keys, ident, when, payload_bytes(payload))
 
     def verify(self, headers: Mapping[str, str], payload: bytes | str) -> str:
         """Verify ``payload`` against the ``webhook-*`` headers; return the verified webhook id."""
@@ -216,43 +217,10 @@ def _signed_prefix(msg_id: str, timestamp: int) -> bytes:
     return f"{msg_id}.{timestamp}.".encode("ascii")
 
 
-def _payload_bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes):
-        return payload
-    if isinstance(payload, bytearray):
-        return bytes(payload)
-    if isinstance(payload, str):
-        try:
-            return payload.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SignatureError("invalid_payload", "The payload text cannot be encoded as UTF-8.") from None
-    raise SignatureError("invalid_payload")
-
-
-def _keys(secrets: object) -> list[bytes]:
-    if isinstance(secrets, str | bytes | bytearray):
-        return [_key(secrets)]
-    if not isinstance(secrets, Sequence) or not secrets:
-        raise SignatureError("invalid_secret", "At least one signing secret is required.")
-    return [_key(secret) for secret in secrets]
-
-
 def _key(secret: object) -> bytes:
-    if isinstance(secret, bytes | bytearray):
-        if not secret:
-            raise SignatureError("invalid_secret", "The signing secret is empty.")
-        return bytes(secret)
-    if not isinstance(secret, str) or not secret:
-        raise SignatureError("invalid_secret", "The signing secret must be non-empty text or bytes.")
-    if secret.startswith(SECRET_PREFIX):
+    if isinstance(secret, str) and secret.startswith(SECRET_PREFIX):
         return _decode_prefixed(secret.removeprefix(SECRET_PREFIX))
-    # A text secret with whitespace is almost always a copy-paste slip (as in the timestamped scheme).
-    if any(char.isspace() for char in secret):
-        raise SignatureError("invalid_secret", "The signing secret contains whitespace.")
-    try:
-        return secret.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SignatureError("invalid_secret", "The signing secret cannot be encoded as UTF-8.") from None
+    return text_key(secret)
 
 
 def _decode_prefixed(encoded: str) -> bytes:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeAlias
 
 from service.signing.errors import SignatureError
+from service.signing.material import payload_bytes, secret_keys, text_key
 
 __all__ = (
     "DEFAULT_TOLERANCE",
@@ -39,14 +40,14 @@ _TIMESTAMP: Final = re.compile(r"0|[1-9][0-9]{0,11}")
 
 def compute_signature(payload: Payload, secret: Secret, timestamp: int) -> str:
     """Return ``hex(HMAC_SHA256(secret, f"{timestamp}." + payload))``."""
-    return _hexdigest(_key(secret), _timestamp_text(timestamp), _payload_bytes(payload))
+    return _hexdigest(text_key(secret), _timestamp_text(timestamp), payload_bytes(payload))
 
 
 def sign_header(payload: Payload, secret: Secrets, *, timestamp: int) -> str:
     """Return ``t=<timestamp>,v1=<hex>``, with one ``v1`` per secret when several are given (rotation)."""
     text = _timestamp_text(timestamp)
-    body = _payload_bytes(payload)
-    signatures = ",".join(f"{SCHEME}={_hexdigest(key, text, body)}" for key in _keys(secret))
+    body = payload_bytes(payload)
+    signatures = ",".join(f"{SCHEME}={_hexdigest(key, text, body)}" for key in secret_keys(secret))
     return f"t={text.decode('ascii')},{signatures}"
 
 
@@ -68,8 +69,8 @@ def verify_header(
         SignatureError: for every way the header, payload or secrets can be wrong.
         ValueError: if ``tolerance`` is negative or ``now`` or ``tolerance`` is not finite.
     """
-    keys = _keys(secrets)
-    body = _payload_bytes(payload)
+    keys = secret_keys(secrets)
+    body = payload_bytes(payload)
     timestamp, text, signatures = _parse(header)
     matched = False
     for key in keys:
@@ -115,7 +116,7 @@ class TimestampedScheme:
             raise ValueError("header_name must be a non-empty printable ASCII header name")
         if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValueError("tolerance must be None or a finite number >= 0")
-        self._keys: tuple[bytes, ...] = tuple(_keys(secrets))
+        self._keys: tuple[bytes, ...] = tuple(secret_keys(secrets))
         self._header_name = header_name
         self._tolerance = tolerance
         self._clock = clock
@@ -197,40 +198,3 @@ def _timestamp_text(timestamp: int) -> bytes:
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp < _MAX_TIMESTAMP:
         raise ValueError("timestamp must be a unix time in whole seconds, 0 <= timestamp < 10**12")
     return str(timestamp).encode("ascii")
-
-
-def _payload_bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes):
-        return payload
-    if isinstance(payload, bytearray):
-        return bytes(payload)
-    if isinstance(payload, str):
-        try:
-            return payload.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SignatureError("invalid_payload", "The payload text cannot be encoded as UTF-8.") from None
-    raise SignatureError("invalid_payload")
-
-
-def _keys(secrets: object) -> list[bytes]:
-    if isinstance(secrets, str | bytes | bytearray):
-        return [_key(secrets)]
-    if not isinstance(secrets, Sequence) or not secrets:
-        raise SignatureError("invalid_secret", "At least one signing secret is required.")
-    return [_key(secret) for secret in secrets]
-
-
-def _key(secret: object) -> bytes:
-    if isinstance(secret, bytes | bytearray):
-        if not secret:
-            raise SignatureError("invalid_secret", "The signing secret is empty.")
-        return bytes(secret)
-    if not isinstance(secret, str) or not secret:
-        raise SignatureError("invalid_secret", "The signing secret must be non-empty text or bytes.")
-    # A text secret with whitespace is almost always a copy-paste slip (stripe-node refuses it too).
-    if any(char.isspace() for char in secret):
-        raise SignatureError("invalid_secret", "The signing secret contains whitespace.")
-    try:
-        return secret.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SignatureError("invalid_secret", "The signing secret cannot be encoded as UTF-8.") from None

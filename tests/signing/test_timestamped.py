@@ -568,6 +568,7 @@ def test_package_imports_nothing_from_the_rest_of_the_service() -> None:
         "service.signing",
         "service.signing.asgi",
         "service.signing.errors",
+        "service.signing.material",
         "service.signing.standard",
         "service.signing.timestamped",
     }
