@@ -23,6 +23,7 @@ from storage import migrations
 from storage.base import Decide, EventListener, JobEncoder
 from storage.errors import IdempotencyConflict, SchemaOutdated, StorageUnavailable
 from storage.records import (
+    COST_FIELDS,
     ApiKeyRecord,
     CreateOutcome,
     DispatchState,
@@ -102,11 +103,11 @@ _CLAIM = (
 _CLAIM_DISPATCH = _CLAIM.format(due=_DUE_DISPATCH, order="next_attempt_at")
 _CLAIM_POLLS = _CLAIM.format(due=_DUE_POLL, order="next_poll_at")
 
-_COST_FIELDS = ("credits_estimate", "credits_charged", "usd_estimate", "usd_charged")
+
 # Only numbers are summed: one odd value must not make the whole report fail.
 _COST_SUMS = ", ".join(
     f"coalesce(sum(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN (cost ->> '{field}')::float8 END), 0)"
-    for field in _COST_FIELDS
+    for field in COST_FIELDS
 )
 # Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
 _FINISHED_BEFORE = f"stage = {int(Stage.TERMINAL)} AND completed_at < $1"
@@ -559,16 +560,7 @@ class PostgresStore:
             f"WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
             *params.values,
         )
-        return [
-            UsageRow(
-                day=r[0],
-                model=r[1],
-                status=r[2],
-                jobs=int(r[3]),
-                **dict(zip(_COST_FIELDS, map(float, r[4:]), strict=True)),
-            )
-            for r in rows
-        ]
+        return [UsageRow.from_row(row) for row in rows]
 
     # -- retention ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import Any
 
@@ -113,6 +114,15 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     credits_charged: float = 0.0
     usd_estimate: float = 0.0
     usd_charged: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> UsageRow:
+        """From (day, model, status, jobs, then the sums in COST_FIELDS order), as both backends select it."""
+        sums = dict(zip(COST_FIELDS, map(float, row[4:]), strict=True))
+        return cls(day=row[0], model=row[1], status=row[2], jobs=int(row[3]), **sums)
+
+
+COST_FIELDS = ("credits_estimate", "credits_charged", "usd_estimate", "usd_charged")
 
 
 class PruneCounts(msgspec.Struct, frozen=True, kw_only=True):

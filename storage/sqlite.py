@@ -20,6 +20,7 @@ from storage import migrations
 from storage.base import BackupProgress, Decide, EventListener, JobEncoder
 from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
 from storage.records import (
+    COST_FIELDS,
     ApiKeyRecord,
     BackupReport,
     CreateOutcome,
@@ -59,7 +60,7 @@ _JOB_COLUMNS = ", ".join(_FIXED + _MUTABLE)
 _INSERT_SQL = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(_FIXED + _MUTABLE))})"
 _UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
 _EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
-_COST_FIELDS = ("credits_estimate", "credits_charged", "usd_estimate", "usd_charged")
+
 # Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
 _FINISHED_BEFORE = f"stage = {int(Stage.TERMINAL)} AND completed_at < ?"
 _COPY_STEP_PAGES = 1024  # pages copied between progress reports (4 MiB with the default page size)
@@ -521,20 +522,11 @@ class SqliteStore:
             params.append(end)
         rows = await self._read(
             "SELECT substr(created_at, 1, 10) AS day, model, status, count(*), "
-            + ", ".join(f"coalesce(sum(json_extract(cost, '$.{field}')), 0)" for field in _COST_FIELDS)
+            + ", ".join(f"coalesce(sum(json_extract(cost, '$.{field}')), 0)" for field in COST_FIELDS)
             + f" FROM jobs WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
             params,
         )
-        return [
-            UsageRow(
-                day=r[0],
-                model=r[1],
-                status=r[2],
-                jobs=int(r[3]),
-                **dict(zip(_COST_FIELDS, map(float, r[4:]), strict=True)),
-            )
-            for r in rows
-        ]
+        return [UsageRow.from_row(row) for row in rows]
 
     # -- retention ---------------------------------------------------------------------------
 
