@@ -1,8 +1,12 @@
-"""What both schemes sign with: the payload as bytes and the secrets as keys, refused with SignatureError."""
+"""What both schemes share: the payload as bytes, secrets as keys, the constant-time match and the
+timestamp tolerance; every refusal is a SignatureError."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hmac
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from service.signing.errors import SignatureError
 
@@ -45,3 +49,26 @@ def secret_keys(secrets: object, key: Callable[[object], bytes] = text_key) -> l
     if not isinstance(secrets, Sequence) or not secrets:
         raise SignatureError("invalid_secret", "At least one signing secret is required.")
     return [key(secret) for secret in secrets]
+
+
+def any_matches(expected: Iterable[str], signatures: Sequence[str]) -> bool:
+    """Whether any expected signature equals any given one, compared without an early exit, so the time
+    taken does not say which signature or secret matched."""
+    matched = False
+    for candidate in expected:
+        for signature in signatures:
+            matched |= hmac.compare_digest(candidate, signature)
+    return matched
+
+
+def check_timestamp(timestamp: int, tolerance: float | None, now: float | None) -> None:
+    """Refuse a timestamp more than `tolerance` seconds before or after `now` (default: the clock)."""
+    if tolerance is None:
+        return
+    current = time.time() if now is None else now
+    if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(current)):
+        raise ValueError("tolerance must be a finite number >= 0 and now a finite unix time")
+    if timestamp < current - tolerance:
+        raise SignatureError("timestamp_too_old")
+    if timestamp > current + tolerance:
+        raise SignatureError("timestamp_in_future")

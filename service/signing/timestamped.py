@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeAlias
 
 from service.signing.errors import SignatureError
-from service.signing.material import payload_bytes, secret_keys, text_key
+from service.signing.material import any_matches, check_timestamp, payload_bytes, secret_keys, text_key
 
 __all__ = (
     "DEFAULT_TOLERANCE",
@@ -72,22 +72,9 @@ def verify_header(
     keys = secret_keys(secrets)
     body = payload_bytes(payload)
     timestamp, text, signatures = _parse(header)
-    matched = False
-    for key in keys:
-        expected = _hexdigest(key, text, body)
-        for signature in signatures:
-            # No early exit: the time taken must not say which signature or secret matched.
-            matched |= hmac.compare_digest(expected, signature)
-    if not matched:
+    if not any_matches((_hexdigest(key, text, body) for key in keys), signatures):
         raise SignatureError("signature_mismatch")
-    if tolerance is not None:
-        current = time.time() if now is None else now
-        if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(current)):
-            raise ValueError("tolerance must be a finite number >= 0 and now a finite unix time")
-        if timestamp < current - tolerance:
-            raise SignatureError("timestamp_too_old")
-        if timestamp > current + tolerance:
-            raise SignatureError("timestamp_in_future")
+    check_timestamp(timestamp, tolerance, now)
     return timestamp
 
 
