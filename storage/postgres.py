@@ -37,6 +37,12 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
+from storage.records import (
+    JOB_FIXED_COLUMNS as _FIXED,
+)
+from storage.records import (
+    JOB_MUTABLE_COLUMNS as _MUTABLE,
+)
 
 log = logging.getLogger("reelay.storage")
 
@@ -48,24 +54,6 @@ CHANNEL = "reelay_events"
 _EVENT_LOCK = 0x5245454C41590001
 _MIGRATION_LOCK = 0x5245454C41590002
 
-_FIXED = ("id", "api_key_id", "model", "provider", "input", "metadata", "callback_token", "created_at")
-_MUTABLE = (
-    "status",
-    "stage",
-    "provider_task_id",
-    "output",
-    "error",
-    "cost",
-    "updated_at",
-    "completed_at",
-    "deadline_at",
-    "dispatch_state",
-    "dispatch_attempts",
-    "next_attempt_at",
-    "next_poll_at",
-    "poll_attempts",
-    "lease_until",
-)
 _JSON_COLUMNS = frozenset({"input", "metadata", "output", "error", "cost"})
 _JOB_COLUMNS = ", ".join(_FIXED + _MUTABLE)
 _SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1"

@@ -60,6 +60,27 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     lease_until: float | None = None
 
 
+# How every backend lays a JobRecord out in its `jobs` table: set once at insert, then rewritten on each update.
+JOB_FIXED_COLUMNS = ("id", "api_key_id", "model", "provider", "input", "metadata", "callback_token", "created_at")
+JOB_MUTABLE_COLUMNS = (
+    "status",
+    "stage",
+    "provider_task_id",
+    "output",
+    "error",
+    "cost",
+    "updated_at",
+    "completed_at",
+    "deadline_at",
+    "dispatch_state",
+    "dispatch_attempts",
+    "next_attempt_at",
+    "next_poll_at",
+    "poll_attempts",
+    "lease_until",
+)
+
+
 class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One entry of the event log; `job` is the job's JSON as it was right after the change."""
 

@@ -35,27 +35,15 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
+from storage.records import (
+    JOB_FIXED_COLUMNS as _FIXED,
+)
+from storage.records import (
+    JOB_MUTABLE_COLUMNS as _MUTABLE,
+)
 
 log = logging.getLogger("reelay.storage")
 
-_FIXED = ("id", "api_key_id", "model", "provider", "input", "metadata", "callback_token", "created_at")
-_MUTABLE = (
-    "status",
-    "stage",
-    "provider_task_id",
-    "output",
-    "error",
-    "cost",
-    "updated_at",
-    "completed_at",
-    "deadline_at",
-    "dispatch_state",
-    "dispatch_attempts",
-    "next_attempt_at",
-    "next_poll_at",
-    "poll_attempts",
-    "lease_until",
-)
 _JOB_COLUMNS = ", ".join(_FIXED + _MUTABLE)
 _INSERT_SQL = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(_FIXED + _MUTABLE))})"
 _UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
