@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import msgspec
 import uvicorn
+from httpx_sse import aconnect_sse
 from litestar import Litestar
 
 from service.app import create_app
@@ -113,10 +114,32 @@ class Stack:
                 raise AssertionError(f"job {job_id} stuck in {job['status']}")
             await asyncio.sleep(0.05)
 
+    async def event_types(self, job_id: str) -> list[str]:
+        """The job's logged event types, oldest first."""
+        return [e.type for e in await self.store.events_after(0, job_id=job_id)]
+
     async def sandbox(self, provider: str, method: str, path: str, **kwargs: Any) -> Any:
         response = await self.client.request(method, self.sandbox_urls[provider] + path, **kwargs)
         response.raise_for_status()
         return response.json()
+
+
+async def collect_events(
+    stack_: Stack, url: str, until: str, found: list[dict[str, Any]], connected: asyncio.Event | None = None
+) -> None:
+    """Read an SSE stream into `found` (each event's data, its `id:` checked) until an event of type `until`;
+    `connected` is set once the stream is open."""
+    async with aconnect_sse(stack_.client, "GET", url, headers=stack_.headers) as source:
+        if connected is not None:
+            connected.set()
+        async for sse in source.aiter_sse():
+            if not sse.data:
+                continue  # the opening `retry:` field
+            event = msgspec.json.decode(sse.data)
+            assert sse.id == str(event["id"])
+            found.append(event)
+            if sse.event == until:
+                return
 
 
 @asynccontextmanager

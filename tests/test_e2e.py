@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 from httpx_sse import aconnect_sse
 
 from service.sandbox import SandboxKnobs
-from tests.harness import Stack, stack
-
-
-async def _collect_until(
-    stack_: Stack, url: str, terminal: str, found: list[dict[str, Any]], connected: asyncio.Event | None = None
-) -> None:
-    async with aconnect_sse(stack_.client, "GET", url, headers=stack_.headers) as source:
-        if connected is not None:
-            connected.set()
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue  # the opening `retry:` field
-            event = json.loads(sse.data)
-            assert sse.id == str(event["id"])
-            found.append(event)
-            if sse.event == terminal:
-                return
+from tests.harness import Stack, collect_events, stack
 
 
 async def test_job_succeeds_through_signed_callback_and_reaches_sse_subscriber(seedance: Stack) -> None:
     received: list[dict[str, Any]] = []
     connected = asyncio.Event()
     listener = asyncio.create_task(
-        _collect_until(seedance, f"{seedance.url}/v1/events", "job.succeeded", received, connected)
+        collect_events(seedance, f"{seedance.url}/v1/events", "job.succeeded", received, connected)
     )
     await connected.wait()  # a live subscriber, connected before the job exists
     job = await seedance.submit(resolution="720p", aspect_ratio="16:9")

@@ -10,28 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse
 
 from service.sandbox import SandboxKnobs
-from tests.harness import Stack, stack
+from tests.harness import Stack, collect_events, stack
 
 MODEL = "imini/doubao/seedance-2.0"
 PENDING = SandboxKnobs(processing_after_s=30, complete_after_s=60)
-
-
-async def _collect_until(
-    stack_: Stack, url: str, terminal: str, found: list[dict[str, Any]], connected: asyncio.Event
-) -> None:
-    async with aconnect_sse(stack_.client, "GET", url, headers=stack_.headers) as source:
-        connected.set()
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue  # the opening `retry:` field
-            event = json.loads(sse.data)
-            assert sse.id == str(event["id"])
-            found.append(event)
-            if sse.event == terminal:
-                return
 
 
 async def _submitted(stack_: Stack, job_id: str) -> dict[str, Any]:
@@ -48,7 +32,7 @@ async def test_job_succeeds_by_polling_and_reaches_sse_subscriber(tmp_path: Path
         received: list[dict[str, Any]] = []
         connected = asyncio.Event()
         listener = asyncio.create_task(
-            _collect_until(running, f"{running.url}/v1/events", "job.succeeded", received, connected)
+            collect_events(running, f"{running.url}/v1/events", "job.succeeded", received, connected)
         )
         await connected.wait()  # a live subscriber, connected before the job exists
         job = await running.submit(model=MODEL, resolution="720p", aspect_ratio="16:9", seed=4294967295)

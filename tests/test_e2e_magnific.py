@@ -12,11 +12,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from httpx_sse import aconnect_sse
 
 from service.sandbox import SANDBOXES, SandboxKnobs
 from service.signing.standard import sign_headers
-from tests.harness import Stack, stack
+from tests.harness import Stack, collect_events, stack
 
 MODEL = "magnific/seedance-2-mini"
 SECRET = SANDBOXES["magnific"].webhook_secret or ""
@@ -28,23 +27,6 @@ async def magnific(tmp_path: Path) -> AsyncIterator[Stack]:
     """Reelay plus the Magnific emulator, over real HTTP on loopback."""
     async with stack(tmp_path, providers=("magnific",)) as running:
         yield running
-
-
-async def _collect_until(stack_: Stack, terminal: str, found: list[dict[str, Any]], connected: asyncio.Event) -> None:
-    async with aconnect_sse(stack_.client, "GET", f"{stack_.url}/v1/events", headers=stack_.headers) as source:
-        connected.set()
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue  # the opening `retry:` field
-            event = msgspec.json.decode(sse.data)
-            assert sse.id == str(event["id"])
-            found.append(event)
-            if sse.event == terminal:
-                return
-
-
-async def _events(stack_: Stack, job_id: str) -> list[str]:
-    return [e.type for e in await stack_.store.events_after(0, job_id=job_id)]
 
 
 async def _pending_job(stack_: Stack) -> dict[str, Any]:
@@ -75,7 +57,9 @@ def _signed(body: bytes, *, secret: str = SECRET, msg_id: str = "msg_1", at: int
 async def test_job_succeeds_through_signed_callbacks_and_reaches_sse_subscriber(magnific: Stack) -> None:
     received: list[dict[str, Any]] = []
     connected = asyncio.Event()
-    listener = asyncio.create_task(_collect_until(magnific, "job.succeeded", received, connected))
+    listener = asyncio.create_task(
+        collect_events(magnific, f"{magnific.url}/v1/events", "job.succeeded", received, connected)
+    )
     await connected.wait()  # a live subscriber, connected before the job exists
     job = await magnific.submit(model=MODEL, resolution="480p", aspect_ratio="9:16", seed=7)
     async with asyncio.timeout(10):
@@ -140,7 +124,7 @@ async def test_forged_webhook_changes_nothing(magnific: Stack) -> None:
     assert response.status_code == 401
     assert response.json()["error"]["details"]["reason"] == "signature_mismatch"
     assert (await magnific.job(job["id"]))["status"] == "queued"
-    assert await _events(magnific, job["id"]) == ["job.created", "job.submitted"]
+    assert await magnific.event_types(job["id"]) == ["job.created", "job.submitted"]
 
 
 async def test_tampered_webhook_changes_nothing(magnific: Stack) -> None:
@@ -150,7 +134,7 @@ async def test_tampered_webhook_changes_nothing(magnific: Stack) -> None:
     response = await _post(magnific, body.replace(b".mp4", b".mov"), headers)
     assert response.status_code == 401
     assert response.json()["error"]["details"]["reason"] == "signature_mismatch"
-    assert await _events(magnific, job["id"]) == ["job.created", "job.submitted"]
+    assert await magnific.event_types(job["id"]) == ["job.created", "job.submitted"]
     # The refused attempt left no receipt: the genuine body with the same headers still applies.
     assert (await _post(magnific, body, headers)).json()["result"] == "applied"
 
@@ -165,7 +149,7 @@ async def test_replayed_webhook_is_acknowledged_and_changes_nothing(magnific: St
     assert first.json()["result"] == "applied"
     assert again.status_code == 200
     assert again.json()["result"] == "duplicate"
-    assert await _events(magnific, job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
+    assert await magnific.event_types(job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
 
 
 async def test_stale_webhook_changes_nothing(magnific: Stack) -> None:
@@ -174,7 +158,7 @@ async def test_stale_webhook_changes_nothing(magnific: Stack) -> None:
     response = await _post(magnific, body, _signed(body, at=int(time.time()) - 3600))
     assert response.status_code == 401
     assert response.json()["error"]["details"]["reason"] == "timestamp_too_old"
-    assert await _events(magnific, job["id"]) == ["job.created", "job.submitted"]
+    assert await magnific.event_types(job["id"]) == ["job.created", "job.submitted"]
 
 
 async def test_wrapped_webhook_body_is_applied_too(magnific: Stack) -> None:
@@ -201,7 +185,7 @@ async def test_in_progress_callback_arriving_after_completion_changes_nothing(tm
             ("COMPLETED", "delivery", 200),
             ("IN_PROGRESS", "out_of_order", 200),
         ]
-        assert await _events(running, job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
+        assert await running.event_types(job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
 
 
 async def test_dropped_callbacks_are_recovered_by_polling(tmp_path: Path) -> None:

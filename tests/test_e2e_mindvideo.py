@@ -10,10 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import aconnect_sse
 
 from service.sandbox import SandboxKnobs
-from tests.harness import Stack, stack
+from tests.harness import Stack, collect_events, stack
 
 MODEL = "mindvideo/doubao-seedance-2-0-fast"
 # Slow enough that the first poll (about 1 s after submit) sees `processing`, quick enough for a test.
@@ -26,21 +25,6 @@ PENDING = {"processing_after_s": 60, "complete_after_s": 120}
 async def mindvideo(tmp_path: Path) -> AsyncIterator[Stack]:
     async with stack(tmp_path, providers=("mindvideo",), knobs=VISIBLE) as running:
         yield running
-
-
-async def _collect_until(
-    stack_: Stack, url: str, terminal: str, found: list[dict[str, Any]], connected: asyncio.Event
-) -> None:
-    async with aconnect_sse(stack_.client, "GET", url, headers=stack_.headers) as source:
-        connected.set()
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue  # the opening `retry:` field
-            event = json.loads(sse.data)
-            assert sse.id == str(event["id"])
-            found.append(event)
-            if sse.event == terminal:
-                return
 
 
 async def _creates(stack_: Stack) -> dict[str, Any]:
@@ -62,7 +46,7 @@ async def test_job_succeeds_by_polling_and_reaches_the_sse_subscriber(mindvideo:
     received: list[dict[str, Any]] = []
     connected = asyncio.Event()
     listener = asyncio.create_task(
-        _collect_until(mindvideo, f"{mindvideo.url}/v1/events", "job.succeeded", received, connected)
+        collect_events(mindvideo, f"{mindvideo.url}/v1/events", "job.succeeded", received, connected)
     )
     await connected.wait()
     job = await mindvideo.submit(model=MODEL, aspect_ratio="9:16")

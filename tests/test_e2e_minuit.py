@@ -4,7 +4,6 @@ poll → SSE; forged and replayed callbacks change nothing."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,10 +12,9 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from httpx_sse import aconnect_sse
 
 from service.sandbox import SandboxKnobs
-from tests.harness import Stack, stack
+from tests.harness import Stack, collect_events, stack
 
 MODEL = "minuit/high_quality"
 IMAGE = "https://example.com/first-frame.jpg"
@@ -30,25 +28,6 @@ async def minuit(tmp_path: Path) -> AsyncIterator[Stack]:
         tmp_path, providers=("minuit",), knobs=SandboxKnobs(processing_after_s=0.3, complete_after_s=1.0)
     ) as running:
         yield running
-
-
-async def _collect_until(
-    stack_: Stack, url: str, terminal: str, found: list[dict[str, Any]], connected: asyncio.Event
-) -> None:
-    async with aconnect_sse(stack_.client, "GET", url, headers=stack_.headers) as source:
-        connected.set()
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue  # the opening `retry:` field
-            event = json.loads(sse.data)
-            assert sse.id == str(event["id"])
-            found.append(event)
-            if sse.event == terminal:
-                return
-
-
-async def _events(stack_: Stack, job_id: str) -> list[str]:
-    return [e.type for e in await stack_.store.events_after(0, job_id=job_id)]
 
 
 async def _task(stack_: Stack, job_id: str) -> dict[str, Any]:
@@ -85,7 +64,7 @@ async def test_job_succeeds_through_confirmed_callbacks_and_reaches_sse_subscrib
     received: list[dict[str, Any]] = []
     connected = asyncio.Event()
     listener = asyncio.create_task(
-        _collect_until(minuit, f"{minuit.url}/v1/events", "job.succeeded", received, connected)
+        collect_events(minuit, f"{minuit.url}/v1/events", "job.succeeded", received, connected)
     )
     await connected.wait()
     job = await minuit.submit(model=MODEL, resolution="720p", aspect_ratio="16:9")
@@ -192,7 +171,7 @@ async def test_duplicated_and_out_of_order_callbacks_change_nothing_twice(tmp_pa
             ("processing", "duplicate", 200),
         ]
         assert (await running.job(job["id"]))["status"] == "succeeded"
-        assert await _events(running, job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
+        assert await running.event_types(job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
 
 
 # -- what Reelay refuses before anything goes upstream ----------------------------------------------------
@@ -288,7 +267,7 @@ async def test_callback_without_a_token_is_refused(minuit: Stack) -> None:
     assert response.status_code == 401
     assert response.json()["error"]["details"]["reason"] == "invalid_token"
     assert (await minuit.job(job["id"]))["status"] == "queued"
-    assert await _events(minuit, job["id"]) == ["job.created", "job.submitted"]
+    assert await minuit.event_types(job["id"]) == ["job.created", "job.submitted"]
 
 
 async def test_callback_with_a_wrong_token_is_refused(minuit: Stack) -> None:
@@ -297,7 +276,7 @@ async def test_callback_with_a_wrong_token_is_refused(minuit: Stack) -> None:
     response = await _post(minuit, url, _success_body(task["task_id"]))
     assert response.status_code == 401
     assert response.json()["error"]["details"]["reason"] == "invalid_token"
-    assert await _events(minuit, job["id"]) == ["job.created", "job.submitted"]
+    assert await minuit.event_types(job["id"]) == ["job.created", "job.submitted"]
 
 
 async def test_callback_with_another_jobs_token_is_refused(minuit: Stack) -> None:
@@ -307,8 +286,8 @@ async def test_callback_with_another_jobs_token_is_refused(minuit: Stack) -> Non
     url = f"{minuit.url}/webhooks/minuit/{job['id']}/{other_token}"
     response = await _post(minuit, url, _success_body(task["task_id"]))
     assert response.status_code == 401
-    assert await _events(minuit, job["id"]) == ["job.created", "job.submitted"]
-    assert await _events(minuit, other["id"]) == ["job.created", "job.submitted"]
+    assert await minuit.event_types(job["id"]) == ["job.created", "job.submitted"]
+    assert await minuit.event_types(other["id"]) == ["job.created", "job.submitted"]
 
 
 async def test_callback_claiming_success_while_the_provider_says_processing_is_not_believed(minuit: Stack) -> None:
@@ -320,20 +299,20 @@ async def test_callback_claiming_success_while_the_provider_says_processing_is_n
     confirmed = await minuit.wait_for(job["id"], {"processing", "succeeded"}, timeout=5)
     assert confirmed["status"] == "processing"
     assert confirmed["output"] is None
-    assert await _events(minuit, job["id"]) == ["job.created", "job.submitted", "job.processing"]
+    assert await minuit.event_types(job["id"]) == ["job.created", "job.submitted", "job.processing"]
 
 
 async def test_replayed_genuine_callback_is_acknowledged_and_changes_nothing(minuit: Stack) -> None:
     job = await minuit.submit(model=MODEL)
     await minuit.wait_for(job["id"], {"succeeded"})
-    events = await _events(minuit, job["id"])
+    events = await minuit.event_types(job["id"])
     callbacks = (await minuit.sandbox("minuit", "GET", "/_sandbox/callbacks"))["callbacks"]
     genuine = next(c for c in callbacks if c["state"] == "success" and c["status_code"] == 200)
     for _ in range(3):
         response = await _post(minuit, genuine["url"], genuine["body"].encode())
         assert response.status_code == 200
         assert response.json() == {"received": True, "result": "confirming"}  # only a status check follows
-    assert await _events(minuit, job["id"]) == events
+    assert await minuit.event_types(job["id"]) == events
     assert events == ["job.created", "job.submitted", "job.processing", "job.succeeded"]
 
 
@@ -356,7 +335,7 @@ async def test_callback_that_overtakes_the_create_answer_leads_to_a_check_once_s
         job = await running.submit(model=MODEL)
         done = await running.wait_for(job["id"], {"succeeded", "failed"})
         callbacks = (await running.sandbox("minuit", "GET", "/_sandbox/callbacks"))["callbacks"]
-        events = await _events(running, job["id"])
+        events = await running.event_types(job["id"])
     # Accepted while the create's answer was still on its way, without disturbing the dispatcher: the job is
     # checked as soon as it is submitted, long before the callback grace period.
     processing = [c["status_code"] for c in callbacks if c["state"] == "processing"]

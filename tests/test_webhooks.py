@@ -33,10 +33,6 @@ async def _post(stack_: Stack, body: bytes, signature: str | None, **headers: st
     return await stack_.client.post(f"{stack_.url}/webhooks/seedancee2", content=body, headers=sent)
 
 
-async def _events(stack_: Stack, job_id: str) -> list[str]:
-    return [e.type for e in await stack_.store.events_after(0, job_id=job_id)]
-
-
 async def _pending_job(stack_: Stack) -> dict[str, Any]:
     """A job the provider has accepted but will not finish on its own for a minute."""
     await stack_.sandbox(
@@ -63,7 +59,7 @@ async def test_signed_webhook_is_applied_and_a_redelivery_changes_nothing(seedan
         again = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
         assert again.status_code == 200
         assert again.json()["result"] == "duplicate"
-    assert await _events(seedance, job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
+    assert await seedance.event_types(job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
 
 
 async def test_a_later_contradicting_webhook_cannot_change_a_finished_job(seedance: Stack) -> None:
@@ -73,7 +69,7 @@ async def test_a_later_contradicting_webhook_cannot_change_a_finished_job(seedan
         body = _body(task, job["id"], status)
         assert (await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))).status_code == 200
     assert (await seedance.job(job["id"]))["status"] == "succeeded"
-    assert await _events(seedance, job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
+    assert await seedance.event_types(job["id"]) == ["job.created", "job.submitted", "job.succeeded"]
 
 
 async def test_forged_tampered_and_stale_webhooks_change_nothing(seedance: Stack) -> None:
@@ -96,7 +92,7 @@ async def test_forged_tampered_and_stale_webhooks_change_nothing(seedance: Stack
     assert response.status_code == 401
     assert response.json()["error"]["details"]["reason"] == "signature_mismatch"
     assert (await seedance.job(job["id"]))["status"] == "queued"
-    assert await _events(seedance, job["id"]) == ["job.created", "job.submitted"]
+    assert await seedance.event_types(job["id"]) == ["job.created", "job.submitted"]
     # The forged attempts recorded no receipt: the genuine delivery still applies.
     assert (await _post(seedance, body, sign_header(body, SECRET, timestamp=now))).json()["result"] == "applied"
 
