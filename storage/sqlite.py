@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
@@ -163,6 +163,8 @@ class SqliteStore:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._listeners: list[EventListener] = []
+        self._batch: list[tuple[_Work[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -271,22 +273,70 @@ class SqliteStore:
                     await asyncio.shield(conn.rollback())
                     raise
             if events:
-                for listener in self._listeners:
-                    try:
-                        listener(events)
-                    except Exception:  # the write is committed; one listener must not hide it or starve others
-                        log.exception("storage.listener_failed")
+                self._announce(events)
+
+    def _announce(self, events: list[EventRecord]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:  # the write is committed; one listener must not hide it or starve others
+                log.exception("storage.listener_failed")
+
+    async def _write(self, work: _Work[T]) -> T:
+        """Run `work` in a write transaction on the writer's thread, in one hop; returns what it returns.
+
+        Group commit: the writes that arrive while a batch is being committed form the next batch, which runs
+        in one transaction with one fsync. Each write has a savepoint of its own, so one that raises undoes
+        only itself (and gets its exception back); a failed COMMIT fails the whole batch.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._batch.append((work, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        with _translated():
+            return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                try:
+                    async with self._write_lock:
+                        conn = self._writer
+                        if conn is None:
+                            raise StorageUnavailable("store is not open")
+                        # aiosqlite runs each call on the connection's own thread; a batch is one such call.
+                        works = [w for w, _ in batch]
+                        outcomes, events = await conn._execute(_run_batch, conn._conn, works)  # type: ignore[no-untyped-call]
+                        if events:
+                            self._announce(events)
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue  # its caller was cancelled; the write stands, like an answer lost in transit
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._flusher = None
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
         reader = self._require_reader()
         with _translated():
             return await reader.execute_fetchall(sql, tuple(params))
 
-    async def _append_event(
-        self, conn: aiosqlite.Connection, job: JobRecord, event_type: str, events: list[EventRecord]
+    def _append_event(
+        self, db: sqlite3.Connection, job: JobRecord, event_type: str, events: list[EventRecord]
     ) -> EventRecord:
         snapshot = self._encode_job(job)
-        cursor = await conn.execute(
+        cursor = db.execute(
             "INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES (?, ?, ?, ?, ?)",
             (job.id, job.api_key_id, event_type, job.updated_at, snapshot),
         )
@@ -338,17 +388,16 @@ class SqliteStore:
     async def create_job(
         self, job: JobRecord, event_type: str, *, idempotency: IdempotencyClaim | None = None
     ) -> CreateOutcome:
-        events: list[EventRecord] = []
-        async with self._transaction(events) as conn:
+        def work(db: sqlite3.Connection, events: list[EventRecord]) -> CreateOutcome:
             if idempotency is not None:
-                rows = await conn.execute_fetchall(
+                rows = db.execute(
                     "SELECT request_hash, job_id FROM idempotency_keys WHERE api_key_id = ? AND key = ?",
                     (job.api_key_id, idempotency.key),
-                )
+                ).fetchall()
                 for request_hash, job_id in rows:
-                    existing = await self._get_job(conn, job_id)
+                    existing = _select_job(db, job_id)
                     if existing is None:  # its job was pruned: the key expired with it
-                        await conn.execute(
+                        db.execute(
                             "DELETE FROM idempotency_keys WHERE api_key_id = ? AND key = ?",
                             (job.api_key_id, idempotency.key),
                         )
@@ -356,25 +405,22 @@ class SqliteStore:
                     if request_hash != idempotency.request_hash:
                         raise IdempotencyConflict(job_id)
                     return CreateOutcome(job=existing, created=False)
-                await conn.execute(
+                db.execute(
                     "INSERT INTO idempotency_keys (api_key_id, key, request_hash, job_id, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (job.api_key_id, idempotency.key, idempotency.request_hash, job.id, job.created_at),
                 )
-            await conn.execute(_INSERT_SQL, [*_fixed_values(job), *_mutable_values(job)])
-            event = await self._append_event(conn, job, event_type, events)
-        return CreateOutcome(job=job, created=True, event=event)
+            db.execute(_INSERT_SQL, [*_fixed_values(job), *_mutable_values(job)])
+            event = self._append_event(db, job, event_type, events)
+            return CreateOutcome(job=job, created=True, event=event)
 
-    @staticmethod
-    async def _get_job(conn: aiosqlite.Connection, job_id: str) -> JobRecord | None:
-        rows = await conn.execute_fetchall(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return await self._write(work)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        rows = await self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         for row in rows:
             return _job_from_row(row)
         return None
-
-    async def get_job(self, job_id: str) -> JobRecord | None:
-        with _translated():
-            return await self._get_job(self._require_reader(), job_id)
 
     async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
         rows = await self._read(
@@ -412,13 +458,12 @@ class SqliteStore:
         return [_job_from_row(row) for row in rows]
 
     async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
-        events: list[EventRecord] = []
-        async with self._transaction(events) as conn:
-            current = await self._get_job(conn, job_id)
+        def work(db: sqlite3.Connection, events: list[EventRecord]) -> UpdateOutcome:
+            current = _select_job(db, job_id)
             if current is None:
                 raise KeyError(job_id)
             if receipt is not None:
-                cursor = await conn.execute(
+                cursor = db.execute(
                     "INSERT OR IGNORE INTO webhook_receipts (provider, receipt_key, received_at) VALUES (?, ?, ?)",
                     (receipt.provider, receipt.key, _now_iso()),
                 )
@@ -428,9 +473,11 @@ class SqliteStore:
             if decision is None:
                 return UpdateOutcome(job=current)
             job, event_type = decision
-            await conn.execute(_UPDATE_SQL, [*_mutable_values(job), job_id])
-            event = None if event_type is None else await self._append_event(conn, job, event_type, events)
-        return UpdateOutcome(job=job, event=event, changed=True)
+            db.execute(_UPDATE_SQL, [*_mutable_values(job), job_id])
+            event = None if event_type is None else self._append_event(db, job, event_type, events)
+            return UpdateOutcome(job=job, event=event, changed=True)
+
+        return await self._write(work)
 
     # -- outbox and polling ------------------------------------------------------------------
 
@@ -712,6 +759,47 @@ def _database_files(path: Path) -> set[Path]:
 def _remove_files(path: Path) -> None:
     for name in _database_files(path):
         name.unlink(missing_ok=True)
+
+
+T = TypeVar("T")
+_Work = Callable[[sqlite3.Connection, list[EventRecord]], T]
+"""A write run on the writer's thread inside a transaction; it appends the events it logs to the list."""
+
+
+def _select_job(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _job_from_row(row)
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    db.execute("COMMIT")
+
+
+def _run_batch(db: sqlite3.Connection, works: list[_Work[Any]]) -> tuple[list[tuple[bool, Any]], list[EventRecord]]:
+    """One transaction for a batch of writes, each under its own savepoint; runs on the writer's thread."""
+    outcomes: list[tuple[bool, Any]] = []
+    events: list[EventRecord] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for work in works:
+            logged: list[EventRecord] = []
+            db.execute("SAVEPOINT write")
+            try:
+                value = work(db, logged)
+            except Exception as exc:
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+                outcomes.append((False, exc))
+            else:
+                db.execute("RELEASE write")
+                outcomes.append((True, value))
+                events.extend(logged)
+        _commit(db)
+    except BaseException:
+        if db.in_transaction:
+            db.rollback()  # also after a failed COMMIT, which SQLite may leave open (SQLITE_FULL, SQLITE_IOERR)
+        raise
+    return outcomes, events
 
 
 class _translated:

@@ -96,10 +96,10 @@ async def test_a_failed_commit_is_unavailable_and_leaves_the_store_writable(
     announced: list[object] = []
     store.add_listener(announced.append)
 
-    async def failing_commit() -> None:
+    def failing_commit(db: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(writer_of(store), "commit", failing_commit)
+    monkeypatch.setattr(storage.sqlite, "_commit", failing_commit)
     lost = make_job()
     with pytest.raises(StorageUnavailable):
         await store.create_job(lost, "job.created")
