@@ -64,7 +64,7 @@ def main() -> None:
 )
 def serve(host: str | None, port: int | None, role: str) -> None:
     from service.app import create_app
-    from service.server import make_server, serve_all
+    from service.server import make_server, run, serve_all
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -75,7 +75,7 @@ def serve(host: str | None, port: int | None, role: str) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     server = make_server(app, host or settings.host, settings.port if port is None else port)
-    asyncio.run(serve_all([server], on_stop=lambda: _close_streams(app)))
+    run(serve_all([server], on_stop=lambda: _close_streams(app)))
 
 
 def _close_streams(app: Any) -> None:
@@ -90,9 +90,10 @@ def _close_streams(app: Any) -> None:
 @click.option("--data-dir", default="./var", show_default=True, help="Where the SQLite file lives.")
 def dev(port: int, sandbox_port: int, data_dir: str) -> None:
     from service.dev import run_dev
+    from service.server import run
 
     try:
-        asyncio.run(run_dev(port=port, sandbox_port=sandbox_port, data_dir=data_dir))
+        run(run_dev(port=port, sandbox_port=sandbox_port, data_dir=data_dir))
     except (StorageError, ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
