@@ -25,7 +25,7 @@ from service.errors import handle_exception
 from service.gateway import Gateway
 from service.hub import EventHub
 from service.jobs import encode_job
-from service.metrics import Metrics
+from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, all_models
 from service.providers.base import ProviderAdapter
 from service.settings import ConfigError, Settings
@@ -100,6 +100,7 @@ def create_app(
         app.state.dispatcher = dispatcher
         app.state.poller = poller
         tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(poller.run())] if run_workers else []
+        tasks.append(asyncio.create_task(watch_loop_lag(metrics_holder.loop_lag)))
         log.info("reelay.started", providers=sorted(gateway.adapters), database=settings.database_url.split("://")[0])
         try:
             yield

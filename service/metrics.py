@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -14,6 +15,7 @@ class Metrics:
     latency: Histogram
     webhooks: Counter
     sse_subscribers: Gauge
+    loop_lag: Histogram
 
     @classmethod
     def create(cls) -> Metrics:
@@ -37,4 +39,19 @@ class Metrics:
                 "reelay_webhooks", "Provider webhooks by outcome", ["provider", "result"], registry=registry
             ),
             sse_subscribers=Gauge("reelay_sse_subscribers", "Open SSE subscriptions", registry=registry),
+            loop_lag=Histogram(
+                "reelay_event_loop_lag_seconds",
+                "How late the event loop ran a timer due every 10 ms (a stall blocks every request meanwhile)",
+                registry=registry,
+                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            ),
         )
+
+
+async def watch_loop_lag(histogram: Histogram, interval: float = 0.01) -> None:
+    """Observe, forever, how much later than asked the event loop wakes a sleeping task."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval)
+        histogram.observe(max(0.0, loop.time() - started - interval))

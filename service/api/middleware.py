@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
 from typing import TYPE_CHECKING
@@ -10,12 +12,11 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 
-from service.ids import new_token
-
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("reelay.http")
+_PROCESS_TAG = os.urandom(4).hex()
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _COMMON_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -28,6 +29,8 @@ _HTML_CSP = (
     b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; frame-ancestors 'none'"
 )
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+# Unique within the process, and across replicas by the random prefix; no system call per request.
+_REQUEST_IDS = (f"{_PROCESS_TAG}-{n:x}" for n in itertools.count(1))
 
 
 async def add_security_headers(message: Message, scope: Scope) -> None:
@@ -53,7 +56,7 @@ class RequestContextMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         supplied = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = supplied if _SAFE_ID.match(supplied) else new_token()[:16]
+        request_id = supplied if _SAFE_ID.match(supplied) else next(_REQUEST_IDS)
         started = time.perf_counter()
         status = 500
 

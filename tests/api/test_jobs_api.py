@@ -132,6 +132,9 @@ async def test_probes_metrics_and_schema(seedance: Stack) -> None:
     metrics = (await seedance.client.get(f"{seedance.url}/metrics")).text
     assert 'reelay_webhooks_total{provider="seedancee2",result="applied"} 1.0' in metrics
     assert 'route="/v1/jobs"' in metrics
+    # The loop-lag watcher has been observing every 10 ms since start-up (a job takes well over 100 ms).
+    lag_count = next(line for line in metrics.splitlines() if line.startswith("reelay_event_loop_lag_seconds_count"))
+    assert float(lag_count.split()[1]) >= 5
     schema = (await seedance.client.get(f"{seedance.url}/schema")).json()
     assert schema["openapi"].startswith("3.")
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/events", "/v1/models", "/v1/usage"):
