@@ -83,8 +83,12 @@ def _run(command: list[str], what: str, log: Path | None = None) -> None:
 
 
 @contextmanager
-def throwaway_cluster() -> Iterator[PostgresServer]:
-    """initdb into a temporary folder, start the server on a free loopback port, and remove it all at the end."""
+def throwaway_cluster(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """initdb into a temporary folder, start the server on a free loopback port, and remove it all at the end.
+
+    Tests trade durability for speed (fsync, synchronous_commit and full_page_writes off); `durable` keeps the
+    server's defaults, for benchmarks whose numbers must include the cost of a commit.
+    """
     binaries = server_binaries()
     if binaries is None:
         pytest.fail(MISSING, pytrace=False)
@@ -96,10 +100,9 @@ def throwaway_cluster() -> Iterator[PostgresServer]:
         shutil.chown(home, "postgres", "postgres")
         as_owner = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    options = (
-        f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={home} "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
+    options = f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={home} -c max_connections=200"
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     stop = [*as_owner, str(binaries / "pg_ctl"), "stop", "-m", "immediate", "-D", str(data)]
     # Killed before its finally blocks run (SIGKILL, SIGTERM, a CI timeout), this process would leave the server
     # running: a watchdog outside its process group stops the server and removes the folder once it is gone.

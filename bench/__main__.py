@@ -1,0 +1,78 @@
+"""`python -m bench`: every phase in one run on loopback, then bench/results.json, bench/RESULTS.md, README.
+
+Phases (see bench/RESULTS.md): a ceiling, b webhooks, c submissions, d SSE memory/latency/broadcast/stalls,
+e SSE churn, f reconnect storm, g cross-replica latency on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import http_phases, replicas, report, sse_phases
+from bench.common import ROOT, say
+
+RESULTS_JSON = ROOT / "bench" / "results.json"
+RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+README = ROOT / "README.md"
+MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+# wrk must never run out of seeded jobs in phase b (a repeat would be a cheap duplicate): seed for this rate.
+EXPECTED_WEBHOOK_RATE = 4000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--phases", default="abcdefg", help="which phases to run (default: abcdefg)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of each wrk phase")
+    parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b and c here")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and README as they are")
+    args = parser.parse_args()
+    phases = set(args.phases)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": report.machine(), "seconds_per_rate_phase": args.seconds}
+    say(f"reelay benchmark on {results['machine']['cpu']} ({results['machine']['cores']} cores)")
+    with tempfile.TemporaryDirectory(prefix="reelay-bench-") as tmp:
+        work = Path(tmp)
+        if "a" in phases:
+            results["a"] = http_phases.ceiling(work, args.seconds)
+        if "b" in phases:
+            profile = args.profile / "b-webhooks.txt" if args.profile else None
+            results["b"] = http_phases.webhooks(work, args.seconds, EXPECTED_WEBHOOK_RATE, profile=profile)
+            results["b_normal"] = http_phases.webhooks(work, args.seconds, EXPECTED_WEBHOOK_RATE, "NORMAL")
+        if "c" in phases:
+            profile = args.profile / "c-submissions.txt" if args.profile else None
+            results["c"] = http_phases.submissions(work, args.seconds, profile=profile)
+        if phases & set("def"):
+            results.update(sse_phases.run(work))
+        if "g" in phases:
+            results["g"] = replicas.run(work)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["targets"] = report.targets(results)
+
+    say("")
+    say(report.table(results["targets"]))
+    say("")
+    say(report.generator_table(results))
+    say(f"\nfinished in {results['wall_seconds'] / 60:.1f} min")
+    if args.no_write:
+        return
+    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    body = (
+        f"Measured {report.machine_line(results['machine'])}\n\n"
+        f"{report.table(results['targets'])}\n\n{report.generator_table(results)}\n\n"
+        f"Whole run: {results['wall_seconds'] / 60:.1f} min. Raw numbers: `bench/results.json`."
+    )
+    report.replace_between(RESULTS_MD, *MARKERS, body)
+    report.replace_between(README, *MARKERS, body)
+    say(f"wrote {RESULTS_JSON.relative_to(ROOT)}, {RESULTS_MD.relative_to(ROOT)} and the README table")
+
+
+if __name__ == "__main__":
+    main()

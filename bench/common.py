@@ -1,0 +1,187 @@
+"""Processes, measurements and numbers shared by every benchmark phase."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class CpuMeter:
+    """CPU used by this process and by a server process over a window, as a share of one core."""
+
+    def __init__(self, server_pid: int | None = None) -> None:
+        self.server_pid = server_pid
+        self._wall = time.perf_counter()
+        self._own = time.process_time()
+        self._server = cpu_seconds(server_pid) if server_pid else 0.0
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._wall
+        result = {"generator_cpu_pct": round(100 * (time.process_time() - self._own) / wall, 1)}
+        if self.server_pid:
+            result["server_cpu_pct"] = round(100 * (cpu_seconds(self.server_pid) - self._server) / wall, 1)
+        return result
+
+
+@dataclass
+class Process:
+    """A server started for one phase; its output goes to a log file shown if it dies."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@contextmanager
+def spawn(command: list[str], env: dict[str, str], log: Path, port: int) -> Iterator[Process]:
+    with log.open("ab") as out:
+        popen = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = Process(popen, log, port)
+    try:
+        wait_listening(process)
+        yield process
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(15)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(5)
+
+
+def wait_listening(process: Process, path: str = "/healthz", timeout: float = 30.0) -> None:
+    """Until GET `path` answers (any status): the server has started and bound its port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"server exited during start-up:\n{process.tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", process.port), timeout=1) as sock:
+                sock.sendall(f"GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n".encode())
+                if sock.recv(12).startswith(b"HTTP/1.1"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not start within {timeout:.0f} s:\n{process.tail()}")
+
+
+async def http(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
+    """One request on a fresh connection; returns the body (for /metrics and small calls)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"{method} {path} HTTP/1.1", "host: bench", "connection: close", f"content-length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        return _dechunk(rest)
+    return rest
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return bytes(out)
+
+
+def counter(text: bytes, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include every given label."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.decode().splitlines():
+        if line.startswith(name) and line[len(name)] in " {" and all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def buckets(text: bytes, name: str) -> dict[float, float]:
+    """Cumulative counts of a Prometheus histogram, by upper bound."""
+    result: dict[float, float] = {}
+    for line in text.decode().splitlines():
+        if line.startswith(name + "_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            result[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return result
+
+
+async def wait_until(done: Callable[[], bool], timeout: float) -> None:
+    """Poll `done` every 10 ms until it holds or `timeout` seconds pass (the caller checks which)."""
+    deadline = time.perf_counter() + timeout
+    while not done() and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

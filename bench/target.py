@@ -1,0 +1,161 @@
+"""The system under test: a seeded Reelay database, its environment, signed Seedancee2 callbacks, processes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from bench.common import BIN, Process, free_port, spawn
+from service.ids import new_job_id, new_token
+from service.jobs import encode_job, new_job, submitted
+from service.keys import create_key
+from service.sandbox import SANDBOXES
+from storage import create_store
+
+SEEDANCEE2 = SANDBOXES["seedancee2"]
+assert SEEDANCEE2.webhook_secret is not None
+WEBHOOK_SECRET: str = SEEDANCEE2.webhook_secret
+WEBHOOK_PATH = "/webhooks/seedancee2"
+MODEL = "seedancee2/pro"
+JOB_BODY = msgspec.json.encode(
+    {"model": MODEL, "input": {"prompt": "a red kite over a grey sea, slow pan", "duration": 5}}
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    secret: str  # the full key, for Authorization: Bearer
+
+
+@dataclass(frozen=True)
+class SeededJob:
+    id: str
+    task_id: str
+    api_key_id: str
+
+
+def callback_body(job: SeededJob) -> bytes:
+    """The completed callback Seedancee2 sends for a task (the shape its emulator and docs give)."""
+    day = "2026/11/21"
+    return msgspec.json.encode(
+        {
+            "data": {
+                "id": job.task_id,
+                "status": "completed",
+                "model": "seedance-2.0-pro",
+                "created_at": "2026-11-21T10:00:00Z",
+                "completed_at": "2026-11-21T10:01:00Z",
+                "credits_charged": 50,
+                "output": {
+                    "video_url": f"https://media.seedancee2.ai/videos/{day}/{job.task_id}.mp4",
+                    "thumbnail_url": f"https://media.seedancee2.ai/video-posters/{day}/{job.task_id}.jpg",
+                },
+                "metadata": {"reelay_job_id": job.id},
+            }
+        }
+    )
+
+
+def sign(body: bytes, timestamp: int | None = None) -> str:
+    """`X-Seedancee2-Signature: t=<unix>,v1=hex(HMAC_SHA256(secret, "<t>." + body))`."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={digest}"
+
+
+def webhook_request(job: SeededJob) -> bytes:
+    """A complete HTTP/1.1 request, signed now, for raw-socket senders."""
+    body = callback_body(job)
+    head = (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        f"x-seedancee2-event: video.generation.completed\r\nx-seedancee2-signature: {sign(body)}\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Database:
+    """A Reelay database filled through the store's own API (so rows are exactly what Reelay writes)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def keys(self, count: int) -> list[Key]:
+        store = create_store(self.url, encode_job, sqlite_synchronous="NORMAL")
+        await store.open()
+        try:
+            made = [await create_key(store, f"bench-{i}") for i in range(count)]
+        finally:
+            await store.close()
+        return [Key(record.id, secret) for record, secret in made]
+
+    async def submitted_jobs(self, key: Key, count: int) -> list[SeededJob]:
+        """Jobs Seedancee2 has accepted and not yet finished: each can take one completed callback."""
+        store = create_store(self.url, encode_job, sqlite_synchronous="NORMAL")
+        await store.open()
+        now = time.time()
+        made = []
+        try:
+            for _ in range(count):
+                job = new_job(
+                    job_id=new_job_id(),
+                    api_key_id=key.id,
+                    model=MODEL,
+                    provider="seedancee2",
+                    input={"prompt": "bench", "duration": 5},
+                    metadata={},
+                    cost={"credits_estimate": 50},
+                    callback_token=new_token(),
+                    now=now,
+                    timeout=86_400,
+                )
+                task_id = "tsk_" + new_token()[:20]
+                moved = submitted(job, provider_task_id=task_id, cost=None, now=now, next_poll_at=now + 86_400)
+                assert moved is not None
+                await store.create_job(moved[0], "job.submitted")
+                made.append(SeededJob(job.id, task_id, key.id))
+        finally:
+            await store.close()
+        return made
+
+
+def reelay_env(database_url: str, port: int, upstream_url: str | None = None, **extra: str) -> dict[str, str]:
+    """Production defaults (JSON info logs, SQLite synchronous=FULL) with the limits a load test would trip raised."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith("REELAY_")
+    }  # nothing from the caller's shell leaks in
+    env.update(
+        REELAY_DATABASE_URL=database_url,
+        REELAY_PORT=str(port),
+        REELAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        REELAY_SEEDANCEE2_API_KEY=SEEDANCEE2.api_key,
+        REELAY_SEEDANCEE2_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        REELAY_SEEDANCEE2_BASE_URL=upstream_url or "http://127.0.0.1:9",  # discard port: nothing is sent there
+        REELAY_RATE_LIMIT_PER_SECOND="0",
+        REELAY_SSE_MAX_PER_KEY="20000",
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def reelay(env: dict[str, str], log: Path, role: str = "all") -> Iterator[Process]:
+    with spawn([str(BIN / "reelay"), "serve", "--role", role], env, log, int(env["REELAY_PORT"])) as process:
+        yield process
+
+
+@contextmanager
+def upstream(log: Path) -> Iterator[Process]:
+    """The Seedancee2 emulator in its own process; tasks never finish during a run, so it sends no callbacks."""
+    port = free_port()
+    with spawn([str(BIN / "python"), "-m", "bench.upstream", str(port)], dict(os.environ), log, port) as process:
+        yield process
