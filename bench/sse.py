@@ -165,13 +165,19 @@ async def close_streams(streams: Iterable[Stream]) -> None:
 class Sender:
     """Keep-alive HTTP/1.1 connections for pre-built requests; `send` returns the status once answered."""
 
+    IDLE_SECONDS = 2.0  # under uvicorn's 5 s keep-alive: a connection reused is one the server still holds
+
     def __init__(self, port: int) -> None:
         self.port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def send(self, request: bytes) -> int:
-        if self._idle:
-            reader, writer = self._idle.pop()
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < self.IDLE_SECONDS:
+                break
+            writer.close()
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.write(request)
@@ -183,11 +189,11 @@ class Sender:
                 length = int(value)
         if length:
             await reader.readexactly(length)
-        self._idle.append((reader, writer))
+        self._idle.append((reader, writer, time.monotonic()))
         return int(head.split(b" ", 2)[1])
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 

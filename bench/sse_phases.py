@@ -215,8 +215,8 @@ async def _churn(pid: int, port: int, seeds: Seeds) -> dict[str, Any]:
     }
     say(
         f"  e. churn: {CHURN_CYCLES:,} connect/disconnect cycles in {seconds:.1f} s; leaked subscriptions "
-        f"{result['leaked_subscriptions']}, fds {result['leaked_fds']}; RSS +{result['rss_growth_kib']:,} KiB "
-        f"(+{result['rss_growth_second_half_kib']:,} KiB over the second 5k)"
+        f"{result['leaked_subscriptions']}, fds {result['leaked_fds']}; RSS {result['rss_growth_kib']:+,} KiB "
+        f"({result['rss_growth_second_half_kib']:+,} KiB over the second 5k)"
     )
     return result
 
