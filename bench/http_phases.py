@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import BIN, counter, free_port, http, say, spawn
+from bench.common import BIN, Process, counter, free_port, http, say, spawn
 from bench.load import run_wrk, write_requests
 from bench.target import (
     JOB_BODY,
@@ -69,16 +70,8 @@ def webhooks(
     write_requests(main_file, _webhooks(jobs))
     env = reelay_env(database.url, free_port(), REELAY_SQLITE_SYNCHRONOUS=synchronous)
     with reelay(env, work / f"reelay-webhooks-{synchronous.lower()}.log") as server:
-        url = f"{server.url}{WEBHOOK_PATH}"
-        run_wrk(url, warm_file, duration=WARMUP_SECONDS, connections=CONNECTIONS)
-        before = asyncio.run(http(server.port, "GET", "/metrics"))
-        result = run_wrk(
-            url, main_file, duration=seconds, connections=CONNECTIONS, server_pid=server.pid, profile=profile
-        )
-        after = asyncio.run(http(server.port, "GET", "/metrics"))
-    applied = counter(after, "reelay_webhooks_total", result="applied") - counter(
-        before, "reelay_webhooks_total", result="applied"
-    )
+        result, grew = _measured(server, f"{server.url}{WEBHOOK_PATH}", warm_file, main_file, seconds, profile)
+    applied = grew("reelay_webhooks_total", result="applied")
     result["applied"] = int(applied)
     result["seeded_jobs"] = len(jobs)
     result["sqlite_synchronous"] = synchronous
@@ -91,6 +84,21 @@ def webhooks(
     return result
 
 
+def _measured(
+    server: Process, url: str, warm_file: Path, main_file: Path, seconds: float, profile: Path | None
+) -> tuple[dict[str, Any], Callable[..., float]]:
+    """Warm up, then measure; also returns how much a server counter grew over the measured run."""
+    run_wrk(url, warm_file, duration=WARMUP_SECONDS, connections=CONNECTIONS)
+    before = asyncio.run(http(server.port, "GET", "/metrics"))
+    result = run_wrk(url, main_file, duration=seconds, connections=CONNECTIONS, server_pid=server.pid, profile=profile)
+    after = asyncio.run(http(server.port, "GET", "/metrics"))
+
+    def grew(name: str, **labels: str) -> float:
+        return counter(after, name, **labels) - counter(before, name, **labels)
+
+    return result, grew
+
+
 def submissions(work: Path, seconds: float, profile: Path | None = None) -> dict[str, Any]:
     """c. POST /v1/jobs -> 202, with the dispatcher forwarding each job to the Seedancee2 emulator meanwhile."""
     database = Database(f"sqlite:///{work / 'submissions.db'}")
@@ -101,15 +109,8 @@ def submissions(work: Path, seconds: float, profile: Path | None = None) -> dict
     with upstream(work / "upstream.log") as provider:
         env = reelay_env(database.url, free_port(), upstream_url=provider.url)
         with reelay(env, work / "reelay-submissions.log") as server:
-            url = f"{server.url}/v1/jobs"
-            run_wrk(url, requests, duration=WARMUP_SECONDS, connections=CONNECTIONS)
-            before = asyncio.run(http(server.port, "GET", "/metrics"))
-            result = run_wrk(
-                url, requests, duration=seconds, connections=CONNECTIONS, server_pid=server.pid, profile=profile
-            )
-            after = asyncio.run(http(server.port, "GET", "/metrics"))
-    accepted = {"name": "reelay_http_requests_total", "route": "/v1/jobs", "status": "202"}
-    result["accepted"] = int(counter(after, **accepted) - counter(before, **accepted))
+            result, grew = _measured(server, f"{server.url}/v1/jobs", requests, requests, seconds, profile)
+    result["accepted"] = int(grew("reelay_http_requests_total", route="/v1/jobs", status="202"))
     say(
         f"  c. submissions: {result['per_second']:,.0f} 202/s, p50 {result['p50_ms']:.2f} ms, "
         f"p99 {result['p99_ms']:.2f} ms"

@@ -103,7 +103,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         row("d", "webhook -> subscriber, 10k idle, 200/s", value, "p99 <= 5 ms", d["latency_p99_ms"] <= 5)
         bc = d["broadcast"]
         value = f"median {bc['last_subscriber_p50_ms']:.1f} ms, worst {bc['last_subscriber_max_ms']:.1f} ms"
-        row("d", "last of 1,000 subscribers has a broadcast", value, "<= 50 ms", bc["last_subscriber_p50_ms"] <= 50)
+        met = bc["last_subscriber_p50_ms"] <= 50
+        row("d", "last of 1,000 subscribers has a broadcast", value, "<= 50 ms (median)", met)
         stall = d["longest_stall_ms_at_most"]
         row(
             "d",
