@@ -11,9 +11,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -76,7 +75,6 @@ class Process:
     popen: subprocess.Popen[bytes]
     log: Path
     port: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

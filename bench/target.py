@@ -130,9 +130,8 @@ class Database:
 
 def reelay_env(database_url: str, port: int, upstream_url: str | None = None, **extra: str) -> dict[str, str]:
     """Production defaults (JSON info logs, SQLite synchronous=FULL) with the limits a load test would trip raised."""
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith("REELAY_")
-    }  # nothing from the caller's shell leaks in
+    # Nothing from the caller's shell leaks in.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("REELAY_")}
     env.update(
         REELAY_DATABASE_URL=database_url,
         REELAY_PORT=str(port),
