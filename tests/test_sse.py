@@ -107,6 +107,32 @@ async def test_switch_from_replay_to_live_loses_and_repeats_nothing(seedance: St
     assert len(set(received)) == len(received)
 
 
+async def test_an_event_committed_once_the_headers_arrive_is_delivered(
+    seedance: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client may act as soon as it has the response headers: the stream is live by then, even when fixing
+    the starting cursor (the last logged id) is slow."""
+    store = seedance.store
+    read_last_id = store.last_event_id
+
+    async def slow_last_event_id() -> int:
+        await asyncio.sleep(0.2)
+        return int(await read_last_id())
+
+    monkeypatch.setattr(store, "last_event_id", slow_last_event_id)
+    for _ in range(3):
+        async with (
+            asyncio.timeout(5),
+            seedance.client.stream("GET", f"{seedance.url}/v1/events", headers=seedance.headers) as r,
+        ):
+            job_id = (await seedance.submit())["id"]
+            async for block in _frames(r):
+                if "data" in block:
+                    event = json.loads(block["data"])
+                    assert (event["type"], event["job"]["id"]) == ("job.created", job_id)
+                    break
+
+
 async def test_slow_subscriber_is_dropped_and_resumes_without_loss(tmp_path: Path) -> None:
     async with stack(tmp_path, sse_queue_size=5) as running:
         frames: list[dict[str, Any]] = []

@@ -11,11 +11,11 @@ from litestar.response.base import ASGIResponse
 
 from service.api.limits import retry_after_header
 from service.errors import error_response
-from service.hub import CLOSE, HEARTBEAT, OVERFLOW, SHUTDOWN, EventHub, sse_frame
+from service.hub import CLOSE, HEARTBEAT, OVERFLOW, SHUTDOWN, EventHub, Subscription, sse_frame
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request
-    from litestar.types import Receive, Send
+    from litestar.types import Receive, Scope, Send
 
     from storage import Store
 
@@ -47,17 +47,33 @@ class StreamSession:
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
         self.rng = rng
+        self.sub: Subscription
+        self.cursor = 0
+
+    async def open(self) -> None:
+        """Subscribe, then fix the replay cursor; both happen before the response headers are sent.
+
+        Whatever commits after the subscription is queued (ids dedupe the overlap with the replay), so a
+        client that has the headers gets every event committed from then on.
+        """
+        self.sub = self.hub.subscribe(self.api_key_id, self.job_id)
+        if self.after_id is not None:
+            self.cursor = self.after_id
+            return
+        try:
+            self.cursor = 0 if self.job_id is not None else await self.store.last_event_id()
+        except BaseException:
+            self.sub.close()
+            raise
 
     async def run(self, send: Send, receive: Receive) -> None:
-        # Subscribe before reading the log: whatever commits meanwhile is queued, and ids dedupe the overlap.
-        sub = self.hub.subscribe(self.api_key_id, self.job_id)
+        """Send the stream; call after `open`. The subscription is closed however the connection ends."""
+        sub = self.sub
         watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
         ends_with_job = self.job_id is not None
+        last = self.cursor
         try:
             await _body(send, b"retry: %d\n\n" % self.retry_ms)
-            last = self.after_id
-            if last is None:
-                last = 0 if ends_with_job else await self.store.last_event_id()
             while True:
                 page = await self.store.events_after(
                     last, api_key_id=self.api_key_id, job_id=self.job_id, limit=_REPLAY_PAGE
@@ -118,10 +134,13 @@ class _EventStreamASGI(ASGIResponse):
         super().__init__(headers=headers, media_type="text/event-stream", status_code=200)
         self.session = session
 
-    async def send_body(self, send: Send, receive: Receive) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.session.open()
         try:
+            await self.start_response(send=send)
             await self.session.run(send, receive)
         finally:
+            self.session.sub.close()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -35,12 +35,16 @@ async def test_sigterm_hands_back_work_and_closes_streams_in_bounded_time(tmp_pa
         with reelay_serve(env, log) as process:
             await wait_ready(client, url, process)
 
+            connected = asyncio.Event()
+
             async def listen() -> None:
                 async with client.stream("GET", f"{url}/v1/events", headers=headers) as stream:
+                    connected.set()  # the stream is live once its headers are in
                     async for line in stream.aiter_lines():
                         lines.append(line)
 
             listener = asyncio.create_task(listen())
+            await connected.wait()
             created = await client.post(
                 f"{url}/v1/jobs", headers=headers, json={"model": "seedancee2/mini", "input": {"prompt": "p"}}
             )
