@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import random
@@ -17,10 +18,11 @@ from service import jobs
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from service.ids import new_job_id, new_token
-from service.providers.base import ModelSpec, ProviderAdapter
+from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
 from service.signing import SignatureError
 from storage import IdempotencyClaim, IdempotencyConflict, JobFilter, JobRecord, Receipt, Store
+from storage.base import Decision
 
 log = structlog.get_logger("reelay.gateway")
 
@@ -185,34 +187,79 @@ class Gateway:
             notice = adapter.parse_webhook(body)
         except (ValueError, KeyError, TypeError, RecursionError, msgspec.DecodeError) as exc:
             raise WebhookRejected(f"unreadable {provider} webhook body") from exc
+        if job is None and notice.job_id is not None:
+            # The callback names its job (Seedancee2's metadata): check and apply it in one write, unread.
+            with contextlib.suppress(_Unmatched):
+                return await self._apply(provider, adapter, notice, notice.job_id)
         if job is None:
-            job = await self._job_for(provider, notice.job_id, notice.provider_task_id)
-        if job is None:
-            log.warning("webhook.unknown_task", provider=provider)
-            return "ignored"
-        if job.provider_task_id and job.provider_task_id != notice.provider_task_id:
-            log.warning("webhook.task_mismatch", provider=provider, job_id=job.id)
-            return "ignored"
-        if adapter.needs_confirmation(notice, job):
-            # No receipt: a confirmation only schedules a status check, and doing that twice is harmless.
-            await self.store.update_job(job.id, lambda j: jobs.confirm_soon(j, now=self.clock()))
-            self._on_confirm()
-            result = "confirming"
-        else:
-            receipt = Receipt(provider=provider, key=notice.receipt_key)
+            job = await self.store.find_job_by_task(provider, notice.provider_task_id)
+        if job is not None:
+            with contextlib.suppress(_Unmatched):  # unless it went away meanwhile (pruned)
+                return await self._apply(provider, adapter, notice, job.id, known=job)
+        log.warning("webhook.unknown_task", provider=provider)
+        return "ignored"
+
+    async def _apply(
+        self,
+        provider: str,
+        adapter: ProviderAdapter,
+        notice: WebhookNotice,
+        job_id: str,
+        known: JobRecord | None = None,
+    ) -> str:
+        """Apply a callback to the job it concerns, checked in the same transaction as the change.
+
+        Raises _Unmatched when no job of this provider has that id. The receipt is recorded only when the
+        callback is applied: a `decide` that raises writes nothing.
+        """
+
+        def check(job: JobRecord) -> None:
+            if job.provider != provider:
+                raise _Unmatched
+            if job.provider_task_id and job.provider_task_id != notice.provider_task_id:
+                raise _TaskMismatch
+            if adapter.needs_confirmation(notice, job):
+                raise _Unconfirmed
+
+        def decide(job: JobRecord) -> Decision:
+            check(job)
+            return jobs.reported(job, notice.report, now=self.clock())
+
+        try:
+            if known is not None:
+                check(known)  # a job already read: a confirmation then starts no write it would undo
             outcome = await self.store.update_job(
-                job.id, lambda j: jobs.reported(j, notice.report, now=self.clock()), receipt=receipt
+                job_id, decide, receipt=Receipt(provider=provider, key=notice.receipt_key)
             )
-            result = "duplicate" if outcome.duplicate else "applied" if outcome.changed else "stale"
-        log.info("webhook.received", provider=provider, job_id=job.id, result=result, status=notice.report.status)
+        except KeyError:
+            raise _Unmatched from None
+        except _TaskMismatch:
+            log.warning("webhook.task_mismatch", provider=provider, job_id=job_id)
+            return "ignored"
+        except _Unconfirmed:
+            return await self._confirm(provider, notice, job_id)
+        result = "duplicate" if outcome.duplicate else "applied" if outcome.changed else "stale"
+        log.info("webhook.received", provider=provider, job_id=job_id, result=result, status=notice.report.status)
         return result
 
-    async def _job_for(self, provider: str, job_id: str | None, task_id: str) -> JobRecord | None:
-        if job_id is not None:
-            job = await self.store.get_job(job_id)
-            if job is not None and job.provider == provider:
-                return job
-        return await self.store.find_job_by_task(provider, task_id)
+    async def _confirm(self, provider: str, notice: WebhookNotice, job_id: str) -> str:
+        # No receipt: a confirmation only schedules a status check, and doing that twice is harmless.
+        await self.store.update_job(job_id, lambda j: jobs.confirm_soon(j, now=self.clock()))
+        self._on_confirm()
+        log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
+        return "confirming"
+
+
+class _Unmatched(Exception):
+    """No job of the callback's provider has the id it names."""
+
+
+class _TaskMismatch(Exception):
+    """The job belongs to another upstream task."""
+
+
+class _Unconfirmed(Exception):
+    """The callback must be confirmed with the provider's status endpoint before it changes anything."""
 
 
 def _encode_cursor(job_id: str) -> str:

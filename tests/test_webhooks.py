@@ -121,3 +121,39 @@ async def test_webhook_that_overtakes_the_dispatcher_is_applied_by_job_id(seedan
     done = await seedance.job(job["id"])
     assert done["status"] == "succeeded"
     assert done["provider_task_id"] == "vid_early"
+
+
+async def test_webhook_naming_a_job_of_another_task_is_ignored(seedance: Stack) -> None:
+    """The job is checked inside the write: a mismatch changes nothing, and the genuine callback still applies."""
+    job = await _pending_job(seedance)
+    now = int(time.time())
+    wrong = _body("vid_someone_else", job["id"])
+    response = await _post(seedance, wrong, sign_header(wrong, SECRET, timestamp=now))
+    assert response.json()["result"] == "ignored"
+    assert (await seedance.job(job["id"]))["status"] == "queued"
+    right = _body(job["provider_task_id"], job["id"])
+    assert (await _post(seedance, right, sign_header(right, SECRET, timestamp=now))).json()["result"] == "applied"
+
+
+async def test_webhook_naming_an_unknown_job_is_matched_by_its_task(seedance: Stack) -> None:
+    job = await _pending_job(seedance)
+    body = _body(job["provider_task_id"], "job_01JZ0000000000000000000000")
+    response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
+    assert response.json()["result"] == "applied"
+    assert (await seedance.job(job["id"]))["status"] == "succeeded"
+
+
+async def test_a_callback_that_needs_confirmation_records_no_receipt(seedance: Stack) -> None:
+    """A completed callback lacks last_frame_url: the status endpoint decides, and a redelivery confirms again."""
+    await seedance.sandbox(
+        "seedancee2", "PUT", "/_sandbox/knobs", json={"processing_after_s": 60, "complete_after_s": 120}
+    )
+    job = await seedance.submit(return_last_frame=True)
+    async with asyncio.timeout(5):
+        while not (current := await seedance.job(job["id"]))["provider_task_id"]:
+            await asyncio.sleep(0.02)
+    body = _body(current["provider_task_id"], job["id"])
+    for _ in range(2):
+        response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
+        assert response.json()["result"] == "confirming"
+    assert await seedance.event_types(job["id"]) == ["job.created", "job.submitted"]
