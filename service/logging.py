@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import msgspec
 import structlog
 
 _SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key", "apikey", "signature", "body", "key_hash")
 
 
+@functools.lru_cache(maxsize=1024)  # field names come from call sites: a small, fixed set
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # A safety net: call sites never pass secrets, but a field with such a name is masked anyway.
-    for name in list(event_dict):
-        lowered = name.lower()
-        if any(word in lowered for word in _SECRET_WORDS):
+    for name in event_dict:
+        if _is_secret(name):
             event_dict[name] = "[redacted]"
     return event_dict
+
+
+_json = msgspec.json.Encoder(enc_hook=repr)  # what the standard library's json cannot encode, it reprs too
+
+
+def _dumps(event_dict: Any, **_: Any) -> str:
+    return _json.encode(event_dict).decode()
 
 
 def configure_logging(log_format: str = "json", level: str = "info") -> None:
@@ -32,7 +46,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if log_format == "console"
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
