@@ -42,10 +42,10 @@ def context(request: Request[Any, Any, Any]) -> AppContext:
 async def authenticate(request: Request[Any, Any, Any]) -> ApiKeyRecord:
     """The caller's API key, from `Authorization: Bearer <key>` or `x-api-key`."""
     ctx = context(request)
-    raw = request.headers.get("x-api-key")
-    if raw is None:
+    raw = request.headers.get("x-api-key", "").strip()
+    if not raw:  # absent or empty (as some proxies send it): the Authorization header decides
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        raw = value.strip() if scheme.lower() == "bearer" else None
+        raw = value.strip() if scheme.lower() == "bearer" else ""
     parts = split_api_key(raw) if raw else None
     if parts is None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")

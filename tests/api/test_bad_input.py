@@ -499,6 +499,12 @@ async def test_bad_credentials_are_401(s: Stack, variant: str, method: str, path
     assert_error(response, 401, "unauthorized")
 
 
+async def test_an_empty_x_api_key_header_leaves_the_bearer_token_to_decide(s: Stack) -> None:
+    headers = [(b"x-api-key", b""), (b"authorization", f"Bearer {s.key}".encode())]
+    assert (await s.client.get(s.url + JOBS, headers=headers)).status_code == 200
+    assert_error(await s.client.get(s.url + JOBS, headers=[(b"x-api-key", b"")]), 401, "unauthorized")
+
+
 async def test_revoked_key_is_401(s: Stack) -> None:
     record, key = await create_key(s.store, "soon-revoked")
     headers = {"Authorization": f"Bearer {key}"}
