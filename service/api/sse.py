@@ -25,7 +25,7 @@ _PING = b": ping\n\n"
 
 
 class StreamSession:
-    """One subscriber connection. Its subscription is closed however the connection ends."""
+    """One subscriber connection: `open` subscribes before the headers go out, `run` sends the stream."""
 
     def __init__(
         self,
@@ -67,7 +67,7 @@ class StreamSession:
             raise
 
     async def run(self, send: Send, receive: Receive) -> None:
-        """Send the stream; call after `open`. The subscription is closed however the connection ends."""
+        """Send the stream; call after `open`. The response closes the subscription however this ends."""
         sub = self.sub
         watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
         ends_with_job = self.job_id is not None
@@ -110,7 +110,6 @@ class StreamSession:
         except OSError:
             return  # the client went away mid-write
         finally:
-            sub.close()
             watcher.cancel()
 
 
@@ -136,7 +135,7 @@ class _EventStreamASGI(ASGIResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.session.open()
-        try:
+        try:  # the subscription is closed however the connection ends
             await self.start_response(send=send)
             await self.session.run(send, receive)
         finally:
