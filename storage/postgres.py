@@ -190,6 +190,9 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._feed: _EventFeed | None = None
         self._listeners: list[EventListener] = []
+        self._in_flight = 0  # operations that have started, connection or not
+        self._idle = asyncio.Event()
+        self._idle.set()
         # Unique per instance: a restarted replica must not take over leases a live one still works on.
         self.lease_owner = f"{socket.gethostname()[:24]}/{os.getpid()}/{secrets.token_hex(4)}"
 
@@ -230,8 +233,10 @@ class PostgresStore:
         pool, self._pool = self._pool, None  # from here on new operations fail: the store is not open
         if pool is not None:
             try:
-                # Waits for operations in flight to give their connections back (and announce their events).
+                # Operations already started finish first, those still waiting for a connection included;
+                # then the pool waits for every connection to come back.
                 async with asyncio.timeout(self._timeout):
+                    await self._idle.wait()
                     await pool.close()
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
@@ -299,9 +304,16 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StorageUnavailable("store is not open")
-        with _translated():
-            async with pool.acquire(timeout=self._timeout) as conn:
-                yield conn
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            with _translated():
+                async with pool.acquire(timeout=self._timeout) as conn:
+                    yield conn
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[tuple[asyncpg.Connection, list[EventRecord]]]:

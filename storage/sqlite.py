@@ -201,6 +201,9 @@ class SqliteStore:
         return conn
 
     async def close(self) -> None:
+        # Writes already queued are finished first: the flusher runs until the queue is empty.
+        while (flusher := self._flusher) is not None:
+            await asyncio.wait([flusher])
         async with self._write_lock:
             for conn in (self._reader, self._writer):
                 if conn is not None:
@@ -257,8 +260,8 @@ class SqliteStore:
         return self._reader
 
     @asynccontextmanager
-    async def _transaction(self, events: list[EventRecord] | None = None) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction; `events` gathered inside it are announced after commit, under the lock."""
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction of its own, outside group commit, for writes that log no events."""
         async with self._write_lock:
             conn = self._writer
             if conn is None:
@@ -272,8 +275,6 @@ class SqliteStore:
                     # also after a failed COMMIT, which SQLite may leave open (SQLITE_FULL, SQLITE_IOERR)
                     await asyncio.shield(conn.rollback())
                     raise
-            if events:
-                self._announce(events)
 
     def _announce(self, events: list[EventRecord]) -> None:
         for listener in self._listeners:

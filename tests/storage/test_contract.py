@@ -522,6 +522,20 @@ async def test_a_failing_write_among_concurrent_ones_undoes_only_itself(store: S
     assert [e.id for call in recorder.calls for e in call] == [e.id for e in logged]
 
 
+async def test_close_finishes_the_writes_already_queued(store: Store) -> None:
+    jobs = [await create(store) for _ in range(20)]
+    writes = [asyncio.ensure_future(store.update_job(job.id, to_status("processing"))) for job in jobs]
+    await asyncio.sleep(0)  # every write has started; most wait behind the first batch
+    await store.close()
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["UpdateOutcome"] * len(jobs)
+    await store.open()  # the fixture closes it again
+    for job in jobs:
+        stored = await store.get_job(job.id)
+        assert stored is not None
+        assert stored.status == "processing"
+
+
 async def test_listeners_see_commit_order_under_concurrent_writers(store: Store) -> None:
     existing = [await create(store) for _ in range(25)]
     start = await store.last_event_id()
