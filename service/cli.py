@@ -231,7 +231,7 @@ def restore(source: Path, yes: bool) -> None:
     report = _copy(lambda bar: store.restore(source, bar), "restoring")
     click.echo(f"restored {source} into {report.path}")
     _describe(report)
-    if report.schema_version < max(version for version, _, _ in migrations.load("sqlite")):
+    if report.schema_version < migrations.newest("sqlite"):
         click.echo(
             "the backup's schema is older than this Reelay: `reelay migrate` (or starting the service) updates it"
         )

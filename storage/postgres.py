@@ -212,8 +212,7 @@ class PostgresStore:
                     server_settings={"application_name": "reelay"},
                 )
                 await self.migrate()
-                async with self._connection() as conn:
-                    newest = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM events"))
+                newest = await self.last_event_id()
                 feed = _EventFeed(
                     self._connect_feed,
                     self._listeners,
@@ -275,7 +274,7 @@ class PostgresStore:
         return applied
 
     async def check(self) -> None:
-        newest = max(version for version, _, _ in migrations.load("postgresql"))
+        newest = migrations.newest("postgresql")
         async with self._connection() as conn:
             current = await conn.fetchval("SELECT max(version) FROM schema_migrations")
             if current is None or current < newest:

@@ -241,7 +241,7 @@ class SqliteStore:
         reader = self._require_reader()
         with _translated():
             rows = await reader.execute_fetchall("SELECT max(version) FROM schema_migrations")
-        newest = max(v for v, _, _ in migrations.load("sqlite"))
+        newest = migrations.newest("sqlite")
         current = next(iter(rows))[0]
         if current is None or current < newest:
             raise SchemaOutdated(f"schema version {current}, code expects {newest}; run `reelay migrate`")
@@ -626,7 +626,7 @@ class SqliteStore:
     async def restore(self, source: str | Path, progress: BackupProgress | None = None) -> BackupReport:
         if self._writer is not None:
             raise StorageError("close the store before restoring into its database")
-        newest = max(version for version, _, _ in migrations.load("sqlite"))
+        newest = migrations.newest("sqlite")
         database = Path(self._path)
         return await _in_thread(lambda step: _restore(Path(source), database, step, newest=newest), progress)
 

@@ -308,4 +308,4 @@ async def test_restore_into_a_new_path_creates_the_database(store: Store, tmp_pa
 
 
 def newest() -> int:
-    return max(version for version, _, _ in migrations.load("sqlite"))
+    return migrations.newest("sqlite")
