@@ -94,6 +94,7 @@ async def test_switch_from_replay_to_live_loses_and_repeats_nothing(seedance: St
                 "GET", f"{seedance.url}/v1/events", headers={**seedance.headers, "Last-Event-ID": str(cursor)}
             ) as r,
         ):
+            assert r.status_code == 200
             async for block in _frames(r):
                 if "id" in block:
                     received.append(int(block["id"]))
@@ -102,6 +103,7 @@ async def test_switch_from_replay_to_live_loses_and_repeats_nothing(seedance: St
     finally:
         stop.set()
         await producer
+    assert len(received) == 60
     logged = [e.id for e in await seedance.store.events_after(cursor, limit=10_000)]
     assert received == logged[: len(received)]
     assert len(set(received)) == len(received)
@@ -125,12 +127,15 @@ async def test_an_event_committed_once_the_headers_arrive_is_delivered(
             asyncio.timeout(5),
             seedance.client.stream("GET", f"{seedance.url}/v1/events", headers=seedance.headers) as r,
         ):
+            assert r.status_code == 200
             job_id = (await seedance.submit())["id"]
             async for block in _frames(r):
                 if "data" in block:
                     event = json.loads(block["data"])
                     assert (event["type"], event["job"]["id"]) == ("job.created", job_id)
                     break
+            else:
+                pytest.fail("the stream ended before job.created")
 
 
 async def test_slow_subscriber_is_dropped_and_resumes_without_loss(tmp_path: Path) -> None:
