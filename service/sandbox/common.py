@@ -98,10 +98,19 @@ class SandboxTask(Generic[OutcomeT]):
     async def sleep_until(self, offset_s: float) -> None:
         await asyncio.sleep(max(0.0, self.created_mono + offset_s - time.monotonic()))
 
-    async def reach_running(self) -> None:
+    @property
+    def runs(self) -> bool:
+        """Whether the task shows its running status before it ends (its timings or a force may skip it)."""
+        return self.processing_after_s < self.terminal_after_s
+
+    async def reach_running(self) -> bool:
+        """Wait for the running status; False at once when the task goes straight to its end."""
+        if not self.runs:
+            return False
         await self.sleep_until(self.processing_after_s)
         # asyncio may wake a timer a clock tick early: make the state change happen as of now.
         self.processing_after_s = min(self.processing_after_s, time.monotonic() - self.created_mono)
+        return True
 
     async def reach_terminal(self) -> None:
         await self.sleep_until(self.terminal_after_s)

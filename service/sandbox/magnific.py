@@ -344,16 +344,14 @@ class _MagnificSandbox(SandboxCore[_Task, Outcome]):
 
     async def _run_timeline(self, task: _Task) -> None:
         """Post IN_PROGRESS when the task starts and the terminal status when it ends (unless forced first)."""
-        await task.sleep_until(task.processing_after_s)
-        # IN_PROGRESS goes out only if the task is running now, not if its timings took it straight to its end.
-        if task.status(time.monotonic()) == "IN_PROGRESS":
+        # IN_PROGRESS goes out only if the task is running now, not if its timings or a force took it to its end.
+        if await task.reach_running() and task.status(time.monotonic()) == "IN_PROGRESS":
             delivery = self._decide(task, "IN_PROGRESS")
             if delivery.dice.reorder:
                 task.held.append(delivery)
             else:
                 self.spawn(self._send(task, [delivery]))
         await task.reach_terminal()
-        task.timer = None
         self.spawn(self._send(task, self._terminal_batch(task)))
 
     def _decide(self, task: _Task, status: Status) -> _Delivery:

@@ -233,7 +233,7 @@ class _Task(SandboxTask[Outcome]):
         status = self.status(now_mono)
         events = [TaskEvent(status="queued", created_at=iso(self.created_at))]
         # A task forced to its outcome before it started running never reports `processing`.
-        if status != "queued" and self.processing_after_s < self.terminal_after_s:
+        if status != "queued" and self.runs:
             at = self.created_at + timedelta(seconds=self.processing_after_s)
             events.append(TaskEvent(status="processing", created_at=iso(at)))
         if status in TERMINAL:

@@ -426,8 +426,7 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
 
     async def _progress(self, task: _Task) -> None:
         """Send a callback at each state change: queueing → processing, then processing → terminal."""
-        if task.processing_after_s < task.terminal_after_s:
-            await task.reach_running()
+        if await task.reach_running():
             self._emit(task)
         await task.reach_terminal()
         self._emit(task)

@@ -340,6 +340,17 @@ async def test_callbacks_follow_each_status_change_unwrapped_and_signed() -> Non
     assert receiver.requests[0].headers["webhook-id"] != receiver.requests[1].headers["webhook-id"]
 
 
+async def test_a_task_that_ends_before_it_would_run_calls_back_once_at_its_end() -> None:
+    receiver = Receiver()
+    knobs = SandboxKnobs(processing_after_s=2.0, complete_after_s=0.1)
+    async with serve(create_magnific_sandbox(knobs=knobs, callback_client=receiver.client())) as client:
+        created = await create(client, body(webhook_url=CALLBACK_URL))
+        await eventually(receiver.arrived(1), timeout=1.0)  # at its end, not when it would have started
+        await asyncio.sleep(0.1)
+    assert [b["status"] for b in receiver.bodies()] == ["COMPLETED"]
+    assert receiver.bodies()[0]["task_id"] == created["task_id"]
+
+
 async def test_failed_callback_carries_no_reason() -> None:
     receiver = Receiver()
     knobs = SandboxKnobs(processing_after_s=0.0, complete_after_s=0.05, failure_rate=1.0)
