@@ -26,7 +26,8 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         processing_after_s: Time from creation until a task reports its running status.
         complete_after_s: Time from creation until a task reaches its terminal status.
         failure_rate: Fraction of tasks that end failed instead of completed (rolled at create).
-        drop_callback_rate: Fraction of terminal callbacks never sent (logged as dropped).
+        drop_callback_rate: Fraction of callbacks never sent (logged as dropped): terminal ones, and intermediate
+            ones at the emulators that send those (Minuit, Magnific).
         duplicate_callback_rate: Fraction of callbacks sent a second time right after the first.
         out_of_order_rate: Fraction of callbacks that are replayed stale, later. For providers that only
             send terminal callbacks (Seedancee2) "out of order" can only mean "late relative to other
@@ -34,8 +35,8 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             after one more task lifetime (`complete_after_s`), so it lands after polling has seen the
             terminal state and after callbacks of tasks created later. Emulators with intermediate
             events may instead swap their order; each one documents its choice.
-        burst_429: The next N provider API calls answer 429 with `Retry-After: 1`.
-        burst_5xx: The next N provider API calls answer 500 with the provider's internal error.
+        burst_429: The next N provider API calls answer 429, with `Retry-After: 1` where the provider sends one.
+        burst_5xx: The next N provider API calls answer the provider's server error (500; Minuit's is 502).
         seed: Seed for the random source, so that a test run is reproducible.
     """
 
@@ -102,11 +103,3 @@ class Chaos:
             self._burst_5xx -= 1
             return True
         return False
-
-    @property
-    def remaining_429(self) -> int:
-        return self._burst_429
-
-    @property
-    def remaining_5xx(self) -> int:
-        return self._burst_5xx

@@ -404,7 +404,7 @@ class _Seedancee2Sandbox(SandboxCore[_Task, Outcome]):
     def force(self, task_id: str, outcome: Outcome) -> _Task:
         task = super().force(task_id, outcome)
         if isinstance(task.request.callback_url, str):
-            task.timer = self.spawn(self._terminal_callback(task))
+            self.spawn(self._terminal_callback(task))  # the task is settled: nothing will cancel this
         return task
 
     # -- callbacks --------------------------------------------------------------------------------------
