@@ -97,8 +97,6 @@ def create_app(
             registry=metrics_holder.registry,
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
-        app.state.dispatcher = dispatcher
-        app.state.poller = poller
         tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(poller.run())] if run_workers else []
         tasks.append(asyncio.create_task(watch_loop_lag(metrics_holder.loop_lag)))
         log.info("reelay.started", providers=sorted(gateway.adapters), database=settings.database_url.split("://")[0])

@@ -16,7 +16,7 @@ import structlog
 
 from service import jobs
 from service.capabilities import check_for
-from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_job_id, new_token
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
@@ -274,7 +274,3 @@ def _decode_cursor(cursor: str) -> str:
     if not raw.startswith("job_") or len(raw) != 30:
         raise InvalidRequest("cursor: not a cursor this API returned", details={"field": "cursor"})
     return raw
-
-
-def unauthorized() -> Unauthorized:
-    return Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key)")

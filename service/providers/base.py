@@ -186,6 +186,14 @@ class HttpProvider:
     def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
         return None  # most providers' rules are all in their ModelSpec
 
+    async def find_submission(self, job: JobRecord) -> Submission | None:
+        return None  # called only when unknown_outcome is "lookup"
+
+    async def cancel(self, provider_task_id: str) -> bool:
+        # None of the five documents a cancel endpoint (MindVideo has a `cancelled` status but no way to ask
+        # for it, trap 16): a job cancelled in Reelay may still run, and be billed, upstream.
+        return False
+
     def error_detail(self, body: Any) -> tuple[str | None, str | None]:
         """(provider code, message) from an error body."""
         if isinstance(body, dict):

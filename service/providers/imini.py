@@ -113,17 +113,11 @@ class Imini(HttpProvider):
         # The answer carries no status (trap 26): a 200 means the task is queued.
         return Submission(provider_task_id=_task_id(answer))
 
-    async def find_submission(self, job: JobRecord) -> Submission | None:
-        return None  # never called: unknown_outcome is "fail" because imini has nothing to look a task up by
-
     async def fetch(self, provider_task_id: str) -> Report:
         answer = await self.call("GET", f"/v1/videos/tasks/{quote(provider_task_id, safe='')}")
         if not isinstance(answer, dict):
             raise ValueError("imini task answer is not an object")
         return self.report(answer)
-
-    async def cancel(self, provider_task_id: str) -> bool:
-        return False  # the API has no cancel endpoint
 
     def report(self, data: Mapping[str, Any]) -> Report:
         raw = str(data.get("status", "")).lower()

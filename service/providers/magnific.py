@@ -120,15 +120,9 @@ class Magnific(HttpProvider):
         )
         return Submission(provider_task_id=_task_id(_data(answer)))
 
-    async def find_submission(self, job: JobRecord) -> Submission | None:
-        return None  # never called: unknown_outcome is "fail"
-
     async def fetch(self, provider_task_id: str) -> Report:
         answer = await self.call("GET", f"{TASKS_PATH}/{provider_task_id}")
         return self.report(_data(answer))
-
-    async def cancel(self, provider_task_id: str) -> bool:
-        return False  # the API has no cancel endpoint
 
     def report(self, data: Mapping[str, Any]) -> Report:
         raw = str(data.get("status", "")).upper()  # documented UPPERCASE, read case-insensitively (trap 42)

@@ -149,17 +149,11 @@ class MindVideo(HttpProvider):
             cost={"usd_estimate": estimate} if _is_number(estimate) else None,
         )
 
-    async def find_submission(self, job: JobRecord) -> Submission | None:
-        return None  # never called: lost creates are resent under the same Idempotency-Key
-
     async def fetch(self, provider_task_id: str) -> Report:
         answer = await self.call("GET", f"/api/v1/tasks/{provider_task_id}")
         if not isinstance(answer, dict):
             raise ValueError("MindVideo status answer is not an object")
         return self.report(answer)
-
-    async def cancel(self, provider_task_id: str) -> bool:
-        return False  # `cancelled` exists upstream but no cancel endpoint is documented (trap 16)
 
     def report(self, data: Mapping[str, Any]) -> Report:
         raw = str(data.get("status", "")).lower()

@@ -152,17 +152,11 @@ class Minuit(HttpProvider):
             raise ValueError("Minuit create answer has no task_id")
         return Submission(provider_task_id=task_id, cost=_charged(answer.get("quota")) or None)
 
-    async def find_submission(self, job: JobRecord) -> Submission | None:
-        raise NotImplementedError("Minuit has no list endpoint; a lost create fails the job (unknown_outcome)")
-
     async def fetch(self, provider_task_id: str) -> Report:
         answer = await self.call("GET", f"/ent/v2/tasks/{provider_task_id}/creations")
         if not isinstance(answer, dict):
             raise ValueError("Minuit status answer is not an object")
         return self.report(answer)
-
-    async def cancel(self, provider_task_id: str) -> bool:
-        return False  # the API has no cancel endpoint
 
     def report(self, data: Mapping[str, Any]) -> Report:
         # Polling says `state`; Vidu-style callbacks may say `status`.

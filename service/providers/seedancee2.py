@@ -127,9 +127,6 @@ class Seedancee2(HttpProvider):
         answer = await self.call("GET", f"/v1/videos/generations/{provider_task_id}")
         return self.report(_data(answer))
 
-    async def cancel(self, provider_task_id: str) -> bool:
-        return False  # the API has no cancel endpoint
-
     def report(self, data: Mapping[str, Any]) -> Report:
         raw = str(data.get("status", "")).lower()
         status = _STATUS.get(raw, "processing")  # an unknown word keeps the job running; polling goes on
