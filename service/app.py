@@ -47,6 +47,13 @@ def enabled_adapters(settings: Settings, client: httpx.AsyncClient) -> dict[str,
     }
 
 
+def close_streams(app: Litestar) -> None:
+    """On stop: end every SSE stream with a reconnect hint (nothing to do before start-up finished)."""
+    ctx = getattr(app.state, "ctx", None)
+    if ctx is not None:
+        ctx.hub.close_all()
+
+
 def create_app(
     settings: Settings,
     *,

@@ -63,7 +63,7 @@ def main() -> None:
     "api and worker need PostgreSQL.",
 )
 def serve(host: str | None, port: int | None, role: str) -> None:
-    from service.app import create_app
+    from service.app import close_streams, create_app
     from service.server import make_server, run, serve_all
 
     settings = _settings()
@@ -75,13 +75,7 @@ def serve(host: str | None, port: int | None, role: str) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     server = make_server(app, host or settings.host, settings.port if port is None else port)
-    run(serve_all([server], on_stop=lambda: _close_streams(app)))
-
-
-def _close_streams(app: Any) -> None:
-    ctx = getattr(app.state, "ctx", None)
-    if ctx is not None:
-        ctx.hub.close_all()
+    run(serve_all([server], on_stop=lambda: close_streams(app)))
 
 
 @main.command(help="Run the service with sandbox emulators of the providers, on SQLite under ./var.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from service.app import create_app
+from service.app import close_streams, create_app
 from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
@@ -73,9 +73,4 @@ async def run_dev(*, port: int, sandbox_port: int, data_dir: str) -> None:
             err=True,
         )
 
-    def close_streams() -> None:
-        ctx = getattr(app.state, "ctx", None)
-        if ctx is not None:
-            ctx.hub.close_all()
-
-    await serve_all(servers, on_started=announce, on_stop=close_streams)
+    await serve_all(servers, on_started=announce, on_stop=lambda: close_streams(app))
