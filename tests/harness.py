@@ -124,6 +124,27 @@ class Stack:
         return response.json()
 
 
+class LoseFirstCreateAnswer(httpx.AsyncHTTPTransport):
+    """Delivers the first create (a POST under `create_path`) to the provider, then drops its answer, as a dead
+    connection would. `lost` counts dropped answers; `keys` holds each create's Idempotency-Key."""
+
+    def __init__(self, create_path: str) -> None:
+        super().__init__()
+        self.create_path = create_path
+        self.lost = 0
+        self.keys: list[str | None] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.method == "POST" and request.url.path.startswith(self.create_path):
+            self.keys.append(request.headers.get("Idempotency-Key"))
+            if not self.lost:
+                self.lost += 1
+                await response.aread()
+                raise httpx.ReadError("connection reset after the request was sent", request=request)
+        return response
+
+
 async def collect_events(
     stack_: Stack, url: str, until: str, found: list[dict[str, Any]], connected: asyncio.Event | None = None
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from service.sandbox import SandboxKnobs
 from service.schedule import Backoff
-from tests.harness import stack
+from tests.harness import LoseFirstCreateAnswer, stack
 
 QUICK = {"processing_after_s": 0.05, "complete_after_s": 0.2}
 
@@ -54,24 +54,8 @@ async def test_permanent_rejection_fails_the_job_with_the_providers_code(tmp_pat
         assert creates["attempts"] == 1  # a permanent error is not retried
 
 
-class LoseFirstCreateAnswer(httpx.AsyncHTTPTransport):
-    """Delivers the first create to the provider, then drops its answer, as a dead connection would."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lost = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        if request.method == "POST" and request.url.path == "/v1/videos/generations" and not self.lost:
-            self.lost += 1
-            await response.aread()
-            raise httpx.ReadError("connection reset after the request was sent", request=request)
-        return response
-
-
 async def test_lost_create_answer_is_reconciled_without_a_second_create(tmp_path: Path) -> None:
-    transport = LoseFirstCreateAnswer()
+    transport = LoseFirstCreateAnswer("/v1/videos/generations")
     async with (
         httpx.AsyncClient(transport=transport) as client,
         stack(tmp_path, knobs=SandboxKnobs(**QUICK), http_client=client) as running,

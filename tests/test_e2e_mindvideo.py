@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.sandbox import SandboxKnobs
-from tests.harness import Stack, collect_events, stack
+from tests.harness import LoseFirstCreateAnswer, Stack, collect_events, stack
 
 MODEL = "mindvideo/doubao-seedance-2-0-fast"
 # Slow enough that the first poll (about 1 s after submit) sees `processing`, quick enough for a test.
@@ -97,25 +97,8 @@ async def test_provider_failure_is_reported_with_the_providers_code(tmp_path: Pa
     assert done["cost"]["usd_charged"] == 0
 
 
-class LoseFirstCreateAnswer(httpx.AsyncHTTPTransport):
-    """Delivers the first create to MindVideo, then drops its answer, as a dead connection would."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.keys: list[str | None] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        if request.method == "POST" and request.url.path == "/api/v1/tasks":
-            self.keys.append(request.headers.get("Idempotency-Key"))
-            if len(self.keys) == 1:
-                await response.aread()
-                raise httpx.ReadError("connection reset after the request was sent", request=request)
-        return response
-
-
 async def test_lost_create_answer_is_resent_with_the_same_key_and_charged_once(tmp_path: Path) -> None:
-    transport = LoseFirstCreateAnswer()
+    transport = LoseFirstCreateAnswer("/api/v1/tasks")
     async with (
         httpx.AsyncClient(transport=transport) as client,
         stack(tmp_path, providers=("mindvideo",), knobs=QUICK, http_client=client) as running,

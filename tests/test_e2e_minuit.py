@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from service.sandbox import SandboxKnobs
-from tests.harness import Stack, collect_events, stack
+from tests.harness import LoseFirstCreateAnswer, Stack, collect_events, stack
 
 MODEL = "minuit/high_quality"
 IMAGE = "https://example.com/first-frame.jpg"
@@ -227,24 +227,8 @@ async def test_upstream_errors_on_create_are_retried_and_the_task_created_once(t
     assert (creates["attempts"], len(creates["accepted"])) == (3, 1)
 
 
-class LoseFirstCreateAnswer(httpx.AsyncHTTPTransport):
-    """Delivers the first create to the provider, then drops its answer, as a dead connection would."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lost = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        if request.method == "POST" and request.url.path.startswith("/ent/v2/") and not self.lost:
-            self.lost += 1
-            await response.aread()
-            raise httpx.ReadError("connection reset after the request was sent", request=request)
-        return response
-
-
 async def test_lost_create_answer_fails_the_job_and_is_never_resent(tmp_path: Path) -> None:
-    transport = LoseFirstCreateAnswer()
+    transport = LoseFirstCreateAnswer("/ent/v2/")
     async with (
         httpx.AsyncClient(transport=transport) as client,
         stack(tmp_path, providers=("minuit",), knobs=QUICK, http_client=client) as running,
