@@ -114,6 +114,13 @@ class Stack:
                 raise AssertionError(f"job {job_id} stuck in {job['status']}")
             await asyncio.sleep(0.05)
 
+    async def accepted(self, job_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The job once its provider has accepted it (its provider_task_id is set)."""
+        async with asyncio.timeout(timeout):
+            while not (job := await self.job(job_id))["provider_task_id"]:
+                await asyncio.sleep(0.02)
+        return job
+
     async def event_types(self, job_id: str) -> list[str]:
         """The job's logged event types, oldest first."""
         return [e.type for e in await self.store.events_after(0, job_id=job_id)]

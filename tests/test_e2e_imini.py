@@ -19,9 +19,7 @@ PENDING = SandboxKnobs(processing_after_s=30, complete_after_s=60)
 
 
 async def _submitted(stack_: Stack, job_id: str) -> dict[str, Any]:
-    async with asyncio.timeout(10):
-        while not (current := await stack_.job(job_id))["provider_task_id"]:
-            await asyncio.sleep(0.02)
+    current = await stack_.accepted(job_id, timeout=10)
     return current
 
 

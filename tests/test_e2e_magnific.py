@@ -33,9 +33,7 @@ async def _pending_job(stack_: Stack) -> dict[str, Any]:
     """A job Magnific has accepted but will not move on its own for a minute."""
     await stack_.sandbox("magnific", "PUT", "/_sandbox/knobs", json=SLOW)
     job = await stack_.submit(model=MODEL)
-    async with asyncio.timeout(5):
-        while not (current := await stack_.job(job["id"]))["provider_task_id"]:
-            await asyncio.sleep(0.02)
+    current = await stack_.accepted(job["id"])
     return current
 
 

@@ -36,9 +36,7 @@ async def _submitted(stack_: Stack, **input: Any) -> dict[str, Any]:
     """A job the provider has accepted but will not finish on its own for a minute."""
     await stack_.sandbox("mindvideo", "PUT", "/_sandbox/knobs", json=PENDING)
     job = await stack_.submit(model=MODEL, **input)
-    async with asyncio.timeout(5):
-        while not (current := await stack_.job(job["id"]))["provider_task_id"]:
-            await asyncio.sleep(0.02)
+    current = await stack_.accepted(job["id"])
     return current
 
 

@@ -32,9 +32,7 @@ async def minuit(tmp_path: Path) -> AsyncIterator[Stack]:
 
 async def _task(stack_: Stack, job_id: str) -> dict[str, Any]:
     """The emulator's record of the job's task, including the callback URL Reelay gave it."""
-    async with asyncio.timeout(5):
-        while not (job := await stack_.job(job_id))["provider_task_id"]:
-            await asyncio.sleep(0.02)
+    job = await stack_.accepted(job_id)
     tasks = (await stack_.sandbox("minuit", "GET", "/_sandbox/tasks"))["tasks"]
     task: dict[str, Any] = next(t for t in tasks if t["task_id"] == job["provider_task_id"])
     return task

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -39,9 +38,7 @@ async def _pending_job(stack_: Stack) -> dict[str, Any]:
         "seedancee2", "PUT", "/_sandbox/knobs", json={"processing_after_s": 60, "complete_after_s": 120}
     )
     job = await stack_.submit()
-    async with asyncio.timeout(5):
-        while not (current := await stack_.job(job["id"]))["provider_task_id"]:
-            await asyncio.sleep(0.02)
+    current = await stack_.accepted(job["id"])
     return current
 
 
@@ -149,9 +146,7 @@ async def test_a_callback_that_needs_confirmation_records_no_receipt(seedance: S
         "seedancee2", "PUT", "/_sandbox/knobs", json={"processing_after_s": 60, "complete_after_s": 120}
     )
     job = await seedance.submit(return_last_frame=True)
-    async with asyncio.timeout(5):
-        while not (current := await seedance.job(job["id"]))["provider_task_id"]:
-            await asyncio.sleep(0.02)
+    current = await seedance.accepted(job["id"])
     body = _body(current["provider_task_id"], job["id"])
     for _ in range(2):
         response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
