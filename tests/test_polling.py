@@ -19,16 +19,9 @@ from service.schedule import Backoff
 from service.settings import Settings
 from service.worker import Poller
 from storage import ApiKeyRecord, Stage, Store, create_store
+from tests.clock import Clock
 
 SCHEDULE = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeProvider:

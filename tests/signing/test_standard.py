@@ -24,6 +24,7 @@ from service.signing import SignatureError, SignatureVerificationMiddleware
 from service.signing.asgi import Receive, Scope, Send
 from service.signing.errors import REASONS
 from service.signing.standard import StandardWebhooksScheme, sign, sign_headers, verify_headers
+from tests.clock import Clock
 
 # standard-webhooks libraries/python/tests/test_webhooks.py
 DEFAULT_MSG_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
@@ -583,14 +584,6 @@ def test_arbitrary_payloads_round_trip(payload: bytes, msg_id: str, tolerance: i
 
 
 # --- StandardWebhooksScheme -----------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_scheme_signs_and_verifies_with_its_clock() -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from service.signing import SignatureError, TimestampedScheme, compute_signature, sign_header, verify_header
 from service.signing.errors import REASONS
+from tests.clock import Clock
 
 # stripe-python tests/test_webhook.py
 DUMMY_WEBHOOK_PAYLOAD = """{
@@ -388,14 +389,6 @@ def test_error_carries_reason_and_message() -> None:
 
 
 # --- TimestampedScheme ------------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_scheme_signs_and_verifies_with_its_clock() -> None:
