@@ -68,8 +68,10 @@ _UPDATE_JOB = (
     + f" WHERE id = ${len(_MUTABLE) + 1}"
 )
 _EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
+# One round trip while the event lock is held: insert, then NOTIFY the new id (delivered at commit).
 _INSERT_EVENT = (
-    "INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES ($1, $2, $3, $4, $5) RETURNING id"
+    "WITH e AS (INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES ($1, $2, $3, $4, $5) "
+    f"RETURNING id) SELECT id, pg_notify('{CHANNEL}', id::text) FROM e"
 )
 # xmin names the transaction that inserted a row (events are never updated): it groups events by commit.
 _EVENTS_BETWEEN = f"SELECT xmin::text, {_EVENT_COLUMNS} FROM events WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
@@ -335,7 +337,6 @@ class PostgresStore:
         snapshot = self._encode_job(job)  # before the lock: every writer waits while it is held
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOCK)
         event_id = await conn.fetchval(_INSERT_EVENT, job.id, job.api_key_id, event_type, job.updated_at, snapshot)
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(event_id))
         event = EventRecord(
             id=event_id,
             job_id=job.id,
