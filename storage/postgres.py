@@ -13,11 +13,9 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import msgspec
 
 from storage import migrations
 from storage.base import Decide, EventListener, JobEncoder
@@ -43,6 +41,16 @@ from storage.records import (
 from storage.records import (
     JOB_MUTABLE_COLUMNS as _MUTABLE,
 )
+from storage.rows import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    event_from_row,
+    fixed_values,
+    job_from_row,
+    json_text,
+    mutable_values,
+    now_iso,
+)
 
 log = logging.getLogger("reelay.storage")
 
@@ -54,11 +62,9 @@ CHANNEL = "reelay_events"
 _EVENT_LOCK = 0x5245454C41590001
 _MIGRATION_LOCK = 0x5245454C41590002
 
-_JSON_COLUMNS = frozenset({"input", "metadata", "output", "error", "cost"})
-_JOB_COLUMNS = ", ".join(_FIXED + _MUTABLE)
-_SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1"
+_SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
 _INSERT_JOB = (
-    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, len(_FIXED + _MUTABLE) + 1))})"
+    f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, len(_FIXED + _MUTABLE) + 1))})"
 )
 _UPDATE_JOB = (
     "UPDATE jobs SET "
@@ -67,14 +73,13 @@ _UPDATE_JOB = (
     + f", lease_owner = CASE WHEN ${_MUTABLE.index('lease_until') + 1}::float8 IS NULL THEN NULL ELSE lease_owner END"
     + f" WHERE id = ${len(_MUTABLE) + 1}"
 )
-_EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
 # One round trip while the event lock is held: insert, then NOTIFY the new id (delivered at commit).
 _INSERT_EVENT = (
     "WITH e AS (INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES ($1, $2, $3, $4, $5) "
     f"RETURNING id) SELECT id, pg_notify('{CHANNEL}', id::text) FROM e"
 )
 # xmin names the transaction that inserted a row (events are never updated): it groups events by commit.
-_EVENTS_BETWEEN = f"SELECT xmin::text, {_EVENT_COLUMNS} FROM events WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
+_EVENTS_BETWEEN = f"SELECT xmin::text, {EVENT_COLUMNS} FROM events WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
 _NO_UPPER_BOUND = 2**63 - 1
 _FEED_BATCH = 500
 
@@ -88,7 +93,7 @@ _DUE_POLL = f"stage IN ({int(Stage.SUBMITTED)}, {int(Stage.PROCESSING)}) AND nex
 _CLAIM = (
     "UPDATE jobs SET lease_until = $2, lease_owner = $3 WHERE id IN "
     "(SELECT id FROM jobs WHERE {due} ORDER BY {order}, id LIMIT $4 FOR UPDATE SKIP LOCKED) "
-    f"RETURNING {_JOB_COLUMNS}"
+    f"RETURNING {JOB_COLUMNS}"
 )
 _CLAIM_DISPATCH = _CLAIM.format(due=_DUE_DISPATCH, order="next_attempt_at")
 _CLAIM_POLLS = _CLAIM.format(due=_DUE_POLL, order="next_poll_at")
@@ -109,38 +114,6 @@ _PRUNE_RECEIPTS = (
     "DELETE FROM webhook_receipts WHERE (provider, receipt_key) IN "
     "(SELECT provider, receipt_key FROM webhook_receipts WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
 )
-
-_encoder = msgspec.json.Encoder()
-_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
-_decode_meta = msgspec.json.Decoder(dict[str, str]).decode
-
-
-def _json_encode(value: Any) -> str:
-    return _encoder.encode(value).decode()
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _job_values(job: JobRecord, columns: Sequence[str]) -> list[Any]:
-    values = []
-    for column in columns:
-        value = getattr(job, column)
-        values.append(_json_encode(value) if column in _JSON_COLUMNS and value is not None else value)
-    return values
-
-
-def _job_from_row(row: asyncpg.Record) -> JobRecord:
-    values = dict(row.items())
-    for column in _JSON_COLUMNS:
-        if values[column] is not None:
-            values[column] = (_decode_meta if column == "metadata" else _decode_dict)(values[column])
-    return JobRecord(**values)
-
-
-def _event_from_row(row: Sequence[Any]) -> EventRecord:
-    return EventRecord(id=row[0], job_id=row[1], api_key_id=row[2], type=row[3], created_at=row[4], job=row[5])
 
 
 def _row_count(status: str) -> int:
@@ -270,7 +243,7 @@ class PostgresStore:
                         "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
                         version,
                         name,
-                        _now_iso(),
+                        now_iso(),
                     )
                 applied.append(name)
         return applied
@@ -390,7 +363,7 @@ class PostgresStore:
                 existing = await self._claim_idempotency_key(conn, job, idempotency)
                 if existing is not None:
                     return CreateOutcome(job=existing, created=False)
-            await conn.execute(_INSERT_JOB, *_job_values(job, _FIXED + _MUTABLE))
+            await conn.execute(_INSERT_JOB, *fixed_values(job), *mutable_values(job))
             event = await self._append_event(conn, job, event_type, events)
         return CreateOutcome(job=job, created=True, event=event)
 
@@ -437,7 +410,7 @@ class PostgresStore:
     @staticmethod
     async def _get_job(conn: asyncpg.Connection, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         row = await conn.fetchrow(_SELECT_JOB + " FOR UPDATE" if for_update else _SELECT_JOB, job_id)
-        return None if row is None else _job_from_row(row)
+        return None if row is None else job_from_row(row)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         async with self._connection() as conn:
@@ -445,11 +418,11 @@ class PostgresStore:
 
     async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
         rows = await self._fetch(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE provider = $1 AND provider_task_id = $2",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND provider_task_id = $2",
             provider,
             provider_task_id,
         )
-        return next((_job_from_row(row) for row in rows), None)
+        return next((job_from_row(row) for row in rows), None)
 
     async def list_jobs(
         self, api_key_id: str, filters: JobFilter, *, limit: int, before_id: str | None = None
@@ -465,15 +438,14 @@ class PostgresStore:
                 clauses.append(f"{column} = {params.bind(value)}")
         if filters.metadata:
             # Containment compares decoded keys and values: keys are taken literally, never as paths.
-            clauses.append(f"metadata @> {params.bind(_json_encode(filters.metadata))}::jsonb")
+            clauses.append(f"metadata @> {params.bind(json_text(filters.metadata))}::jsonb")
         if before_id is not None:
             clauses.append(f"id < {params.bind(before_id)}")
         rows = await self._fetch(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC "
-            f"LIMIT {params.bind(limit)}",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT {params.bind(limit)}",
             *params.values,
         )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
         async with self._write() as (conn, events):
@@ -487,7 +459,7 @@ class PostgresStore:
                     "ON CONFLICT DO NOTHING RETURNING true",
                     receipt.provider,
                     receipt.key,
-                    _now_iso(),
+                    now_iso(),
                 )
                 if not recorded:
                     return UpdateOutcome(job=current, duplicate=True)
@@ -495,7 +467,7 @@ class PostgresStore:
             if decision is None:
                 return UpdateOutcome(job=current)
             job, event_type = decision
-            await conn.execute(_UPDATE_JOB, *_job_values(job, _MUTABLE), job_id)
+            await conn.execute(_UPDATE_JOB, *mutable_values(job), job_id)
             event = None if event_type is None else await self._append_event(conn, job, event_type, events)
         return UpdateOutcome(job=job, event=event, changed=True)
 
@@ -504,7 +476,7 @@ class PostgresStore:
     async def _claim(self, sql: str, order: str, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
         # One statement: rows another worker is claiming right now are skipped, never waited for nor taken twice.
         rows = await self._fetch(sql, now, now + lease_seconds, self.lease_owner, limit)
-        jobs = [_job_from_row(row) for row in rows]
+        jobs = [job_from_row(row) for row in rows]
         return sorted(jobs, key=lambda job: (getattr(job, order), job.id))  # RETURNING keeps no order
 
     async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
@@ -539,10 +511,10 @@ class PostgresStore:
         if job_id is not None:
             clauses.append(f"job_id = {params.bind(job_id)}")
         rows = await self._fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT {params.bind(limit)}",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT {params.bind(limit)}",
             *params.values,
         )
-        return [_event_from_row(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def last_event_id(self) -> int:
         async with self._connection() as conn:
@@ -732,7 +704,7 @@ class _EventFeed:
                 self._announce(group)
                 group = []
             xid = row[0]
-            group.append(_event_from_row(row[1:]))
+            group.append(event_from_row(row[1:]))
         if group:
             self._announce(group)
 

@@ -7,9 +7,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, closing
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,28 +40,24 @@ from storage.records import (
 from storage.records import (
     JOB_MUTABLE_COLUMNS as _MUTABLE,
 )
+from storage.rows import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    event_from_row,
+    fixed_values,
+    job_from_row,
+    mutable_values,
+    now_iso,
+)
 
 log = logging.getLogger("reelay.storage")
 
-_JOB_COLUMNS = ", ".join(_FIXED + _MUTABLE)
-_INSERT_SQL = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(_FIXED + _MUTABLE))})"
+_INSERT_SQL = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * len(_FIXED + _MUTABLE))})"
 _UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
-_EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
 
 # Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
 _FINISHED_BEFORE = f"stage = {int(Stage.TERMINAL)} AND completed_at < ?"
 _COPY_STEP_PAGES = 1024  # pages copied between progress reports (4 MiB with the default page size)
-
-_encoder = msgspec.json.Encoder()
-
-
-def _json_encode(value: Any) -> str:
-    # Stored as TEXT: SQLite 3.45+ reads a BLOB handed to its JSON functions as binary JSONB.
-    return _encoder.encode(value).decode()
-
-
-_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
-_decode_meta = msgspec.json.Decoder(dict[str, str]).decode
 
 
 def sqlite_path(url: str) -> str:
@@ -73,76 +68,6 @@ def sqlite_path(url: str) -> str:
     if not path or path == ":memory:":
         raise ValueError("an in-memory SQLite database cannot be shared between connections; give a file")
     return path
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _job_from_row(row: Sequence[Any]) -> JobRecord:
-    # Column order is _FIXED then _MUTABLE.
-    return JobRecord(
-        id=row[0],
-        api_key_id=row[1],
-        model=row[2],
-        provider=row[3],
-        input=_decode_dict(row[4]),
-        metadata=_decode_meta(row[5]),
-        callback_token=row[6],
-        created_at=row[7],
-        status=row[8],
-        stage=row[9],
-        provider_task_id=row[10],
-        output=None if row[11] is None else _decode_dict(row[11]),
-        error=None if row[12] is None else _decode_dict(row[12]),
-        cost=_decode_dict(row[13]),
-        updated_at=row[14],
-        completed_at=row[15],
-        deadline_at=row[16],
-        dispatch_state=row[17],
-        dispatch_attempts=row[18],
-        next_attempt_at=row[19],
-        next_poll_at=row[20],
-        poll_attempts=row[21],
-        lease_until=row[22],
-    )
-
-
-def _fixed_values(job: JobRecord) -> list[Any]:
-    return [
-        job.id,
-        job.api_key_id,
-        job.model,
-        job.provider,
-        _json_encode(job.input),
-        _json_encode(job.metadata),
-        job.callback_token,
-        job.created_at,
-    ]
-
-
-def _mutable_values(job: JobRecord) -> list[Any]:
-    return [
-        job.status,
-        job.stage,
-        job.provider_task_id,
-        None if job.output is None else _json_encode(job.output),
-        None if job.error is None else _json_encode(job.error),
-        _json_encode(job.cost),
-        job.updated_at,
-        job.completed_at,
-        job.deadline_at,
-        job.dispatch_state,
-        job.dispatch_attempts,
-        job.next_attempt_at,
-        job.next_poll_at,
-        job.poll_attempts,
-        job.lease_until,
-    ]
-
-
-def _event_from_row(row: Sequence[Any]) -> EventRecord:
-    return EventRecord(id=row[0], job_id=row[1], api_key_id=row[2], type=row[3], created_at=row[4], job=row[5])
 
 
 class SqliteStore:
@@ -229,7 +154,7 @@ class SqliteStore:
                     try:
                         await writer.executescript(
                             f"BEGIN IMMEDIATE;\n{sql}\n"
-                            f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{_now_iso()}');\nCOMMIT;"
+                            f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{now_iso()}');\nCOMMIT;"
                         )
                     except BaseException:
                         await asyncio.shield(writer.rollback())  # a failed script leaves its BEGIN open
@@ -411,25 +336,25 @@ class SqliteStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     (job.api_key_id, idempotency.key, idempotency.request_hash, job.id, job.created_at),
                 )
-            db.execute(_INSERT_SQL, [*_fixed_values(job), *_mutable_values(job)])
+            db.execute(_INSERT_SQL, [*fixed_values(job), *mutable_values(job)])
             event = self._append_event(db, job, event_type, events)
             return CreateOutcome(job=job, created=True, event=event)
 
         return await self._write(work)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        rows = await self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        rows = await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         for row in rows:
-            return _job_from_row(row)
+            return job_from_row(row)
         return None
 
     async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
         rows = await self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE provider = ? AND provider_task_id = ?",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND provider_task_id = ?",
             (provider, provider_task_id),
         )
         for row in rows:
-            return _job_from_row(row)
+            return job_from_row(row)
         return None
 
     async def list_jobs(
@@ -454,9 +379,9 @@ class SqliteStore:
             params.append(before_id)
         params.append(limit)
         rows = await self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", params
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", params
         )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
         def work(db: sqlite3.Connection, events: list[EventRecord]) -> UpdateOutcome:
@@ -466,7 +391,7 @@ class SqliteStore:
             if receipt is not None:
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO webhook_receipts (provider, receipt_key, received_at) VALUES (?, ?, ?)",
-                    (receipt.provider, receipt.key, _now_iso()),
+                    (receipt.provider, receipt.key, now_iso()),
                 )
                 if cursor.rowcount == 0:
                     return UpdateOutcome(job=current, duplicate=True)
@@ -474,7 +399,7 @@ class SqliteStore:
             if decision is None:
                 return UpdateOutcome(job=current)
             job, event_type = decision
-            db.execute(_UPDATE_SQL, [*_mutable_values(job), job_id])
+            db.execute(_UPDATE_SQL, [*mutable_values(job), job_id])
             event = None if event_type is None else self._append_event(db, job, event_type, events)
             return UpdateOutcome(job=job, event=event, changed=True)
 
@@ -485,11 +410,11 @@ class SqliteStore:
     async def _claim(self, where: str, order: str, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
         async with self._transaction() as conn:
             rows = await conn.execute_fetchall(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} AND (lease_until IS NULL OR lease_until <= ?) "
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} AND (lease_until IS NULL OR lease_until <= ?) "
                 f"ORDER BY {order} LIMIT ?",
                 (now, now, limit),
             )
-            jobs = [_job_from_row(row) for row in rows]
+            jobs = [job_from_row(row) for row in rows]
             if jobs:
                 until = now + lease_seconds
                 await conn.executemany("UPDATE jobs SET lease_until = ? WHERE id = ?", [(until, j.id) for j in jobs])
@@ -539,9 +464,9 @@ class SqliteStore:
             params.append(job_id)
         params.append(limit)
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?", params
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?", params
         )
-        return [_event_from_row(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def last_event_id(self) -> int:
         rows = await self._read("SELECT coalesce(max(id), 0) FROM events")
@@ -768,8 +693,8 @@ _Work = Callable[[sqlite3.Connection, list[EventRecord]], T]
 
 
 def _select_job(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
-    row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return None if row is None else _job_from_row(row)
+    row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else job_from_row(row)
 
 
 def _commit(db: sqlite3.Connection) -> None:

@@ -1,0 +1,98 @@
+"""Job and event rows to records and back, the same for both backends.
+
+Every job query selects `JOB_COLUMNS`, so a row is read by position: `JOB_FIXED_COLUMNS`, then
+`JOB_MUTABLE_COLUMNS`. JSON columns travel as text (SQLite 3.45+ would read a BLOB handed to its JSON functions
+as binary JSONB; PostgreSQL casts the text to jsonb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, JobRecord
+
+JOB_COLUMNS = ", ".join(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
+EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
+
+_encoder = msgspec.json.Encoder()
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_meta = msgspec.json.Decoder(dict[str, str]).decode
+
+
+def json_text(value: Any) -> str:
+    return _encoder.encode(value).decode()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def job_from_row(row: Sequence[Any]) -> JobRecord:
+    return JobRecord(
+        id=row[0],
+        api_key_id=row[1],
+        model=row[2],
+        provider=row[3],
+        input=_decode_dict(row[4]),
+        metadata=_decode_meta(row[5]),
+        callback_token=row[6],
+        created_at=row[7],
+        status=row[8],
+        stage=row[9],
+        provider_task_id=row[10],
+        output=None if row[11] is None else _decode_dict(row[11]),
+        error=None if row[12] is None else _decode_dict(row[12]),
+        cost=_decode_dict(row[13]),
+        updated_at=row[14],
+        completed_at=row[15],
+        deadline_at=row[16],
+        dispatch_state=row[17],
+        dispatch_attempts=row[18],
+        next_attempt_at=row[19],
+        next_poll_at=row[20],
+        poll_attempts=row[21],
+        lease_until=row[22],
+    )
+
+
+def fixed_values(job: JobRecord) -> list[Any]:
+    """Values of `JOB_FIXED_COLUMNS`, in order."""
+    return [
+        job.id,
+        job.api_key_id,
+        job.model,
+        job.provider,
+        json_text(job.input),
+        json_text(job.metadata),
+        job.callback_token,
+        job.created_at,
+    ]
+
+
+def mutable_values(job: JobRecord) -> list[Any]:
+    """Values of `JOB_MUTABLE_COLUMNS`, in order."""
+    return [
+        job.status,
+        job.stage,
+        job.provider_task_id,
+        None if job.output is None else json_text(job.output),
+        None if job.error is None else json_text(job.error),
+        json_text(job.cost),
+        job.updated_at,
+        job.completed_at,
+        job.deadline_at,
+        job.dispatch_state,
+        job.dispatch_attempts,
+        job.next_attempt_at,
+        job.next_poll_at,
+        job.poll_attempts,
+        job.lease_until,
+    ]
+
+
+def event_from_row(row: Sequence[Any]) -> EventRecord:
+    return EventRecord(id=row[0], job_id=row[1], api_key_id=row[2], type=row[3], created_at=row[4], job=row[5])
