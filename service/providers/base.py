@@ -254,3 +254,14 @@ class HttpProvider:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+NO_VIDEO = "the provider reported success without a video"
+
+
+def generation_failed(message: str, provider_code: str | None = None) -> dict[str, Any]:
+    """The job error for a generation the provider failed, or reported done without a video."""
+    error = {"code": "generation_failed", "message": message}
+    if provider_code is not None:
+        error["provider_code"] = provider_code
+    return error

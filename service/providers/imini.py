@@ -10,7 +10,15 @@ from urllib.parse import quote
 import structlog
 
 from service.jobs import Report, Status
-from service.providers.base import HttpProvider, ModelSpec, Price, Submission, WebhookNotice
+from service.providers.base import (
+    NO_VIDEO,
+    HttpProvider,
+    ModelSpec,
+    Price,
+    Submission,
+    WebhookNotice,
+    generation_failed,
+)
 from service.schedule import Backoff
 from service.signing import SignatureError
 from storage import JobRecord
@@ -130,20 +138,17 @@ class Imini(HttpProvider):
             output = _output(data)
             if output is None:
                 status = "failed"
-                error = {"code": "generation_failed", "message": "the provider reported success without a video"}
+                error = generation_failed(NO_VIDEO)
         if status == "failed" and error is None:
             err = data.get("error")
             err = err if isinstance(err, dict) else {}
             log.warning(
                 "imini.task_failed", provider_code=_text(err.get("code")), request_id=_text(err.get("request_id"))
             )
-            error = {
-                "code": "generation_failed",
-                "message": _with_request_id(
-                    _text(err.get("message")) or "the provider reported failure", err.get("request_id")
-                ),
-                "provider_code": _text(err.get("code")) or "failed",
-            }
+            error = generation_failed(
+                _with_request_id(_text(err.get("message")) or "the provider reported failure", err.get("request_id")),
+                _text(err.get("code")) or "failed",
+            )
         task_id = data.get("task_id")
         return Report(
             status=status,

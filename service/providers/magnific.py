@@ -10,7 +10,15 @@ import httpx
 import msgspec
 
 from service.jobs import Report
-from service.providers.base import HttpProvider, InputRefused, ModelSpec, Price, Submission, WebhookNotice
+from service.providers.base import (
+    HttpProvider,
+    InputRefused,
+    ModelSpec,
+    Price,
+    Submission,
+    WebhookNotice,
+    generation_failed,
+)
 from service.settings import ConfigError, ProviderSettings
 from service.signing import SignatureError
 from service.signing.standard import SECRET_PREFIX, verify_headers
@@ -137,17 +145,10 @@ class Magnific(HttpProvider):
             else:
                 # COMPLETED without a video is no success (trap 36); provider_code keeps the word it said.
                 status = "failed"
-                error = {
-                    "code": "generation_failed",
-                    "message": "the provider reported completion without a video",
-                    "provider_code": raw,
-                }
+                error = generation_failed("the provider reported completion without a video", raw)
         if status == "failed" and error is None:
-            error = {
-                "code": "generation_failed",
-                "message": "the provider reported failure and gave no reason",  # FAILED carries none (trap 37)
-                "provider_code": raw,
-            }
+            # FAILED carries no reason (trap 37)
+            error = generation_failed("the provider reported failure and gave no reason", raw)
         task_id = data.get("task_id")
         return Report(
             status=status,  # type: ignore[arg-type]

@@ -6,7 +6,16 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from service.jobs import Report
-from service.providers.base import HttpProvider, InputRefused, ModelSpec, Price, Submission, WebhookNotice
+from service.providers.base import (
+    NO_VIDEO,
+    HttpProvider,
+    InputRefused,
+    ModelSpec,
+    Price,
+    Submission,
+    WebhookNotice,
+    generation_failed,
+)
 from service.schedule import Backoff
 from service.signing import SignatureError
 from storage import JobRecord
@@ -171,7 +180,7 @@ class MindVideo(HttpProvider):
             found = [v for v in videos if isinstance(v, dict) and v.get("url")] if isinstance(videos, list) else []
             if not found:
                 status = "failed"
-                error = {"code": "generation_failed", "message": "the provider reported success without a video"}
+                error = generation_failed(NO_VIDEO)
             else:
                 assert isinstance(out, dict)
                 output = {
@@ -180,7 +189,7 @@ class MindVideo(HttpProvider):
                 }
         if status == "failed" and error is None:
             code, message = _failure(data)
-            error = {"code": "generation_failed", "message": message, "provider_code": code}
+            error = generation_failed(message, code)
         return Report(
             status=status,  # type: ignore[arg-type]
             provider_task_id=str(data["task_id"]) if data.get("task_id") else None,

@@ -12,6 +12,7 @@ import structlog
 
 from service.jobs import Report
 from service.providers.base import (
+    NO_VIDEO,
     HttpProvider,
     InputRefused,
     ModelSpec,
@@ -19,6 +20,7 @@ from service.providers.base import (
     Price,
     Submission,
     WebhookNotice,
+    generation_failed,
 )
 from service.schedule import Backoff
 from service.signing import SignatureError
@@ -181,13 +183,10 @@ class Minuit(HttpProvider):
                 output = {"videos": videos, "last_frame_url": None}
             else:
                 status = "failed"
-                error = {"code": "generation_failed", "message": "the provider reported success without a video"}
+                error = generation_failed(NO_VIDEO)
         if status == "failed" and error is None:
-            error = {
-                "code": "generation_failed",
-                "message": _text(data.get("err_msg")) or "the provider reported failure",
-                "provider_code": err_code or "failed",
-            }
+            message = _text(data.get("err_msg")) or "the provider reported failure"
+            error = generation_failed(message, err_code or "failed")
         task_id = _text(data.get("task_id")) or _text(data.get("id"))
         return Report(status=status, provider_task_id=task_id, output=output, error=error)  # type: ignore[arg-type]
 

@@ -8,7 +8,15 @@ from typing import Any, ClassVar
 import msgspec
 
 from service.jobs import Report
-from service.providers.base import HttpProvider, ModelSpec, Price, Submission, WebhookNotice
+from service.providers.base import (
+    NO_VIDEO,
+    HttpProvider,
+    ModelSpec,
+    Price,
+    Submission,
+    WebhookNotice,
+    generation_failed,
+)
 from service.signing import SignatureError, verify_header
 from storage import JobRecord
 
@@ -142,7 +150,7 @@ class Seedancee2(HttpProvider):
             assert isinstance(out, dict)
             if not out.get("video_url"):
                 status = "failed"
-                error = {"code": "generation_failed", "message": "the provider reported success without a video"}
+                error = generation_failed(NO_VIDEO)
             else:
                 output = {
                     "videos": [{"url": out["video_url"], "thumbnail_url": out.get("thumbnail_url")}],
@@ -151,11 +159,9 @@ class Seedancee2(HttpProvider):
         if status == "failed" and error is None:
             err = data.get("error") if isinstance(data.get("error"), dict) else {}
             assert isinstance(err, dict)
-            error = {
-                "code": "generation_failed",
-                "message": str(err.get("message") or "the provider reported failure"),
-                "provider_code": str(err.get("code") or "failed"),
-            }
+            error = generation_failed(
+                str(err.get("message") or "the provider reported failure"), str(err.get("code") or "failed")
+            )
         return Report(
             status=status,  # type: ignore[arg-type]
             provider_task_id=str(data["id"]) if data.get("id") else None,
