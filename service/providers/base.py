@@ -17,6 +17,7 @@ import httpx
 import msgspec
 
 from service.schedule import Backoff
+from service.signing.errors import SignatureError
 
 if TYPE_CHECKING:
     from service.jobs import Report
@@ -250,6 +251,31 @@ class HttpProvider:
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         raise PermanentError(message or f"{self.name} answered {status}", provider_code=code, status=status)
+
+
+class PollOnlyProvider(HttpProvider):
+    """A provider that sends no webhooks: anything posted to its callback URL is not from it."""
+
+    label: ClassVar[str]  # its name in messages
+    signs_webhooks: ClassVar[bool] = False
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
+        raise SignatureError("signing_not_configured", f"{self.label} sends no webhooks; its jobs are polled")
+
+    def parse_webhook(self, body: bytes) -> WebhookNotice:
+        raise ValueError(f"{self.label} sends no webhooks")
+
+    def needs_confirmation(self, notice: WebhookNotice, job: JobRecord) -> bool:
+        return True  # only the status endpoint speaks for it
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string, or None."""
+    return value if isinstance(value, str) and value else None
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _str(value: Any) -> str | None:

@@ -12,15 +12,14 @@ import structlog
 from service.jobs import Report, Status
 from service.providers.base import (
     NO_VIDEO,
-    HttpProvider,
     ModelSpec,
+    PollOnlyProvider,
     Price,
     Submission,
-    WebhookNotice,
     generation_failed,
+    text,
 )
 from service.schedule import Backoff
-from service.signing import SignatureError
 from storage import JobRecord
 
 log = structlog.get_logger("reelay.providers.imini")
@@ -68,12 +67,12 @@ SPEC = ModelSpec(
 )
 
 
-class Imini(HttpProvider):
+class Imini(PollOnlyProvider):
     name: ClassVar[str] = "imini"
     models: ClassVar[tuple[ModelSpec, ...]] = (SPEC,)
     # No idempotency key and no task list: a create whose answer was lost cannot be reconciled.
     unknown_outcome: ClassVar[str] = "fail"
-    signs_webhooks: ClassVar[bool] = False
+    label: ClassVar[str] = "imini"
     # imini's own client: from 2 s, x1.5, capped at 30 s, ±20 % jitter.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=30.0, jitter=0.2)
     min_retry_after: ClassVar[float] = 5.0
@@ -85,8 +84,8 @@ class Imini(HttpProvider):
         err = body.get("error") if isinstance(body, dict) else None
         if not isinstance(err, dict):
             return super().error_detail(body)
-        message = _text(err.get("message")) or "imini refused the request"
-        return _text(err.get("code")), _with_request_id(message, err.get("request_id"))
+        message = text(err.get("message")) or "imini refused the request"
+        return text(err.get("code")), _with_request_id(message, err.get("request_id"))
 
     def payload(self, job: JobRecord, spec: ModelSpec) -> dict[str, Any]:
         given = job.input
@@ -143,11 +142,11 @@ class Imini(HttpProvider):
             err = data.get("error")
             err = err if isinstance(err, dict) else {}
             log.warning(
-                "imini.task_failed", provider_code=_text(err.get("code")), request_id=_text(err.get("request_id"))
+                "imini.task_failed", provider_code=text(err.get("code")), request_id=text(err.get("request_id"))
             )
             error = generation_failed(
-                _with_request_id(_text(err.get("message")) or "the provider reported failure", err.get("request_id")),
-                _text(err.get("code")) or "failed",
+                _with_request_id(text(err.get("message")) or "the provider reported failure", err.get("request_id")),
+                text(err.get("code")) or "failed",
             )
         task_id = data.get("task_id")
         return Report(
@@ -157,16 +156,6 @@ class Imini(HttpProvider):
             error=error,
         )
 
-    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
-        # imini sends no webhooks, so anything arriving at Reelay's callback URL is not from imini.
-        raise SignatureError("signing_not_configured", "imini sends no webhooks; its jobs are polled")
-
-    def parse_webhook(self, body: bytes) -> WebhookNotice:
-        raise ValueError("imini sends no webhooks")
-
-    def needs_confirmation(self, notice: WebhookNotice, job: JobRecord) -> bool:
-        return True  # only the status endpoint speaks for imini
-
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         return {}  # no published prices: nothing to estimate
 
@@ -175,15 +164,15 @@ def _output(data: Mapping[str, Any]) -> dict[str, Any] | None:
     """Every video of a succeeded task; the last frame is read at the top level or on a video [A]."""
     items = data.get("videos")
     videos = (
-        [item for item in items if isinstance(item, dict) and _text(item.get("url"))] if isinstance(items, list) else []
+        [item for item in items if isinstance(item, dict) and text(item.get("url"))] if isinstance(items, list) else []
     )
     if not videos:
         return None
-    last_frame = _text(data.get("last_frame_url")) or next(
-        (url for video in videos if (url := _text(video.get("last_frame_url")))), None
+    last_frame = text(data.get("last_frame_url")) or next(
+        (url for video in videos if (url := text(video.get("last_frame_url")))), None
     )
     return {
-        "videos": [{"url": video["url"], "thumbnail_url": _text(video.get("cover_url"))} for video in videos],
+        "videos": [{"url": video["url"], "thumbnail_url": text(video.get("cover_url"))} for video in videos],
         "last_frame_url": last_frame,
     }
 
@@ -199,7 +188,3 @@ def _task_id(answer: Any) -> str:
 def _with_request_id(message: str, request_id: Any) -> str:
     """imini support asks for the request id, so it travels with the message callers see."""
     return f"{message} (imini request_id {request_id})" if isinstance(request_id, str) and request_id else message
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None

@@ -8,16 +8,15 @@ from typing import Any, ClassVar
 from service.jobs import Report
 from service.providers.base import (
     NO_VIDEO,
-    HttpProvider,
     InputRefused,
     ModelSpec,
+    PollOnlyProvider,
     Price,
     Submission,
-    WebhookNotice,
     generation_failed,
+    is_number,
 )
 from service.schedule import Backoff
-from service.signing import SignatureError
 from storage import JobRecord
 
 UPSTREAM_MODEL = "doubao-seedance-2-0-fast"
@@ -87,12 +86,12 @@ MODEL = ModelSpec(
 )
 
 
-class MindVideo(HttpProvider):
+class MindVideo(PollOnlyProvider):
     name: ClassVar[str] = "mindvideo"
     models: ClassVar[tuple[ModelSpec, ...]] = (MODEL,)
     # The Idempotency-Key (the job id) makes a resent create return the original task, never a second charge.
     unknown_outcome: ClassVar[str] = "idempotency"
-    signs_webhooks: ClassVar[bool] = False
+    label: ClassVar[str] = "MindVideo"
     # Poll-only: look early for short jobs, then back off to every 30 s for long ones.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=1.0, factor=1.5, cap=30.0, jitter=0.2)
 
@@ -155,7 +154,7 @@ class MindVideo(HttpProvider):
         estimate = answer.get("cost_estimate")
         return Submission(
             provider_task_id=str(answer["task_id"]),
-            cost={"usd_estimate": estimate} if _is_number(estimate) else None,
+            cost={"usd_estimate": estimate} if is_number(estimate) else None,
         )
 
     async def fetch(self, provider_task_id: str) -> Report:
@@ -170,9 +169,9 @@ class MindVideo(HttpProvider):
         output = None
         error = None
         cost: dict[str, Any] = {}
-        if _is_number(data.get("cost_estimate")):
+        if is_number(data.get("cost_estimate")):
             cost["usd_estimate"] = data["cost_estimate"]
-        if _is_number(data.get("cost_actual")):
+        if is_number(data.get("cost_actual")):
             cost["usd_charged"] = data["cost_actual"]
         if status == "succeeded":
             out = data.get("output")
@@ -198,22 +197,8 @@ class MindVideo(HttpProvider):
             cost=cost or None,
         )
 
-    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
-        # MindVideo documents no webhooks, so anything posted to its callback URL is not from MindVideo.
-        raise SignatureError("signing_not_configured", "MindVideo sends no webhooks; its jobs are polled")
-
-    def parse_webhook(self, body: bytes) -> WebhookNotice:
-        raise ValueError("MindVideo sends no webhooks")
-
-    def needs_confirmation(self, notice: WebhookNotice, job: JobRecord) -> bool:
-        return True  # only the status endpoint speaks for MindVideo
-
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         return {}  # no rate table: the estimate is MindVideo's cost_estimate, known once the task is created
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _failure(data: Mapping[str, Any]) -> tuple[str, str]:

@@ -21,6 +21,8 @@ from service.providers.base import (
     Submission,
     WebhookNotice,
     generation_failed,
+    is_number,
+    text,
 )
 from service.schedule import Backoff
 from service.signing import SignatureError
@@ -163,7 +165,7 @@ class Minuit(HttpProvider):
     def report(self, data: Mapping[str, Any]) -> Report:
         # Polling says `state`; Vidu-style callbacks may say `status`.
         raw = data.get("state", data.get("status"))
-        err_code = _text(data.get("err_code"))
+        err_code = text(data.get("err_code"))
         status = _STATES.get(str(raw).lower())
         if status == "failed" and err_code == "UserCancelled":
             status = "cancelled"
@@ -175,9 +177,9 @@ class Minuit(HttpProvider):
         if status == "succeeded":
             creations = data.get("creations")
             videos = [
-                {"url": item["url"], "thumbnail_url": _text(item.get("cover_url"))}
+                {"url": item["url"], "thumbnail_url": text(item.get("cover_url"))}
                 for item in (creations if isinstance(creations, list) else [])
-                if isinstance(item, dict) and _text(item.get("url"))
+                if isinstance(item, dict) and text(item.get("url"))
             ]
             if videos:
                 output = {"videos": videos, "last_frame_url": None}
@@ -185,9 +187,9 @@ class Minuit(HttpProvider):
                 status = "failed"
                 error = generation_failed(NO_VIDEO)
         if status == "failed" and error is None:
-            message = _text(data.get("err_msg")) or "the provider reported failure"
+            message = text(data.get("err_msg")) or "the provider reported failure"
             error = generation_failed(message, err_code or "failed")
-        task_id = _text(data.get("task_id")) or _text(data.get("id"))
+        task_id = text(data.get("task_id")) or text(data.get("id"))
         return Report(status=status, provider_task_id=task_id, output=output, error=error)  # type: ignore[arg-type]
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
@@ -240,18 +242,10 @@ def _charged(quota: Any) -> dict[str, Any]:
     if not isinstance(quota, dict):
         return {}
     cost: dict[str, Any] = {}
-    if _number(quota.get("cost")):
+    if is_number(quota.get("cost")):
         cost["credits_charged"] = quota["cost"]
         cost["usd_charged"] = round(quota["cost"] * USD_PER_CREDIT, 6)
     for theirs in ("remaining", "total_credits", "used_credits"):
-        if _number(quota.get(theirs)):
+        if is_number(quota.get(theirs)):
             cost[f"quota_{theirs}"] = quota[theirs]
     return cost
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
