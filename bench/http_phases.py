@@ -42,7 +42,7 @@ def _webhooks(jobs: list[SeededJob]) -> list[tuple[dict[str, str], bytes]]:
 
 def ceiling(work: Path, seconds: float) -> dict[str, Any]:
     """a. The bare framework on the same server code, fed the same signed webhook bytes as phase b."""
-    fake = [SeededJob(f"job_{i:026d}", f"tsk_{i:020d}", "key") for i in range(1000)]
+    fake = [SeededJob(f"job_{i:026d}", f"tsk_{i:020d}") for i in range(1000)]
     requests = work / "ceiling.tsv"
     write_requests(requests, _webhooks(fake))
     port = free_port()

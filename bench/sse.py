@@ -131,10 +131,10 @@ class Stream(asyncio.Protocol):
             self._waiting_for = None
 
 
-def events_request(key: str, last_event_id: int | None = None, path: str = "/v1/events") -> bytes:
+def events_request(key: str, last_event_id: int | None = None) -> bytes:
     resume = f"last-event-id: {last_event_id}\r\n" if last_event_id is not None else ""
     return (
-        f"GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n"
+        f"GET /v1/events HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n"
         f"authorization: Bearer {key}\r\n{resume}\r\n"
     ).encode()
 

@@ -63,7 +63,7 @@ def run(work: Path) -> dict[str, Any]:
 async def _phases(pid: int, port: int, seeds: Seeds) -> dict[str, Any]:
     results: dict[str, Any] = {"heartbeat_seconds": HEARTBEAT_SECONDS}
     results["d"] = await _idle_and_latency(pid, port, seeds)
-    results["d"]["broadcast"] = await _broadcast(pid, port, seeds)
+    results["d"]["broadcast"] = await _broadcast(port, seeds)
     results["e"] = await _churn(pid, port, seeds)
     results["f"] = await _storm(pid, port, seeds)
     return results
@@ -144,7 +144,7 @@ def _longest_stall(before: dict[float, float], after: dict[float, float]) -> flo
     return None if worst is None else (float("inf") if worst == float("inf") else round(worst * 1000, 1))
 
 
-async def _broadcast(pid: int, port: int, seeds: Seeds) -> dict[str, Any]:
+async def _broadcast(port: int, seeds: Seeds) -> dict[str, Any]:
     streams = await open_streams(port, [events_request(seeds.broadcast.secret)] * BROADCAST_FANOUT)
     sender = Sender(port)
     spans = []

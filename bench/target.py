@@ -40,7 +40,6 @@ class Key:
 class SeededJob:
     id: str
     task_id: str
-    api_key_id: str
 
 
 def callback_body(job: SeededJob) -> bytes:
@@ -122,7 +121,7 @@ class Database:
                 moved = submitted(job, provider_task_id=task_id, cost=None, now=now, next_poll_at=now + 86_400)
                 assert moved is not None
                 await store.create_job(moved[0], "job.submitted")
-                made.append(SeededJob(job.id, task_id, key.id))
+                made.append(SeededJob(job.id, task_id))
         finally:
             await store.close()
         return made
