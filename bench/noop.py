@@ -6,7 +6,7 @@ import sys
 
 from litestar import Litestar, get, post
 
-from service.server import make_server, run, serve_all
+from service.server import listen, make_server, run, serve_all
 
 
 @post(["/webhooks/seedancee2", "/v1/jobs"], status_code=204)
@@ -22,4 +22,4 @@ async def healthz() -> None:
 app = Litestar([noop, healthz], logging_config=None, debug=False)
 
 if __name__ == "__main__":
-    run(serve_all([make_server(app, "127.0.0.1", int(sys.argv[1]))]))
+    run(serve_all([make_server(app, listen("127.0.0.1", int(sys.argv[1])))]))

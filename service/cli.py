@@ -64,7 +64,7 @@ def main() -> None:
 )
 def serve(host: str | None, port: int | None, role: str) -> None:
     from service.app import close_streams, create_app
-    from service.server import make_server, run, serve_all
+    from service.server import StartupError, listen, make_server, run, serve_all
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -74,8 +74,11 @@ def serve(host: str | None, port: int | None, role: str) -> None:
         app = create_app(settings, role=role)  # type: ignore[arg-type]
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    server = make_server(app, host or settings.host, settings.port if port is None else port)
-    run(serve_all([server], on_stop=lambda: close_streams(app)))
+    try:
+        server = make_server(app, listen(host or settings.host, settings.port if port is None else port))
+        run(serve_all([server], on_stop=lambda: close_streams(app)))
+    except (OSError, StartupError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command(help="Run the service with sandbox emulators of the providers, on SQLite under ./var.")
@@ -84,11 +87,11 @@ def serve(host: str | None, port: int | None, role: str) -> None:
 @click.option("--data-dir", default="./var", show_default=True, help="Where the SQLite file lives.")
 def dev(port: int, sandbox_port: int, data_dir: str) -> None:
     from service.dev import run_dev
-    from service.server import run
+    from service.server import StartupError, run
 
     try:
         run(run_dev(port=port, sandbox_port=sandbox_port, data_dir=data_dir))
-    except (StorageError, ConfigError, OSError) as exc:
+    except (StorageError, ConfigError, OSError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
 from service.sandbox import SANDBOXES, SandboxKnobs
-from service.server import make_server, serve_all
+from service.server import listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
 from storage import create_store
 
@@ -45,8 +46,19 @@ def dev_settings(port: int, sandbox_port: int, data_dir: str) -> Settings:
 
 
 async def run_dev(*, port: int, sandbox_port: int, data_dir: str) -> None:
+    emulator_ports = range(sandbox_port, sandbox_port + len(SANDBOXES))
+    if port in emulator_ports:
+        raise click.UsageError(
+            f"--port {port} is one of the emulators' ports {emulator_ports[0]}-{emulator_ports[-1]} (--sandbox-port)"
+        )
     settings = dev_settings(port, sandbox_port, data_dir)
     configure_logging(settings.log_format, settings.log_level)
+    # Six servers' start-up and shutdown lines would bury the banner; their warnings and errors still show.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    try:
+        sockets = [listen(settings.host, port)] + [listen("127.0.0.1", p) for p in emulator_ports]
+    except OSError as exc:
+        raise click.ClickException(f"{exc}; pick free ports with --port and --sandbox-port") from None
     store = create_store(settings.database_url, encode_job, sqlite_synchronous="NORMAL")
     await store.open()
     try:
@@ -54,9 +66,9 @@ async def run_dev(*, port: int, sandbox_port: int, data_dir: str) -> None:
     finally:
         await store.close()
     app = create_app(settings)
-    servers = [make_server(app, settings.host, port, graceful_seconds=3)]
-    for offset, spec in enumerate(SANDBOXES.values()):
-        servers.append(make_server(spec.build(DEV_KNOBS), "127.0.0.1", sandbox_port + offset, graceful_seconds=1))
+    servers = [make_server(app, sockets[0], graceful_seconds=3)]
+    for spec, sock in zip(SANDBOXES.values(), sockets[1:], strict=True):
+        servers.append(make_server(spec.build(DEV_KNOBS), sock, graceful_seconds=1))
 
     def announce() -> None:
         url = settings.public_url

@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any, TypeVar
 
+import structlog
 import uvicorn
 import uvloop
 
 T = TypeVar("T")
+log = structlog.get_logger("reelay.server")
+
+
+class StartupError(Exception):
+    """A server stopped before it started (its app's start-up failed); the log says why."""
 
 
 # CPython collects its youngest generation every 700 net allocations. A server holding 10,000 streams then promotes
@@ -33,13 +41,42 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-class _Server(uvicorn.Server):
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before anything starts: a busy port is one clear error, not a failed start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server on a socket bound beforehand (`listen`)."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        super().__init__(config)
+        self.socket = sock
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets or [self.socket])
+        except SystemExit:
+            if self.started:
+                raise
+            # uvicorn exits the whole process when its app's start-up fails; `serve_all` reports it instead.
+        finally:
+            self.socket.close()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield  # signals are handled once for every server, in `serve_all`
 
 
-def make_server(app: Any, host: str, port: int, *, graceful_seconds: float = 10.0) -> uvicorn.Server:
+def make_server(app: Any, sock: socket.socket, *, graceful_seconds: float = 10.0) -> Server:
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
         host=host,
@@ -50,19 +87,23 @@ def make_server(app: Any, host: str, port: int, *, graceful_seconds: float = 10.
         timeout_graceful_shutdown=int(graceful_seconds),
         server_header=False,
     )
-    return _Server(config)
+    return Server(config, sock)
 
 
 async def serve_all(
-    servers: Sequence[uvicorn.Server],
+    servers: Sequence[Server],
     *,
     on_started: Callable[[], Awaitable[None] | None] | None = None,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; `on_stop` runs first (it ends open streams so shutdown is quick)."""
+    """Serve until SIGINT/SIGTERM; `on_stop` runs first (it ends open streams so shutdown is quick).
+
+    If one server fails to start, every server stops and `StartupError` is raised.
+    """
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        log.info("server.stopping", servers=len(servers))
         if on_stop is not None:
             on_stop()
         for server in servers:
@@ -72,12 +113,16 @@ async def serve_all(
         loop.add_signal_handler(sig, stop)
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     try:
-        if on_started is not None:
-            while not all(s.started for s in servers):
-                if any(t.done() for t in tasks):
-                    break
-                await asyncio.sleep(0.05)
-            else:
+        while not all(s.started for s in servers):
+            if failed := [s for s, t in zip(servers, tasks, strict=True) if t.done() and not s.started]:
+                stop()
+                await asyncio.gather(*tasks)
+                raise StartupError(f"the server for {failed[0].url} stopped during start-up; see the log above")
+            await asyncio.sleep(0.05)
+        else:
+            for server in servers:
+                log.info("server.listening", url=server.url)
+            if on_started is not None:
                 result = on_started()
                 if result is not None:
                     await result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,14 +33,35 @@ def bind(port: int = 0) -> socket.socket:
     return sock
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive loopback ports free now, for a process that binds them itself.
+
+    They lie below the kernel's ephemeral range, so no `bind()` to port 0 or outgoing connection takes one in
+    the meantime."""
+    rng = random.Random()
+    for _ in range(100):
+        first = rng.randrange(20_000, 32_000 - count)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                socks.append(bind(port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def url_of(sock: socket.socket) -> str:
     return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @asynccontextmanager
 async def serving(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
-    server = make_server(app, "127.0.0.1", sock.getsockname()[1], graceful_seconds=2)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    server = make_server(app, sock, graceful_seconds=2)
+    task = asyncio.create_task(server.serve())
     try:
         while not server.started:
             if task.done():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from service.ids import split_api_key
+from tests.harness import bind
 
 REELAY = str(Path(sys.executable).parent / "reelay")
 
@@ -56,3 +57,15 @@ def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "REELAY_DATABASE_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    busy = bind()
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        result = _run(tmp_path, "serve", "--host", "127.0.0.1", "--port", str(port))
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"

@@ -11,16 +11,14 @@ from pathlib import Path
 import httpx
 
 from service.sandbox import SANDBOXES, SandboxKnobs
-from tests.harness import bind, serving, url_of
+from tests.harness import bind, free_ports, serving, url_of
 from tests.processes import create_key, reelay_env, reelay_serve, wait_ready
 
 JOBS = 12
 
 
 async def test_sigkill_with_queued_jobs_then_restart_submits_each_job_once(tmp_path: Path) -> None:
-    reelay_sock, sandbox_sock = bind(), bind()
-    port = reelay_sock.getsockname()[1]
-    reelay_sock.close()  # the subprocess binds it
+    sandbox_sock, port = bind(), free_ports(1)  # the subprocess binds its port itself
     env = reelay_env(tmp_path, port, {"seedancee2": url_of(sandbox_sock)})
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {create_key(env)}"}

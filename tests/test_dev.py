@@ -13,16 +13,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import bind
+from tests.harness import bind, free_ports
 
 REELAY = str(Path(sys.executable).parent / "reelay")
 
 
 async def test_reelay_dev_runs_a_job_to_success(tmp_path: Path) -> None:
-    socks = [bind(), bind()]
-    port, sandbox_port = (s.getsockname()[1] for s in socks)
-    for sock in socks:
-        sock.close()
+    port = free_ports(1 + 5)
+    sandbox_port = port + 1
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -74,3 +72,32 @@ async def test_reelay_dev_runs_a_job_to_success(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(15) == 0, log.read_text()[-2000:]
+
+
+def _dev(tmp_path: Path, port: int, sandbox_port: int) -> subprocess.CompletedProcess[str]:
+    args = ["dev", "--port", str(port), "--sandbox-port", str(sandbox_port), "--data-dir", str(tmp_path / "var")]
+    return subprocess.run([REELAY, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:
+    port = free_ports(1 + 5)
+    busy = bind(port + 3)
+    busy.listen()
+    try:
+        result = _dev(tmp_path, port, port + 1)
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: cannot listen on 127.0.0.1:{port + 3}: Address already in use; "
+        "pick free ports with --port and --sandbox-port"
+    )
+    assert not (tmp_path / "var").exists()  # no database, no key made for a server that never ran
+
+
+def test_a_port_inside_the_emulators_range_is_refused(tmp_path: Path) -> None:
+    port = free_ports(5)
+    result = _dev(tmp_path, port + 2, port)
+    assert result.returncode == 2
+    assert f"--port {port + 2} is one of the emulators' ports {port}-{port + 4}" in result.stderr
+    assert "Traceback" not in result.stderr

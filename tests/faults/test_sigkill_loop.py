@@ -45,7 +45,7 @@ from tests.faults.rig import (
     read_until,
     token_of,
 )
-from tests.harness import bind, serving, url_of
+from tests.harness import bind, free_ports, serving, url_of
 from tests.processes import create_key
 
 KILLS = int(os.environ.get("REELAY_FAULT_KILLS", "12"))
@@ -371,9 +371,7 @@ async def test_sigkill_loop_loses_nothing_and_creates_nothing_twice(tmp_path: Pa
     probe = Probe()
     socks = {name: bind() for name in PROVIDERS}
     urls = {name: url_of(sock) for name, sock in socks.items()}
-    reelay_sock = bind()
-    port = reelay_sock.getsockname()[1]
-    reelay_sock.close()  # the subprocess binds it, again after every kill
+    port = free_ports(1)  # the subprocess binds it, again after every kill
     db = tmp_path / "faults.db"
     reelay = ReelayProcess(faults_env(db, port, urls), tmp_path / "reelay.log")
     auth = {"Authorization": f"Bearer {create_key(reelay.env)}"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from service.sandbox import SANDBOXES, SandboxKnobs
-from tests.harness import bind, serving, url_of
+from tests.harness import bind, free_ports, serving, url_of
 from tests.processes import create_key, reelay_env, reelay_serve, wait_ready
 
 DRAIN_SECONDS = 1.5
@@ -19,9 +19,8 @@ EXIT_BOUND_SECONDS = 6.0  # uvicorn stops at once, the drain waits DRAIN_SECONDS
 
 
 async def test_sigterm_hands_back_work_and_closes_streams_in_bounded_time(tmp_path: Path) -> None:
-    sandbox_sock, reelay_sock = bind(), bind()
-    sandbox_port, port = sandbox_sock.getsockname()[1], reelay_sock.getsockname()[1]
-    reelay_sock.close()  # `reelay serve` binds it
+    sandbox_sock, port = bind(), free_ports(1)  # `reelay serve` binds its port itself
+    sandbox_port = sandbox_sock.getsockname()[1]
     env = reelay_env(
         tmp_path, port, {"seedancee2": url_of(sandbox_sock)}, REELAY_SHUTDOWN_DRAIN_SECONDS=str(DRAIN_SECONDS)
     )

@@ -16,7 +16,7 @@ import httpx
 
 from service.sandbox import SANDBOXES, SandboxKnobs
 from tests import pg
-from tests.harness import bind, serving, url_of
+from tests.harness import bind, free_ports, serving, url_of
 from tests.processes import REELAY, create_key, reelay_env, wait_ready
 
 JOBS = 30
@@ -30,17 +30,11 @@ def _start(env: dict[str, str], role: str, port: int, log: Path) -> subprocess.P
         )
 
 
-def _free_port() -> int:
-    sock = bind()
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
-
-
 async def test_two_api_replicas_and_two_workers_survive_a_killed_worker(
     postgres_server: pg.PostgresServer, tmp_path: Path
 ) -> None:
-    api_a, api_b, worker_1, worker_2 = (_free_port() for _ in range(4))
+    first = free_ports(4)
+    api_a, api_b, worker_1, worker_2 = range(first, first + 4)
     sandbox_sock = bind()
     async with postgres_server.database() as database_url:
         env = reelay_env(
