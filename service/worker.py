@@ -173,7 +173,11 @@ class Dispatcher(LeasedLoop):
         except OutcomeUnknown as exc:
             await self._retry(job, exc, maybe_sent=True)
         except TransientError as exc:
-            await self._retry(job, exc, maybe_sent=exc.maybe_sent)
+            if exc.give_up_after is not None and job.dispatch_attempts >= exc.give_up_after:
+                message = f"{exc} (on {job.dispatch_attempts} attempts, so taken as a refusal)"
+                await self._fail(job, "provider_rejected", message, exc.provider_code)
+            else:
+                await self._retry(job, exc, maybe_sent=exc.maybe_sent)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("dispatch.bad_answer", error=str(exc))
             await self._retry(job, exc, maybe_sent=True)

@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 
+from service.providers.minuit import Minuit
 from service.sandbox import SandboxKnobs
 from tests.harness import LoseFirstCreateAnswer, Stack, collect_events, stack
 
@@ -223,6 +224,24 @@ async def test_upstream_errors_on_create_are_retried_and_the_task_created_once(t
         creates = await running.sandbox("minuit", "GET", "/_sandbox/creates")
     assert done["status"] == "succeeded"
     assert (creates["attempts"], len(creates["accepted"])) == (3, 1)
+
+
+async def test_upstream_errors_past_the_cap_fail_the_job_as_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Minuit's 502 may be a moderation rejection, so it is retried only up to a cap (5; 2 here, for time)."""
+    monkeypatch.setattr(Minuit, "server_error_attempts", 2)
+    async with stack(
+        tmp_path, providers=("minuit",), knobs=SandboxKnobs(burst_5xx=10, processing_after_s=0.05, complete_after_s=0.3)
+    ) as running:
+        job = await running.submit(model=MODEL)
+        done = await running.wait_for(job["id"], {"succeeded", "failed"}, timeout=20)
+        creates = await running.sandbox("minuit", "GET", "/_sandbox/creates")
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "provider_rejected"
+    assert done["error"]["provider_code"] == "upstream_error"
+    assert "on 2 attempts" in done["error"]["message"]
+    assert (creates["attempts"], len(creates["accepted"])) == (2, 0)
 
 
 async def test_lost_create_answer_fails_the_job_and_is_never_resent(tmp_path: Path) -> None:

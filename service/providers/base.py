@@ -30,10 +30,23 @@ class ProviderError(Exception):
 
 
 class TransientError(ProviderError):
-    def __init__(self, message: str, *, retry_after: float | None = None, maybe_sent: bool = False) -> None:
+    """Worth retrying. `give_up_after`: after that many create attempts in all, the same answer is taken as a
+    refusal (a provider whose server error may hide one)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        maybe_sent: bool = False,
+        give_up_after: int | None = None,
+        provider_code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.maybe_sent = maybe_sent
+        self.give_up_after = give_up_after
+        self.provider_code = provider_code
 
 
 class PermanentError(ProviderError):
@@ -176,6 +189,9 @@ class HttpProvider:
     poll_concurrency: ClassVar[int] = 4
     # A floor under the wait after a 429, for providers that ask for one.
     min_retry_after: ClassVar[float] = 0.0
+    # Create attempts a server error is retried to, for providers whose 5xx may be a refusal; None: until the
+    # job's deadline.
+    server_error_attempts: ClassVar[int | None] = None
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
         self.settings = settings
@@ -249,6 +265,8 @@ class HttpProvider:
             raise TransientError(
                 f"{self.name}: {status} {code or ''} {message or ''}".strip(),
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                give_up_after=self.server_error_attempts if creates else None,
+                provider_code=code,
             )
         raise PermanentError(message or f"{self.name} answered {status}", provider_code=code, status=status)
 

@@ -102,6 +102,8 @@ class Minuit(HttpProvider):
     signs_webhooks: ClassVar[bool] = False
     # The doc's sample client polls every 7 s; callbacks trigger a check sooner.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=7.0, factor=1.5, cap=60.0, jitter=0.2)
+    # Its only server error, 502 upstream_error, may be a moderation rejection: retried, but not forever.
+    server_error_attempts: ClassVar[int | None] = 5
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Token {self.settings.api_key}"}
