@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -157,3 +158,30 @@ class SupportsBackup(Protocol):
 
         Raises StorageUnavailable when any other connection has the database open (stop the service first).
         """
+
+
+PruneBatch = Callable[[], Awaitable[tuple[int, int]]]
+"""Deletes up to one batch of rows in a transaction of its own: (rows deleted, dependent rows deleted)."""
+
+
+async def prune_in_batches(
+    batch_size: int, pause: float, *, keys: PruneBatch, receipts: PruneBatch, jobs: PruneBatch
+) -> PruneCounts:
+    """`Store.prune` around one backend's batch deletes: each runs again, after `pause`, while it fills a
+    batch. Keys go before jobs, so that no key is left answering for a job that is gone."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+
+    async def drain(batch: PruneBatch) -> tuple[int, int]:
+        rows = dependents = 0
+        while True:
+            deleted, also = await batch()
+            rows, dependents = rows + deleted, dependents + also
+            if deleted < batch_size:
+                return rows, dependents
+            await asyncio.sleep(pause)
+
+    key_count, _ = await drain(keys)
+    receipt_count, _ = await drain(receipts)
+    job_count, event_count = await drain(jobs)
+    return PruneCounts(jobs=job_count, events=event_count, webhook_receipts=receipt_count, idempotency_keys=key_count)

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from storage import migrations
-from storage.base import Decide, EventListener, JobEncoder
+from storage.base import Decide, EventListener, JobEncoder, prune_in_batches
 from storage.errors import IdempotencyConflict, SchemaOutdated, StorageUnavailable
 from storage.records import (
     COST_FIELDS,
@@ -548,36 +548,29 @@ class PostgresStore:
         return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
 
     async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        # Keys before jobs, so that no key is left answering for a job that is gone.
-        keys = await self._prune_rows(_PRUNE_KEYS, before, batch_size)
-        receipts = await self._prune_rows(_PRUNE_RECEIPTS, before, batch_size)
-        jobs = events = 0
-        while True:
+        async def rows(sql: str) -> tuple[int, int]:
+            async with self._connection() as conn:
+                return _row_count(await conn.execute(sql, before, batch_size)), 0
+
+        async def jobs() -> tuple[int, int]:
             async with self._connection() as conn, conn.transaction():
                 # SKIP LOCKED: a prune running in another replica takes other jobs instead of waiting.
-                rows = await conn.fetch(
+                found = await conn.fetch(
                     f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT $2 FOR UPDATE SKIP LOCKED", before, batch_size
                 )
-                ids = [row[0] for row in rows]
-                if ids:
-                    events += _row_count(await conn.execute("DELETE FROM events WHERE job_id = ANY($1::text[])", ids))
-                    jobs += _row_count(await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", ids))
-            if len(ids) < batch_size:
-                break
-            await asyncio.sleep(self.prune_pause)
-        return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
+                ids = [row[0] for row in found]
+                if not ids:
+                    return 0, 0
+                events = _row_count(await conn.execute("DELETE FROM events WHERE job_id = ANY($1::text[])", ids))
+                return _row_count(await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", ids)), events
 
-    async def _prune_rows(self, sql: str, before: str, batch_size: int) -> int:
-        removed = 0
-        while True:
-            async with self._connection() as conn:
-                count = _row_count(await conn.execute(sql, before, batch_size))
-            removed += count
-            if count < batch_size:
-                return removed
-            await asyncio.sleep(self.prune_pause)
+        return await prune_in_batches(
+            batch_size,
+            self.prune_pause,
+            keys=lambda: rows(_PRUNE_KEYS),
+            receipts=lambda: rows(_PRUNE_RECEIPTS),
+            jobs=jobs,
+        )
 
 
 class _EventFeed:

@@ -16,7 +16,7 @@ import aiosqlite
 import msgspec
 
 from storage import migrations
-from storage.base import BackupProgress, Decide, EventListener, JobEncoder
+from storage.base import BackupProgress, Decide, EventListener, JobEncoder, prune_in_batches
 from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
 from storage.records import (
     COST_FIELDS,
@@ -503,42 +503,34 @@ class SqliteStore:
         return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
 
     async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        # Keys before jobs, so that no key is left answering for a job that is gone.
-        keys = await self._prune_rows("idempotency_keys", "created_at", before, batch_size)
-        receipts = await self._prune_rows("webhook_receipts", "received_at", before, batch_size)
-        jobs = events = 0
-        while True:
-            async with self._transaction() as conn:
-                rows = await conn.execute_fetchall(
-                    f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
-                )
-                ids = [row[0] for row in rows]
-                if ids:
-                    marks = ", ".join("?" * len(ids))
-                    cursor = await conn.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)
-                    events += cursor.rowcount
-                    await conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
-            jobs += len(ids)
-            if len(ids) < batch_size:
-                break
-            await asyncio.sleep(self.prune_pause)
-        return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
-
-    async def _prune_rows(self, table: str, column: str, before: str, batch_size: int) -> int:
-        removed = 0
-        while True:
+        async def rows(table: str, column: str) -> tuple[int, int]:
             async with self._transaction() as conn:
                 cursor = await conn.execute(
                     f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
                     (before, batch_size),
                 )
-                count = cursor.rowcount
-            removed += count
-            if count < batch_size:
-                return removed
-            await asyncio.sleep(self.prune_pause)
+                return cursor.rowcount, 0
+
+        async def jobs() -> tuple[int, int]:
+            async with self._transaction() as conn:
+                found = await conn.execute_fetchall(
+                    f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
+                )
+                ids = [row[0] for row in found]
+                if not ids:
+                    return 0, 0
+                marks = ", ".join("?" * len(ids))
+                events = (await conn.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)).rowcount
+                await conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+                return len(ids), events
+
+        return await prune_in_batches(
+            batch_size,
+            self.prune_pause,
+            keys=lambda: rows("idempotency_keys", "created_at"),
+            receipts=lambda: rows("webhook_receipts", "received_at"),
+            jobs=jobs,
+        )
 
     # -- backup and restore ------------------------------------------------------------------
 
