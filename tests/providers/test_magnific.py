@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from service.settings import ConfigError, ProviderSettings
 from service.signing import SignatureError
 from service.signing.standard import sign_headers
 from storage import JobRecord
+from tests.providers.recording import Answer, Recorder
 from tests.storage.factories import make_job
 
 BASE_URL = "https://api.magnific.com"
@@ -42,32 +43,17 @@ def adapter(settings: ProviderSettings = SETTINGS) -> Magnific:
     return Magnific(settings, httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(500))))
 
 
-class Recorder:
-    """A MockTransport upstream that records each request and answers with a scripted response."""
-
-    def __init__(self, answer: Callable[[httpx.Request], httpx.Response] | None = None) -> None:
-        self.requests: list[httpx.Request] = []
-        self._answer = answer or (lambda _: httpx.Response(200, json=CREATED))
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self._answer(request)
-
-    def adapter(self, settings: ProviderSettings = SETTINGS) -> Magnific:
-        return Magnific(settings, httpx.AsyncClient(transport=httpx.MockTransport(self.handle)))
-
-    def sent(self) -> dict[str, Any]:
-        assert len(self.requests) == 1
-        decoded: dict[str, Any] = msgspec.json.decode(self.requests[0].content)
-        return decoded
+def upstream(answer: Answer | None = None) -> Recorder[Magnific]:
+    """A recording upstream that answers every request with `answer`, by default a created task."""
+    return Recorder(Magnific, SETTINGS, answer or (lambda _: httpx.Response(200, json=CREATED)))
 
 
-def answering(status: int, body: Any, **headers: str) -> Recorder:
-    return Recorder(lambda _: httpx.Response(status, json=body, headers=headers))
+def answering(status: int, body: Any, **headers: str) -> Recorder[Magnific]:
+    return upstream(lambda _: httpx.Response(status, json=body, headers=headers))
 
 
 async def sent_body(settings: ProviderSettings = SETTINGS, **input: Any) -> dict[str, Any]:
-    recorder = Recorder()
+    recorder = upstream()
     await recorder.adapter(settings).submit(job(**input), MODEL, CALLBACK)
     return recorder.sent()
 
@@ -166,7 +152,7 @@ def test_last_frame_without_first_frame_is_refused_before_sending() -> None:
     ],
 )
 async def test_create_posts_to_the_path_named_by_the_resolution(resolution: dict[str, str], path: str) -> None:
-    recorder = Recorder()
+    recorder = upstream()
     submission = await recorder.adapter().submit(job(**resolution), MODEL, CALLBACK)
     request = recorder.requests[0]
     assert (request.method, request.url.path) == ("POST", path)
@@ -175,7 +161,7 @@ async def test_create_posts_to_the_path_named_by_the_resolution(resolution: dict
 
 
 async def test_create_authenticates_with_x_magnific_api_key_only() -> None:
-    recorder = Recorder()
+    recorder = upstream()
     await recorder.adapter().submit(job(), MODEL, CALLBACK)
     headers = recorder.requests[0].headers
     assert headers["x-magnific-api-key"] == API_KEY
@@ -303,7 +289,7 @@ async def test_lost_create_answer_is_an_unknown_outcome_and_is_not_looked_up() -
     def lost(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("no answer", request=request)
 
-    magnific = Recorder(lost).adapter()
+    magnific = upstream(lost).adapter()
     with pytest.raises(OutcomeUnknown):
         await magnific.submit(job(), MODEL, CALLBACK)
     assert Magnific.unknown_outcome == "fail"
@@ -311,7 +297,7 @@ async def test_lost_create_answer_is_an_unknown_outcome_and_is_not_looked_up() -
 
 
 async def test_there_is_no_upstream_cancel() -> None:
-    recorder = Recorder()
+    recorder = upstream()
     assert await recorder.adapter().cancel(TASK_ID) is False
     assert recorder.requests == []
 

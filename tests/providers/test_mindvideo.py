@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from service.sandbox.mindvideo import create_mindvideo_sandbox
 from service.settings import ProviderSettings
 from service.signing import SignatureError
 from storage import JobRecord
+from tests.providers.recording import Answer, Recorder
 from tests.storage.factories import make_job
 
 BASE_URL = "https://api.mindvideo.ai"
@@ -36,28 +37,13 @@ def job(**input: Any) -> JobRecord:
     )
 
 
-class Recorder:
-    """A MockTransport upstream that records each request and answers with a scripted response."""
-
-    def __init__(self, answer: Callable[[httpx.Request], httpx.Response] | None = None) -> None:
-        self.requests: list[httpx.Request] = []
-        self._answer = answer or (lambda _: httpx.Response(200, json=CREATED))
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self._answer(request)
-
-    def adapter(self) -> MindVideo:
-        return MindVideo(SETTINGS, httpx.AsyncClient(transport=httpx.MockTransport(self.handle)))
-
-    def sent(self) -> dict[str, Any]:
-        assert len(self.requests) == 1
-        decoded: dict[str, Any] = msgspec.json.decode(self.requests[0].content)
-        return decoded
+def upstream(answer: Answer | None = None) -> Recorder[MindVideo]:
+    """A recording upstream that answers every request with `answer`, by default a created task."""
+    return Recorder(MindVideo, SETTINGS, answer or (lambda _: httpx.Response(200, json=CREATED)))
 
 
 async def sent_input(**input: Any) -> dict[str, Any]:
-    recorder = Recorder()
+    recorder = upstream()
     await recorder.adapter().submit(job(**input), MODEL, CALLBACK)
     sent: dict[str, Any] = recorder.sent()["input"]
     return sent
@@ -76,7 +62,7 @@ async def sandboxed(knobs: SandboxKnobs = SLOW) -> AsyncIterator[tuple[MindVideo
 
 
 async def test_create_is_a_bearer_post_to_api_v1_tasks_with_the_job_id_as_idempotency_key() -> None:
-    recorder = Recorder()
+    recorder = upstream()
     record = job()
     await recorder.adapter().submit(record, MODEL, CALLBACK)
     request = recorder.requests[0]
@@ -88,7 +74,7 @@ async def test_create_is_a_bearer_post_to_api_v1_tasks_with_the_job_id_as_idempo
 
 
 async def test_minimal_job_sends_model_slug_and_explicit_resolution_and_audio() -> None:
-    recorder = Recorder()
+    recorder = upstream()
     await recorder.adapter().submit(job(), MODEL, CALLBACK)
     assert recorder.sent() == {
         "model": "doubao-seedance-2-0-fast",
@@ -97,7 +83,7 @@ async def test_minimal_job_sends_model_slug_and_explicit_resolution_and_audio() 
 
 
 async def test_callback_url_is_never_sent() -> None:
-    recorder = Recorder()
+    recorder = upstream()
     await recorder.adapter().submit(job(), MODEL, CALLBACK)
     assert CALLBACK.encode() not in recorder.requests[0].content
 
@@ -171,7 +157,7 @@ async def test_provider_options_merge_known_schema_fields() -> None:
 async def test_inputs_the_schema_refuses_are_refused_before_the_job_is_accepted(
     input: dict[str, Any], field: str
 ) -> None:
-    recorder = Recorder()
+    recorder = upstream()
     with pytest.raises(InvalidRequest) as caught:
         check_for(MODEL, recorder.adapter(), {"prompt": "p", **input})
     assert caught.value.details["field"] == field
@@ -183,13 +169,13 @@ async def test_inputs_the_schema_refuses_are_refused_before_the_job_is_accepted(
 
 
 async def test_submission_carries_task_id_and_usd_estimate() -> None:
-    submission = await Recorder().adapter().submit(job(), MODEL, CALLBACK)
+    submission = await upstream().adapter().submit(job(), MODEL, CALLBACK)
     assert submission.provider_task_id == "task_1"
     assert submission.cost == {"usd_estimate": 0.0657}
 
 
 async def test_create_answer_without_task_id_is_not_understood() -> None:
-    recorder = Recorder(lambda _: httpx.Response(200, json={"request_id": "req_1", "status": "queued"}))
+    recorder = upstream(lambda _: httpx.Response(200, json={"request_id": "req_1", "status": "queued"}))
     with pytest.raises(ValueError, match="task_id"):
         await recorder.adapter().submit(job(), MODEL, CALLBACK)
 
@@ -199,14 +185,14 @@ async def test_create_answer_without_task_id_is_not_understood() -> None:
     [(400, "invalid_request"), (401, "invalid_api_key"), (402, "insufficient_balance"), (409, "idempotency_conflict")],
 )
 async def test_client_errors_are_permanent_with_the_providers_code(status: int, code: str) -> None:
-    recorder = Recorder(lambda _: httpx.Response(status, json={"error": {"code": code, "message": "no"}}))
+    recorder = upstream(lambda _: httpx.Response(status, json={"error": {"code": code, "message": "no"}}))
     with pytest.raises(PermanentError) as caught:
         await recorder.adapter().submit(job(), MODEL, CALLBACK)
     assert (caught.value.provider_code, caught.value.message, caught.value.status) == (code, "no", status)
 
 
 async def test_rate_limit_is_transient_with_retry_after() -> None:
-    recorder = Recorder(lambda _: httpx.Response(429, headers={"Retry-After": "3"}, json={"error": {"code": "x"}}))
+    recorder = upstream(lambda _: httpx.Response(429, headers={"Retry-After": "3"}, json={"error": {"code": "x"}}))
     with pytest.raises(TransientError) as caught:
         await recorder.adapter().submit(job(), MODEL, CALLBACK)
     assert caught.value.retry_after == 3.0
@@ -217,7 +203,7 @@ async def test_lost_create_answer_is_an_unknown_outcome_resolved_by_idempotency(
         raise httpx.ReadError("connection reset", request=request)
 
     with pytest.raises(OutcomeUnknown):
-        await Recorder(lose).adapter().submit(job(), MODEL, CALLBACK)
+        await upstream(lose).adapter().submit(job(), MODEL, CALLBACK)
     assert MindVideo.unknown_outcome == "idempotency"
 
 
@@ -299,7 +285,7 @@ def test_seed_range_is_int32_from_zero() -> None:
 
 
 async def test_fetch_is_a_bearer_get_of_the_task() -> None:
-    recorder = Recorder(lambda _: httpx.Response(200, json={**CREATED, "status": "processing"}))
+    recorder = upstream(lambda _: httpx.Response(200, json={**CREATED, "status": "processing"}))
     report = await recorder.adapter().fetch("task_1")
     request = recorder.requests[0]
     assert (request.method, str(request.url)) == ("GET", f"{BASE_URL}/api/v1/tasks/task_1")
@@ -319,13 +305,13 @@ async def test_fetch_is_a_bearer_get_of_the_task() -> None:
     ],
 )
 def test_status_words_map_one_to_one_and_unknown_ones_keep_the_job_running(word: str, status: str) -> None:
-    adapter = Recorder().adapter()
+    adapter = upstream().adapter()
     assert adapter.report({"task_id": "task_1", "status": word}).status == status
 
 
 def test_succeeded_report_has_every_video_and_the_usd_costs() -> None:
     report = (
-        Recorder()
+        upstream()
         .adapter()
         .report(
             {
@@ -358,7 +344,7 @@ def test_succeeded_report_has_every_video_and_the_usd_costs() -> None:
 
 
 def test_success_without_a_video_is_a_failure() -> None:
-    report = Recorder().adapter().report({"task_id": "task_1", "status": "succeeded", "output": {"videos": []}})
+    report = upstream().adapter().report({"task_id": "task_1", "status": "succeeded", "output": {"videos": []}})
     assert report.status == "failed"
     assert report.error == {"code": "generation_failed", "message": "the provider reported success without a video"}
 
@@ -374,7 +360,7 @@ def test_success_without_a_video_is_a_failure() -> None:
     ids=["error-object", "top-level-message", "error-string", "nothing"],
 )
 def test_failure_detail_is_read_defensively(body: dict[str, Any], provider_code: str, message: str) -> None:
-    report = Recorder().adapter().report({"task_id": "task_1", "status": "failed", "cost_actual": 0, **body})
+    report = upstream().adapter().report({"task_id": "task_1", "status": "failed", "cost_actual": 0, **body})
     assert report.status == "failed"
     assert report.error == {"code": "generation_failed", "message": message, "provider_code": provider_code}
     assert report.cost == {"usd_charged": 0}
@@ -408,22 +394,22 @@ async def test_fetch_reads_a_succeeded_task_from_the_emulator() -> None:
 def test_every_webhook_is_refused(headers: dict[str, str]) -> None:
     body = msgspec.json.encode({"task_id": "task_1", "status": "succeeded"})
     with pytest.raises(SignatureError):
-        Recorder().adapter().verify_webhook(headers, body, now=0.0, job=job())
+        upstream().adapter().verify_webhook(headers, body, now=0.0, job=job())
 
 
 def test_webhook_bodies_are_never_parsed() -> None:
     with pytest.raises(ValueError, match="no webhooks"):
-        Recorder().adapter().parse_webhook(b'{"task_id": "task_1", "status": "succeeded"}')
+        upstream().adapter().parse_webhook(b'{"task_id": "task_1", "status": "succeeded"}')
 
 
 async def test_cancel_has_no_upstream_endpoint() -> None:
-    recorder = Recorder()
+    recorder = upstream()
     assert await recorder.adapter().cancel("task_1") is False
     assert recorder.requests == []
 
 
 def test_estimate_is_unknown_until_the_task_is_created() -> None:
-    assert Recorder().adapter().estimate(MODEL, {"prompt": "p", "resolution": "720p", "duration": 10}) == {}
+    assert upstream().adapter().estimate(MODEL, {"prompt": "p", "resolution": "720p", "duration": 10}) == {}
 
 
 def test_model_is_poll_only_and_polled_soon_then_every_30_seconds() -> None:
