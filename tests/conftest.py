@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests import pg
 from tests.harness import Stack, stack
@@ -21,3 +23,12 @@ async def seedance(tmp_path: Path) -> AsyncIterator[Stack]:
     """Reelay plus the Seedancee2 emulator, over real HTTP on loopback."""
     async with stack(tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that call `configure_logging`: its renderers hold the test's captured stderr, and later tests
+    must not write to it."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
-import structlog
 
 from service.ids import split_api_key
 from service.logging import configure_logging
@@ -18,13 +15,7 @@ from service.sandbox import SANDBOXES
 from service.signing import sign_header
 from tests.harness import stack
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    yield
-    # The configured renderers hold this test's captured stderr; later tests must not write to it.
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 async def test_no_secret_or_raw_body_reaches_the_logs(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

@@ -3,15 +3,12 @@ any response body or header, or in /metrics."""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
-import structlog
 
 from service.ids import split_api_key
 from service.logging import configure_logging
@@ -28,11 +25,7 @@ MODELS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 async def test_no_secret_in_logs_responses_or_metrics(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
