@@ -36,11 +36,18 @@ def bind(port: int = 0) -> socket.socket:
 def free_ports(count: int) -> int:
     """The first of `count` consecutive loopback ports free now, for a process that binds them itself.
 
-    They lie below the kernel's ephemeral range, so no `bind()` to port 0 or outgoing connection takes one in
-    the meantime."""
+    They lie outside the kernel's ephemeral range where it leaves room, so no `bind()` to port 0 or outgoing
+    connection takes one in the meantime."""
+    low, high = _ephemeral_range()
+    if low - 10_000 > count:
+        span = (10_000, low - count)
+    elif 65_535 - high > count:
+        span = (high + 1, 65_536 - count)
+    else:
+        span = (1_024, 65_536 - count)
     rng = random.Random()
     for _ in range(100):
-        first = rng.randrange(20_000, 32_000 - count)
+        first = rng.randrange(*span)
         socks: list[socket.socket] = []
         try:
             for port in range(first, first + count):
@@ -52,6 +59,14 @@ def free_ports(count: int) -> int:
                 sock.close()
         return first
     raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
 
 
 def url_of(sock: socket.socket) -> str:
