@@ -31,6 +31,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+class HostSteal:
+    """The share of the host's CPU time the hypervisor gave to other guests over a window (/proc/stat `steal`).
+
+    A shared VM that is short of CPU runs everything slower at once; this says when a run was such a run.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._ticks()
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return fields[7] if len(fields) == 8 else 0, sum(fields)
+
+    def pct(self) -> float:
+        steal, total = self._ticks()
+        spent = total - self._start[1]
+        return round(100 * (steal - self._start[0]) / spent, 1) if spent else 0.0
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -59,10 +79,14 @@ class CpuMeter:
         self._wall = time.perf_counter()
         self._own = time.process_time()
         self._server = cpu_seconds(server_pid) if server_pid else 0.0
+        self._steal = HostSteal()
 
     def read(self) -> dict[str, float]:
         wall = time.perf_counter() - self._wall
-        result = {"generator_cpu_pct": round(100 * (time.process_time() - self._own) / wall, 1)}
+        result = {
+            "generator_cpu_pct": round(100 * (time.process_time() - self._own) / wall, 1),
+            "host_steal_pct": self._steal.pct(),
+        }
         if self.server_pid:
             result["server_cpu_pct"] = round(100 * (cpu_seconds(self.server_pid) - self._server) / wall, 1)
         return result

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench.common import BIN, ROOT, cpu_seconds
+from bench.common import BIN, ROOT, HostSteal, cpu_seconds
 
 SCRIPT = ROOT / "bench" / "wrk" / "cycle.lua"
 
@@ -68,6 +68,7 @@ def run_wrk(
         str(threads),
     ]
     server_cpu = cpu_seconds(server_pid) if server_pid else 0.0
+    steal = HostSteal()
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     spy = _py_spy(server_pid, profile, duration) if profile and server_pid else None
@@ -97,6 +98,7 @@ def run_wrk(
         "max_ms": raw["max_us"] / 1000,
         "connections": connections,
         "generator_cpu_pct": round(100 * (usage.ru_utime + usage.ru_stime) / wall, 1),
+        "host_steal_pct": steal.pct(),
     }
     if server_pid:
         result["server_cpu_pct"] = round(100 * (cpu_seconds(server_pid) - server_cpu) / wall, 1)

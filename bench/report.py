@@ -143,13 +143,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def generator_table(results: dict[str, Any]) -> str:
-    lines = ["| Phase | Load generator CPU | Server CPU |", "|---|---|---|"]
+    lines = ["| Phase | Load generator CPU | Server CPU | Host CPU stolen by the hypervisor |", "|---|---|---|---|"]
     for phase in ("a", "b", "b_normal", "c", "d", "f", "g"):
         got = results.get(phase)
         if got and "generator_cpu_pct" in got:
             client = "wrk, 1 thread" if phase in ("a", "b", "b_normal", "c") else "asyncio client"
             server = f"{got['server_cpu_pct']:.0f}%" if "server_cpu_pct" in got else "n/a"
-            lines.append(f"| {phase} ({client}) | {got['generator_cpu_pct']:.0f}% | {server} |")
+            steal = f"{got['host_steal_pct']:.0f}%" if "host_steal_pct" in got else "n/a"
+            lines.append(f"| {phase} ({client}) | {got['generator_cpu_pct']:.0f}% | {server} | {steal} |")
     return "\n".join(lines)
 
 
