@@ -216,8 +216,8 @@ class HttpProvider:
         if isinstance(body, dict):
             err = body.get("error")
             if isinstance(err, dict):
-                return _str(err.get("code")), _str(err.get("message"))
-            return _str(err), _str(body.get("message"))
+                return text(err.get("code")), text(err.get("message"))
+            return text(err), text(body.get("message"))
         return None, None
 
     async def call(
@@ -294,10 +294,6 @@ def text(value: Any) -> str | None:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 NO_VIDEO = "the provider reported success without a video"
