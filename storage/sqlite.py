@@ -690,6 +690,7 @@ def _select_job(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
 
 
 def _commit(db: sqlite3.Connection) -> None:
+    # A function of its own so a test can make the COMMIT fail as a full disk would.
     db.execute("COMMIT")
 
 
