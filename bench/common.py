@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -63,7 +64,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -198,10 +199,15 @@ def buckets(text: bytes, name: str) -> dict[float, float]:
     return result
 
 
-async def wait_until(done: Callable[[], bool], timeout: float) -> None:
-    """Poll `done` every 10 ms until it holds or `timeout` seconds pass (the caller checks which)."""
+async def wait_until(done: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `done` every 10 ms until it holds; after `timeout` seconds the run stops, saying `what` never came.
+
+    A benchmark that went on would publish numbers over the events that arrived and hide the ones that did not.
+    """
     deadline = time.perf_counter() + timeout
-    while not done() and time.perf_counter() < deadline:
+    while not done():
+        if time.perf_counter() >= deadline:
+            raise RuntimeError(f"not within {timeout:g} s: {what}")
         await asyncio.sleep(0.01)
 
 

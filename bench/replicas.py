@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import CpuMeter, free_port, http, ms, percentile, say, wait_until
-from bench.sse import Sender, close_streams, events_request, open_streams, paced
+from bench.common import free_port, http, say, wait_until
+from bench.sse import Sender, close_streams, events_request, open_streams, webhook_latency
 from bench.target import Database, SeededJob, reelay, reelay_env, webhook_request
 from tests.pg import PostgresServer, throwaway_cluster
 
@@ -62,33 +62,13 @@ async def _latency(port_a: int, port_b: int, pid_b: int, secret: str, jobs: list
     sender = Sender(port_b)
     warmup, jobs = jobs[:WARMUP], jobs[WARMUP : WARMUP + int(RATE * SECONDS)]
     warm_statuses = await asyncio.gather(*(sender.send(webhook_request(job)) for job in warmup))
-    await wait_until(lambda: len(watcher.ids) >= WARMUP, 10)
-    if len(watcher.ids) < WARMUP or any(s >= 300 for s in warm_statuses):
-        raise RuntimeError(
-            f"warm-up: {len(watcher.ids)} of {WARMUP} events crossed from B to A; statuses {sorted(set(warm_statuses))}"
-        )
-    before = len(watcher.ids)
-
-    meter = CpuMeter(pid_b)
-    sent_at, statuses = await paced(sender, {job.id: webhook_request(job) for job in jobs}, RATE)
-    await wait_until(lambda: len(watcher.ids) - before >= len(jobs), 10)
-    cpu = meter.read()
+    if any(s >= 300 for s in warm_statuses):
+        raise RuntimeError(f"warm-up: webhooks into B answered {sorted(set(warm_statuses))}")
+    await wait_until(lambda: len(watcher.ids) >= WARMUP, 10, f"{WARMUP} warm-up events crossing from B to A")
+    latency = await webhook_latency(watcher, sender, {job.id: webhook_request(job) for job in jobs}, RATE, pid_b)
     sender.close()
     await close_streams([watcher])
-
-    arrived = zip(watcher.jobs[before:], watcher.arrivals[before:], strict=True)
-    latencies = [arrival - sent_at[job_id] for job_id, arrival in arrived if job_id in sent_at]
-    result = {
-        "replicas": 2,
-        "webhooks": len(jobs),
-        "webhook_rate": RATE,
-        "non_2xx": sum(1 for s in statuses if s >= 300),
-        "events_received": len(latencies),
-        "latency_p50_ms": ms(percentile(latencies, 50)),
-        "latency_p99_ms": ms(percentile(latencies, 99)),
-        "latency_max_ms": ms(max(latencies, default=float("nan"))),
-        **cpu,
-    }
+    result = {"replicas": 2, **latency}
     say(
         f"  g. cross-replica (PostgreSQL, 2 replicas): webhook into B -> subscriber on A "
         f"p50 {result['latency_p50_ms']:.2f} ms, p99 {result['latency_p99_ms']:.2f} ms "

@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
+
+from bench.common import CpuMeter, ms, percentile, wait_until
 
 
 class _Data(msgspec.Struct):
@@ -219,3 +222,33 @@ async def paced(sender: Sender, requests: dict[str, bytes], rate: float) -> tupl
         pending.append(asyncio.create_task(send(job_id, request)))
     await asyncio.gather(*pending)
     return sent_at, statuses
+
+
+async def webhook_latency(
+    watcher: Stream, sender: Sender, requests: dict[str, bytes], rate: float, server_pid: int
+) -> dict[str, Any]:
+    """Webhooks (by job id) paced at `rate`; the time from writing each to its event's arrival at `watcher`.
+
+    Every webhook must be answered 2xx and every event must arrive, or the run stops: percentiles over the events
+    that did arrive would hide the ones that did not.
+    """
+    before = len(watcher.ids)
+    meter = CpuMeter(server_pid)
+    sent_at, statuses = await paced(sender, requests, rate)
+    refused = sorted({s for s in statuses if s >= 300})
+    if refused:
+        raise RuntimeError(f"webhooks answered {refused}")
+    expected = f"{len(requests)} events at the subscriber"
+    await wait_until(lambda: len(watcher.ids) - before >= len(requests), 10, expected)
+    cpu = meter.read()
+    arrived = zip(watcher.jobs[before:], watcher.arrivals[before:], strict=True)
+    latencies = [arrival - sent_at[job_id] for job_id, arrival in arrived]
+    return {
+        "webhooks": len(requests),
+        "webhook_rate": rate,
+        "events_received": len(latencies),
+        "latency_p50_ms": ms(percentile(latencies, 50)),
+        "latency_p99_ms": ms(percentile(latencies, 99)),
+        "latency_max_ms": ms(max(latencies)),
+        **cpu,
+    }
