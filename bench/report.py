@@ -88,7 +88,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             value = (
                 f"{got['per_second']:,.0f}/s ({ratio:.2f} x a), p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms"
             )
-            row(phase, what, value, ">= 0.5 x a", ratio >= 0.5)
+            errors = got["non_2xx"] + got["socket_errors"]  # not in the rate, which counts 2xx answers only
+            if errors:
+                value += f"; {errors:,} requests failed"
+            row(phase, what, value, ">= 0.5 x a", ratio >= 0.5 and not errors)
     normal = results.get("b_normal")
     if normal and a:
         ratio = normal["per_second"] / a["per_second"]
