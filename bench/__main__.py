@@ -22,14 +22,17 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 # wrk must never run out of seeded jobs in phase b (a repeat would be a cheap duplicate): seed for this rate.
 EXPECTED_WEBHOOK_RATE = 4000
+ALL_PHASES = "abcdefg"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--phases", default="abcdefg", help="which phases to run (default: abcdefg)")
+    parser.add_argument("--phases", default=ALL_PHASES, help=f"which phases to run (default: {ALL_PHASES})")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of each wrk phase")
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b and c here")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and README as they are")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only (implied by --profile or a subset of --phases)"
+    )
     args = parser.parse_args()
     phases = set(args.phases)
     if args.profile:
@@ -62,6 +65,9 @@ def main() -> None:
     say(report.generator_table(results))
     say(f"\nfinished in {results['wall_seconds'] / 60:.1f} min")
     if args.no_write:
+        return
+    if phases != set(ALL_PHASES) or args.profile:
+        say("results not written: only a run of every phase, without --profile, replaces the published ones")
         return
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     body = (
