@@ -18,8 +18,8 @@ from bench.target import (
     callback_body,
     reelay,
     reelay_env,
-    sign,
     upstream,
+    webhook_headers,
 )
 
 CONNECTIONS = 32
@@ -28,16 +28,7 @@ WARMUP_SECONDS = 2.0
 
 def _webhooks(jobs: list[SeededJob]) -> list[tuple[dict[str, str], bytes]]:
     stamp = int(time.time())
-    rows = []
-    for job in jobs:
-        body = callback_body(job)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Seedancee2-Event": "video.generation.completed",
-            "X-Seedancee2-Signature": sign(body, stamp),
-        }
-        rows.append((headers, body))
-    return rows
+    return [(webhook_headers(body, stamp), body) for body in map(callback_body, jobs)]
 
 
 def ceiling(work: Path, seconds: float) -> dict[str, Any]:

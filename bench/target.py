@@ -71,14 +71,20 @@ def sign(body: bytes, timestamp: int | None = None) -> str:
     return f"t={stamp},v1={digest}"
 
 
+def webhook_headers(body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The headers Seedancee2 sends with a completion callback, signed at `timestamp` (default: now)."""
+    return {
+        "Content-Type": "application/json",
+        "X-Seedancee2-Event": "video.generation.completed",
+        "X-Seedancee2-Signature": sign(body, timestamp),
+    }
+
+
 def webhook_request(job: SeededJob) -> bytes:
     """A complete HTTP/1.1 request, signed now, for raw-socket senders."""
     body = callback_body(job)
-    head = (
-        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-        f"x-seedancee2-event: video.generation.completed\r\nx-seedancee2-signature: {sign(body)}\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    )
+    headers = "".join(f"{name}: {value}\r\n" for name, value in webhook_headers(body).items())
+    head = f"POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: bench\r\n{headers}content-length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
 
