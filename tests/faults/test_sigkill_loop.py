@@ -45,7 +45,8 @@ from tests.faults.rig import (
     read_until,
     token_of,
 )
-from tests.harness import bind, free_ports, serving, url_of
+from tests.harness import serving, url_of
+from tests.ports import bind, free_ports
 from tests.processes import create_key
 
 KILLS = int(os.environ.get("REELAY_FAULT_KILLS", "12"))
@@ -414,6 +415,8 @@ async def test_sigkill_loop_loses_nothing_and_creates_nothing_twice(tmp_path: Pa
         log = read_events(db)
         async with asyncio.timeout(15):
             while follower.last_id < log[-1].id:
+                if background[0].done():
+                    background[0].result()  # the follower failed (a wrong event): say why, not just "timeout"
                 await asyncio.sleep(0.1)
         await _cancel(background[:1])
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 
 from service.sandbox import SANDBOXES, SandboxKnobs
-from tests.harness import bind, free_ports, serving, url_of
+from tests.harness import serving, url_of
+from tests.ports import bind, free_ports
 from tests.processes import create_key, reelay_env, reelay_serve, wait_ready
 
 DRAIN_SECONDS = 1.5
@@ -38,12 +39,17 @@ async def test_sigterm_hands_back_work_and_closes_streams_in_bounded_time(tmp_pa
 
             async def listen() -> None:
                 async with client.stream("GET", f"{url}/v1/events", headers=headers) as stream:
+                    assert stream.status_code == 200
                     connected.set()  # the stream is live once its headers are in
                     async for line in stream.aiter_lines():
                         lines.append(line)
 
             listener = asyncio.create_task(listen())
-            await connected.wait()
+            async with asyncio.timeout(5):
+                while not connected.is_set():
+                    if listener.done():
+                        listener.result()  # the stream failed before its headers: say why
+                    await asyncio.sleep(0.01)
             created = await client.post(
                 f"{url}/v1/jobs", headers=headers, json={"model": "seedancee2/mini", "input": {"prompt": "p"}}
             )
