@@ -13,13 +13,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import bind, free_ports
+from service.sandbox import SANDBOXES
+from tests.ports import bind, free_ports
 
 REELAY = str(Path(sys.executable).parent / "reelay")
 
 
 async def test_reelay_dev_runs_a_job_to_success(tmp_path: Path) -> None:
-    port = free_ports(1 + 5)
+    port = free_ports(1 + len(SANDBOXES))
     sandbox_port = port + 1
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
@@ -80,7 +81,7 @@ def _dev(tmp_path: Path, port: int, sandbox_port: int) -> subprocess.CompletedPr
 
 
 def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:
-    port = free_ports(1 + 5)
+    port = free_ports(1 + len(SANDBOXES))
     busy = bind(port + 3)
     busy.listen()
     try:
@@ -96,8 +97,8 @@ def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path: Path) ->
 
 
 def test_a_port_inside_the_emulators_range_is_refused(tmp_path: Path) -> None:
-    port = free_ports(5)
+    port = free_ports(len(SANDBOXES))
     result = _dev(tmp_path, port + 2, port)
     assert result.returncode == 2
-    assert f"--port {port + 2} is one of the emulators' ports {port}-{port + 4}" in result.stderr
+    assert f"--port {port + 2} is one of the emulators' ports {port}-{port + len(SANDBOXES) - 1}" in result.stderr
     assert "Traceback" not in result.stderr

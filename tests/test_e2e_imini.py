@@ -12,15 +12,10 @@ from typing import Any
 import httpx
 
 from service.sandbox import SandboxKnobs
-from tests.harness import Stack, collect_events, stack
+from tests.harness import collect_events, stack
 
 MODEL = "imini/doubao/seedance-2.0"
 PENDING = SandboxKnobs(processing_after_s=30, complete_after_s=60)
-
-
-async def _submitted(stack_: Stack, job_id: str) -> dict[str, Any]:
-    current = await stack_.accepted(job_id, timeout=10)
-    return current
 
 
 async def test_job_succeeds_by_polling_and_reaches_sse_subscriber(tmp_path: Path) -> None:
@@ -105,7 +100,7 @@ async def test_models_lists_imini_without_callbacks_or_prices(tmp_path: Path) ->
 async def test_an_alias_resolves_to_the_imini_model(tmp_path: Path) -> None:
     async with stack(tmp_path, providers=("imini",), knobs=PENDING, model_aliases={"seedance-2": MODEL}) as running:
         job = await running.submit(model="seedance-2")
-        current = await _submitted(running, job["id"])
+        current = await running.accepted(job["id"], timeout=10)
     assert (job["model"], job["provider"]) == (MODEL, "imini")
     assert current["provider_task_id"].startswith("task_")
 
@@ -190,7 +185,7 @@ async def test_rate_limited_create_is_retried_after_at_least_five_seconds(tmp_pa
 
 async def test_posts_to_the_callback_url_are_refused_and_change_nothing(tmp_path: Path) -> None:
     async with stack(tmp_path, providers=("imini",), knobs=PENDING) as running:
-        job = await _submitted(running, (await running.submit(model=MODEL))["id"])
+        job = await running.accepted((await running.submit(model=MODEL))["id"], timeout=10)
         record = await running.store.get_job(job["id"])
         body = json.dumps({"task_id": job["provider_task_id"], "status": "succeeded", "videos": []})
         base = f"{running.url}/webhooks/imini/{job['id']}"

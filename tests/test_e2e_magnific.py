@@ -32,9 +32,7 @@ async def magnific(tmp_path: Path) -> AsyncIterator[Stack]:
 async def _pending_job(stack_: Stack) -> dict[str, Any]:
     """A job Magnific has accepted but will not move on its own for a minute."""
     await stack_.sandbox("magnific", "PUT", "/_sandbox/knobs", json=SLOW)
-    job = await stack_.submit(model=MODEL)
-    current = await stack_.accepted(job["id"])
-    return current
+    return await stack_.accepted((await stack_.submit(model=MODEL))["id"])
 
 
 def _completed(task_id: str) -> bytes:

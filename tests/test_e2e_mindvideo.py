@@ -35,9 +35,7 @@ async def _creates(stack_: Stack) -> dict[str, Any]:
 async def _submitted(stack_: Stack, **input: Any) -> dict[str, Any]:
     """A job the provider has accepted but will not finish on its own for a minute."""
     await stack_.sandbox("mindvideo", "PUT", "/_sandbox/knobs", json=PENDING)
-    job = await stack_.submit(model=MODEL, **input)
-    current = await stack_.accepted(job["id"])
-    return current
+    return await stack_.accepted((await stack_.submit(model=MODEL, **input))["id"])
 
 
 async def test_job_succeeds_by_polling_and_reaches_the_sse_subscriber(mindvideo: Stack) -> None:

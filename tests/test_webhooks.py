@@ -32,14 +32,12 @@ async def _post(stack_: Stack, body: bytes, signature: str | None, **headers: st
     return await stack_.client.post(f"{stack_.url}/webhooks/seedancee2", content=body, headers=sent)
 
 
-async def _pending_job(stack_: Stack) -> dict[str, Any]:
+async def _pending_job(stack_: Stack, **input: Any) -> dict[str, Any]:
     """A job the provider has accepted but will not finish on its own for a minute."""
     await stack_.sandbox(
         "seedancee2", "PUT", "/_sandbox/knobs", json={"processing_after_s": 60, "complete_after_s": 120}
     )
-    job = await stack_.submit()
-    current = await stack_.accepted(job["id"])
-    return current
+    return await stack_.accepted((await stack_.submit(**input))["id"])
 
 
 async def test_signed_webhook_is_applied_and_a_redelivery_changes_nothing(seedance: Stack) -> None:
@@ -142,12 +140,8 @@ async def test_webhook_naming_an_unknown_job_is_matched_by_its_task(seedance: St
 
 async def test_a_callback_that_needs_confirmation_records_no_receipt(seedance: Stack) -> None:
     """A completed callback lacks last_frame_url: the status endpoint decides, and a redelivery confirms again."""
-    await seedance.sandbox(
-        "seedancee2", "PUT", "/_sandbox/knobs", json={"processing_after_s": 60, "complete_after_s": 120}
-    )
-    job = await seedance.submit(return_last_frame=True)
-    current = await seedance.accepted(job["id"])
-    body = _body(current["provider_task_id"], job["id"])
+    job = await _pending_job(seedance, return_last_frame=True)
+    body = _body(job["provider_task_id"], job["id"])
     for _ in range(2):
         response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
         assert response.json()["result"] == "confirming"

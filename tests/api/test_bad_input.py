@@ -127,12 +127,7 @@ async def pending_job(s: Stack) -> dict[str, Any]:
         "seedancee2", "PUT", "/_sandbox/knobs", json={**fast, "processing_after_s": 3600, "complete_after_s": 3600}
     )
     try:
-        job = await s.submit()
-        deadline = time.monotonic() + 10
-        while not job["provider_task_id"]:
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.02)
-            job = await s.job(job["id"])
+        job = await s.accepted((await s.submit())["id"], timeout=10)
     finally:
         await s.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json=fast)
     assert job["status"] == "queued", job
