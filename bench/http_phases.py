@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import BIN, Process, counter, free_port, http, say, spawn
+from bench.common import BIN, Process, counter, http, say, spawn
 from bench.load import run_wrk, write_requests
 from bench.target import (
     JOB_BODY,
@@ -21,6 +21,7 @@ from bench.target import (
     upstream,
     webhook_headers,
 )
+from tests.ports import free_ports
 
 CONNECTIONS = 32
 WARMUP_SECONDS = 2.0
@@ -36,7 +37,7 @@ def ceiling(work: Path, seconds: float) -> dict[str, Any]:
     fake = [SeededJob(f"job_{i:026d}", f"tsk_{i:020d}") for i in range(1000)]
     requests = work / "ceiling.tsv"
     write_requests(requests, _webhooks(fake))
-    port = free_port()
+    port = free_ports(1)
     with spawn([str(BIN / "python"), "-m", "bench.noop", str(port)], {}, work / "noop.log", port) as server:
         url = f"{server.url}{WEBHOOK_PATH}"
         run_wrk(url, requests, duration=WARMUP_SECONDS, connections=CONNECTIONS)
@@ -59,7 +60,7 @@ def webhooks(
     warm_file, main_file = work / "webhooks-warm.tsv", work / "webhooks.tsv"
     write_requests(warm_file, _webhooks(warm))
     write_requests(main_file, _webhooks(jobs))
-    env = reelay_env(database.url, free_port(), REELAY_SQLITE_SYNCHRONOUS=synchronous)
+    env = reelay_env(database.url, free_ports(1), REELAY_SQLITE_SYNCHRONOUS=synchronous)
     with reelay(env, work / f"reelay-webhooks-{synchronous.lower()}.log") as server:
         result, grew = _measured(server, f"{server.url}{WEBHOOK_PATH}", warm_file, main_file, seconds, profile)
     applied = grew("reelay_webhooks_total", result="applied")
@@ -98,7 +99,7 @@ def submissions(work: Path, seconds: float, profile: Path | None = None) -> dict
     headers = {"Authorization": f"Bearer {key.secret}", "Content-Type": "application/json"}
     write_requests(requests, [(headers, JOB_BODY)])
     with upstream(work / "upstream.log") as provider:
-        env = reelay_env(database.url, free_port(), upstream_url=provider.url)
+        env = reelay_env(database.url, free_ports(1), upstream_url=provider.url)
         with reelay(env, work / "reelay-submissions.log") as server:
             result, grew = _measured(server, f"{server.url}/v1/jobs", requests, requests, seconds, profile)
     result["accepted"] = int(grew("reelay_http_requests_total", route="/v1/jobs", status="202"))

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, http, say, wait_until
+from bench.common import http, say, wait_until
 from bench.sse import Sender, close_streams, events_request, open_streams, webhook_latency
 from bench.target import Database, SeededJob, reelay, reelay_env, webhook_request
 from tests.pg import PostgresServer, throwaway_cluster
+from tests.ports import free_ports
 
 RATE = 100  # webhooks per second into replica B
 SECONDS = 10.0
@@ -34,10 +35,11 @@ async def _phase(server: PostgresServer, work: Path) -> dict[str, Any]:
         database = Database(url)  # opening the store migrates the schema before either replica starts
         (key,) = await database.keys(1)
         jobs = await database.submitted_jobs(key, WARMUP + int(RATE * SECONDS) + MARGIN)
+        port_a = free_ports(2)  # and the next one for B
         # Start-up blocks the loop (wait_listening sleeps), which is harmless: nothing else runs yet.
         with (
-            reelay(reelay_env(url, free_port()), work / "reelay-replica-a.log", role="all") as a,
-            reelay(reelay_env(url, free_port()), work / "reelay-replica-b.log", role="api") as b,
+            reelay(reelay_env(url, port_a), work / "reelay-replica-a.log", role="all") as a,
+            reelay(reelay_env(url, port_a + 1), work / "reelay-replica-b.log", role="api") as b,
         ):
             await _ready(a.port)
             await _ready(b.port)

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import CpuMeter, buckets, counter, free_port, http, ms, percentile, rss_bytes, say, wait_until
+from bench.common import CpuMeter, buckets, counter, http, ms, percentile, rss_bytes, say, wait_until
 from bench.sse import Sender, Stream, close_streams, events_request, open_streams, webhook_latency
 from bench.target import Database, Key, SeededJob, reelay, reelay_env, webhook_request
+from tests.ports import free_ports
 
 HEARTBEAT_SECONDS = 15.0  # Reelay's default
 IDLE = 10_000
@@ -56,7 +57,7 @@ async def _seed(database: Database) -> Seeds:
 def run(work: Path) -> dict[str, Any]:
     database = Database(f"sqlite:///{work / 'sse.db'}")
     seeds = asyncio.run(_seed(database))
-    env = reelay_env(database.url, free_port(), REELAY_SSE_HEARTBEAT_SECONDS=f"{HEARTBEAT_SECONDS:g}")
+    env = reelay_env(database.url, free_ports(1), REELAY_SSE_HEARTBEAT_SECONDS=f"{HEARTBEAT_SECONDS:g}")
     with reelay(env, work / "reelay-sse.log") as server:
         return asyncio.run(_phases(server.pid, server.port, seeds))
 

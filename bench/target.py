@@ -13,12 +13,13 @@ from pathlib import Path
 
 import msgspec
 
-from bench.common import BIN, Process, free_port, spawn
+from bench.common import BIN, Process, spawn
 from service.ids import new_job_id, new_token
 from service.jobs import encode_job, new_job, submitted
 from service.keys import create_key
 from service.sandbox import SANDBOXES
 from storage import create_store
+from tests.ports import free_ports
 
 SEEDANCEE2 = SANDBOXES["seedancee2"]
 assert SEEDANCEE2.webhook_secret is not None
@@ -160,6 +161,6 @@ def reelay(env: dict[str, str], log: Path, role: str = "all") -> Iterator[Proces
 @contextmanager
 def upstream(log: Path) -> Iterator[Process]:
     """The Seedancee2 emulator in its own process; tasks never finish during a run, so it sends no callbacks."""
-    port = free_port()
+    port = free_ports(1)
     with spawn([str(BIN / "python"), "-m", "bench.upstream", str(port)], dict(os.environ), log, port) as process:
         yield process

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.harness import free_ports
+from tests.ports import free_ports
 
 URL_VARIABLE = "REELAY_TEST_POSTGRES_URL"
 BINARIES = "/usr/lib/postgresql/*/bin"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from service.ids import split_api_key
-from tests.harness import bind
+from tests.ports import bind
 
 REELAY = str(Path(sys.executable).parent / "reelay")
 

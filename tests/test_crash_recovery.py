@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 
 from service.sandbox import SANDBOXES, SandboxKnobs
-from tests.harness import bind, free_ports, serving, url_of
+from tests.harness import serving, url_of
+from tests.ports import bind, free_ports
 from tests.processes import create_key, reelay_env, reelay_serve, wait_ready
 
 JOBS = 12

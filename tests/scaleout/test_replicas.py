@@ -16,7 +16,8 @@ import httpx
 
 from service.sandbox import SANDBOXES, SandboxKnobs
 from tests import pg
-from tests.harness import bind, free_ports, serving, url_of
+from tests.harness import serving, url_of
+from tests.ports import bind, free_ports
 from tests.processes import REELAY, create_key, reelay_env, wait_ready
 
 JOBS = 30
