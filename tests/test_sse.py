@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,13 @@ import httpx
 import pytest
 
 from service.hub import EventHub
+from service.ids import split_api_key
+from service.sandbox import SandboxKnobs
+from tests import pg
 from tests.harness import Stack, stack
+from tests.processes import REELAY
+
+_UNFINISHED = SandboxKnobs(processing_after_s=0.1, complete_after_s=600)
 
 
 async def _frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -235,3 +244,54 @@ async def test_bad_last_event_id_is_refused(seedance: Stack, value: str) -> None
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def _frames_until_end(stack_: Stack, path: str, **headers: str) -> list[dict[str, Any]]:
+    """Every block of a stream that must end by itself (the caller bounds the wait)."""
+    async with stack_.client.stream("GET", stack_.url + path, headers={**stack_.headers, **headers}) as r:
+        assert r.status_code == 200, await r.aread()
+        return [block async for block in _frames(r)]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_revoked_key_stream_closes_within_cache_window(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    """`reelay keys revoke`, another process, revokes the key: this server notices on its own and ends the key's
+    streams (the global one and a job's) within the key cache window, and the key's next request is 401."""
+    async with contextlib.AsyncExitStack() as resources:
+        overrides: dict[str, Any] = {}
+        if database == "postgresql":
+            server: pg.PostgresServer = request.getfixturevalue("postgres_server")
+            overrides["database_url"] = await resources.enter_async_context(server.database())
+        running = await resources.enter_async_context(stack(tmp_path, knobs=_UNFINISHED, **overrides))
+        job = await running.submit()
+        window = running.app.state.ctx.key_cache_seconds
+        key_id = _key_id(running)
+        streams = [
+            asyncio.create_task(_frames_until_end(running, path))
+            for path in ("/v1/events", f"/v1/jobs/{job['id']}/events")
+        ]
+        async with asyncio.timeout(5):
+            while running.hub.count_for(key_id) < 2:
+                await asyncio.sleep(0.01)
+        assert (await running.client.get(f"{running.url}/v1/jobs", headers=running.headers)).status_code == 200
+        env = {**os.environ, "REELAY_DATABASE_URL": running.settings.database_url}
+        revoke = await asyncio.create_subprocess_exec(REELAY, "keys", "revoke", key_id, env=env)
+        assert await revoke.wait() == 0
+        revoked = time.monotonic()  # the revocation committed before the command returned
+        async with asyncio.timeout(window + 5):
+            ends = await asyncio.gather(*streams)
+        elapsed = time.monotonic() - revoked
+        assert elapsed <= window + 2, f"streams closed {elapsed:.1f} s after the revocation"
+        for frames in ends:
+            assert frames[-1] == {":": "api key revoked"}
+        assert running.hub.count_for(key_id) == 0
+        after = await running.client.get(f"{running.url}/v1/jobs", headers=running.headers)
+        assert after.status_code == 401
+
+
+def _key_id(stack_: Stack) -> str:
+    parts = split_api_key(stack_.key)
+    assert parts is not None
+    return parts[0]

@@ -11,7 +11,7 @@ from litestar.response.base import ASGIResponse
 
 from service.api.limits import retry_after_header
 from service.errors import error_response
-from service.hub import CLOSE, HEARTBEAT, OVERFLOW, SHUTDOWN, EventHub, Subscription, sse_frame
+from service.hub import CLOSE, HEARTBEAT, OVERFLOW, REVOKED, SHUTDOWN, EventHub, Subscription, sse_frame
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request
@@ -96,6 +96,9 @@ class StreamSession:
                 elif item is SHUTDOWN:
                     # A last hint: come back soon, to this or another replica, from the last id received.
                     await _body(send, b"retry: %d\n: server shutting down; reconnect with Last-Event-ID\n\n" % 1000)
+                    return
+                elif item is REVOKED:
+                    await _body(send, b": api key revoked\n\n")
                     return
                 elif item is CLOSE:
                     return
