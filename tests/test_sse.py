@@ -54,6 +54,13 @@ async def _read_ids(stack_: Stack, count: int, **headers: str) -> list[int]:
     return ids
 
 
+@pytest.fixture
+async def unfinished(tmp_path: Path) -> AsyncIterator[Stack]:
+    """Like `seedance`, but jobs stay processing for the whole test, so their job streams stay open."""
+    async with stack(tmp_path, knobs=_UNFINISHED) as running:
+        yield running
+
+
 async def _create_jobs(stack_: Stack, count: int) -> list[str]:
     return [(await stack_.submit())["id"] for _ in range(count)]
 
@@ -179,15 +186,15 @@ async def test_slow_subscriber_is_dropped_and_resumes_without_loss(tmp_path: Pat
         assert resumed == [e.id for e in burst]
 
 
-async def test_subscriptions_do_not_leak_when_clients_disconnect(seedance: Stack) -> None:
-    job = await seedance.submit()
-    await seedance.wait_for(job["id"], {"succeeded"})
+async def test_subscriptions_do_not_leak_when_clients_disconnect(unfinished: Stack) -> None:
+    seedance = unfinished
     live = await seedance.submit()
+    cursor = await seedance.store.last_event_id()
     for round_ in range(3):
         clients = [httpx.AsyncClient(timeout=5) for _ in range(10)]
         streams = []
         for i, client in enumerate(clients):
-            path = "/v1/events" if i % 2 else f"/v1/jobs/{live['id']}/events?last_event_id=999999"
+            path = "/v1/events" if i % 2 else f"/v1/jobs/{live['id']}/events?last_event_id={cursor}"
             cm = client.stream("GET", seedance.url + path, headers=seedance.headers)
             response = await cm.__aenter__()
             assert response.status_code == 200, round_
@@ -295,3 +302,28 @@ def _key_id(stack_: Stack) -> str:
     parts = split_api_key(stack_.key)
     assert parts is not None
     return parts[0]
+
+
+async def test_last_event_id_newer_than_newest_event_is_refused(seedance: Stack) -> None:
+    """On both stream endpoints, by header or query: an id above the newest committed event is a 400 naming both
+    ids, while the newest id itself, even one committed a moment ago, still resumes."""
+    async with seedance.client.stream("GET", f"{seedance.url}/v1/events", headers=seedance.headers) as live:
+        job = await seedance.submit()
+        async with asyncio.timeout(5):
+            just_committed = int((await anext(b async for b in _frames(live) if "id" in b))["id"])
+    await seedance.wait_for(job["id"], {"succeeded"})  # no event commits while the cursors are tried
+    newest = await seedance.store.last_event_id()
+    for path in ("/v1/events", f"/v1/jobs/{job['id']}/events"):
+        for by in ("header", "query"):
+            for cursor, status in ((newest + 1, 400), (just_committed, 200), (newest, 200)):
+                url, headers = seedance.url + path, dict(seedance.headers)
+                if by == "header":
+                    headers["Last-Event-ID"] = str(cursor)
+                else:
+                    url += f"?last_event_id={cursor}"
+                async with seedance.client.stream("GET", url, headers=headers) as r:
+                    assert r.status_code == status, (path, by, cursor)
+                    if status == 400:
+                        error = json.loads(await r.aread())["error"]
+                        assert error["code"] == "invalid_last_event_id"
+                        assert error["details"] == {"last_event_id": newest + 1, "newest_event_id": newest}
