@@ -327,3 +327,30 @@ async def test_last_event_id_newer_than_newest_event_is_refused(seedance: Stack)
                         error = json.loads(await r.aread())["error"]
                         assert error["code"] == "invalid_last_event_id"
                         assert error["details"] == {"last_event_id": newest + 1, "newest_event_id": newest}
+
+
+async def test_job_stream_resumed_at_its_terminal_event_ends_at_once(tmp_path: Path) -> None:
+    """A finished job's stream resumed at or after its terminal event ends with no event and no ping; opened
+    without a cursor it replays the job's events and ends after the terminal one."""
+    async with stack(tmp_path, sse_heartbeat_seconds=0.05) as running:
+        job = await running.submit()
+        await running.wait_for(job["id"], {"succeeded"})
+        await running.submit()  # events after the terminal one, of another job
+        logged = await running.store.events_after(0, job_id=job["id"])
+        assert logged[-1].type == "job.succeeded"
+        terminal = logged[-1].id
+        path = f"/v1/jobs/{job['id']}/events"
+        retry = {"retry": str(running.settings.sse_retry_ms)}
+        for cursor in (terminal, await running.store.last_event_id()):
+            async with asyncio.timeout(2):
+                assert await _frames_until_end(running, path, **{"Last-Event-ID": str(cursor)}) == [retry]
+            async with asyncio.timeout(2):
+                assert await _frames_until_end(running, f"{path}?last_event_id={cursor}") == [retry]
+        async with asyncio.timeout(2):
+            replayed = await _frames_until_end(running, path)
+        assert replayed[0] == retry
+        assert [int(b["id"]) for b in replayed[1:]] == [e.id for e in logged]
+        assert replayed[-1]["event"] == "job.succeeded"
+        async with asyncio.timeout(2):
+            rest = await _frames_until_end(running, path, **{"Last-Event-ID": str(logged[0].id)})
+        assert [int(b["id"]) for b in rest[1:]] == [e.id for e in logged[1:]]

@@ -15,7 +15,7 @@ from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from service.api.context import authenticate, context
 from service.api.sse import EventStream, StreamSession
 from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses
-from service.jobs import Job, JobCreate, JobList, encode_job
+from service.jobs import TERMINAL, Job, JobCreate, JobList, encode_job
 from service.providers.base import ModelSpec
 from storage import ApiKeyRecord, JobFilter, UsageRow
 
@@ -286,8 +286,9 @@ class JobController(Controller):
         last_event_id_header: LastEventIdHeader = None,
     ) -> EventStream:
         """The job's past events, then live ones; the stream ends after the terminal event."""
-        await context(request).gateway.get_job(caller.id, job_id)
-        return await _stream(request, caller, job_id, _cursor_param(request, last_event_id_header, last_event_id))
+        job = await context(request).gateway.get_job(caller.id, job_id)
+        after = _cursor_param(request, last_event_id_header, last_event_id)
+        return await _stream(request, caller, job_id, after, job_finished=job.status in TERMINAL)
 
 
 @get(
@@ -318,6 +319,8 @@ async def _stream(
     caller: NamedDependency[ApiKeyRecord],
     job_id: str | None,
     after: int | None,
+    *,
+    job_finished: bool = False,
 ) -> EventStream:
     ctx = context(request)
     settings = ctx.settings
@@ -340,6 +343,7 @@ async def _stream(
             heartbeat=settings.sse_heartbeat_seconds,
             retry_ms=settings.sse_retry_ms,
             rng=ctx.gateway.rng,
+            job_finished=job_finished,
         )
     )
 

@@ -38,6 +38,7 @@ class StreamSession:
         heartbeat: float,
         retry_ms: int,
         rng: random.Random,
+        job_finished: bool = False,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -47,6 +48,7 @@ class StreamSession:
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
         self.rng = rng
+        self.job_finished = job_finished  # the job was terminal before the request: its log is complete
         self.sub: Subscription
         self.cursor = 0
 
@@ -85,6 +87,8 @@ class StreamSession:
                         return
                 if len(page) < _REPLAY_PAGE or sub.closed:
                     break
+            if ends_with_job and self.job_finished:
+                return  # resumed at or after the terminal event: nothing more will come
             sub.start_heartbeat(self.heartbeat, self.rng)
             while True:
                 item = await sub.next()
