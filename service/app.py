@@ -16,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from service.api.context import AppContext
+from service.api.context import AppContext, close_revoked_streams
 from service.api.jobs import JobController, all_events, list_models, usage
 from service.api.limits import RateLimiter
 from service.api.middleware import RequestContextMiddleware, add_security_headers
@@ -97,7 +97,7 @@ def create_app(
         poller = Poller(gateway, lease_seconds=settings.lease_seconds)
         gateway._on_new_job = dispatcher.wake
         gateway._on_confirm = poller.wake
-        app.state.ctx = AppContext(
+        ctx = app.state.ctx = AppContext(
             settings=settings,
             gateway=gateway,
             hub=hub,
@@ -106,6 +106,8 @@ def create_app(
         )
         tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(poller.run())] if run_workers else []
         tasks.append(asyncio.create_task(watch_loop_lag(metrics_holder.loop_lag)))
+        if role != "worker":
+            tasks.append(asyncio.create_task(close_revoked_streams(ctx)))
         log.info("reelay.started", providers=sorted(gateway.adapters), database=settings.database_url.split("://")[0])
         try:
             yield

@@ -1,7 +1,7 @@
 """The service's exception tree and the one handler that maps every failure to the error shape.
 
 ReelayError                       -> {"error": {"code", "message", "details"}}
- ├── InvalidRequest         400   invalid_request
+ ├── InvalidRequest         400   invalid_request / invalid_last_event_id
  ├── Unauthorized           401   unauthorized
  ├── NotFound               404   not_found
  ├── Conflict               409   conflict / idempotency_conflict
@@ -36,8 +36,9 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     code: Annotated[
         str,
         msgspec.Meta(
-            description="stable, machine-readable: invalid_request, unauthorized, invalid_signature, not_found, "
-            "conflict, idempotency_conflict, job_finished, payload_too_large, unsupported_media_type, "
+            description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
+            "invalid_signature, not_found, conflict, idempotency_conflict, job_finished, payload_too_large, "
+            "unsupported_media_type, "
             "rate_limited, too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
             examples=["invalid_request"],
         ),

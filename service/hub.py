@@ -14,6 +14,7 @@ HEARTBEAT: Final = "heartbeat"
 CLOSE: Final = "close"
 OVERFLOW: Final = "overflow"
 SHUTDOWN: Final = "shutdown"
+REVOKED: Final = "revoked"
 
 Item = tuple[int, str, bytes] | str
 """(event id, event type, encoded SSE frame), or one of the signals above."""
@@ -133,6 +134,16 @@ class EventHub:
             for sub in tuple(by_job or ()):
                 if sub.api_key_id == event.api_key_id:
                     sub.offer(item)
+
+    def stream_keys(self) -> list[str]:
+        """The API keys that have at least one open subscription."""
+        return list(self._per_key)
+
+    def close_key(self, api_key_id: str, signal: str = REVOKED) -> None:
+        """End every subscription of one API key, its job streams included."""
+        for subs in (self._by_key.get(api_key_id, ()), *self._by_job.values()):
+            for sub in [s for s in subs if s.api_key_id == api_key_id]:
+                sub.close(signal)
 
     @property
     def subscriber_count(self) -> int:

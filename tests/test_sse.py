@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,13 @@ import httpx
 import pytest
 
 from service.hub import EventHub
+from service.ids import split_api_key
+from service.sandbox import SandboxKnobs
+from tests import pg
 from tests.harness import Stack, stack
+from tests.processes import REELAY
+
+_UNFINISHED = SandboxKnobs(processing_after_s=0.1, complete_after_s=600)
 
 
 async def _frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -43,6 +52,13 @@ async def _read_ids(stack_: Stack, count: int, **headers: str) -> list[int]:
                 if len(ids) == count:
                     return ids
     return ids
+
+
+@pytest.fixture
+async def unfinished(tmp_path: Path) -> AsyncIterator[Stack]:
+    """Like `seedance`, but jobs stay processing for the whole test, so their job streams stay open."""
+    async with stack(tmp_path, knobs=_UNFINISHED) as running:
+        yield running
 
 
 async def _create_jobs(stack_: Stack, count: int) -> list[str]:
@@ -170,15 +186,15 @@ async def test_slow_subscriber_is_dropped_and_resumes_without_loss(tmp_path: Pat
         assert resumed == [e.id for e in burst]
 
 
-async def test_subscriptions_do_not_leak_when_clients_disconnect(seedance: Stack) -> None:
-    job = await seedance.submit()
-    await seedance.wait_for(job["id"], {"succeeded"})
+async def test_subscriptions_do_not_leak_when_clients_disconnect(unfinished: Stack) -> None:
+    seedance = unfinished
     live = await seedance.submit()
+    cursor = await seedance.store.last_event_id()
     for round_ in range(3):
         clients = [httpx.AsyncClient(timeout=5) for _ in range(10)]
         streams = []
         for i, client in enumerate(clients):
-            path = "/v1/events" if i % 2 else f"/v1/jobs/{live['id']}/events?last_event_id=999999"
+            path = "/v1/events" if i % 2 else f"/v1/jobs/{live['id']}/events?last_event_id={cursor}"
             cm = client.stream("GET", seedance.url + path, headers=seedance.headers)
             response = await cm.__aenter__()
             assert response.status_code == 200, round_
@@ -235,3 +251,106 @@ async def test_bad_last_event_id_is_refused(seedance: Stack, value: str) -> None
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def _frames_until_end(stack_: Stack, path: str, **headers: str) -> list[dict[str, Any]]:
+    """Every block of a stream that must end by itself (the caller bounds the wait)."""
+    async with stack_.client.stream("GET", stack_.url + path, headers={**stack_.headers, **headers}) as r:
+        assert r.status_code == 200, await r.aread()
+        return [block async for block in _frames(r)]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_revoked_key_stream_closes_within_cache_window(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    """`reelay keys revoke`, another process, revokes the key: this server notices on its own and ends the key's
+    streams (the global one and a job's) within the key cache window, and the key's next request is 401."""
+    async with contextlib.AsyncExitStack() as resources:
+        overrides: dict[str, Any] = {}
+        if database == "postgresql":
+            server: pg.PostgresServer = request.getfixturevalue("postgres_server")
+            overrides["database_url"] = await resources.enter_async_context(server.database())
+        running = await resources.enter_async_context(stack(tmp_path, knobs=_UNFINISHED, **overrides))
+        job = await running.submit()
+        window = running.app.state.ctx.key_cache_seconds
+        key_id = _key_id(running)
+        streams = [
+            asyncio.create_task(_frames_until_end(running, path))
+            for path in ("/v1/events", f"/v1/jobs/{job['id']}/events")
+        ]
+        async with asyncio.timeout(5):
+            while running.hub.count_for(key_id) < 2:
+                await asyncio.sleep(0.01)
+        assert (await running.client.get(f"{running.url}/v1/jobs", headers=running.headers)).status_code == 200
+        env = {**os.environ, "REELAY_DATABASE_URL": running.settings.database_url}
+        revoke = await asyncio.create_subprocess_exec(REELAY, "keys", "revoke", key_id, env=env)
+        assert await revoke.wait() == 0
+        revoked = time.monotonic()  # the revocation committed before the command returned
+        async with asyncio.timeout(window + 5):
+            ends = await asyncio.gather(*streams)
+        elapsed = time.monotonic() - revoked
+        assert elapsed <= window + 2, f"streams closed {elapsed:.1f} s after the revocation"
+        for frames in ends:
+            assert frames[-1] == {":": "api key revoked"}
+        assert running.hub.count_for(key_id) == 0
+        after = await running.client.get(f"{running.url}/v1/jobs", headers=running.headers)
+        assert after.status_code == 401
+
+
+def _key_id(stack_: Stack) -> str:
+    parts = split_api_key(stack_.key)
+    assert parts is not None
+    return parts[0]
+
+
+async def test_last_event_id_newer_than_newest_event_is_refused(seedance: Stack) -> None:
+    """On both stream endpoints, by header or query: an id above the newest committed event is a 400 naming both
+    ids, while the newest id itself, even one committed a moment ago, still resumes."""
+    async with seedance.client.stream("GET", f"{seedance.url}/v1/events", headers=seedance.headers) as live:
+        job = await seedance.submit()
+        async with asyncio.timeout(5):
+            just_committed = int((await anext(b async for b in _frames(live) if "id" in b))["id"])
+    await seedance.wait_for(job["id"], {"succeeded"})  # no event commits while the cursors are tried
+    newest = await seedance.store.last_event_id()
+    for path in ("/v1/events", f"/v1/jobs/{job['id']}/events"):
+        for by in ("header", "query"):
+            for cursor, status in ((newest + 1, 400), (just_committed, 200), (newest, 200)):
+                url, headers = seedance.url + path, dict(seedance.headers)
+                if by == "header":
+                    headers["Last-Event-ID"] = str(cursor)
+                else:
+                    url += f"?last_event_id={cursor}"
+                async with seedance.client.stream("GET", url, headers=headers) as r:
+                    assert r.status_code == status, (path, by, cursor)
+                    if status == 400:
+                        error = json.loads(await r.aread())["error"]
+                        assert error["code"] == "invalid_last_event_id"
+                        assert error["details"] == {"last_event_id": newest + 1, "newest_event_id": newest}
+
+
+async def test_job_stream_resumed_at_its_terminal_event_ends_at_once(tmp_path: Path) -> None:
+    """A finished job's stream resumed at or after its terminal event ends with no event and no ping; opened
+    without a cursor it replays the job's events and ends after the terminal one."""
+    async with stack(tmp_path, sse_heartbeat_seconds=0.05) as running:
+        job = await running.submit()
+        await running.wait_for(job["id"], {"succeeded"})
+        await running.submit()  # events after the terminal one, of another job
+        logged = await running.store.events_after(0, job_id=job["id"])
+        assert logged[-1].type == "job.succeeded"
+        terminal = logged[-1].id
+        path = f"/v1/jobs/{job['id']}/events"
+        retry = {"retry": str(running.settings.sse_retry_ms)}
+        for cursor in (terminal, await running.store.last_event_id()):
+            async with asyncio.timeout(2):
+                assert await _frames_until_end(running, path, **{"Last-Event-ID": str(cursor)}) == [retry]
+            async with asyncio.timeout(2):
+                assert await _frames_until_end(running, f"{path}?last_event_id={cursor}") == [retry]
+        async with asyncio.timeout(2):
+            replayed = await _frames_until_end(running, path)
+        assert replayed[0] == retry
+        assert [int(b["id"]) for b in replayed[1:]] == [e.id for e in logged]
+        assert replayed[-1]["event"] == "job.succeeded"
+        async with asyncio.timeout(2):
+            rest = await _frames_until_end(running, path, **{"Last-Event-ID": str(logged[0].id)})
+        assert [int(b["id"]) for b in rest[1:]] == [e.id for e in logged[1:]]

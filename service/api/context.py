@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from litestar import Request
 from litestar.exceptions import TooManyRequestsException
 
 from service.api.limits import RateLimiter, retry_after_header
 from service.errors import Unauthorized
 from service.ids import secret_matches, split_api_key
-from storage import ApiKeyRecord
+from storage import ApiKeyRecord, StorageError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from service.gateway import Gateway
     from service.hub import EventHub
     from service.settings import Settings
+
+log = structlog.get_logger("reelay.keys")
 
 
 @dataclass
@@ -71,3 +75,25 @@ async def authenticate(request: Request[Any, Any, Any]) -> ApiKeyRecord:
             headers=retry_after_header(wait),
         )
     return record
+
+
+async def close_revoked_streams(ctx: AppContext) -> None:
+    """Every key-cache window, re-read the keys that hold open streams and end those revoked since.
+
+    Another process (`reelay keys revoke`, another replica) may revoke a key, so this process must look itself.
+    """
+    while True:
+        await asyncio.sleep(ctx.key_cache_seconds)
+        for key_id in ctx.hub.stream_keys():
+            try:
+                record = await ctx.gateway.store.get_api_key(key_id)
+            except StorageError as exc:
+                log.warning("keys.revocation_check_failed", error=str(exc))
+                break  # the next round tries again
+            if record is None:
+                ctx.key_cache.pop(key_id, None)
+            else:
+                ctx.key_cache[key_id] = (record, time.monotonic())  # later requests see the revocation at once
+            if record is None or record.revoked_at is not None:
+                log.info("keys.revoked_streams_closed", api_key_id=key_id, streams=ctx.hub.count_for(key_id))
+                ctx.hub.close_key(key_id)

@@ -15,7 +15,7 @@ from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from service.api.context import authenticate, context
 from service.api.sse import EventStream, StreamSession
 from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses
-from service.jobs import Job, JobCreate, JobList, encode_job
+from service.jobs import TERMINAL, Job, JobCreate, JobList, encode_job
 from service.providers.base import ModelSpec
 from storage import ApiKeyRecord, JobFilter, UsageRow
 
@@ -104,7 +104,7 @@ def _event_stream(description: str) -> ResponseSpec:
 
 
 _SSE_ERRORS = {
-    400: "`Last-Event-ID` is not an event id",
+    400: "`Last-Event-ID` is not an event id, or is newer than the newest event (`invalid_last_event_id`)",
     429: "Too many requests, or too many open event streams for this API key (`too_many_streams`); "
     "retry after `Retry-After` seconds",
 }
@@ -286,9 +286,9 @@ class JobController(Controller):
         last_event_id_header: LastEventIdHeader = None,
     ) -> EventStream:
         """The job's past events, then live ones; the stream ends after the terminal event."""
-        ctx = context(request)
-        await ctx.gateway.get_job(caller.id, job_id)
-        return _stream(request, caller, job_id, _cursor_param(request, last_event_id_header, last_event_id))
+        job = await context(request).gateway.get_job(caller.id, job_id)
+        after = _cursor_param(request, last_event_id_header, last_event_id)
+        return await _stream(request, caller, job_id, after, job_finished=job.status in TERMINAL)
 
 
 @get(
@@ -311,14 +311,28 @@ async def all_events(
     last_event_id_header: LastEventIdHeader = None,
 ) -> EventStream:
     """Resumes exactly after `Last-Event-ID` (header) or `last_event_id` (query); without one, live only."""
-    return _stream(request, caller, None, _cursor_param(request, last_event_id_header, last_event_id))
+    return await _stream(request, caller, None, _cursor_param(request, last_event_id_header, last_event_id))
 
 
-def _stream(
-    request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: str | None, after: int | None
+async def _stream(
+    request: Request[Any, Any, Any],
+    caller: NamedDependency[ApiKeyRecord],
+    job_id: str | None,
+    after: int | None,
+    *,
+    job_finished: bool = False,
 ) -> EventStream:
     ctx = context(request)
     settings = ctx.settings
+    if after is not None:
+        # Only ids above the newest committed one are refused: any id a client received is committed.
+        newest = await ctx.gateway.store.last_event_id()
+        if after > newest:
+            raise InvalidRequest(
+                f"Last-Event-ID {after} is newer than the newest event ({newest}); reload from GET /v1/jobs",
+                code="invalid_last_event_id",
+                details={"last_event_id": after, "newest_event_id": newest},
+            )
     return EventStream(
         StreamSession(
             store=ctx.gateway.store,
@@ -329,6 +343,7 @@ def _stream(
             heartbeat=settings.sse_heartbeat_seconds,
             retry_ms=settings.sse_retry_ms,
             rng=ctx.gateway.rng,
+            job_finished=job_finished,
         )
     )
 

@@ -11,7 +11,7 @@ from litestar.response.base import ASGIResponse
 
 from service.api.limits import retry_after_header
 from service.errors import error_response
-from service.hub import CLOSE, HEARTBEAT, OVERFLOW, SHUTDOWN, EventHub, Subscription, sse_frame
+from service.hub import CLOSE, HEARTBEAT, OVERFLOW, REVOKED, SHUTDOWN, EventHub, Subscription, sse_frame
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request
@@ -38,6 +38,7 @@ class StreamSession:
         heartbeat: float,
         retry_ms: int,
         rng: random.Random,
+        job_finished: bool = False,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -47,6 +48,7 @@ class StreamSession:
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
         self.rng = rng
+        self.job_finished = job_finished  # the job was terminal before the request: its log is complete
         self.sub: Subscription
         self.cursor = 0
 
@@ -85,6 +87,8 @@ class StreamSession:
                         return
                 if len(page) < _REPLAY_PAGE or sub.closed:
                     break
+            if ends_with_job and self.job_finished:
+                return  # resumed at or after the terminal event: nothing more will come
             sub.start_heartbeat(self.heartbeat, self.rng)
             while True:
                 item = await sub.next()
@@ -96,6 +100,9 @@ class StreamSession:
                 elif item is SHUTDOWN:
                     # A last hint: come back soon, to this or another replica, from the last id received.
                     await _body(send, b"retry: %d\n: server shutting down; reconnect with Last-Event-ID\n\n" % 1000)
+                    return
+                elif item is REVOKED:
+                    await _body(send, b": api key revoked\n\n")
                     return
                 elif item is CLOSE:
                     return
