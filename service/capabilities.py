@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.errors import InvalidRequest
@@ -10,6 +11,14 @@ from service.providers.base import InputRefused, ModelSpec, ProviderAdapter
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21", "adaptive")
 RESOLUTIONS = ("480p", "720p", "1080p")
 _ALWAYS = frozenset({"prompt", "duration", "resolution", "aspect_ratio", "provider_options"})
+# JSON types a provider option may declare, as Python checks (a bool is no integer here, as in JSON).
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
 _LISTS = {
     "reference_images": "max_reference_images",
     "reference_videos": "max_reference_videos",
@@ -73,9 +82,40 @@ def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:
                 raise refuse(spec, field, "takes public URLs only, not data URIs", ["https://..."])
 
 
+def check_provider_options(spec: ModelSpec, reserved: Mapping[str, tuple[str, ...]], options: dict[str, Any]) -> None:
+    """Refuse a `provider_options` key that Reelay sets itself (it would bypass validation and pricing), one the
+    model does not pass through, or a value of the wrong type."""
+    # The normalized fields the model takes, and the job's own top-level fields, are Reelay's under any name.
+    owned: dict[str, tuple[str, ...]] = {
+        name: (f"input.{name}",) for name in (*_ALWAYS - {"provider_options"}, *spec.inputs)
+    }
+    owned |= {"model": ("model",), "metadata": ("metadata",), **reserved}
+    allowed = dict(spec.provider_options)
+    for key, value in options.items():
+        field = f"input.provider_options.{key}"
+        use = owned.get(key)
+        if use is not None:
+            source = f"from {' or '.join(use)}" if use else "itself"
+            raise InvalidRequest(
+                f"{field}: Reelay sets {key} {source} for {spec.id}; provider_options may not override it",
+                details={"field": field, "model": spec.id, "use": list(use)},
+            )
+        if key not in allowed:
+            raise InvalidRequest(
+                f"{field}: not a provider option of {spec.id}; allowed: {', '.join(sorted(allowed)) or 'none'}",
+                details={"field": field, "model": spec.id, "allowed": sorted(allowed)},
+            )
+        if not _JSON_TYPES[allowed[key]](value):
+            raise InvalidRequest(
+                f"{field}: must be of type {allowed[key]} for {spec.id}",
+                details={"field": field, "model": spec.id, "type": allowed[key]},
+            )
+
+
 def check_for(spec: ModelSpec, adapter: ProviderAdapter, given: dict[str, Any]) -> None:
     """The capability data first, then the adapter's own rules for what the data cannot say."""
     check_input(spec, given)
+    check_provider_options(spec, adapter.reserved_options(spec), given.get("provider_options") or {})
     try:
         adapter.validate(spec, given)
     except InputRefused as exc:

@@ -66,7 +66,13 @@ class JobInput(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, k
     reference_images: Annotated[list[Url], msgspec.Meta(max_length=16), _doc(items=_URL_ITEMS)] | None = None
     reference_videos: Annotated[list[Url], msgspec.Meta(max_length=16), _doc(items=_URL_ITEMS)] | None = None
     reference_audios: Annotated[list[Url], msgspec.Meta(max_length=16), _doc(items=_URL_ITEMS)] | None = None
-    provider_options: Annotated[dict[str, Any], _doc("merged into the provider's own payload")] | None = None
+    provider_options: (
+        Annotated[
+            dict[str, Any],
+            _doc("provider-only fields the model passes through: its `provider_options` in GET /v1/models"),
+        ]
+        | None
+    ) = None
 
 
 class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

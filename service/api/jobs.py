@@ -380,6 +380,7 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
         "inputs_exclusive": [list(p) for p in spec.exclusive],
         "inputs_requiring": {field: list(needs) for field, needs in spec.requires},
         "inputs_urls_only": list(spec.urls_only),
+        "provider_options": dict(spec.provider_options),
     }
     return ModelInfo(
         id=spec.id,

@@ -106,6 +106,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     exclusive: tuple[tuple[str, str], ...] = ()
     requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
     urls_only: tuple[str, ...] = ()
+    # Provider-only keys `provider_options` may pass through as they are, each with its JSON type.
+    provider_options: tuple[tuple[str, str], ...] = ()
 
 
 class Submission(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,6 +161,10 @@ class ProviderAdapter(Protocol):
     def needs_confirmation(self, notice: WebhookNotice, job: JobRecord) -> bool:
         """True when the webhook must not be applied as is: the status endpoint decides instead."""
 
+    def reserved_options(self, spec: ModelSpec) -> Mapping[str, tuple[str, ...]]:
+        """The provider's own keys that Reelay fills in, each with what sets it instead (request fields or a
+        setting; none when Reelay alone does): `provider_options` may not name them."""
+
     def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
         """Raise InputRefused for input the capabilities data cannot express a rule for."""
 
@@ -192,6 +198,8 @@ class HttpProvider:
     # Create attempts a server error is retried to, for providers whose 5xx may be a refusal; None: until the
     # job's deadline.
     server_error_attempts: ClassVar[int | None] = None
+    # The provider's own spellings of what the adapter sets from the normalized input or from settings.
+    reserved: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
         self.settings = settings
@@ -199,6 +207,9 @@ class HttpProvider:
 
     def auth_headers(self) -> dict[str, str]:
         raise NotImplementedError
+
+    def reserved_options(self, spec: ModelSpec) -> Mapping[str, tuple[str, ...]]:
+        return self.reserved
 
     def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
         return None  # most providers' rules are all in their ModelSpec
@@ -290,6 +301,13 @@ class PollOnlyProvider(HttpProvider):
 def text(value: Any) -> str | None:
     """A non-empty string, or None."""
     return value if isinstance(value, str) and value else None
+
+
+def passed_options(spec: ModelSpec, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's `provider_options` that its model passes through; validation refused any other key, and a job
+    stored before that check cannot slip one past it either."""
+    allowed = dict(spec.provider_options)
+    return {key: value for key, value in (given.get("provider_options") or {}).items() if key in allowed}
 
 
 def is_number(value: Any) -> bool:

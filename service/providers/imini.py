@@ -17,6 +17,7 @@ from service.providers.base import (
     Price,
     Submission,
     generation_failed,
+    passed_options,
     text,
 )
 from service.schedule import Backoff
@@ -32,6 +33,8 @@ _FRAMES = ("first_frame", "last_frame")
 _REFERENCES = ("reference_images", "reference_videos", "reference_audios")
 _EXTRA_PARAMS = ("seed", "watermark", "return_last_frame")
 _INPUTS = ("generate_audio", *_EXTRA_PARAMS, *_FRAMES, *_REFERENCES)
+# imini's own spellings of what Reelay sends from the normalized input; no imini field is left for provider_options.
+_RESERVED = {"extra_params": tuple(f"input.{name}" for name in _EXTRA_PARAMS)}
 _STATUS: dict[str, Status] = {
     "queued": "queued",
     "processing": "processing",
@@ -76,6 +79,7 @@ class Imini(PollOnlyProvider):
     # imini's own client: from 2 s, x1.5, capped at 30 s, ±20 % jitter.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=30.0, jitter=0.2)
     min_retry_after: ClassVar[float] = 5.0
+    reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.api_key}"}
@@ -106,12 +110,9 @@ class Imini(PollOnlyProvider):
             if given.get(field):
                 body[field] = [{"url": url} for url in given[field]]
         extra = {name: given[name] for name in _EXTRA_PARAMS if name in given}
-        options = dict(given.get("provider_options") or {})
-        if isinstance(options.get("extra_params"), dict):
-            extra.update(options.pop("extra_params"))
         if extra:
             body["extra_params"] = extra  # seed, watermark and return_last_frame are nested (trap 27)
-        body.update(options)
+        body.update(passed_options(spec, given))
         return body
 
     async def submit(self, job: JobRecord, spec: ModelSpec, callback_url: str | None) -> Submission:

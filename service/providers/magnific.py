@@ -18,6 +18,7 @@ from service.providers.base import (
     Submission,
     WebhookNotice,
     generation_failed,
+    passed_options,
 )
 from service.settings import ConfigError, ProviderSettings
 from service.signing import SignatureError
@@ -40,6 +41,9 @@ ASPECT_RATIOS = {
 }
 DEFAULT_ASPECT_RATIO = "16:9"  # widescreen_16_9, the provider's own default
 _STATUS = {"CREATED": "queued", "IN_PROGRESS": "processing", "COMPLETED": "succeeded", "FAILED": "failed"}
+SAFETY_SETTING = "REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER"
+# Magnific's own spellings of what Reelay sends from the normalized input.
+_RESERVED = {"image": ("input.first_frame",), "image_end": ("input.last_frame",), "webhook_url": ()}
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 MODEL = ModelSpec(
@@ -60,6 +64,8 @@ MODEL = ModelSpec(
     # image_end is used "together with image"; alone it would be dropped silently.
     requires=(("last_frame", ("first_frame",)),),
     price=Price(unit="credits", note="deducted from the Magnific organisation balance; no per-call price published"),
+    # The caller's choice only while the operator has not set REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER.
+    provider_options=(("enable_safety_checker", "boolean"),),
 )
 
 
@@ -77,6 +83,10 @@ class Magnific(HttpProvider):
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
         super().__init__(settings, client)
         self.safety_checker = _safety_checker(settings.options)
+
+    def reserved_options(self, spec: ModelSpec) -> Mapping[str, tuple[str, ...]]:
+        # A safety checker the operator set is policy: no caller turns it off.
+        return _RESERVED if self.safety_checker is None else {**_RESERVED, "enable_safety_checker": (SAFETY_SETTING,)}
 
     def auth_headers(self) -> dict[str, str]:
         # Not Bearer (401), and not the legacy x-freepik-api-key of api.freepik.com (trap 41).
@@ -114,11 +124,10 @@ class Magnific(HttpProvider):
             body["image"] = _image(given["first_frame"])
         if given.get("last_frame"):
             body["image_end"] = _image(given["last_frame"])
+        body.update(passed_options(spec, given))
         if self.safety_checker is not None:
             body["enable_safety_checker"] = self.safety_checker
-        body.update(given.get("provider_options") or {})
         if callback_url:
-            # Set after provider_options, so the callback always comes back to Reelay.
             body["webhook_url"] = callback_url
         return body
 
@@ -223,5 +232,5 @@ def _safety_checker(options: Mapping[str, str]) -> bool | None:
         return None
     value = _BOOLEANS.get(raw.strip().lower())
     if value is None:
-        raise ConfigError(f"REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER must be true or false, got {raw!r}")
+        raise ConfigError(f"{SAFETY_SETTING} must be true or false, got {raw!r}")
     return value

@@ -15,6 +15,7 @@ from service.providers.base import (
     Submission,
     generation_failed,
     is_number,
+    passed_options,
 )
 from service.schedule import Backoff
 from storage import JobRecord
@@ -23,25 +24,15 @@ UPSTREAM_MODEL = "doubao-seedance-2-0-fast"
 MAX_PROMPT_CHARS = 4000
 MAX_IMAGES = 9
 SEED_MAX = 2**31 - 1  # int32: trap 14
-# Every `input` key the schema knows (additionalProperties: false): provider_options may set only these.
-INPUT_FIELDS = frozenset(
-    {
-        "prompt",
-        "size",
-        "resolution",
-        "duration",
-        "generate_audio",
-        "seed",
-        "watermark",
-        "camera_fixed",
-        "return_last_frame",
-        "image_urls",
-        "image_with_roles",
-        "video_urls",
-        "audio_urls",
-        "tools",
-    }
-)
+# MindVideo's own spellings of what Reelay sends from the normalized input; of its schema only `tools` is left.
+_RESERVED = {
+    "size": ("input.aspect_ratio",),
+    "image_urls": ("input.reference_images",),
+    "image_with_roles": ("input.first_frame", "input.last_frame", "input.reference_images"),
+    "video_urls": ("input.reference_videos",),
+    "audio_urls": ("input.reference_audios",),
+}
+WEB_SEARCH = {"type": "web_search"}  # the schema's only tool
 _STATUSES = frozenset({"queued", "processing", "succeeded", "failed", "cancelled"})
 # Normalized input → the same-named MindVideo field, sent only when given.
 _PLAIN = ("seed", "watermark", "camera_fixed", "return_last_frame")
@@ -83,6 +74,7 @@ MODEL = ModelSpec(
     ),
     requires=(("reference_audios", ("reference_images", "reference_videos")),),
     default_aspect_ratio="16:9",
+    provider_options=(("tools", "array"),),
 )
 
 
@@ -94,6 +86,7 @@ class MindVideo(PollOnlyProvider):
     label: ClassVar[str] = "MindVideo"
     # Poll-only: look early for short jobs, then back off to every 30 s for long ones.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=1.0, factor=1.5, cap=30.0, jitter=0.2)
+    reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.api_key}"}
@@ -107,11 +100,9 @@ class MindVideo(PollOnlyProvider):
             raise InputRefused(
                 "reference_images", "frames and reference images together are too many", {"max_items": MAX_IMAGES}
             )
-        unknown = sorted(set(input.get("provider_options") or {}) - INPUT_FIELDS)
-        if unknown:
-            raise InputRefused(
-                "provider_options", f"{', '.join(unknown)} not in MindVideo's input schema", sorted(INPUT_FIELDS)
-            )
+        tools = (input.get("provider_options") or {}).get("tools") or []
+        if any(tool != WEB_SEARCH for tool in tools):  # the schema closes each item (additionalProperties: false)
+            raise InputRefused("provider_options.tools", "takes web_search tools only", [WEB_SEARCH])
 
     def payload(self, job: JobRecord, spec: ModelSpec) -> dict[str, Any]:
         """The create body, from input that `validate` and the ModelSpec have accepted."""
@@ -141,7 +132,7 @@ class MindVideo(PollOnlyProvider):
             body["video_urls"] = list(given["reference_videos"])
         if given.get("reference_audios"):
             body["audio_urls"] = list(given["reference_audios"])
-        body.update(given.get("provider_options") or {})
+        body.update(passed_options(spec, given))
         return {"model": spec.upstream_model, "input": body}
 
     async def submit(self, job: JobRecord, spec: ModelSpec, callback_url: str | None) -> Submission:

@@ -22,6 +22,7 @@ from service.providers.base import (
     WebhookNotice,
     generation_failed,
     is_number,
+    passed_options,
     text,
 )
 from service.schedule import Backoff
@@ -43,8 +44,18 @@ _STATES = {
     "success": "succeeded",
     "failed": "failed",
 }
-# provider_options a caller may add; the rest of the payload is Reelay's, and moderation is the operator's.
-_OPTIONS: dict[str, dict[str, type]] = {HIGH_QUALITY: {}, WAN: {"prompt_extend": bool}}
+# Minuit's own spellings of what Reelay sends from the normalized input; moderation is the operator's.
+_RESERVED = {
+    "template": ("model", "input.first_frame", "input.reference_images"),
+    "image": ("input.first_frame",),
+    "images": ("input.first_frame", "input.reference_images"),
+    "video_urls": ("input.reference_videos",),
+    "audio_urls": ("input.reference_audios",),
+    "audio_url": ("input.reference_audios",),
+    "audio": ("input.generate_audio",),
+    "moderation": (MODERATION_SETTING,),
+    "callback_url": (),
+}
 
 MODELS = (
     ModelSpec(
@@ -90,6 +101,7 @@ MODELS = (
         callbacks=True,
         price=None,
         required=("first_frame",),  # image-to-video only
+        provider_options=(("prompt_extend", "boolean"),),  # Wan's prompt rewriting, on by default upstream
     ),
 )
 
@@ -104,6 +116,7 @@ class Minuit(HttpProvider):
     poll_schedule: ClassVar[Backoff] = Backoff(initial=7.0, factor=1.5, cap=60.0, jitter=0.2)
     # Its only server error, 502 upstream_error, may be a moderation rejection: retried, but not forever.
     server_error_attempts: ClassVar[int | None] = 5
+    reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Token {self.settings.api_key}"}
@@ -144,7 +157,7 @@ class Minuit(HttpProvider):
             for ours, theirs in (("reference_videos", "video_urls"), ("reference_audios", "audio_urls")):
                 if given.get(ours):
                     body[theirs] = list(given[ours])
-        body.update(given.get("provider_options") or {})
+        body.update(passed_options(spec, given))
         body["moderation"] = moderation
         if callback_url:
             body["callback_url"] = callback_url
@@ -225,12 +238,6 @@ class Minuit(HttpProvider):
                 f"{spec.id} is unavailable because Minuit's required moderation value is not configured "
                 f"(set {MODERATION_SETTING}; the documented value is disabled)",
             )
-        allowed = _OPTIONS[spec.upstream_model]
-        for key, value in (input.get("provider_options") or {}).items():
-            if key not in allowed or not isinstance(value, allowed[key]):
-                raise InputRefused(
-                    f"provider_options.{key}", "is not accepted", {k: t.__name__ for k, t in allowed.items()}
-                )
 
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         if spec.upstream_model != HIGH_QUALITY:

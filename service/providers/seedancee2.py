@@ -16,6 +16,7 @@ from service.providers.base import (
     Submission,
     WebhookNotice,
     generation_failed,
+    passed_options,
 )
 from service.signing import SignatureError, verify_header
 from storage import JobRecord
@@ -36,6 +37,17 @@ _RATES = {
     "pro": {"480p": 10, "720p": 20, "1080p": 50},
     "fast": {"480p": 8, "720p": 16},
     "mini": {"480p": 5, "720p": 10},
+}
+# Every field of Seedancee2's input is one Reelay fills from the normalized input: no provider-only option is left.
+_RESERVED = {
+    "generation_type": ("input.first_frame", "input.last_frame"),
+    "start_image_url": ("input.first_frame",),
+    "end_image_url": ("input.last_frame",),
+    "image_urls": ("input.reference_images",),
+    "video_url": ("input.reference_videos",),
+    "video_urls": ("input.reference_videos",),
+    "audio_urls": ("input.reference_audios",),
+    "callback_url": (),
 }
 _STATUS = {"pending": "queued", "processing": "processing", "completed": "succeeded", "failed": "failed"}
 SIGNATURE_HEADER = "x-seedancee2-signature"
@@ -71,6 +83,7 @@ class Seedancee2(HttpProvider):
     # No idempotency, but tasks echo `metadata` and can be listed: a lost create is looked up by job id.
     unknown_outcome: ClassVar[str] = "lookup"
     signs_webhooks: ClassVar[bool] = True
+    reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.api_key}"}
@@ -100,7 +113,7 @@ class Seedancee2(HttpProvider):
         ):
             if given.get(ours):
                 body[theirs] = list(given[ours])
-        body.update(given.get("provider_options") or {})
+        body.update(passed_options(spec, given))
         request: dict[str, Any] = {
             "model": spec.upstream_model,
             "input": body,

@@ -160,13 +160,13 @@ async def test_reference_assets_videos_and_audios_become_url_objects() -> None:
     assert body["reference_audios"] == [{"url": AUDIO}]
 
 
-async def test_provider_options_merge_into_the_body_and_into_extra_params() -> None:
-    options = {"prompt": "overridden", "extra_params": {"seed": 7}}
+async def test_provider_options_of_a_job_stored_before_the_check_never_override_the_body() -> None:
+    options = {"prompt": "overridden", "duration": 15, "extra_params": {"seed": 7}}
     async with against_sandbox() as (adapter, sandbox):
         await adapter.submit(job(watermark=False, provider_options=options), SPEC, None)
         body = await sent_body(sandbox)
-    assert body["prompt"] == "overridden"
-    assert body["extra_params"] == {"watermark": False, "seed": 7}
+    assert (body["prompt"], body["duration"]) == ("a drone shot of waves", 5)
+    assert body["extra_params"] == {"watermark": False}
 
 
 # -- the create answer ------------------------------------------------------------------------------------
@@ -280,10 +280,10 @@ async def test_an_unknown_status_word_keeps_the_job_processing() -> None:
 
 
 async def test_refused_create_is_permanent_with_imini_code_and_request_id() -> None:
-    # imini has no callback field: the emulator refuses it like any unknown field.
+    # A duration outside 4-15, which Reelay's own check would have refused before sending.
     async with against_sandbox() as (adapter, _):
         with pytest.raises(PermanentError) as caught:
-            await adapter.submit(job(provider_options={"callback_url": "https://x"}), SPEC, None)
+            await adapter.submit(job(duration=3), SPEC, None)
     assert caught.value.provider_code == "INVALID_PARAMETER"
     assert caught.value.status == 400
     assert "imini request_id " in caught.value.message

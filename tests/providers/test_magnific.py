@@ -233,6 +233,18 @@ async def test_provider_options_cannot_redirect_the_webhook() -> None:
     assert body["webhook_url"] == CALLBACK
 
 
+def test_safety_checker_the_operator_set_is_refused_in_provider_options_naming_the_setting() -> None:
+    configured = adapter(msgspec.structs.replace(SETTINGS, options={"enable_safety_checker": "true"}))
+    with pytest.raises(InvalidRequest, match="REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER") as refused:
+        check_for(MODEL, configured, {"prompt": "x", "provider_options": {"enable_safety_checker": False}})
+    assert refused.value.details["use"] == ["REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER"]
+
+
+async def test_safety_checker_the_operator_set_wins_over_a_stored_provider_option() -> None:
+    configured = msgspec.structs.replace(SETTINGS, options={"enable_safety_checker": "true"})
+    assert (await sent_body(configured, provider_options={"enable_safety_checker": False}))["enable_safety_checker"]
+
+
 async def test_sandbox_accepts_what_the_adapter_sends() -> None:
     async with sandboxed() as (magnific, control):
         record = job(

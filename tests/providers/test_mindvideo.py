@@ -140,7 +140,8 @@ async def test_provider_options_merge_known_schema_fields() -> None:
 @pytest.mark.parametrize(
     ("input", "field"),
     [
-        ({"provider_options": {"negative_prompt": "blur"}}, "input.provider_options"),
+        ({"provider_options": {"negative_prompt": "blur"}}, "input.provider_options.negative_prompt"),
+        ({"provider_options": {"tools": [{"type": "code_interpreter"}]}}, "input.provider_options.tools"),
         ({"reference_audios": ["https://x/a.mp3"]}, "input.reference_audios"),
         (
             {
@@ -152,7 +153,13 @@ async def test_provider_options_merge_known_schema_fields() -> None:
         ),
         ({"prompt": "p" * 4001}, "input.prompt"),
     ],
-    ids=["unknown-provider-option", "audio-without-images-or-videos", "more-than-nine-images", "long-prompt"],
+    ids=[
+        "unknown-provider-option",
+        "unknown-tool",
+        "audio-without-images-or-videos",
+        "more-than-nine-images",
+        "long-prompt",
+    ],
 )
 async def test_inputs_the_schema_refuses_are_refused_before_the_job_is_accepted(
     input: dict[str, Any], field: str
