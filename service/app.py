@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import structlog
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext, close_revoked_streams
+from service.api.docs import swagger_assets, swagger_plugin
 from service.api.jobs import JobController, all_events, list_models, usage
 from service.api.limits import RateLimiter
 from service.api.middleware import RequestContextMiddleware, add_security_headers
@@ -31,6 +32,9 @@ from service.providers.base import ProviderAdapter
 from service.settings import ConfigError, Settings
 from service.worker import Dispatcher, Poller
 from storage import StorageError, Store, create_store
+
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
 
 log = structlog.get_logger("reelay.app")
 
@@ -128,10 +132,12 @@ def create_app(
                 await the_store.close()
             log.info("reelay.stopped")
 
+    api: list[ControllerRouterHandler] = (
+        [] if role == "worker" else [JobController, all_events, list_models, usage, provider_webhook, job_webhook]
+    )
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics]
-        if role == "worker"
-        else [JobController, all_events, list_models, usage, provider_webhook, job_webhook, healthz, readyz, metrics],
+        # swagger_assets: /schema/swagger's code, served wherever /schema is.
+        route_handlers=[*api, healthz, readyz, metrics, swagger_assets()],
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
         middleware=[RequestContextMiddleware()],
@@ -144,8 +150,9 @@ def create_app(
             version="0.1.0",
             path="/schema",
             description="Job gateway for asynchronous AI video generation.",
-            # /schema itself is the JSON document (a contract); the UI is at /schema/swagger.
-            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin()],
+            # /schema itself is the JSON document (a contract); the UI is at /schema/swagger. No other UI:
+            # Litestar's others load their code from CDNs.
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), swagger_plugin()],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="Reelay API key"),

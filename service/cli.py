@@ -30,6 +30,13 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _database_settings() -> Settings:
+    """Settings for a command that works on the database, after saying on stderr which database that is."""
+    settings = _settings()
+    click.echo(f"database: {settings.database}", err=True)
+    return settings
+
+
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
     async def run() -> T:
         store = create_store(settings.database_url, encode_job, sqlite_synchronous=settings.sqlite_synchronous)
@@ -46,6 +53,7 @@ def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
 
 
 @click.group(help="Reelay: one API for asynchronous video generation across five Seedance 2.0 providers.")
+@click.version_option(package_name="reelay", prog_name="reelay")
 def main() -> None:
     pass
 
@@ -81,23 +89,25 @@ def serve(host: str | None, port: int | None, role: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-@main.command(help="Run the service with sandbox emulators of the providers, on SQLite under ./var.")
+@main.command(
+    help="Run the service with sandbox emulators of the providers, on the database every other command uses "
+    "(REELAY_DATABASE_URL, by default ./var/reelay.db), so `reelay keys` manages its keys."
+)
 @click.option("--port", type=int, default=8000, show_default=True, help="Reelay's port.")
 @click.option("--sandbox-port", type=int, default=8100, show_default=True, help="First emulator port.")
-@click.option("--data-dir", default="./var", show_default=True, help="Where the SQLite file lives.")
-def dev(port: int, sandbox_port: int, data_dir: str) -> None:
+def dev(port: int, sandbox_port: int) -> None:
     from service.dev import run_dev
     from service.server import StartupError, run
 
     try:
-        run(run_dev(port=port, sandbox_port=sandbox_port, data_dir=data_dir))
+        run(run_dev(port=port, sandbox_port=sandbox_port))
     except (StorageError, ConfigError, OSError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
 @main.command(help="Apply pending database migrations.")
 def migrate() -> None:
-    settings = _settings()
+    settings = _database_settings()
 
     async def work(store: Store) -> list[str]:
         return await store.migrate()  # open() applied them already; this reports an up-to-date schema
@@ -117,7 +127,7 @@ def keys() -> None:
 def keys_create(name: str, as_json: bool) -> None:
     from service.keys import create_key
 
-    record, full_key = _with_store(_settings(), lambda store: create_key(store, name))
+    record, full_key = _with_store(_database_settings(), lambda store: create_key(store, name))
     if as_json:
         click.echo(msgspec.json.encode({"id": record.id, "name": record.name, "key": full_key}).decode())
     else:
@@ -127,7 +137,7 @@ def keys_create(name: str, as_json: bool) -> None:
 
 @keys.command("list", help="List keys (never their secrets).")
 def keys_list() -> None:
-    records = _with_store(_settings(), lambda store: store.list_api_keys())
+    records = _with_store(_database_settings(), lambda store: store.list_api_keys())
     if not records:
         click.echo("no keys; create one with `reelay keys create --name NAME`")
     for record in records:
@@ -140,7 +150,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: str) -> None:
     from service.keys import revoke_key
 
-    if not _with_store(_settings(), lambda store: revoke_key(store, key_id)):
+    if not _with_store(_database_settings(), lambda store: revoke_key(store, key_id)):
         click.echo(f"no active key with id {key_id}", err=True)
         sys.exit(1)
     click.echo(f"revoked {key_id}")
@@ -206,7 +216,7 @@ def _describe(report: BackupReport) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 def backup(path: Path, force: bool) -> None:
-    store = _file_backups(_settings())
+    store = _file_backups(_database_settings())
     if path.exists() and not force:
         raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
     report = _copy(lambda bar: store.backup(path, bar, overwrite=force), "copying")
@@ -221,10 +231,10 @@ def backup(path: Path, force: bool) -> None:
 @click.argument("source", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def restore(source: Path, yes: bool) -> None:
-    settings = _settings()
+    settings = _database_settings()
     store = _file_backups(settings)
     if not yes:
-        click.confirm(f"Replace {settings.database_url} with {source}? What it holds now is lost", abort=True)
+        click.confirm(f"Replace {settings.database} with {source}? What it holds now is lost", abort=True)
     report = _copy(lambda bar: store.restore(source, bar), "restoring")
     click.echo(f"restored {source} into {report.path}")
     _describe(report)
@@ -243,7 +253,7 @@ def restore(source: Path, yes: bool) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 def prune(days: int | None, dry_run: bool) -> None:
-    settings = _settings()
+    settings = _database_settings()
     days = days or settings.retention_days
     if not days:
         click.echo("retention is off (REELAY_RETENTION_DAYS unset or 0): nothing pruned; --days N prunes once")

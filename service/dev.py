@@ -1,10 +1,9 @@
-"""`reelay dev`: Reelay and every provider's sandbox emulator in one process, on SQLite under ./var."""
+"""`reelay dev`: Reelay and every provider's sandbox emulator in one process, on the CLI's database."""
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import click
 import msgspec
@@ -22,7 +21,8 @@ from storage import create_store
 DEV_KNOBS = SandboxKnobs(processing_after_s=1.0, complete_after_s=4.0)
 
 
-def dev_settings(port: int, sandbox_port: int, data_dir: str) -> Settings:
+def dev_settings(port: int, sandbox_port: int) -> Settings:
+    # The database stays REELAY_DATABASE_URL (./var/reelay.db by default), so `reelay keys` sees dev's keys.
     base = Settings.from_env()
     providers = dict(base.providers)
     for offset, (name, spec) in enumerate(SANDBOXES.items()):
@@ -32,10 +32,8 @@ def dev_settings(port: int, sandbox_port: int, data_dir: str) -> Settings:
             webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
             options={**spec.options, **providers[name].options},
         )
-    path = Path(data_dir).resolve() / "reelay-dev.db"
     return msgspec.structs.replace(
         base,
-        database_url=f"sqlite:///{path}",
         public_url=f"http://127.0.0.1:{port}",
         host="127.0.0.1",
         port=port,
@@ -45,13 +43,13 @@ def dev_settings(port: int, sandbox_port: int, data_dir: str) -> Settings:
     )
 
 
-async def run_dev(*, port: int, sandbox_port: int, data_dir: str) -> None:
+async def run_dev(*, port: int, sandbox_port: int) -> None:
     emulator_ports = range(sandbox_port, sandbox_port + len(SANDBOXES))
     if port in emulator_ports:
         raise click.UsageError(
             f"--port {port} is one of the emulators' ports {emulator_ports[0]}-{emulator_ports[-1]} (--sandbox-port)"
         )
-    settings = dev_settings(port, sandbox_port, data_dir)
+    settings = dev_settings(port, sandbox_port)
     configure_logging(settings.log_format, settings.log_level)
     # Six servers' start-up and shutdown lines would bury the banner; their warnings and errors still show.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -73,9 +71,13 @@ async def run_dev(*, port: int, sandbox_port: int, data_dir: str) -> None:
     def announce() -> None:
         url = settings.public_url
         click.echo(
-            f"\nReelay dev is ready on {url} (database {settings.database_url.removeprefix('sqlite:///')})\n"
+            f"\nReelay dev is ready on {url} (database {settings.database})\n"
             f"Sandbox emulators: {', '.join(f'{n} :{sandbox_port + i}' for i, n in enumerate(SANDBOXES))}\n\n"
-            f"API key (shown once): {api_key}\n\n"
+            f"API key (shown once): {api_key}\n"
+            f"For the README's examples, in your shell:\n"
+            f"  export KEY={api_key}\n"
+            f"Manage keys with reelay keys list, reelay keys create --name NAME, reelay keys revoke ID\n"
+            f"  (run from this folder: they use this same database)\n\n"
             f"Submit a job:\n"
             f"  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {api_key}' "
             f"-H 'Content-Type: application/json' "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -140,6 +141,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def provider(self, name: str) -> ProviderSettings:
         return self.providers.get(name) or ProviderSettings(base_url=DEFAULT_BASE_URLS.get(name, ""))
+
+    @property
+    def database(self) -> str:
+        """The database for people to read: a SQLite file's absolute path, or a PostgreSQL URL without password."""
+        if self.database_url.startswith("sqlite:///"):
+            return os.path.abspath(self.database_url.removeprefix("sqlite:///"))
+        url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", self.database_url)
+        return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 class _Reader:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from service.ids import split_api_key
@@ -69,3 +70,34 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
         busy.close()
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_reelay_version_prints_the_installed_version(tmp_path: Path) -> None:
+    result = _run(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"reelay, version {version('reelay')}"
+
+
+def test_every_database_command_says_which_database_it_uses(tmp_path: Path) -> None:
+    expected = f"database: {tmp_path / 'cli.db'}"
+    key_id = json.loads(_run(tmp_path, "keys", "create", "--name", "ops", "--json").stdout)["id"]
+    for args in (
+        ("keys", "create", "--name", "again", "--json"),
+        ("keys", "list"),
+        ("keys", "revoke", key_id),
+        ("migrate",),
+        ("prune", "--days", "1", "--dry-run"),
+        ("backup", str(tmp_path / "copy.db")),
+        ("restore", str(tmp_path / "copy.db"), "--yes"),
+    ):
+        result = _run(tmp_path, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stderr.splitlines()[0] == expected, args
+        assert expected not in result.stdout, args  # stdout stays parseable (keys create --json)
+
+
+def test_a_postgresql_database_is_named_without_its_password(tmp_path: Path) -> None:
+    result = _run(tmp_path, "migrate", REELAY_DATABASE_URL="postgresql://reelay:s3cret@127.0.0.1:1/reelay")
+    assert result.returncode == 1  # nothing listens there; the line comes before the attempt
+    assert result.stderr.splitlines()[0] == "database: postgresql://reelay:***@127.0.0.1:1/reelay"
+    assert "s3cret" not in result.stderr + result.stdout

@@ -1,40 +1,44 @@
-"""`reelay dev` as a new user runs it: it prints a key and a curl line, and a seedancee2/pro job succeeds
-within about 10 s and shows on the event stream."""
+"""`reelay dev` as a new user runs it: it prints a key, an `export KEY=` line and a curl line, a seedancee2/pro
+job succeeds within about 10 s and shows on the event stream, and `reelay keys` in the same folder manages its keys."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 
+from service.ids import split_api_key
 from service.sandbox import SANDBOXES
 from tests.ports import bind, free_ports
 
 REELAY = str(Path(sys.executable).parent / "reelay")
 
 
-async def test_reelay_dev_runs_a_job_to_success(tmp_path: Path) -> None:
+def _fresh_clone_env() -> dict[str, str]:
+    """The environment of a new user: no REELAY_* variable set, so every command uses the default database."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("REELAY_")}
+
+
+@asynccontextmanager
+async def _reelay_dev(folder: Path) -> AsyncIterator[tuple[str, str, str]]:
+    """`reelay dev` run in `folder` as the README says; yields its URL, the API key its banner printed, and the
+    banner."""
     port = free_ports(1 + len(SANDBOXES))
-    sandbox_port = port + 1
-    log = tmp_path / "dev.log"
+    log = folder / "dev.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                REELAY,
-                "dev",
-                "--port",
-                str(port),
-                "--sandbox-port",
-                str(sandbox_port),
-                "--data-dir",
-                str(tmp_path / "var"),
-            ],
+            [REELAY, "dev", "--port", str(port), "--sandbox-port", str(port + 1)],
+            cwd=folder,
+            env=_fresh_clone_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -43,10 +47,22 @@ async def test_reelay_dev_runs_a_job_to_success(tmp_path: Path) -> None:
             while not (match := re.search(r"API key \(shown once\): (rlk_\S+)", log.read_text())):
                 assert process.poll() is None, log.read_text()
                 await asyncio.sleep(0.1)
-        key = match.group(1)
-        printed = log.read_text()
-        assert f"curl -N http://127.0.0.1:{port}/v1/events" in printed
-        url = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", match.group(1), log.read_text()
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == 0, log.read_text()[-2000:]
+
+
+def _reelay(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [REELAY, *args], cwd=folder, env=_fresh_clone_env(), capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_reelay_dev_prints_an_export_key_line_and_runs_a_job_to_success(tmp_path: Path) -> None:
+    async with _reelay_dev(tmp_path) as (url, key, printed):
+        assert f"curl -N {url}/v1/events" in printed
+        assert f"\n  export KEY={key}\n" in printed  # the README's examples use $KEY
         headers = {"Authorization": f"Bearer {key}"}
         events: list[dict[str, object]] = []
         async with (
@@ -69,15 +85,27 @@ async def test_reelay_dev_runs_a_job_to_success(tmp_path: Path) -> None:
             elapsed = asyncio.get_running_loop().time() - started
         assert [e["type"] for e in events] == ["job.created", "job.submitted", "job.succeeded"]
         assert elapsed < 10
-        assert (tmp_path / "var" / "reelay-dev.db").exists()
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(15) == 0, log.read_text()[-2000:]
+
+
+async def test_reelay_keys_list_shows_the_key_reelay_dev_printed_and_a_created_key_works_against_it(
+    tmp_path: Path,
+) -> None:
+    async with _reelay_dev(tmp_path) as (url, key, _):
+        listed = _reelay(tmp_path, "keys", "list")  # plain, no flags, from the same folder, while dev runs
+        assert listed.returncode == 0, listed.stderr
+        key_id = (split_api_key(key) or ("", ""))[0]
+        assert re.search(rf"^{key_id}\s+reelay-dev\s.*active$", listed.stdout, re.MULTILINE), listed.stdout
+        assert f"database: {tmp_path / 'var' / 'reelay.db'}" in listed.stderr
+        created = _reelay(tmp_path, "keys", "create", "--name", "second", "--json")
+        assert created.returncode == 0, created.stderr
+        new_key = json.loads(created.stdout)["key"]
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"{url}/v1/jobs", headers={"Authorization": f"Bearer {new_key}"})
+        assert response.status_code == 200
 
 
 def _dev(tmp_path: Path, port: int, sandbox_port: int) -> subprocess.CompletedProcess[str]:
-    args = ["dev", "--port", str(port), "--sandbox-port", str(sandbox_port), "--data-dir", str(tmp_path / "var")]
-    return subprocess.run([REELAY, *args], capture_output=True, text=True, timeout=30)
+    return _reelay(tmp_path, "dev", "--port", str(port), "--sandbox-port", str(sandbox_port))
 
 
 def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:

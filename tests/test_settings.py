@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.settings import ConfigError, Settings
@@ -56,3 +58,21 @@ def test_variables_are_read() -> None:
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://reelay:s3cret@db:5432/reelay", "postgresql://reelay:***@db:5432/reelay"),
+        ("postgresql://reelay:s3@cret@db/reelay", "postgresql://reelay:***@db/reelay"),
+        ("postgres://db/reelay?user=reelay&password=s3cret", "postgres://db/reelay?user=reelay&password=***"),
+        ("postgresql://reelay@db/reelay", "postgresql://reelay@db/reelay"),
+    ],
+)
+def test_the_database_is_named_without_its_password(url: str, shown: str) -> None:
+    assert Settings(database_url=url).database == shown
+
+
+def test_a_relative_sqlite_database_is_named_by_its_full_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings().database == str(tmp_path / "var" / "reelay.db")

@@ -23,10 +23,10 @@ _COMMON_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 ]
-# Only the API docs page is HTML; it loads Swagger UI from its CDN. Everything else may load nothing.
+# Only the API docs page is HTML; it loads Swagger UI from Reelay itself. Everything else may load nothing.
 _HTML_CSP = (
-    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; frame-ancestors 'none'"
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; frame-ancestors 'none'"
 )
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 # Unique within the process, and across replicas by the random prefix; no system call per request.
