@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -167,3 +168,21 @@ async def test_every_terminal_transition_logs_one_line_whatever_moved_it(
         assert line["provider"] == model.split("/")[0]
     [failure] = terminal_lines(failed_by_webhook["id"])
     assert failure["error_code"]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_library_log_lines_and_tracebacks_are_redacted_and_escaped(
+    capfd: pytest.CaptureFixture[str], log_format: str
+) -> None:
+    configure_logging(log_format, "info")
+    url = "http://127.0.0.1/webhooks/minuit/job_01/cb-TOKEN-77e2?sig=asset-SIG-31aa"
+    try:
+        raise ValueError(f"bad answer from {url}\x1b[2J")
+    except ValueError:
+        # What uvicorn's error logger prints for a failing request (its access log is off).
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application %s\x1b]0;owned\x07", url)
+    logs = capfd.readouterr().err
+    assert "cb-TOKEN-77e2" not in logs
+    assert "asset-SIG-31aa" not in logs
+    assert logs.count("/webhooks/minuit/job_01/[redacted]?sig=[redacted]") == 2  # the message and the traceback
+    assert not _controls_in(logs)
