@@ -95,7 +95,13 @@ def create_app(
         the_store.add_listener(hub.publish)
         kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
         gateway = Gateway(
-            settings, the_store, enabled_adapters(settings, client), all_models(), rng=random.Random(), **kwargs
+            settings,
+            the_store,
+            enabled_adapters(settings, client),
+            all_models(),
+            rng=random.Random(),
+            metrics=metrics_holder,
+            **kwargs,
         )
         dispatcher = Dispatcher(gateway, lease_seconds=settings.lease_seconds)
         poller = Poller(gateway, lease_seconds=settings.lease_seconds)

@@ -18,11 +18,12 @@ from service import jobs
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_job_id, new_token
+from service.metrics import Metrics
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
 from service.signing import SignatureError
-from storage import IdempotencyClaim, IdempotencyConflict, JobFilter, JobRecord, Receipt, Store
-from storage.base import Decision
+from storage import IdempotencyClaim, IdempotencyConflict, JobFilter, JobRecord, Receipt, Store, UpdateOutcome
+from storage.base import Decide, Decision
 
 log = structlog.get_logger("reelay.gateway")
 
@@ -45,6 +46,7 @@ class Gateway:
         rng: random.Random | None = None,
         on_new_job: Callable[[], None] = lambda: None,
         on_confirm: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -54,6 +56,7 @@ class Gateway:
         self.rng = rng or random.Random()
         self._on_new_job = on_new_job
         self._on_confirm = on_confirm
+        self.metrics = metrics or Metrics.create()
 
     # -- models ------------------------------------------------------------------------------
 
@@ -149,11 +152,30 @@ class Gateway:
                     await adapter.cancel(job.provider_task_id)
                 except Exception as exc:  # an upstream failure must not keep the caller's job running here
                     log.warning("job.cancel_upstream_failed", job_id=job_id, provider=job.provider, error=str(exc))
-        outcome = await self.store.update_job(job_id, lambda j: jobs.cancelled(j, now=self.clock()))
+        outcome = await self.update_job(job_id, lambda j: jobs.cancelled(j, now=self.clock()))
         if outcome.job.status != "cancelled":
             raise Conflict(f"job {job_id} is already {outcome.job.status}", code="job_finished")
-        log.info("job.cancelled", job_id=job_id, provider=job.provider)
         return outcome.job
+
+    async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
+        """Every change to a job goes through here (a webhook, a poll, a dispatch, a cancel, a timeout).
+
+        Once the store has committed it, its event is logged, in one line, and a terminal one is counted.
+        """
+        outcome = await self.store.update_job(job_id, decide, receipt=receipt)
+        if outcome.event is not None:
+            job = outcome.job
+            fields: dict[str, Any] = {"job_id": job.id, "provider": job.provider, "model": job.model}
+            if job.error:
+                fields["error_code"] = job.error.get("code")
+                fields["reason"] = str(job.error.get("message", ""))[:500]
+                if job.error.get("provider_code"):
+                    fields["provider_code"] = job.error["provider_code"]
+            emit = log.warning if job.status == "failed" else log.info
+            emit(outcome.event.type, status=job.status, **fields)
+            if job.status in jobs.TERMINAL:
+                self.metrics.jobs_finished.labels(model=job.model, status=job.status).inc()
+        return outcome
 
     # -- webhooks ----------------------------------------------------------------------------
 
@@ -228,9 +250,7 @@ class Gateway:
         try:
             if known is not None:
                 check(known)  # a job already read: a confirmation then starts no write it would undo
-            outcome = await self.store.update_job(
-                job_id, decide, receipt=Receipt(provider=provider, key=notice.receipt_key)
-            )
+            outcome = await self.update_job(job_id, decide, receipt=Receipt(provider=provider, key=notice.receipt_key))
         except KeyError:
             raise _Unmatched from None
         except _TaskMismatch:
@@ -244,7 +264,7 @@ class Gateway:
 
     async def _confirm(self, provider: str, notice: WebhookNotice, job_id: str) -> str:
         # No receipt: a confirmation only schedules a status check, and doing that twice is harmless.
-        await self.store.update_job(job_id, lambda j: jobs.confirm_soon(j, now=self.clock()))
+        await self.update_job(job_id, lambda j: jobs.confirm_soon(j, now=self.clock()))
         self._on_confirm()
         log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
         return "confirming"

@@ -16,6 +16,8 @@ class Metrics:
     webhooks: Counter
     sse_subscribers: Gauge
     loop_lag: Histogram
+    jobs_finished: Counter
+    upstream_create: Histogram
 
     @classmethod
     def create(cls) -> Metrics:
@@ -44,6 +46,19 @@ class Metrics:
                 "How late the event loop ran a timer due every 10 ms (a stall blocks every request meanwhile)",
                 registry=registry,
                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            ),
+            jobs_finished=Counter(
+                "reelay_jobs_finished",
+                "Jobs that reached a terminal status, counted by the process that made the change",
+                ["model", "status"],
+                registry=registry,
+            ),
+            upstream_create=Histogram(
+                "reelay_upstream_create_seconds",
+                "Provider create requests: latency by provider and outcome",
+                ["provider", "outcome"],
+                registry=registry,
+                buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             ),
         )
 

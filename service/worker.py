@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,15 @@ import structlog
 
 from service import jobs
 from service.gateway import Gateway
-from service.providers.base import OutcomeUnknown, PermanentError, ProviderError, TransientError
+from service.providers.base import (
+    ModelSpec,
+    OutcomeUnknown,
+    PermanentError,
+    ProviderAdapter,
+    ProviderError,
+    Submission,
+    TransientError,
+)
 from service.schedule import Backoff
 from storage import DispatchState, JobRecord, Stage, StorageError
 
@@ -104,14 +113,10 @@ class LeasedLoop:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _update(self, job: JobRecord, decide: Callable[[JobRecord], Any]) -> JobRecord:
-        outcome = await self.store.update_job(job.id, decide)
-        if outcome.event is not None:
-            log.info(outcome.event.type, status=outcome.job.status)
-        return outcome.job
+        return (await self.gateway.update_job(job.id, decide)).job
 
     async def _fail(self, job: JobRecord, code: str, message: str, provider_code: str | None = None) -> None:
         now = self.clock()
-        log.warning("job.failing", code=code, reason=message, provider_code=provider_code)
         await self._update(
             job, lambda j: jobs.failed(j, code=code, message=message, now=now, provider_code=provider_code)
         )
@@ -167,7 +172,7 @@ class Dispatcher(LeasedLoop):
         if job.stage != Stage.QUEUED or job.dispatch_state != DispatchState.SENDING:
             return  # cancelled or completed meanwhile
         try:
-            submission = await adapter.submit(job, spec, self.gateway.callback_url(job, adapter))
+            submission = await self._create(job, spec, adapter)
         except PermanentError as exc:
             await self._fail(job, "provider_rejected", exc.message, exc.provider_code)
         except OutcomeUnknown as exc:
@@ -183,6 +188,21 @@ class Dispatcher(LeasedLoop):
             await self._retry(job, exc, maybe_sent=True)
         else:
             await self._submitted(job, submission.provider_task_id, submission.cost, spec.callbacks)
+
+    async def _create(self, job: JobRecord, spec: ModelSpec, adapter: ProviderAdapter) -> Submission:
+        """The upstream create, its latency observed by provider and outcome."""
+        started = time.perf_counter()
+        outcome = "interrupted"  # unless set below: the task was cancelled (shutdown)
+        try:
+            submission = await adapter.submit(job, spec, self.gateway.callback_url(job, adapter))
+            outcome = "accepted"
+            return submission
+        except Exception as exc:
+            outcome = _create_outcome(exc)
+            raise
+        finally:
+            histogram = self.gateway.metrics.upstream_create
+            histogram.labels(provider=job.provider, outcome=outcome).observe(time.perf_counter() - started)
 
     async def _submitted(self, job: JobRecord, task_id: str, cost: dict[str, Any] | None, callbacks: bool) -> None:
         now = self.clock()
@@ -205,6 +225,14 @@ class Dispatcher(LeasedLoop):
         await self._update(
             job, lambda j: jobs.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
         )
+
+
+def _create_outcome(exc: Exception) -> str:
+    if isinstance(exc, PermanentError):
+        return "rejected"
+    if isinstance(exc, OutcomeUnknown):
+        return "unknown"
+    return "retryable" if isinstance(exc, TransientError) else "bad_answer"
 
 
 class Poller(LeasedLoop):

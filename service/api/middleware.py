@@ -12,6 +12,8 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 
+from service.logging import redact_query
+
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +30,7 @@ _HTML_CSP = (
     b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     b"img-src 'self' data:; frame-ancestors 'none'"
 )
+_MAX_LOGGED_QUERY = 2000  # a log line stays readable; a cut can only drop a secret, never expose one
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 # Unique within the process, and across replicas by the random prefix; no system call per request.
 _REQUEST_IDS = (f"{_PROCESS_TAG}-{n:x}" for n in itertools.count(1))
@@ -76,10 +79,13 @@ class RequestContextMiddleware(ASGIMiddleware):
                 metrics = scope["app"].state.metrics
                 metrics.requests.labels(method=scope.get("method", ""), route=route, status=str(status)).inc()
                 metrics.latency.labels(route=route).observe(elapsed)
+                # Paths may carry secrets (per-job callback tokens): the log set-up redacts them, and query values here.
+                query = redact_query(scope.get("query_string", b"")[:_MAX_LOGGED_QUERY].decode("latin-1"))
                 log.info(
                     "http.request",
                     method=scope.get("method"),
                     path=scope.get("path"),
+                    **({"query": query} if query else {}),
                     status=status,
                     ms=round(elapsed * 1000, 2),
                 )

@@ -137,4 +137,5 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     ctx = context(request)
     request.app.state.metrics.sse_subscribers.set(ctx.hub.subscriber_count)
-    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+    # The exact header: given as a media type, Litestar would append a second charset to it.
+    return Response(generate_latest(ctx.registry), headers={"content-type": CONTENT_TYPE_LATEST})
