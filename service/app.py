@@ -132,7 +132,7 @@ def create_app(
         else [JobController, all_events, list_models, usage, provider_webhook, job_webhook, healthz, readyz, metrics],
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
-        middleware=[RequestContextMiddleware()],
+        middleware=[RequestContextMiddleware(settings.body_timeout_seconds)],
         before_send=[add_security_headers],
         # Off unless REELAY_CORS_ORIGINS names the browser origins allowed to call the API.
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,

@@ -9,14 +9,23 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import structlog
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from uvicorn.server import ServerState
+
+    from service.settings import Settings
 
 T = TypeVar("T")
 log = structlog.get_logger("reelay.server")
+http_log = structlog.get_logger("reelay.http")
 
 
 class StartupError(Exception):
@@ -51,6 +60,128 @@ def listen(host: str, port: int) -> socket.socket:
         raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client connection may cost before it is cut off (the REELAY_* settings of the same names)."""
+
+    max_header_bytes: int = 65_536
+    header_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: int = 5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(settings.max_header_bytes, settings.header_timeout_seconds, settings.keepalive_timeout_seconds)
+
+
+class LimitedConfig(uvicorn.Config):
+    """uvicorn's configuration, plus the limits `LimitedHttpProtocol` enforces."""
+
+    def __init__(self, app: Any, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(app, http=LimitedHttpProtocol, timeout_keep_alive=limits.keepalive_timeout_seconds, **kwargs)
+        self.limits = limits
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a cap on each request's line and headers and a deadline to receive them.
+
+    llhttp buffers headers of any size, and uvicorn's only timer runs between requests, from the end of a response
+    to the next byte: without these, a client holds memory and a connection for as long as it likes.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = config.limits if isinstance(config, LimitedConfig) else ConnectionLimits()
+        self.in_head = True  # the next bytes belong to a request line and headers
+        self.head_bytes = 0
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._start_head_timer()
+        super().data_received(data)
+        # Counted as received, so a head that never ends is refused after about `max_header_bytes` of it.
+        if self.in_head and self.head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
+            self._refuse_head()
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self._stop_head_timer()
+        if self.refused:
+            return
+        # Counted as parsed too: a whole head can arrive in one read together with its body.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse_head()
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.in_head, self.head_bytes = True, 0
+        if not self.refused:
+            super().on_message_complete()
+
+    def _start_head_timer(self) -> None:
+        self._stop_head_timer()
+        self.head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        http_log.info("http.header_timeout", client=_host(self.client), received=self.head_bytes)
+        self.transport.close()
+
+    def _refuse_head(self) -> None:
+        """431 in the error shape, then close (no answer if an earlier request's response is still being sent)."""
+        self.refused = True
+        self._stop_head_timer()
+        limit = self.limits.max_header_bytes
+        http_log.info("http.headers_too_large", client=_host(self.client), limit=limit)
+        if self.cycle is None or self.cycle.response_complete:
+            message = f"the request line and headers exceed {limit} bytes"
+            error = {"code": "headers_too_large", "message": message, "details": {"limit": limit}}
+            body = msgspec.json.encode({"error": error})
+            content = [STATUS_LINE[431]]
+            for name, value in self.server_state.default_headers:
+                content.extend([name, b": ", value, b"\r\n"])
+            content.append(
+                b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            content.append(body)
+            self.transport.write(b"".join(content))
+        self.transport.close()
+
+
+def _host(client: tuple[str, int] | None) -> str | None:
+    return client[0] if client else None
+
+
 class Server(uvicorn.Server):
     """A uvicorn server on a socket bound beforehand (`listen`)."""
 
@@ -75,10 +206,13 @@ class Server(uvicorn.Server):
         yield  # signals are handled once for every server, in `serve_all`
 
 
-def make_server(app: Any, sock: socket.socket, *, graceful_seconds: float = 10.0) -> Server:
+def make_server(
+    app: Any, sock: socket.socket, *, graceful_seconds: float = 10.0, limits: ConnectionLimits | None = None
+) -> Server:
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(
+    config = LimitedConfig(
         app,
+        limits=limits or ConnectionLimits(),
         host=host,
         port=port,
         lifespan="on",
