@@ -66,11 +66,17 @@ class ConnectionLimits:
 
     max_header_bytes: int = 65_536
     header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     keepalive_timeout_seconds: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        return cls(settings.max_header_bytes, settings.header_timeout_seconds, settings.keepalive_timeout_seconds)
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_seconds=settings.header_timeout_seconds,
+            body_timeout_seconds=settings.body_timeout_seconds,
+            keepalive_timeout_seconds=settings.keepalive_timeout_seconds,
+        )
 
 
 class LimitedConfig(uvicorn.Config):
@@ -82,10 +88,12 @@ class LimitedConfig(uvicorn.Config):
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a cap on each request's line and headers and a deadline to receive them.
+    """uvicorn's httptools protocol, with a cap on each request's line and headers, a deadline to receive them, and
+    a deadline for the body of a request answered before its body was read (a 401 or 413), which is discarded.
 
-    llhttp buffers headers of any size, and uvicorn's only timer runs between requests, from the end of a response
-    to the next byte: without these, a client holds memory and a connection for as long as it likes.
+    llhttp buffers headers of any size, and uvicorn's only timer runs from the end of a response to the next byte
+    received: without these, a client holds memory and a connection for as long as it likes. Reading a body has its
+    deadline in the app (`RequestContextMiddleware`), which answers 408.
     """
 
     def __init__(
@@ -99,15 +107,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.limits = config.limits if isinstance(config, LimitedConfig) else ConnectionLimits()
         self.in_head = True  # the next bytes belong to a request line and headers
         self.head_bytes = 0
-        self.head_timer: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.TimerHandle | None = None
         self.refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head_timer()
+        self._set_deadline(self.limits.header_timeout_seconds, "http.header_timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._clear_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -115,8 +123,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         if self.in_head:
             self.head_bytes += len(data)
-            if self.head_timer is None and (self.cycle is None or self.cycle.response_complete):
-                self._start_head_timer()
+            if self.deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._set_deadline(self.limits.header_timeout_seconds, "http.header_timeout")
         super().data_received(data)
         # Counted as received, so a head that never ends is refused after about `max_header_bytes` of it.
         if self.in_head and self.head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
@@ -124,7 +132,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self._stop_head_timer()
+        self._clear_deadline()
         if self.refused:
             return
         # Counted as parsed too: a whole head can arrive in one read together with its body.
@@ -140,27 +148,37 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self.in_head, self.head_bytes = True, 0
-        if not self.refused:
-            super().on_message_complete()
+        if self.refused:
+            return
+        if self.cycle is not None and self.cycle.response_complete:  # a discarded body has ended: wait for the next request as after a response
+            self._set_deadline(self.limits.header_timeout_seconds, "http.header_timeout")
+        super().on_message_complete()
 
-    def _start_head_timer(self) -> None:
-        self._stop_head_timer()
-        self.head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_timed_out)
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle.more_body and not self.transport.is_closing():
+            # Answered before its body arrived: the rest is read and dropped, so the client sees the answer
+            # (closing at once could reset the connection under it), but only for so long.
+            self._set_deadline(self.limits.body_timeout_seconds, "http.body_timeout")
 
-    def _stop_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+    def _set_deadline(self, seconds: float, event: str) -> None:
+        self._clear_deadline()
+        self.deadline = self.loop.call_later(seconds, self._deadline_passed, event)
 
-    def _head_timed_out(self) -> None:
-        self.head_timer = None
-        http_log.info("http.header_timeout", client=_host(self.client), received=self.head_bytes)
+    def _clear_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _deadline_passed(self, event: str) -> None:
+        self.deadline = None
+        http_log.info(event, client=_host(self.client), discarding=not self.in_head)
         self.transport.close()
 
     def _refuse_head(self) -> None:
         """431 in the error shape, then close (no answer if an earlier request's response is still being sent)."""
         self.refused = True
-        self._stop_head_timer()
+        self._clear_deadline()
         limit = self.limits.max_header_bytes
         http_log.info("http.headers_too_large", client=_host(self.client), limit=limit)
         if self.cycle is None or self.cycle.response_complete:

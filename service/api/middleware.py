@@ -17,8 +17,6 @@ from litestar.middleware import ASGIMiddleware
 from service.errors import ClientClosedRequest, RequestTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 log = structlog.get_logger("reelay.http")
@@ -55,13 +53,6 @@ def security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     if b"cache-control" not in names:
         extra.append((b"cache-control", b"no-store"))
     return [*headers, *extra]
-
-
-def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    return any(
-        (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding"
-        for name, value in headers
-    )
 
 
 class RequestContextMiddleware(ASGIMiddleware):
@@ -102,8 +93,7 @@ class RequestContextMiddleware(ASGIMiddleware):
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                # Answered before its body was read (401, 408, 413): the rest of the body is not waited for.
-                if body_pending and _declares_body(scope["headers"]):
+                if status == 408:  # a client too slow to send its body is not kept
                     headers.append((b"connection", b"close"))
                 message["headers"] = headers
             await send(message)
