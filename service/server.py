@@ -150,7 +150,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.in_head, self.head_bytes = True, 0
         if self.refused:
             return
-        if self.cycle is not None and self.cycle.response_complete:  # a discarded body has ended: wait for the next request as after a response
+        # A discarded body has ended: the next request's head is awaited as after any response.
+        if self.cycle is not None and self.cycle.response_complete:
             self._set_deadline(self.limits.header_timeout_seconds, "http.header_timeout")
         super().on_message_complete()
 
