@@ -146,7 +146,7 @@ def create_app(
         route_handlers=[*api, healthz, readyz, metrics, swagger_assets()],
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
-        middleware=[RequestContextMiddleware()],
+        middleware=[RequestContextMiddleware(settings.body_timeout_seconds)],
         before_send=[add_security_headers],
         # Off unless REELAY_CORS_ORIGINS names the browser origins allowed to call the API.
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,

@@ -72,7 +72,7 @@ def main() -> None:
 )
 def serve(host: str | None, port: int | None, role: str) -> None:
     from service.app import close_streams, create_app
-    from service.server import StartupError, listen, make_server, run, serve_all
+    from service.server import ConnectionLimits, StartupError, listen, make_server, run, serve_all
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -83,7 +83,8 @@ def serve(host: str | None, port: int | None, role: str) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        server = make_server(app, listen(host or settings.host, settings.port if port is None else port))
+        sock = listen(host or settings.host, settings.port if port is None else port)
+        server = make_server(app, sock, limits=ConnectionLimits.from_settings(settings))
         run(serve_all([server], on_stop=lambda: close_streams(app)))
     except (OSError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None

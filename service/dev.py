@@ -13,7 +13,7 @@ from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
 from service.sandbox import SANDBOXES, SandboxKnobs
-from service.server import listen, make_server, serve_all
+from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
 from storage import create_store
 
@@ -64,7 +64,7 @@ async def run_dev(*, port: int, sandbox_port: int) -> None:
     finally:
         await store.close()
     app = create_app(settings)
-    servers = [make_server(app, sockets[0], graceful_seconds=3)]
+    servers = [make_server(app, sockets[0], graceful_seconds=3, limits=ConnectionLimits.from_settings(settings))]
     for spec, sock in zip(SANDBOXES.values(), sockets[1:], strict=True):
         servers.append(make_server(spec.build(DEV_KNOBS), sock, graceful_seconds=1))
 

@@ -4,10 +4,12 @@ ReelayError                       -> {"error": {"code", "message", "details"}}
  ├── InvalidRequest         400   invalid_request / invalid_last_event_id
  ├── Unauthorized           401   unauthorized
  ├── NotFound               404   not_found
+ ├── RequestTimeout         408   request_timeout
  ├── Conflict               409   conflict / idempotency_conflict
  ├── PayloadTooLarge        413   payload_too_large
  ├── UnsupportedMediaType   415   unsupported_media_type
  ├── RateLimited            429   rate_limited
+ ├── ClientClosedRequest    499   client_closed_request (never sent: the client has gone; metrics and the log show it)
  └── ServiceUnavailable     503   unavailable
 """
 
@@ -37,9 +39,9 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
         str,
         msgspec.Meta(
             description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
-            "invalid_signature, not_found, conflict, idempotency_conflict, job_finished, payload_too_large, "
-            "unsupported_media_type, "
-            "rate_limited, too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
+            "invalid_signature, not_found, conflict, idempotency_conflict, job_finished, request_timeout, "
+            "payload_too_large, headers_too_large, unsupported_media_type, rate_limited, too_many_streams, "
+            "unavailable, schema_outdated, disk_full, internal_error",
             examples=["invalid_request"],
         ),
     ]
@@ -80,6 +82,11 @@ class NotFound(ReelayError):
     code = "not_found"
 
 
+class RequestTimeout(ReelayError):
+    status_code = 408
+    code = "request_timeout"
+
+
 class Conflict(ReelayError):
     status_code = 409
     code = "conflict"
@@ -98,6 +105,13 @@ class UnsupportedMediaType(ReelayError):
 class RateLimited(ReelayError):
     status_code = 429
     code = "rate_limited"
+
+
+class ClientClosedRequest(ReelayError):
+    """The client closed its connection before sending the whole request: its event, not a server error."""
+
+    status_code = 499
+    code = "client_closed_request"
 
 
 class ServiceUnavailable(ReelayError):

@@ -55,6 +55,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     upstream_timeout_seconds: float = 30.0
     webhook_tolerance_seconds: int = 300
     max_body_bytes: int = 1_048_576
+    # Slow or oversized requests, refused before they pin memory or a connection (see service/server.py).
+    max_header_bytes: int = 65_536
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keepalive_timeout_seconds: int = 5
     sse_heartbeat_seconds: float = 15.0
     sse_queue_size: int = 1000
     sse_retry_ms: int = 2000
@@ -114,6 +119,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             webhook_tolerance_seconds=tolerance,
             max_body_bytes=reader.integer("REELAY_MAX_BODY_BYTES", defaults.max_body_bytes, low=1024),
+            max_header_bytes=reader.integer("REELAY_MAX_HEADER_BYTES", defaults.max_header_bytes, low=1024),
+            header_timeout_seconds=reader.number("REELAY_HEADER_TIMEOUT_SECONDS", defaults.header_timeout_seconds),
+            body_timeout_seconds=reader.number("REELAY_BODY_TIMEOUT_SECONDS", defaults.body_timeout_seconds),
+            keepalive_timeout_seconds=reader.integer(
+                "REELAY_KEEPALIVE_TIMEOUT_SECONDS", defaults.keepalive_timeout_seconds, low=1
+            ),
             sse_heartbeat_seconds=reader.number("REELAY_SSE_HEARTBEAT_SECONDS", defaults.sse_heartbeat_seconds),
             sse_queue_size=reader.integer("REELAY_SSE_QUEUE_SIZE", defaults.sse_queue_size, low=1),
             sse_retry_ms=reader.integer("REELAY_SSE_RETRY_MS", defaults.sse_retry_ms, low=0),

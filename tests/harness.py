@@ -19,7 +19,7 @@ from litestar import Litestar
 from service.app import create_app
 from service.keys import create_key
 from service.sandbox import SANDBOXES, SandboxKnobs
-from service.server import make_server
+from service.server import ConnectionLimits, make_server
 from service.settings import ProviderSettings, Settings
 from tests.ports import bind
 
@@ -29,8 +29,10 @@ def url_of(sock: socket.socket) -> str:
 
 
 @asynccontextmanager
-async def serving(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
-    server = make_server(app, sock, graceful_seconds=2)
+async def serving(
+    app: Any, sock: socket.socket, limits: ConnectionLimits | None = None
+) -> AsyncIterator[uvicorn.Server]:
+    server = make_server(app, sock, graceful_seconds=2, limits=limits)
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -186,7 +188,7 @@ async def stack(
         app = create_app(settings, http_client=http_client)
         sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}
         sandboxes = [(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]
-        async with _serve_many(sandboxes), serving(app, reelay_sock):
+        async with _serve_many(sandboxes), serving(app, reelay_sock, ConnectionLimits.from_settings(settings)):
             _, key = await create_key(app.state.ctx.gateway.store, "test")
             yield Stack(
                 app=app,

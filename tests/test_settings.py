@@ -53,6 +53,8 @@ def test_variables_are_read() -> None:
         ("REELAY_JOB_TIMEOUT_SECONDS", "-5", "REELAY_JOB_TIMEOUT_SECONDS must be positive"),
         ("REELAY_MODEL_ALIASES", "nonsense", "REELAY_MODEL_ALIASES takes alias=provider/model"),
         ("REELAY_SQLITE_SYNCHRONOUS", "OFF", "REELAY_SQLITE_SYNCHRONOUS must be one of FULL, NORMAL"),
+        ("REELAY_MAX_HEADER_BYTES", "100", "REELAY_MAX_HEADER_BYTES must be at least 1024"),
+        ("REELAY_KEEPALIVE_TIMEOUT_SECONDS", "2.5", "REELAY_KEEPALIVE_TIMEOUT_SECONDS must be an integer"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.exceptions import TooManyRequestsException
 
 from service.api.limits import RateLimiter, retry_after_header
@@ -17,6 +18,7 @@ from service.ids import secret_matches, split_api_key
 from storage import ApiKeyRecord, StorageError
 
 if TYPE_CHECKING:
+    from litestar.handlers import BaseRouteHandler
     from prometheus_client import CollectorRegistry
 
     from service.gateway import Gateway
@@ -43,9 +45,20 @@ def context(request: Request[Any, Any, Any]) -> AppContext:
     return ctx
 
 
-async def authenticate(request: Request[Any, Any, Any]) -> ApiKeyRecord:
-    """The caller's API key, from `Authorization: Bearer <key>` or `x-api-key`."""
-    ctx = context(request)
+async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard: unlike a dependency, it runs before Litestar reads the request body, so a caller without a valid key
+    is answered 401 at once, whatever body it announces."""
+    await authenticate(connection)
+
+
+async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRecord:
+    """The caller's API key, from `Authorization: Bearer <key>` or `x-api-key`; checked once per request (the guard
+    and the dependency share it, so a request spends one rate-limit token)."""
+    state = request.scope.setdefault("state", {})
+    known: ApiKeyRecord | None = state.get("api_key")
+    if known is not None:
+        return known
+    ctx: AppContext = request.app.state.ctx
     raw = request.headers.get("x-api-key", "").strip()
     if not raw:  # absent or empty (as some proxies send it): the Authorization header decides
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -74,6 +87,7 @@ async def authenticate(request: Request[Any, Any, Any]) -> ApiKeyRecord:
             detail=f"rate limit of {ctx.limiter.rate:g} requests/s for this API key exceeded; retry later",
             headers=retry_after_header(wait),
         )
+    state["api_key"] = record
     return record
 
 

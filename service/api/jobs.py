@@ -12,7 +12,7 @@ from litestar.enums import RequestEncodingType
 from litestar.openapi import ResponseSpec
 from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 
-from service.api.context import authenticate, context
+from service.api.context import authenticate, context, require_api_key
 from service.api.sse import EventStream, StreamSession
 from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses
 from service.jobs import TERMINAL, Job, JobCreate, JobList, encode_job
@@ -163,6 +163,7 @@ class JobController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
     dependencies = {"caller": Provide(authenticate)}
+    guards = [require_api_key]  # the key is checked before a body is read
     security = SECURITY
 
     @post(

@@ -1,7 +1,9 @@
-"""Per-request context: a request id bound to every log line, one access-log line, metrics."""
+"""Per-request context: a request id bound to every log line, one access-log line, metrics, and the deadline
+for receiving the request body."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -12,10 +14,11 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 
+from service.errors import ClientClosedRequest, RequestTimeout
 from service.logging import redact_query
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 log = structlog.get_logger("reelay.http")
 _PROCESS_TAG = os.urandom(4).hex()
@@ -55,24 +58,51 @@ def security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 
 
 class RequestContextMiddleware(ASGIMiddleware):
+    """Also bounds how long a request body may take (408), and records a client that leaves mid-body as 499."""
+
     scopes = (ScopeType.HTTP,)
+
+    def __init__(self, body_timeout_seconds: float = 30.0) -> None:
+        self.body_timeout_seconds = body_timeout_seconds
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         supplied = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = supplied if _SAFE_ID.match(supplied) else next(_REQUEST_IDS)
         started = time.perf_counter()
         status = 500
+        body_pending = True  # until the last chunk of the request body has been received
+        timeout = self.body_timeout_seconds
+        deadline = asyncio.get_running_loop().time() + timeout
+
+        async def receive_wrapper() -> ReceiveMessage:
+            nonlocal body_pending
+            if not body_pending:
+                return await receive()  # after the body, a receive waits for the disconnect: no deadline
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                log.info("http.body_timeout", timeout=timeout)
+                raise RequestTimeout(f"the request body was not received within {timeout:g} s") from None
+            if message["type"] == "http.disconnect":
+                log.info("http.client_disconnected")
+                raise ClientClosedRequest("the client closed the connection before sending the whole body")
+            body_pending = bool(message.get("more_body", False))
+            return message
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if status == 408:  # a client too slow to send its body is not kept
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                await next_app(scope, receive, send_wrapper)
+                await next_app(scope, receive_wrapper, send_wrapper)
             finally:
                 elapsed = time.perf_counter() - started
                 route = scope.get("path_template") or "unmatched"
