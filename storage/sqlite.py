@@ -17,7 +17,7 @@ import msgspec
 
 from storage import migrations
 from storage.base import BackupProgress, Decide, EventListener, JobEncoder, prune_in_batches
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
+from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable, TaskTaken
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
@@ -399,7 +399,13 @@ class SqliteStore:
             if decision is None:
                 return UpdateOutcome(job=current)
             job, event_type = decision
-            db.execute(_UPDATE_SQL, [*mutable_values(job), job_id])
+            try:
+                db.execute(_UPDATE_SQL, [*mutable_values(job), job_id])
+            except sqlite3.IntegrityError:
+                owner = _task_owner(db, job)
+                if owner is None or job.provider_task_id is None:
+                    raise
+                raise TaskTaken(job.provider, job.provider_task_id, owner) from None
             event = None if event_type is None else self._append_event(db, job, event_type, events)
             return UpdateOutcome(job=job, event=event, changed=True)
 
@@ -687,6 +693,15 @@ _Work = Callable[[sqlite3.Connection, list[EventRecord]], T]
 def _select_job(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
     row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return None if row is None else job_from_row(row)
+
+
+def _task_owner(db: sqlite3.Connection, job: JobRecord) -> str | None:
+    """The other job that holds the provider task id `job` names, if any."""
+    row = db.execute(
+        "SELECT id FROM jobs WHERE provider = ? AND provider_task_id = ? AND id != ?",
+        (job.provider, job.provider_task_id, job.id),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _commit(db: sqlite3.Connection) -> None:

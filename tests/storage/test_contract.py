@@ -23,6 +23,7 @@ from storage import (
     Stage,
     StorageUnavailable,
     Store,
+    TaskTaken,
     migrations,
 )
 from storage.base import Decide, Decision
@@ -445,6 +446,29 @@ async def test_an_error_in_decide_propagates_and_records_no_receipt(store: Store
     assert await store.last_event_id() == last
     retried = await store.update_job(job.id, to_status("processing"), receipt=RECEIPT)
     assert (retried.duplicate, retried.changed) == (False, True)
+
+
+async def test_naming_a_task_another_job_holds_raises_task_taken_and_writes_nothing(store: Store) -> None:
+    owner = await create(store, provider_task_id="task-1")
+    other = await create(store)
+    last = await store.last_event_id()
+
+    def take_task(j: JobRecord) -> Decision:
+        return replace(j, provider_task_id="task-1", status="succeeded"), "job.succeeded"
+
+    with pytest.raises(TaskTaken) as raised:
+        await store.update_job(other.id, take_task, receipt=RECEIPT)
+    assert (raised.value.provider, raised.value.provider_task_id, raised.value.owner_job_id) == (
+        "seedancee2",
+        "task-1",
+        owner.id,
+    )
+    assert await store.get_job(other.id) == other
+    assert await store.find_job_by_task("seedancee2", "task-1") == owner
+    assert await store.last_event_id() == last
+    # Its receipt was not recorded either: the delivery meant for the holder still applies.
+    outcome = await store.update_job(owner.id, to_status("succeeded"), receipt=RECEIPT)
+    assert (outcome.duplicate, outcome.changed) == (False, True)
 
 
 async def test_updating_an_unknown_job_raises_key_error(store: Store) -> None:
