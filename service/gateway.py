@@ -21,7 +21,7 @@ from service.ids import new_job_id, new_token
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
 from service.signing import SignatureError
-from storage import IdempotencyClaim, IdempotencyConflict, JobFilter, JobRecord, Receipt, Store
+from storage import IdempotencyClaim, IdempotencyConflict, JobFilter, JobRecord, Receipt, Store, TaskTaken
 from storage.base import Decision
 
 log = structlog.get_logger("reelay.gateway")
@@ -235,6 +235,15 @@ class Gateway:
             raise _Unmatched from None
         except _TaskMismatch:
             log.warning("webhook.task_mismatch", provider=provider, job_id=job_id)
+            return "ignored"
+        except TaskTaken as exc:  # a signed callback cannot move a task from the job that holds it
+            log.warning(
+                "webhook.task_owned_by_another_job",
+                provider=provider,
+                provider_task_id=exc.provider_task_id,
+                job_id=job_id,
+                owner_job_id=exc.owner_job_id,
+            )
             return "ignored"
         except _Unconfirmed:
             return await self._confirm(provider, notice, job_id)

@@ -476,7 +476,7 @@ class PostgresStore:
                 raise
             # The failed statement aborted the transaction: the task's holder is read after its rollback.
             owner = await self.find_job_by_task(job.provider, job.provider_task_id)
-            raise TaskTaken(job.provider, job.provider_task_id, owner and owner.id) from None
+            raise TaskTaken(job.provider, job.provider_task_id, None if owner is None else owner.id) from None
         return UpdateOutcome(job=job, event=event, changed=True)
 
     # -- outbox and polling ------------------------------------------------------------------
