@@ -99,9 +99,11 @@ _CLAIM_DISPATCH = _CLAIM.format(due=_DUE_DISPATCH, order="next_attempt_at")
 _CLAIM_POLLS = _CLAIM.format(due=_DUE_POLL, order="next_poll_at")
 
 
-# Only numbers are summed: one odd value must not make the whole report fail.
+# Per cost figure: its exact sum (numeric, never float8) and how many jobs have it. Only numbers are summed: one
+# odd value must not make the whole report fail.
 _COST_SUMS = ", ".join(
-    f"coalesce(sum(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN (cost ->> '{field}')::float8 END), 0)"
+    f"sum(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN (cost ->> '{field}')::numeric END), "
+    f"count(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN 1 END)"
     for field in COST_FIELDS
 )
 # Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
