@@ -15,6 +15,7 @@ from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 
 from service.api.context import authenticate, context
 from service.api.sse import EventStream, StreamSession
+from service.capabilities import capability_record
 from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses
 from service.jobs import Job, JobCreate, JobList, _doc, encode_job
 from service.providers.base import ModelSpec
@@ -348,31 +349,11 @@ class ModelList(msgspec.Struct):
 
 
 def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
-    capabilities = {
-        "durations": list(spec.durations),
-        "default_duration": spec.default_duration,
-        "resolutions": list(spec.resolutions),
-        "default_resolution": spec.default_resolution,
-        "aspect_ratios": list(spec.aspect_ratios),
-        "default_aspect_ratio": spec.default_aspect_ratio,
-        "inputs": ["prompt", "duration", "resolution", "aspect_ratio", *spec.inputs, "provider_options"],
-        "max_reference_images": spec.max_reference_images,
-        "max_reference_videos": spec.max_reference_videos,
-        "max_reference_audios": spec.max_reference_audios,
-        "audio": spec.audio,
-        "seed_range": None if spec.seed_range is None else {"min": spec.seed_range[0], "max": spec.seed_range[1]},
-        "callbacks": spec.callbacks,
-        "inputs_required": list(spec.required),
-        "inputs_together": [list(g) for g in spec.together],
-        "inputs_exclusive": [list(p) for p in spec.exclusive],
-        "inputs_requiring": {field: list(needs) for field, needs in spec.requires},
-        "inputs_urls_only": list(spec.urls_only),
-    }
     return ModelInfo(
         id=spec.id,
         provider=spec.provider,
         available=available,
-        capabilities=capabilities,
+        capabilities=capability_record(spec),
         price=None if spec.price is None else msgspec.to_builtins(spec.price),
     )
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx
 import msgspec
 
+from service.jobs import PROMPT_MAX_CHARS
 from service.schedule import Backoff
 from service.signing.errors import SignatureError
 
@@ -106,6 +107,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     exclusive: tuple[tuple[str, str], ...] = ()
     requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
     urls_only: tuple[str, ...] = ()
+    # The provider's limit on the prompt, where it is below the API's own.
+    max_prompt_chars: int = PROMPT_MAX_CHARS
 
 
 class Submission(msgspec.Struct, frozen=True, kw_only=True):

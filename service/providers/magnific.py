@@ -12,7 +12,6 @@ import msgspec
 from service.jobs import Report
 from service.providers.base import (
     HttpProvider,
-    InputRefused,
     ModelSpec,
     Price,
     Submission,
@@ -60,6 +59,7 @@ MODEL = ModelSpec(
     # image_end is used "together with image"; alone it would be dropped silently.
     requires=(("last_frame", ("first_frame",)),),
     price=Price(unit="credits", note="deducted from the Magnific organisation balance; no per-call price published"),
+    max_prompt_chars=MAX_PROMPT_CHARS,
 )
 
 
@@ -185,10 +185,6 @@ class Magnific(HttpProvider):
         # Callbacks promise only "task ID and status": a COMPLETED without videos may be thin, so the GET decides.
         error = notice.report.error or {}
         return error.get("provider_code") == "COMPLETED"
-
-    def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
-        if len(input["prompt"]) > MAX_PROMPT_CHARS:
-            raise InputRefused("prompt", f"at most {MAX_PROMPT_CHARS} characters", {"max_length": MAX_PROMPT_CHARS})
 
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         return {}  # no per-call price is published
