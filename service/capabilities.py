@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from service.errors import InvalidRequest
+from service.jobs import JobInput
 from service.providers.base import InputRefused, ModelSpec, ProviderAdapter
 
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21", "adaptive")
 RESOLUTIONS = ("480p", "720p", "1080p")
-_ALWAYS = frozenset({"prompt", "duration", "resolution", "aspect_ratio", "provider_options"})
+_EVERY_MODEL = ("prompt", "duration", "resolution", "aspect_ratio")
+_ALWAYS = frozenset({*_EVERY_MODEL, "provider_options"})
+# What the request schema requires of every job (JobInput's fields without a default): required for each model.
+_SCHEMA_REQUIRED = tuple(f.encode_name for f in msgspec.structs.fields(JobInput) if f.required)
 # JSON types a provider option may declare, as Python checks (a bool is no integer here, as in JSON).
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "boolean": lambda v: isinstance(v, bool),
@@ -33,8 +39,48 @@ def refuse(spec: ModelSpec, field: str, message: str, allowed: Any) -> InvalidRe
     )
 
 
+def accepted_inputs(spec: ModelSpec) -> tuple[str, ...]:
+    """Every input field the model takes."""
+    return (*_EVERY_MODEL, *spec.inputs, "provider_options")
+
+
+def required_inputs(spec: ModelSpec) -> tuple[str, ...]:
+    """The input fields a job for the model must give."""
+    return (*_SCHEMA_REQUIRED, *(f for f in spec.required if f not in _SCHEMA_REQUIRED))
+
+
+def capability_record(spec: ModelSpec) -> dict[str, Any]:
+    """The model's capabilities as GET /v1/models shows them: the data check_input enforces, read the same way."""
+    return {
+        "durations": list(spec.durations),
+        "default_duration": spec.default_duration,
+        "resolutions": list(spec.resolutions),
+        "default_resolution": spec.default_resolution,
+        "aspect_ratios": list(spec.aspect_ratios),
+        "default_aspect_ratio": spec.default_aspect_ratio,
+        "inputs": list(accepted_inputs(spec)),
+        "max_prompt_chars": spec.max_prompt_chars,
+        "max_reference_images": spec.max_reference_images,
+        "max_reference_videos": spec.max_reference_videos,
+        "max_reference_audios": spec.max_reference_audios,
+        "audio": spec.audio,
+        "seed_range": None if spec.seed_range is None else {"min": spec.seed_range[0], "max": spec.seed_range[1]},
+        "callbacks": spec.callbacks,
+        "inputs_required": list(required_inputs(spec)),
+        "inputs_together": [list(g) for g in spec.together],
+        "inputs_exclusive": [list(p) for p in spec.exclusive],
+        "inputs_requiring": {field: list(needs) for field, needs in spec.requires},
+        "inputs_urls_only": list(spec.urls_only),
+        "provider_options": dict(spec.provider_options),
+    }
+
+
 def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:
     """Raise InvalidRequest naming the first field the model cannot serve and its allowed values."""
+    prompt = given.get("prompt")
+    if prompt is not None and len(prompt) > spec.max_prompt_chars:
+        limit = spec.max_prompt_chars
+        raise refuse(spec, "prompt", f"at most {limit} characters", {"max_length": limit})
     duration = given.get("duration")
     if duration is not None and duration not in spec.durations:
         raise refuse(spec, "duration", f"{duration} s is not offered", list(spec.durations))
@@ -44,11 +90,10 @@ def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:
     aspect = given.get("aspect_ratio")
     if aspect is not None and aspect not in spec.aspect_ratios:
         raise refuse(spec, "aspect_ratio", f"{aspect!r} is not offered", list(spec.aspect_ratios))
+    accepted = accepted_inputs(spec)
     for field in given:
-        if field not in _ALWAYS and field not in spec.inputs:
-            raise refuse(
-                spec, field, "this input is not supported", sorted(_ALWAYS - {"provider_options"} | set(spec.inputs))
-            )
+        if field not in accepted:
+            raise refuse(spec, field, "this input is not supported", sorted(set(accepted) - {"provider_options"}))
     if given.get("generate_audio") and not spec.audio:
         raise refuse(spec, "generate_audio", "audio generation is not offered", [False])
     seed = given.get("seed")
@@ -61,7 +106,7 @@ def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:
         limit = getattr(spec, limit_name)
         if items is not None and len(items) > limit:
             raise refuse(spec, field, f"{len(items)} items is too many", {"max_items": limit})
-    for field in spec.required:
+    for field in required_inputs(spec):
         if given.get(field) is None:
             raise refuse(spec, field, "is required", [field])
     for group in spec.together:

@@ -22,7 +22,16 @@ from service.metrics import Metrics
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
 from service.signing import SignatureError
-from storage import IdempotencyClaim, IdempotencyConflict, JobFilter, JobRecord, Receipt, Store, UpdateOutcome
+from storage import (
+    IdempotencyClaim,
+    IdempotencyConflict,
+    JobFilter,
+    JobRecord,
+    Receipt,
+    Store,
+    TaskTaken,
+    UpdateOutcome,
+)
 from storage.base import Decide, Decision
 
 log = structlog.get_logger("reelay.gateway")
@@ -255,6 +264,15 @@ class Gateway:
             raise _Unmatched from None
         except _TaskMismatch:
             log.warning("webhook.task_mismatch", provider=provider, job_id=job_id)
+            return "ignored"
+        except TaskTaken as exc:  # a signed callback cannot move a task from the job that holds it
+            log.warning(
+                "webhook.task_owned_by_another_job",
+                provider=provider,
+                provider_task_id=exc.provider_task_id,
+                job_id=job_id,
+                owner_job_id=exc.owner_job_id,
+            )
             return "ignored"
         except _Unconfirmed:
             return await self._confirm(provider, notice, job_id)

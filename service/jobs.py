@@ -28,6 +28,7 @@ MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=r
 MetadataValue = Annotated[str, msgspec.Meta(max_length=500, pattern="^[^\x00]*$")]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000_000, description="https URL or data URI")]
 
+PROMPT_MAX_CHARS = 5000  # a model's provider may allow fewer (its `max_prompt_chars`)
 # The public values of the normalized enums; each model accepts a subset (GET /v1/models), anything else is a 400.
 RESOLUTIONS = ("480p", "720p", "1080p")
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21", "adaptive")
@@ -51,7 +52,7 @@ _Timestamp = Annotated[str, _doc(format="date-time")]
 class JobInput(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """Normalized generation input; each adapter maps it to its provider's own names."""
 
-    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=PROMPT_MAX_CHARS)]
     duration: Annotated[int, _doc("seconds; the model's `durations` (GET /v1/models)")] | None = None
     resolution: Annotated[str, _doc("one of the model's `resolutions`", enum=[*RESOLUTIONS, None])] | None = None
     aspect_ratio: Annotated[str, _doc("one of the model's `aspect_ratios`", enum=[*ASPECT_RATIOS, None])] | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from storage.base import BackupProgress, JobEncoder, Store, SupportsBackup
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
+from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable, TaskTaken
 from storage.records import (
     ApiKeyRecord,
     BackupReport,
@@ -56,6 +56,7 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "SupportsBackup",
+    "TaskTaken",
     "UpdateOutcome",
     "UsageRow",
     "create_store",

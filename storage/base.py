@@ -92,7 +92,8 @@ class Store(Protocol):
         """Atomically read a job, let `decide` compute its next state, write it and log its event.
 
         With a receipt, a webhook already recorded is reported as duplicate and nothing changes;
-        otherwise the receipt is recorded in the same transaction.
+        otherwise the receipt is recorded in the same transaction. Raises TaskTaken, writing nothing, when
+        the new state names a provider task id that another job holds.
         """
 
     async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:

@@ -3,7 +3,8 @@
 StorageError
  ├── StorageUnavailable     the database cannot be reached, read or written
  ├── SchemaOutdated         migrations are missing
- └── IdempotencyConflict    the key was used before with a different request
+ ├── IdempotencyConflict    the key was used before with a different request
+ └── TaskTaken              a job was given a provider task id that another job holds
 """
 
 from __future__ import annotations
@@ -27,3 +28,13 @@ class IdempotencyConflict(StorageError):
     def __init__(self, job_id: str) -> None:
         super().__init__("idempotency key reused with a different request")
         self.job_id = job_id
+
+
+class TaskTaken(StorageError):
+    """A write gave a job the provider task id that another job already holds; nothing was written."""
+
+    def __init__(self, provider: str, provider_task_id: str, owner_job_id: str | None) -> None:
+        super().__init__(f"{provider} task {provider_task_id} belongs to job {owner_job_id}")
+        self.provider = provider
+        self.provider_task_id = provider_task_id
+        self.owner_job_id = owner_job_id

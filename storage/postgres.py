@@ -19,7 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from storage import migrations
 from storage.base import Decide, EventListener, JobEncoder, prune_in_batches
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageUnavailable
+from storage.errors import IdempotencyConflict, SchemaOutdated, StorageUnavailable, TaskTaken
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
@@ -99,9 +99,11 @@ _CLAIM_DISPATCH = _CLAIM.format(due=_DUE_DISPATCH, order="next_attempt_at")
 _CLAIM_POLLS = _CLAIM.format(due=_DUE_POLL, order="next_poll_at")
 
 
-# Only numbers are summed: one odd value must not make the whole report fail.
+# Per cost figure: its exact sum (numeric, never float8) and how many jobs have it. Only numbers are summed: one
+# odd value must not make the whole report fail.
 _COST_SUMS = ", ".join(
-    f"coalesce(sum(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN (cost ->> '{field}')::float8 END), 0)"
+    f"sum(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN (cost ->> '{field}')::numeric END), "
+    f"count(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN 1 END)"
     for field in COST_FIELDS
 )
 # Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
@@ -448,27 +450,35 @@ class PostgresStore:
         return [job_from_row(row) for row in rows]
 
     async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
-        async with self._write() as (conn, events):
-            # The row lock makes read-decide-write atomic against every other writer, in any process.
-            current = await self._get_job(conn, job_id, for_update=True)
-            if current is None:
-                raise KeyError(job_id)
-            if receipt is not None:
-                recorded = await conn.fetchval(
-                    "INSERT INTO webhook_receipts (provider, receipt_key, received_at) VALUES ($1, $2, $3) "
-                    "ON CONFLICT DO NOTHING RETURNING true",
-                    receipt.provider,
-                    receipt.key,
-                    now_iso(),
-                )
-                if not recorded:
-                    return UpdateOutcome(job=current, duplicate=True)
-            decision = decide(current)
-            if decision is None:
-                return UpdateOutcome(job=current)
-            job, event_type = decision
-            await conn.execute(_UPDATE_JOB, *mutable_values(job), job_id)
-            event = None if event_type is None else await self._append_event(conn, job, event_type, events)
+        job: JobRecord | None = None
+        try:
+            async with self._write() as (conn, events):
+                # The row lock makes read-decide-write atomic against every other writer, in any process.
+                current = await self._get_job(conn, job_id, for_update=True)
+                if current is None:
+                    raise KeyError(job_id)
+                if receipt is not None:
+                    recorded = await conn.fetchval(
+                        "INSERT INTO webhook_receipts (provider, receipt_key, received_at) VALUES ($1, $2, $3) "
+                        "ON CONFLICT DO NOTHING RETURNING true",
+                        receipt.provider,
+                        receipt.key,
+                        now_iso(),
+                    )
+                    if not recorded:
+                        return UpdateOutcome(job=current, duplicate=True)
+                decision = decide(current)
+                if decision is None:
+                    return UpdateOutcome(job=current)
+                job, event_type = decision
+                await conn.execute(_UPDATE_JOB, *mutable_values(job), job_id)
+                event = None if event_type is None else await self._append_event(conn, job, event_type, events)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "jobs_by_provider_task" or job is None or job.provider_task_id is None:
+                raise
+            # The failed statement aborted the transaction: the task's holder is read after its rollback.
+            owner = await self.find_job_by_task(job.provider, job.provider_task_id)
+            raise TaskTaken(job.provider, job.provider_task_id, None if owner is None else owner.id) from None
         return UpdateOutcome(job=job, event=event, changed=True)
 
     # -- outbox and polling ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from enum import IntEnum
 from typing import Any
 
@@ -125,22 +126,31 @@ class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
-    """Jobs of one key grouped by creation day, model and status, with their summed costs."""
+    """Jobs of one key grouped by creation day, model and status, with their costs summed exactly.
+
+    A sum is None when no job of the group has that figure; `without` counts, per figure, the jobs that lack it
+    (no published price, or not charged yet), which its sum leaves out.
+    """
 
     day: str
     model: str
     status: str
     jobs: int
-    credits_estimate: float = 0.0
-    credits_charged: float = 0.0
-    usd_estimate: float = 0.0
-    usd_charged: float = 0.0
+    credits_estimate: Decimal | None = None
+    credits_charged: Decimal | None = None
+    usd_estimate: Decimal | None = None
+    usd_charged: Decimal | None = None
+    without: dict[str, int] = msgspec.field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> UsageRow:
-        """From (day, model, status, jobs, then the sums in COST_FIELDS order), as both backends select it."""
-        sums = dict(zip(COST_FIELDS, map(float, row[4:]), strict=True))
-        return cls(day=row[0], model=row[1], status=row[2], jobs=int(row[3]), **sums)
+        """From (day, model, status, jobs, then a sum and a count of jobs with the figure per COST_FIELDS), as
+        both backends select it; a sum arrives as exact text (SQLite) or numeric (PostgreSQL), never as float."""
+        jobs = int(row[3])
+        pairs = dict(zip(COST_FIELDS, zip(row[4::2], row[5::2], strict=True), strict=True))
+        sums = {field: None if total is None else Decimal(total) for field, (total, _) in pairs.items()}
+        without = {field: jobs - int(having) for field, (_, having) in pairs.items()}
+        return cls(day=row[0], model=row[1], status=row[2], jobs=jobs, without=without, **sums)
 
 
 COST_FIELDS = ("credits_estimate", "credits_charged", "usd_estimate", "usd_charged")

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, closing
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import msgspec
 
 from storage import migrations
 from storage.base import BackupProgress, Decide, EventListener, JobEncoder, prune_in_batches
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
+from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable, TaskTaken
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
@@ -55,6 +56,12 @@ log = logging.getLogger("reelay.storage")
 _INSERT_SQL = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * len(_FIXED + _MUTABLE))})"
 _UPDATE_SQL = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in _MUTABLE) + " WHERE id = ?"
 
+# Per cost figure: its exact sum (over the JSON number's own text) and how many jobs have it.
+_COST_SUMS = ", ".join(
+    f"decimal_sum(CASE WHEN json_type(cost, '$.{field}') IN ('integer', 'real') THEN cost -> '$.{field}' END), "
+    f"count(CASE WHEN json_type(cost, '$.{field}') IN ('integer', 'real') THEN 1 END)"
+    for field in COST_FIELDS
+)
 # Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
 _FINISHED_BEFORE = f"stage = {int(Stage.TERMINAL)} AND completed_at < ?"
 _COPY_STEP_PAGES = 1024  # pages copied between progress reports (4 MiB with the default page size)
@@ -119,6 +126,7 @@ class SqliteStore:
             await conn.execute("PRAGMA busy_timeout = 5000")
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            await conn._execute(conn._conn.create_aggregate, "decimal_sum", 1, _DecimalSum)  # type: ignore[no-untyped-call]
         except BaseException:
             # SQLite opens the file lazily; a connection that fails here still owns a worker thread.
             await asyncio.shield(conn.close())
@@ -399,7 +407,13 @@ class SqliteStore:
             if decision is None:
                 return UpdateOutcome(job=current)
             job, event_type = decision
-            db.execute(_UPDATE_SQL, [*mutable_values(job), job_id])
+            try:
+                db.execute(_UPDATE_SQL, [*mutable_values(job), job_id])
+            except sqlite3.IntegrityError:
+                owner = _task_owner(db, job)
+                if owner is None or job.provider_task_id is None:
+                    raise
+                raise TaskTaken(job.provider, job.provider_task_id, owner) from None
             event = None if event_type is None else self._append_event(db, job, event_type, events)
             return UpdateOutcome(job=job, event=event, changed=True)
 
@@ -482,9 +496,8 @@ class SqliteStore:
             clauses.append("created_at < ?")
             params.append(end)
         rows = await self._read(
-            "SELECT substr(created_at, 1, 10) AS day, model, status, count(*), "
-            + ", ".join(f"coalesce(sum(json_extract(cost, '$.{field}')), 0)" for field in COST_FIELDS)
-            + f" FROM jobs WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
+            f"SELECT substr(created_at, 1, 10) AS day, model, status, count(*), {_COST_SUMS} FROM jobs "
+            f"WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
             params,
         )
         return [UsageRow.from_row(row) for row in rows]
@@ -687,6 +700,29 @@ _Work = Callable[[sqlite3.Connection, list[EventRecord]], T]
 def _select_job(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
     row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return None if row is None else job_from_row(row)
+
+
+class _DecimalSum:
+    """SQL `decimal_sum(text)`: sums JSON number texts exactly (SQLite's own sum() goes through float)."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            self.total = Decimal(value) if self.total is None else self.total + Decimal(value)
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else str(self.total)
+
+
+def _task_owner(db: sqlite3.Connection, job: JobRecord) -> str | None:
+    """The other job that holds the provider task id `job` names, if any."""
+    row = db.execute(
+        "SELECT id FROM jobs WHERE provider = ? AND provider_task_id = ? AND id != ?",
+        (job.provider, job.provider_task_id, job.id),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _commit(db: sqlite3.Connection) -> None:

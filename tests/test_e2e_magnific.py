@@ -123,6 +123,22 @@ async def test_forged_webhook_changes_nothing(magnific: Stack) -> None:
     assert await magnific.event_types(job["id"]) == ["job.created", "job.submitted"]
 
 
+async def test_per_job_callback_with_a_task_another_job_owns_changes_nothing(magnific: Stack) -> None:
+    owner = await _pending_job(magnific)
+    await magnific.sandbox("magnific", "PUT", "/_sandbox/knobs", json={**SLOW, "latency_s": 3.0})
+    named = await magnific.submit(model=MODEL)  # its create is still in flight: no task id yet
+    record = await magnific.store.get_job(named["id"])
+    body = _completed(owner["provider_task_id"])
+    url = f"{magnific.url}/webhooks/magnific/{named['id']}/{record.callback_token}"
+    headers = {"Content-Type": "application/json", **_signed(body)}
+    response = await magnific.client.post(url, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["result"] == "ignored"
+    assert (await magnific.job(named["id"]))["provider_task_id"] is None
+    assert await magnific.event_types(named["id"]) == ["job.created"]
+    assert await magnific.event_types(owner["id"]) == ["job.created", "job.submitted"]
+
+
 async def test_tampered_webhook_changes_nothing(magnific: Stack) -> None:
     job = await _pending_job(magnific)
     body = _completed(job["provider_task_id"])

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import msgspec
+from structlog.testing import capture_logs
 
 from service.sandbox import SANDBOXES
 from service.signing import sign_header
@@ -146,3 +147,38 @@ async def test_a_callback_that_needs_confirmation_records_no_receipt(seedance: S
         response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
         assert response.json()["result"] == "confirming"
     assert await seedance.event_types(job["id"]) == ["job.created", "job.submitted"]
+
+
+async def test_webhook_naming_a_job_with_a_task_another_job_owns_changes_nothing_and_logs_why(seedance: Stack) -> None:
+    """Job ids and task ids are unique together: the signed callback is acknowledged, ignored and explained."""
+    owner = await _pending_job(seedance)
+    task = owner["provider_task_id"]
+    # The second job's create stays in flight, so it has no task id of its own yet.
+    slow_create = {"latency_s": 3.0, "processing_after_s": 60, "complete_after_s": 120}
+    await seedance.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json=slow_create)
+    named = await seedance.submit()
+    body = _body(task, named["id"])
+    with capture_logs() as logs:
+        response = await _post(seedance, body, sign_header(body, SECRET, timestamp=int(time.time())))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": True, "result": "ignored"}
+    after = await seedance.job(named["id"])
+    assert (after["status"], after["provider_task_id"]) == ("queued", None)
+    assert await seedance.event_types(named["id"]) == ["job.created"]
+    assert (await seedance.job(owner["id"]))["status"] == "queued"
+    reasons = [entry for entry in logs if entry["event"] == "webhook.task_owned_by_another_job"]
+    assert reasons == [
+        {
+            "event": "webhook.task_owned_by_another_job",
+            "log_level": "warning",
+            "provider": "seedancee2",
+            "provider_task_id": task,
+            "job_id": named["id"],
+            "owner_job_id": owner["id"],
+        }
+    ]
+    # Nothing was recorded for it: the callback meant for the owner still applies.
+    right = _body(task, owner["id"])
+    applied = await _post(seedance, right, sign_header(right, SECRET, timestamp=int(time.time())))
+    assert applied.json()["result"] == "applied"
+    assert (await seedance.job(owner["id"]))["status"] == "succeeded"

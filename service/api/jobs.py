@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -14,10 +15,12 @@ from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 
 from service.api.context import authenticate, context, require_api_key
 from service.api.sse import EventStream, StreamSession
+from service.capabilities import capability_record
 from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses
-from service.jobs import TERMINAL, Job, JobCreate, JobList, encode_job
+from service.jobs import TERMINAL, Job, JobCreate, JobList, _doc, encode_job
 from service.providers.base import ModelSpec
 from storage import ApiKeyRecord, JobFilter, UsageRow
+from storage.records import COST_FIELDS
 
 _encode = msgspec.json.Encoder().encode
 _META_PARAM = re.compile(r"^metadata\.([A-Za-z0-9_.\-]{1,40})$")
@@ -362,32 +365,11 @@ class ModelList(msgspec.Struct):
 
 
 def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
-    capabilities = {
-        "durations": list(spec.durations),
-        "default_duration": spec.default_duration,
-        "resolutions": list(spec.resolutions),
-        "default_resolution": spec.default_resolution,
-        "aspect_ratios": list(spec.aspect_ratios),
-        "default_aspect_ratio": spec.default_aspect_ratio,
-        "inputs": ["prompt", "duration", "resolution", "aspect_ratio", *spec.inputs, "provider_options"],
-        "max_reference_images": spec.max_reference_images,
-        "max_reference_videos": spec.max_reference_videos,
-        "max_reference_audios": spec.max_reference_audios,
-        "audio": spec.audio,
-        "seed_range": None if spec.seed_range is None else {"min": spec.seed_range[0], "max": spec.seed_range[1]},
-        "callbacks": spec.callbacks,
-        "inputs_required": list(spec.required),
-        "inputs_together": [list(g) for g in spec.together],
-        "inputs_exclusive": [list(p) for p in spec.exclusive],
-        "inputs_requiring": {field: list(needs) for field, needs in spec.requires},
-        "inputs_urls_only": list(spec.urls_only),
-        "provider_options": dict(spec.provider_options),
-    }
     return ModelInfo(
         id=spec.id,
         provider=spec.provider,
         available=available,
-        capabilities=capabilities,
+        capabilities=capability_record(spec),
         price=None if spec.price is None else msgspec.to_builtins(spec.price),
     )
 
@@ -406,20 +388,36 @@ async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[A
     return ModelList(data=[model_info(spec, spec.provider in gateway.adapters) for spec in gateway.models.values()])
 
 
+# Litestar documents Decimal as a string; these are sent as numbers (see _encode_money).
+Money = Annotated[
+    Decimal | None,
+    _doc("an exact decimal sum; null when no job of the group has this figure", one_of=None, type=["number", "null"]),
+]
+
+
 class UsageTotals(msgspec.Struct):
     jobs: int = 0
-    credits_estimate: float = 0.0
-    credits_charged: float = 0.0
-    usd_estimate: float = 0.0
-    usd_charged: float = 0.0
+    credits_estimate: Money = None
+    credits_charged: Money = None
+    usd_estimate: Money = None
+    usd_charged: Money = None
+    jobs_without: Annotated[
+        dict[str, int],
+        msgspec.Meta(
+            description="per figure: the jobs that lack it (no published price, or not charged yet), left out of "
+            "its sum"
+        ),
+    ] = msgspec.field(default_factory=lambda: dict.fromkeys(COST_FIELDS, 0))
     by_status: dict[str, int] = msgspec.field(default_factory=dict)
 
     def add(self, row: UsageRow) -> None:
         self.jobs += row.jobs
-        self.credits_estimate += row.credits_estimate
-        self.credits_charged += row.credits_charged
-        self.usd_estimate += row.usd_estimate
-        self.usd_charged += row.usd_charged
+        for field in COST_FIELDS:
+            value: Decimal | None = getattr(row, field)
+            if value is not None:
+                total: Decimal | None = getattr(self, field)
+                setattr(self, field, value if total is None else total + value)
+            self.jobs_without[field] += row.without[field]
         self.by_status[row.status] = self.by_status.get(row.status, 0) + row.jobs
 
 
@@ -436,6 +434,10 @@ class Usage(msgspec.Struct):
     by_day: dict[str, UsageTotals]
 
 
+# Money leaves as JSON numbers with the exact decimal digits (Litestar's encoder would write strings).
+_encode_money = msgspec.json.Encoder(decimal_format="number").encode
+
+
 @get(
     "/v1/usage",
     dependencies={"caller": Provide(authenticate)},
@@ -449,16 +451,30 @@ async def usage(
     request: Request[Any, Any, Any],
     caller: NamedDependency[ApiKeyRecord],
     start: Annotated[
-        str | None, QueryParameter(**_text("ISO 8601 date or datetime (UTC if no offset), inclusive"))
+        str | None,
+        QueryParameter(**_text("ISO 8601 date or datetime (UTC if no offset), inclusive: jobs created at or after it")),
     ] = None,
     end: Annotated[
-        str | None, QueryParameter(**_text("ISO 8601 date or datetime (UTC if no offset), exclusive"))
+        str | None,
+        QueryParameter(
+            **_text(
+                "ISO 8601 date or datetime (UTC if no offset), exclusive: jobs created before it. A date is its "
+                "midnight UTC, so `end=2025-07-01` ends with June 30; must be after `start`"
+            )
+        ),
     ] = None,
-) -> Usage:
-    """Jobs created in [`start`, `end`) (ISO 8601 dates or datetimes, UTC). Credits and USD are summed
-    separately: estimates when the job was accepted, charges as the provider reported them."""
+) -> Response[Usage]:
+    """Jobs created in [`start`, `end`): `start` inclusive, `end` exclusive (ISO 8601 dates or datetimes, UTC).
+    Credits and USD are summed separately and exactly: estimates when the job was accepted, charges as the
+    provider reported them. A sum is null when no job of the group has that figure, and `jobs_without` counts the
+    jobs each sum leaves out."""
     _reject_repeated(request)
     start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)
+    if start_iso is not None and end_iso is not None and end_iso <= start_iso:
+        raise InvalidRequest(
+            f"start ({start_iso}) must be before end ({end_iso}); end is exclusive",
+            details={"fields": ["start", "end"], "start": start_iso, "end": end_iso},
+        )
     total = UsageTotals()
     by_model: dict[str, UsageTotals] = {}
     by_day: dict[str, UsageTotals] = {}
@@ -466,13 +482,14 @@ async def usage(
         total.add(row)
         by_model.setdefault(row.model, UsageTotals()).add(row)
         by_day.setdefault(row.day, UsageTotals()).add(row)
-    return Usage(
+    report = Usage(
         range=UsageRange(start=start_iso, end=end_iso),
         total=total,
         by_status=dict(total.by_status),
         by_model=by_model,
         by_day=by_day,
     )
+    return _json(_encode_money(report))
 
 
 def _iso_param(name: str, value: str | None) -> str | None:

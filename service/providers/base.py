@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx
 import msgspec
 
+from service.jobs import PROMPT_MAX_CHARS
 from service.schedule import Backoff
 from service.signing.errors import SignatureError
 
@@ -108,6 +109,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     urls_only: tuple[str, ...] = ()
     # Provider-only keys `provider_options` may pass through as they are, each with its JSON type.
     provider_options: tuple[tuple[str, str], ...] = ()
+    # The provider's limit on the prompt, where it is below the API's own.
+    max_prompt_chars: int = PROMPT_MAX_CHARS
 
 
 class Submission(msgspec.Struct, frozen=True, kw_only=True):

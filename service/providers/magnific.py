@@ -12,7 +12,6 @@ import msgspec
 from service.jobs import Report
 from service.providers.base import (
     HttpProvider,
-    InputRefused,
     ModelSpec,
     Price,
     Submission,
@@ -66,6 +65,7 @@ MODEL = ModelSpec(
     price=Price(unit="credits", note="deducted from the Magnific organisation balance; no per-call price published"),
     # The caller's choice only while the operator has not set REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER.
     provider_options=(("enable_safety_checker", "boolean"),),
+    max_prompt_chars=MAX_PROMPT_CHARS,
 )
 
 
@@ -194,10 +194,6 @@ class Magnific(HttpProvider):
         # Callbacks promise only "task ID and status": a COMPLETED without videos may be thin, so the GET decides.
         error = notice.report.error or {}
         return error.get("provider_code") == "COMPLETED"
-
-    def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
-        if len(input["prompt"]) > MAX_PROMPT_CHARS:
-            raise InputRefused("prompt", f"at most {MAX_PROMPT_CHARS} characters", {"max_length": MAX_PROMPT_CHARS})
 
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         return {}  # no per-call price is published

@@ -75,6 +75,7 @@ MODEL = ModelSpec(
     requires=(("reference_audios", ("reference_images", "reference_videos")),),
     default_aspect_ratio="16:9",
     provider_options=(("tools", "array"),),
+    max_prompt_chars=MAX_PROMPT_CHARS,  # Reelay itself accepts longer prompts
 )
 
 
@@ -93,8 +94,6 @@ class MindVideo(PollOnlyProvider):
 
     def validate(self, spec: ModelSpec, input: Mapping[str, Any]) -> None:
         """The schema's rules that ModelSpec cannot express, checked before the job is accepted."""
-        if len(input["prompt"]) > MAX_PROMPT_CHARS:  # Reelay itself accepts longer prompts
-            raise InputRefused("prompt", f"at most {MAX_PROMPT_CHARS} characters", {"max_length": MAX_PROMPT_CHARS})
         frames = sum(1 for role in ("first_frame", "last_frame") if input.get(role))
         if frames and frames + len(input.get("reference_images") or ()) > MAX_IMAGES:
             raise InputRefused(

@@ -247,14 +247,8 @@ class Minuit(HttpProvider):
 
 
 def _charged(quota: Any) -> dict[str, Any]:
-    """The create answer's quota, stored as given: Minuit's own balance figures do not always add up."""
-    if not isinstance(quota, dict):
+    """What the create answer's quota says this task cost. Its balance figures (remaining, total_credits,
+    used_credits) are the operator's account, not the job's cost, and do not always add up: left out."""
+    if not isinstance(quota, dict) or not is_number(quota.get("cost")):
         return {}
-    cost: dict[str, Any] = {}
-    if is_number(quota.get("cost")):
-        cost["credits_charged"] = quota["cost"]
-        cost["usd_charged"] = round(quota["cost"] * USD_PER_CREDIT, 6)
-    for theirs in ("remaining", "total_credits", "used_credits"):
-        if is_number(quota.get(theirs)):
-            cost[f"quota_{theirs}"] = quota[theirs]
-    return cost
+    return {"credits_charged": quota["cost"], "usd_charged": round(quota["cost"] * USD_PER_CREDIT, 6)}

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from service.sandbox import SandboxKnobs
 from tests.harness import Stack, stack
@@ -122,6 +127,62 @@ async def test_usage_counts_jobs_and_credits_by_status_model_and_day(seedance: S
         f"{seedance.url}/v1/usage", params={"start": "2999-01-01"}, headers=seedance.headers
     )
     assert later.json()["total"]["jobs"] == 0
+
+
+async def test_usage_shows_a_provider_without_a_price_as_null_and_counts_the_jobs_left_out(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=SLOW, providers=("seedancee2", "magnific")) as s:
+        await _create(s, model="seedancee2/mini")  # 5 cr/s x 5 s
+        await _create(s, model="magnific/seedance-2-mini")  # Magnific publishes no price
+        usage = (await s.client.get(f"{s.url}/v1/usage", headers=s.headers)).json()
+    unpriced = usage["by_model"]["magnific/seedance-2-mini"]
+    assert unpriced["jobs"] == 1
+    figures = ("credits_estimate", "credits_charged", "usd_estimate", "usd_charged")
+    assert [unpriced[f] for f in figures] == [None] * 4
+    assert unpriced["jobs_without"] == dict.fromkeys(figures, 1)
+    assert usage["total"]["credits_estimate"] == 25
+    assert usage["total"]["usd_estimate"] is None
+    assert usage["total"]["jobs_without"]["credits_estimate"] == 1
+
+
+async def test_usage_money_is_summed_exactly_and_sent_as_json_numbers(tmp_path: Path) -> None:
+    async with stack(tmp_path, providers=("mindvideo",)) as s:
+        jobs = [await _create(s, model="mindvideo/doubao-seedance-2-0-fast") for _ in range(5)]  # $0.0657 each
+        for job in jobs:
+            done = await s.wait_for(job["id"], {"succeeded"})
+            assert done["cost"]["usd_estimate"] == done["cost"]["usd_charged"] == 0.0657
+        response = await s.client.get(f"{s.url}/v1/usage", headers=s.headers)
+    assert response.status_code == 200
+    total = json.loads(response.text, parse_float=Decimal)["total"]
+    # Summed as floats, five of them make 0.32849999999999996.
+    assert (total["usd_estimate"], total["usd_charged"]) == (Decimal("0.3285"), Decimal("0.3285"))
+    assert '"usd_charged":0.3285' in response.text
+    assert total["credits_estimate"] is None  # MindVideo prices in USD only
+    assert total["jobs_without"]["credits_estimate"] == 5
+
+
+async def test_usage_range_is_start_inclusive_end_exclusive_and_refuses_an_empty_or_reversed_one(
+    seedance: Stack,
+) -> None:
+    job = await seedance.submit()
+    created = datetime.fromisoformat(job["created_at"])
+    millisecond = timedelta(milliseconds=1)
+
+    async def usage(start: datetime | str, end: datetime | str) -> httpx.Response:
+        params = {k: v if isinstance(v, str) else v.isoformat() for k, v in (("start", start), ("end", end))}
+        return await seedance.client.get(f"{seedance.url}/v1/usage", params=params, headers=seedance.headers)
+
+    assert (await usage(created, created + millisecond)).json()["total"]["jobs"] == 1
+    assert (await usage(created - millisecond, created)).json()["total"]["jobs"] == 0
+    day = created.date()
+    assert (await usage(day.isoformat(), (day + timedelta(days=1)).isoformat())).json()["total"]["jobs"] == 1
+    for start, end in ((created + millisecond, created), (created, created), ("2025-07-01", "2025-06-01")):
+        refused = await usage(start, end)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert error["details"]["fields"] == ["start", "end"]
+        assert f"start ({error['details']['start']})" in error["message"]
+        assert f"end ({error['details']['end']})" in error["message"]
 
 
 async def test_probes_metrics_and_schema(seedance: Stack) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
+from decimal import Decimal
 
 import msgspec
 import pytest
@@ -23,6 +24,7 @@ from storage import (
     Stage,
     StorageUnavailable,
     Store,
+    TaskTaken,
     migrations,
 )
 from storage.base import Decide, Decision
@@ -447,6 +449,29 @@ async def test_an_error_in_decide_propagates_and_records_no_receipt(store: Store
     assert (retried.duplicate, retried.changed) == (False, True)
 
 
+async def test_naming_a_task_another_job_holds_raises_task_taken_and_writes_nothing(store: Store) -> None:
+    owner = await create(store, provider_task_id="task-1")
+    other = await create(store)
+    last = await store.last_event_id()
+
+    def take_task(j: JobRecord) -> Decision:
+        return replace(j, provider_task_id="task-1", status="succeeded"), "job.succeeded"
+
+    with pytest.raises(TaskTaken) as raised:
+        await store.update_job(other.id, take_task, receipt=RECEIPT)
+    assert (raised.value.provider, raised.value.provider_task_id, raised.value.owner_job_id) == (
+        "seedancee2",
+        "task-1",
+        owner.id,
+    )
+    assert await store.get_job(other.id) == other
+    assert await store.find_job_by_task("seedancee2", "task-1") == owner
+    assert await store.last_event_id() == last
+    # Its receipt was not recorded either: the delivery meant for the holder still applies.
+    outcome = await store.update_job(owner.id, to_status("succeeded"), receipt=RECEIPT)
+    assert (outcome.duplicate, outcome.changed) == (False, True)
+
+
 async def test_updating_an_unknown_job_raises_key_error(store: Store) -> None:
     with pytest.raises(KeyError):
         await store.update_job("job_missing", to_status("processing"))
@@ -694,19 +719,33 @@ async def test_usage_sums_credits_by_day_model_and_status(store: Store) -> None:
         for r in await store.usage(KEY_A.id, None, None)
     ]
     assert rows == [
-        ("2025-06-01", "fast", "succeeded", 1, 2.5, 0.0, 0.0, 0.0),
-        ("2025-06-01", "seedance-2.0", "failed", 1, 10.0, 0.0, 0.0, 0.0),
-        ("2025-06-01", "seedance-2.0", "succeeded", 2, 15.0, 13.0, 0.0, 0.0),
-        ("2025-06-02", "seedance-2.0", "queued", 1, 0.0, 0.0, 0.0, 0.0),
-        ("2025-06-02", "seedance-2.0", "succeeded", 1, 0.0, 0.0, 0.07, 0.0657),
+        ("2025-06-01", "fast", "succeeded", 1, Decimal("2.5"), None, None, None),
+        ("2025-06-01", "seedance-2.0", "failed", 1, 10, 0, None, None),
+        ("2025-06-01", "seedance-2.0", "succeeded", 2, 15, 13, None, None),
+        ("2025-06-02", "seedance-2.0", "queued", 1, None, None, None, None),
+        ("2025-06-02", "seedance-2.0", "succeeded", 1, None, None, Decimal("0.07"), Decimal("0.0657")),
     ]
+
+
+async def test_usage_sums_are_exact_decimals_and_count_the_jobs_each_sum_leaves_out(store: Store) -> None:
+    for usd in (0.1, 0.2):
+        await create(store, status="succeeded", cost={"usd_charged": usd, "credits_estimate": 1})
+    await create(store, status="succeeded", cost={"credits_estimate": 1})  # a provider without a USD price
+    await create(store, status="succeeded", cost={"usd_charged": "n/a"})  # not a number: counted as missing
+    [row] = await store.usage(KEY_A.id, None, None)
+    assert row.jobs == 4
+    assert row.usd_charged == Decimal("0.3")  # as float: 0.30000000000000004
+    assert isinstance(row.usd_charged, Decimal)
+    assert row.credits_estimate == 3
+    assert (row.usd_estimate, row.credits_charged) == (None, None)
+    assert row.without == {"credits_estimate": 1, "credits_charged": 4, "usd_estimate": 4, "usd_charged": 2}
 
 
 async def test_usage_start_is_inclusive_and_end_exclusive(store: Store) -> None:
     for day in ("01", "02", "03"):
         await create(store, created_at=on(day), status="succeeded", cost={"credits_charged": 1})
     rows = await store.usage(KEY_A.id, on("02"), on("03"))
-    assert [(r.day, r.jobs, r.credits_charged) for r in rows] == [("2025-06-02", 1, 1.0)]
+    assert [(r.day, r.jobs, r.credits_charged) for r in rows] == [("2025-06-02", 1, 1)]
 
 
 async def test_usage_of_a_key_without_jobs_is_empty(store: Store) -> None:
