@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from storage.base import BackupProgress, JobEncoder, Store, SupportsBackup
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable
+from storage.errors import IdempotencyConflict, QueryRejected, SchemaOutdated, StorageError, StorageUnavailable
 from storage.records import (
     ApiKeyRecord,
     BackupReport,
@@ -49,6 +49,7 @@ __all__ = [
     "JobFilter",
     "JobRecord",
     "PruneCounts",
+    "QueryRejected",
     "Receipt",
     "SchemaOutdated",
     "Stage",
