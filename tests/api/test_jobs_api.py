@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from service.sandbox import SandboxKnobs
+from tests import pg
 from tests.harness import Stack, stack
 
 SLOW = SandboxKnobs(processing_after_s=30, complete_after_s=60)
@@ -160,3 +161,16 @@ async def test_metadata_with_a_nul_character_is_refused(seedance: Stack) -> None
     response = await seedance.client.post(f"{seedance.url}/v1/jobs", json=body, headers=seedance.headers)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def test_a_filter_postgresql_cannot_hold_is_400_not_an_outage(
+    postgres_server: pg.PostgresServer, tmp_path: Path
+) -> None:
+    # PostgreSQL text cannot hold NUL; the refusal is about the request, so it must not read as "unavailable".
+    async with postgres_server.database() as database_url, stack(tmp_path, database_url=database_url) as s:
+        for query in ("model=a%00b", "metadata.k=a%00b"):
+            response = await s.client.get(f"{s.url}/v1/jobs?{query}", headers=s.headers)
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "invalid_request"
+        assert (await s.client.get(f"{s.url}/v1/jobs", headers=s.headers)).status_code == 200
+        assert (await s.client.get(f"{s.url}/readyz")).status_code == 200
