@@ -28,7 +28,12 @@ MAX_METADATA_KEYS = 50
 MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.\-]+$")]
 # No NUL: PostgreSQL's jsonb (which filters metadata) cannot store it.
 MetadataValue = Annotated[str, msgspec.Meta(max_length=500, pattern="^[^\x00]*$")]
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000_000, description="https URL or data URI")]
+Url = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=10_000_000, description="an https:// or http:// URL to a public host, or a data: URI"
+    ),
+]
 
 # The public values of the normalized enums; each model accepts a subset (GET /v1/models), anything else is a 400.
 RESOLUTIONS = ("480p", "720p", "1080p")

@@ -257,13 +257,17 @@ class JobController(Controller):
         "/{job_id:str}/cancel",
         status_code=200,
         summary="Cancel a job",
-        responses={**_JOB_RESPONSES, **error_responses(409, described={409: "The job has finished (`job_finished`)"})},
+        responses={
+            **_JOB_RESPONSES,
+            **error_responses(409, described={409: "The job has succeeded or failed (`job_finished`)"}),
+        },
         operation_class=ApiOperation,
     )
     async def cancel_job(
         self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
     ) -> Response[Job]:
-        """Cancel a job that has not finished (409 if it has)."""
+        """Cancel a job that has not finished. Cancelling a cancelled job again returns it (200); a job that
+        succeeded or failed answers 409."""
         job = await context(request).gateway.cancel_job(caller.id, job_id)
         return _json(encode_job(job))
 

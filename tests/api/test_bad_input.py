@@ -296,6 +296,61 @@ async def test_unservable_input_names_field_and_allowed_values(s: Stack, case: C
     assert error["details"]["allowed"], error
 
 
+# -- URL inputs -------------------------------------------------------------------------------------
+
+PUBLIC_IMAGE = "https://cdn.example.com/a.png"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        pytest.param("file:///etc/passwd", "'file:'", id="file"),
+        pytest.param("gopher://cdn.example.com/_x", "'gopher:'", id="gopher"),
+        pytest.param("ftp://cdn.example.com/a.png", "'ftp:'", id="ftp"),
+        pytest.param("javascript:alert(1)", "'javascript:'", id="javascript"),
+        pytest.param("cdn.example.com/a.png", "absolute", id="relative"),
+        pytest.param("https:///a.png", "no host", id="no-host"),
+        pytest.param("http://[::1/a.png", "not a valid URL", id="broken-ipv6"),
+        pytest.param("http://169.254.169.254/latest/meta-data/", "link-local", id="cloud-metadata"),
+        pytest.param("http://2852039166/latest/meta-data/", "link-local", id="metadata-as-one-number"),
+        pytest.param("http://0xa9fea9fe/", "link-local", id="metadata-in-hex"),
+        pytest.param("http://[::ffff:169.254.169.254]/", "link-local", id="metadata-ipv4-mapped"),
+        pytest.param("http://[fe80::1]/a.png", "link-local", id="ipv6-link-local"),
+        pytest.param("http://0.0.0.0/a.png", "unspecified", id="unspecified"),
+        pytest.param("http://[::]/a.png", "unspecified", id="ipv6-unspecified"),
+        pytest.param("http://224.0.0.1/a.png", "multicast", id="multicast"),
+        pytest.param("http://[ff02::1]/a.png", "multicast", id="ipv6-multicast"),
+        pytest.param("http://240.0.0.1/a.png", "reserved", id="reserved"),
+        pytest.param("http://127.0.0.1:8000/a.png", "loopback", id="loopback"),
+        pytest.param("http://localhost/a.png", "loopback", id="localhost"),
+    ],
+)
+@pytest.mark.parametrize("field", ["first_frame", "last_frame", "reference_images", "reference_videos"])
+async def test_a_url_input_other_than_a_public_http_url_or_data_uri_is_refused_saying_what_is_accepted(
+    s: Stack, field: str, url: str, why: str
+) -> None:
+    given: dict[str, Any] = {"first_frame": PUBLIC_IMAGE, "last_frame": PUBLIC_IMAGE} if "frame" in field else {}
+    given[field] = [url] if field.startswith("reference_") else url
+    error = await check(s, bad_request("url", data=body_of(**given), mentions=[f"input.{field}", why]))
+    assert "only https:// or http:// URLs and data: URIs" in error["message"], error
+    assert error["details"] == {"field": f"input.{field}", "allowed": ["https://...", "http://...", "data:..."]}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(PUBLIC_IMAGE, id="https"),
+        pytest.param("http://cdn.example.com/a.png", id="http"),
+        pytest.param("HTTPS://CDN.EXAMPLE.COM/A.PNG", id="upper-case-scheme"),
+        pytest.param("https://93.184.215.14/a.png", id="public-ipv4"),
+        pytest.param("data:image/png;base64,iVBORw0KGgo=", id="data-uri"),
+    ],
+)
+async def test_a_public_http_url_or_a_data_uri_is_accepted(s: Stack, url: str) -> None:
+    response = await s.client.post(s.url + JOBS, json=body_of(reference_images=[url]), headers=s.headers)
+    assert response.status_code == 202, response.text
+
+
 # -- invalid Unicode and hostile bytes in the body, headers, path and query ---------------------------
 
 BAD_UNICODE = [
@@ -721,15 +776,15 @@ async def test_signed_but_unreadable_webhook_is_400(s: Stack, body: bytes) -> No
 @pytest.mark.parametrize(
     "path",
     [
-        pytest.param("/webhooks/nope", id="unknown-provider"),
+        pytest.param("/webhooks/nosuch", id="unknown-provider"),
         pytest.param("/webhooks/%FF%FE", id="invalid-utf8-provider"),
-        pytest.param("/webhooks/nope/job_x/token", id="unknown-provider-per-job"),
+        pytest.param("/webhooks/nosuch/job_x/token", id="unknown-provider-per-job"),
+        pytest.param("/webhooks/minuit", id="known-but-unconfigured-provider"),
     ],
 )
-async def test_unknown_webhook_provider_is_4xx(s: Stack, path: str) -> None:
+async def test_a_webhook_for_a_provider_not_served_here_is_404(s: Stack, path: str) -> None:
     response = await s.client.post(s.url + path, content=b'{"data":{"id":"x"}}')
-    assert 400 <= response.status_code < 500
-    assert_error(response, response.status_code)
+    assert_error(response, 404, "not_found")
 
 
 async def test_per_job_webhook_with_wrong_token_is_401_and_changes_nothing(s: Stack, pending: dict[str, Any]) -> None:

@@ -57,7 +57,7 @@ async def test_list_filters_by_status_model_provider_and_metadata(tmp_path: Path
         assert await ids(provider="minuit") == []
 
 
-async def test_cancel_a_running_job_then_cancel_again_is_409(tmp_path: Path) -> None:
+async def test_cancelling_a_cancelled_job_again_returns_it_with_200_and_changes_nothing(tmp_path: Path) -> None:
     async with stack(tmp_path, knobs=SLOW) as s:
         job = await _create(s)
         response = await s.client.post(f"{s.url}/v1/jobs/{job['id']}/cancel", headers=s.headers)
@@ -65,11 +65,20 @@ async def test_cancel_a_running_job_then_cancel_again_is_409(tmp_path: Path) -> 
         assert response.json()["status"] == "cancelled"
         assert response.json()["completed_at"] is not None
         again = await s.client.post(f"{s.url}/v1/jobs/{job['id']}/cancel", headers=s.headers)
-        assert again.status_code == 409
-        assert again.json()["error"]["code"] == "job_finished"
+        assert again.status_code == 200, again.text
+        assert again.json() == response.json()
         events = [e.type for e in await s.store.events_after(0, job_id=job["id"])]
         assert events[-1] == "job.cancelled"
         assert events.count("job.cancelled") == 1
+
+
+async def test_cancelling_a_succeeded_job_is_409_job_finished(seedance: Stack) -> None:
+    job = await seedance.submit()
+    done = await seedance.wait_for(job["id"], {"succeeded"})
+    response = await seedance.client.post(f"{seedance.url}/v1/jobs/{job['id']}/cancel", headers=seedance.headers)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "job_finished"
+    assert await seedance.job(job["id"]) == done
 
 
 async def test_models_list_every_id_with_capabilities_and_price(seedance: Stack) -> None:
