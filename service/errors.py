@@ -38,8 +38,9 @@ class ErrorBody(msgspec.Struct):
         str,
         msgspec.Meta(
             description="stable, machine-readable: invalid_request, unauthorized, invalid_signature, not_found, "
-            "conflict, idempotency_conflict, job_finished, payload_too_large, unsupported_media_type, "
-            "rate_limited, too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
+            "method_not_allowed, conflict, idempotency_conflict, job_finished, payload_too_large, "
+            "unsupported_media_type, rate_limited, too_many_streams, unavailable, schema_outdated, disk_full, "
+            "internal_error",
             examples=["invalid_request"],
         ),
     ]
