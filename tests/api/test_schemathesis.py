@@ -28,8 +28,8 @@ Environment:
 - `REELAY_FUZZ_SEED`: a seed, to replay a run (default: random; printed with the request count under `-s`).
 - `REELAY_FUZZ_SSE_SECONDS`: how long each event-stream call reads (default 0.3).
 
-Webhook operations are called without provider signatures, so they mostly answer 401 (or 400 for a provider that is
-not configured): both documented. The per-key rate limit is off for this server, as 429s would only hide coverage.
+Webhook operations are called without provider signatures, so they mostly answer 401 (or 404 for a provider that is
+not served here): both documented. The per-key rate limit is off for this server, as 429s would only hide coverage.
 """
 
 from __future__ import annotations
