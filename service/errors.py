@@ -206,9 +206,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             log.error("http.error", status=status, detail=exc.detail)
             return error_response(status, "internal_error", "internal error")
         headers = dict(exc.headers) if exc.headers else None
-        return error_response(
-            status, _HTTP_CODES.get(status, "http_error"), str(exc.detail), _http_details(request, status, headers)
-        )
+        code = _HTTP_CODES.get(status, "http_error")
+        return error_response(status, code, str(exc.detail), _http_details(request, status, headers), headers)
     # Raised by the JSON decoder on a request body, before any handler runs.
     if isinstance(exc, UnicodeDecodeError):
         return error_response(400, "invalid_request", "the request body is not valid UTF-8")
