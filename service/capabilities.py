@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -75,8 +79,78 @@ def capability_record(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+URL_FIELDS = ("first_frame", "last_frame", "reference_images", "reference_videos", "reference_audios")
+URL_FORMS = ["https://...", "http://...", "data:..."]
+# Hosts that browsers and curl read as IPv4 although they are not dotted quads (2852039166, 0xa9fea9fe, 169.254.43518).
+_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
+
+
+def check_urls(given: dict[str, Any]) -> None:
+    """Raise InvalidRequest unless every URL input is an http(s) URL to a routable host, or a data URI.
+
+    Providers fetch these: a file://, gopher:// or link-local URL asks them to read their own machine or cloud
+    metadata, never a caller's media.
+    """
+    for field in URL_FIELDS:
+        value = given.get(field)
+        for url in value if isinstance(value, list) else [value] if value else []:
+            problem = url_problem(url)
+            if problem is not None:
+                raise InvalidRequest(
+                    f"input.{field}: {problem}; only https:// or http:// URLs and data: URIs are accepted",
+                    details={"field": f"input.{field}", "allowed": URL_FORMS},
+                )
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is not accepted as a media input, or None."""
+    if url[:5].lower() == "data:":
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("https", "http"):
+        return f"the scheme {parts.scheme + ':'!r} is not accepted" if parts.scheme else "not an absolute URL"
+    if not host:
+        return "the URL has no host"
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always the machine itself
+        return f"the host {host} is a non-public address (loopback)"
+    address = _ip_literal(host)
+    if address is None:
+        return None
+    for kind, flag in (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("reserved", address.is_reserved),
+    ):
+        if flag:
+            return f"the host {host} is a non-public address ({kind})"
+    return None
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names literally (IPv4-mapped IPv6 as its IPv4), or None for a name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if not _NUMERIC_HOST.fullmatch(host):
+            return None
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:
     """Raise InvalidRequest naming the first field the model cannot serve and its allowed values."""
+    check_urls(given)
     prompt = given.get("prompt")
     if prompt is not None and len(prompt) > spec.max_prompt_chars:
         limit = spec.max_prompt_chars

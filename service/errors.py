@@ -1,6 +1,6 @@
 """The service's exception tree and the one handler that maps every failure to the error shape.
 
-ReelayError                       -> {"error": {"code", "message", "details"}}
+ReelayError                       -> {"error": {"code", "message", "details"}}, `details` always an object
  ├── InvalidRequest         400   invalid_request / invalid_last_event_id
  ├── Unauthorized           401   unauthorized
  ├── NotFound               404   not_found
@@ -15,6 +15,7 @@ ReelayError                       -> {"error": {"code", "message", "details"}}
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,7 +27,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIHeader, OpenAPIResponse, Operation, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from storage import StorageUnavailable
+from storage import QueryRejected, StorageUnavailable
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -34,19 +35,26 @@ if TYPE_CHECKING:
 log = structlog.get_logger("reelay.http")
 
 
-class ErrorBody(msgspec.Struct, omit_defaults=True):
+class ErrorBody(msgspec.Struct):
     code: Annotated[
         str,
         msgspec.Meta(
             description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
-            "invalid_signature, not_found, conflict, idempotency_conflict, job_finished, request_timeout, "
-            "payload_too_large, headers_too_large, unsupported_media_type, rate_limited, too_many_streams, "
-            "unavailable, schema_outdated, disk_full, internal_error",
+            "invalid_signature, not_found, method_not_allowed, request_timeout, conflict, idempotency_conflict, "
+            "job_finished, payload_too_large, headers_too_large, unsupported_media_type, rate_limited, "
+            "too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
             examples=["invalid_request"],
         ),
     ]
     message: Annotated[str, msgspec.Meta(description="for humans; names the field at fault")]
-    details: Annotated[Any, msgspec.Meta(description="optional structured context (the field, allowed values)")] = None
+    details: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description="always an object, possibly empty: structured context such as the `field` or `parameter` "
+            "at fault, the `allowed` values, a `reason` code, or a schema error's `errors` list",
+            examples=[{"field": "input.resolution", "allowed": ["480p", "720p"]}],
+        ),
+    ]
 
 
 class ErrorResponse(msgspec.Struct):
@@ -59,10 +67,10 @@ class ReelayError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, details: Any = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.details = details
+        self.details: dict[str, Any] = dict(details or {})
         if code is not None:
             self.code = code
 
@@ -122,7 +130,11 @@ class ServiceUnavailable(ReelayError):
 # -- OpenAPI: every error an operation can answer is documented with the shape above ----------------
 
 ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
-    400: ("invalid_request", "Invalid request: a malformed body, parameter or header, or input the model cannot serve"),
+    400: (
+        "invalid_request",
+        "Invalid request: a malformed body, parameter or header, an unknown or repeated query parameter, "
+        "or input the model cannot serve",
+    ),
     401: ("unauthorized", "Missing or invalid API key (`Authorization: Bearer <key>` or `x-api-key`)"),
     404: ("not_found", "No such job for this API key"),
     409: ("conflict", "Conflict with the job's current state"),
@@ -142,7 +154,7 @@ def error_responses(*statuses: int, described: dict[int, str] | None = None) -> 
     for status in statuses:
         code, description = ERROR_DESCRIPTIONS[status]
         description = (described or {}).get(status, description)
-        example = ErrorResponse(ErrorBody(code=code, message=description))
+        example = ErrorResponse(ErrorBody(code=code, message=description, details={}))
         specs[status] = ResponseSpec(
             data_container=ErrorResponse,
             description=description,
@@ -182,10 +194,14 @@ _HTTP_CODES = {
 
 
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[ErrorResponse]:
     return Response(
-        ErrorResponse(ErrorBody(code=code, message=message, details=details)),
+        ErrorResponse(ErrorBody(code=code, message=message, details=dict(details or {}))),
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,
@@ -204,12 +220,21 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             log.error("http.error", status=status, detail=exc.detail)
             return error_response(status, "internal_error", "internal error")
         headers = dict(exc.headers) if exc.headers else None
-        return error_response(status, _HTTP_CODES.get(status, "http_error"), str(exc.detail), headers=headers)
+        code = _HTTP_CODES.get(status, "http_error")
+        return error_response(status, code, str(exc.detail), _http_details(request, status, headers), headers)
     # Raised by the JSON decoder on a request body, before any handler runs.
     if isinstance(exc, UnicodeDecodeError):
         return error_response(400, "invalid_request", "the request body is not valid UTF-8")
     if isinstance(exc, RecursionError):
         return error_response(400, "invalid_request", "the request body is nested too deeply")
+    if isinstance(exc, QueryRejected):  # the request was too much for the database: bad input, not an outage
+        log.warning("storage.query_rejected", error=str(exc))
+        return error_response(
+            400,
+            "invalid_request",
+            "the database cannot take this request: it is too large, or holds a value it cannot store "
+            "(such as a NUL character)",
+        )
     if isinstance(exc, StorageUnavailable):
         log.error("storage.unavailable", error=str(exc))
         return error_response(503, "unavailable", "the database is unavailable; retry later")
@@ -217,14 +242,33 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return error_response(500, "internal_error", "internal error")
 
 
-def _validation_details(exc: ValidationException) -> Any:
+def schema_details(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """A schema error's details: the first field at fault, and every error under `errors`."""
+    first = errors[0].get("key") if errors else None
+    return {"field": first, "errors": errors} if first else {"errors": errors}
+
+
+def _validation_details(exc: ValidationException) -> dict[str, Any]:
     extra = exc.extra
     if isinstance(extra, list):
-        return [
-            {k: v for k, v in item.items() if k in {"key", "message", "source"}} if isinstance(item, dict) else item
-            for item in extra
-        ]
-    return None
+        return schema_details(
+            [
+                {k: v for k, v in item.items() if k in {"key", "message", "source"}}
+                for item in extra
+                if isinstance(item, dict)
+            ]
+        )
+    return {}
+
+
+def _http_details(request: Request[Any, Any, Any], status: int, headers: dict[str, str] | None) -> dict[str, Any]:
+    """What the framework's own errors can say in `details` (the allowed methods, the body limit)."""
+    allow = next((v for k, v in (headers or {}).items() if k.lower() == "allow"), None)
+    if status == 405 and allow:
+        return {"allowed": [method.strip() for method in allow.split(",")]}
+    if status == 413:
+        return {"max_bytes": request.route_handler.resolve_request_max_body_size()}
+    return {}
 
 
 def _validation_message(exc: ValidationException) -> str:

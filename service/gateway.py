@@ -152,6 +152,8 @@ class Gateway:
 
     async def cancel_job(self, api_key_id: str, job_id: str) -> JobRecord:
         job = await self.get_job(api_key_id, job_id)
+        if job.status == "cancelled":
+            return job  # cancelling is idempotent: a retried cancel gets the job, not an error
         if job.status in jobs.TERMINAL:
             raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
         if job.provider_task_id:
@@ -199,11 +201,11 @@ class Gateway:
     ) -> str:
         """Verify and apply one provider callback; returns what happened ("applied", "duplicate", ...).
 
-        Raises SignatureError (nothing changed) or WebhookRejected.
+        Raises NotFound (no such provider here), SignatureError (nothing changed) or WebhookRejected.
         """
         adapter = self.adapters.get(provider)
-        if adapter is None:
-            raise WebhookRejected(f"provider {provider} is not configured")
+        if adapter is None:  # no such endpoint here: a 404, and no metrics label or log line per made-up name
+            raise NotFound(f"no webhook endpoint for provider {provider!r}: it is unknown or not configured")
         job = None
         if job_id is not None:
             job = await self.store.get_job(job_id)

@@ -23,10 +23,17 @@ _STAGE_OF: dict[str, Stage] = {
     "cancelled": Stage.TERMINAL,
 }
 
+# A job holds at most this many metadata pairs, so a list request filters on at most as many keys.
+MAX_METADATA_KEYS = 50
 MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.\-]+$")]
 # No NUL: PostgreSQL's jsonb (which filters metadata) cannot store it.
 MetadataValue = Annotated[str, msgspec.Meta(max_length=500, pattern="^[^\x00]*$")]
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000_000, description="https URL or data URI")]
+Url = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=10_000_000, description="an https:// or http:// URL to a public host, or a data: URI"
+    ),
+]
 
 PROMPT_MAX_CHARS = 5000  # a model's provider may allow fewer (its `max_prompt_chars`)
 # The public values of the normalized enums; each model accepts a subset (GET /v1/models), anything else is a 400.
@@ -81,10 +88,10 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     input: Annotated[JobInput, _doc(additional_properties=False)]
     metadata: Annotated[
         dict[MetadataKey, MetadataValue],
-        msgspec.Meta(max_length=50),
+        msgspec.Meta(max_length=MAX_METADATA_KEYS),
         _doc(
-            "up to 50 string pairs, echoed on the job and filterable with `metadata.<key>=<value>`",
-            max_properties=50,
+            f"up to {MAX_METADATA_KEYS} string pairs, echoed on the job and filterable with `metadata.<key>=<value>`",
+            max_properties=MAX_METADATA_KEYS,
             property_names={"minLength": 1, "maxLength": 40, "pattern": r"^[A-Za-z0-9_.\-]+$"},
             additional_properties={"type": "string", "maxLength": 500},
         ),

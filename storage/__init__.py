@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from storage.base import BackupProgress, JobEncoder, Store, SupportsBackup
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable, TaskTaken
+from storage.errors import (
+    IdempotencyConflict,
+    QueryRejected,
+    SchemaOutdated,
+    StorageError,
+    StorageUnavailable,
+    TaskTaken,
+)
 from storage.records import (
     ApiKeyRecord,
     BackupReport,
@@ -49,6 +56,7 @@ __all__ = [
     "JobFilter",
     "JobRecord",
     "PruneCounts",
+    "QueryRejected",
     "Receipt",
     "SchemaOutdated",
     "Stage",

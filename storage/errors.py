@@ -2,6 +2,7 @@
 
 StorageError
  ├── StorageUnavailable     the database cannot be reached, read or written
+ ├── QueryRejected          the database refused the request itself (too large, a value it cannot hold)
  ├── SchemaOutdated         migrations are missing
  ├── IdempotencyConflict    the key was used before with a different request
  └── TaskTaken              a job was given a provider task id that another job holds
@@ -16,6 +17,11 @@ class StorageError(Exception):
 
 class StorageUnavailable(StorageError):
     """The database cannot be reached, read or written (disk full, read-only file, lost server)."""
+
+
+class QueryRejected(StorageError):
+    """The database refused the request itself, not for want of service: too many terms for its parser, or a
+    value it cannot hold (a NUL character in PostgreSQL text). The caller's input is at fault; retrying is useless."""
 
 
 class SchemaOutdated(StorageError):

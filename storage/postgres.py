@@ -19,7 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from storage import migrations
 from storage.base import Decide, EventListener, JobEncoder, prune_in_batches
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageUnavailable, TaskTaken
+from storage.errors import IdempotencyConflict, QueryRejected, SchemaOutdated, StorageUnavailable, TaskTaken
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
@@ -721,7 +721,8 @@ class _EventFeed:
 
 
 class _translated:
-    """Turns asyncpg driver errors and network errors into StorageUnavailable at the edge."""
+    """Turns asyncpg driver errors and network errors into StorageUnavailable at the edge, and what the
+    request itself made PostgreSQL refuse into QueryRejected."""
 
     def __enter__(self) -> None:
         return None
@@ -729,6 +730,12 @@ class _translated:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
             return  # a programming error or a constraint the caller handles; let it through
+        # Class 22 (a value it cannot take: NUL in text, a bad escape; also asyncpg's own argument checks) and
+        # class 54 (statement too complex) are about the request, not the server.
+        if isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError) or (
+            isinstance(exc, asyncpg.InterfaceError) and "number of query arguments" in str(exc)
+        ):
+            raise QueryRejected(f"postgresql: {exc}") from exc
         if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
             raise StorageUnavailable(f"postgresql: {exc}") from exc
         if isinstance(exc, OSError | TimeoutError):

@@ -18,7 +18,14 @@ import msgspec
 
 from storage import migrations
 from storage.base import BackupProgress, Decide, EventListener, JobEncoder, prune_in_batches
-from storage.errors import IdempotencyConflict, SchemaOutdated, StorageError, StorageUnavailable, TaskTaken
+from storage.errors import (
+    IdempotencyConflict,
+    QueryRejected,
+    SchemaOutdated,
+    StorageError,
+    StorageUnavailable,
+    TaskTaken,
+)
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
@@ -757,8 +764,21 @@ def _run_batch(db: sqlite3.Connection, works: list[_Work[Any]]) -> tuple[list[tu
     return outcomes, events
 
 
+# SQLite's own limits on one statement (SQLITE_ERROR, like a real fault): what the request asked was too big.
+_LIMIT_MESSAGES = (
+    "expression tree is too large",
+    "too many sql variables",
+    "too many terms in compound select",
+    "too many arguments on function",
+    "like or glob pattern too complex",
+    "parser stack overflow",
+    "string or blob too big",
+)
+
+
 class _translated:
-    """Turns sqlite3 driver errors and file-system errors into StorageUnavailable at the edge."""
+    """Turns sqlite3 driver errors and file-system errors into StorageUnavailable at the edge, and what the
+    request itself made SQLite refuse into QueryRejected."""
 
     def __enter__(self) -> None:
         return None
@@ -766,6 +786,12 @@ class _translated:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, sqlite3.IntegrityError):
             return  # a programming error or a constraint the caller handles; let it through
+        # DataError is SQLITE_TOOBIG; OverflowError and UnicodeEncodeError come from binding a value (a huge
+        # integer, a lone surrogate) that SQLite cannot hold.
+        if isinstance(exc, sqlite3.DataError | OverflowError | UnicodeEncodeError) or (
+            isinstance(exc, sqlite3.OperationalError) and str(exc).lower().startswith(_LIMIT_MESSAGES)
+        ):
+            raise QueryRejected(f"sqlite: {exc}") from exc
         if isinstance(exc, sqlite3.Error):
             raise StorageUnavailable(f"sqlite: {exc}") from exc
         if isinstance(exc, OSError):

@@ -14,10 +14,11 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 
 from service.api.context import authenticate, context, require_api_key
+from service.api.query import QUERY_FAMILIES, refuse_unknown_query
 from service.api.sse import EventStream, StreamSession
 from service.capabilities import capability_record
-from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses
-from service.jobs import TERMINAL, Job, JobCreate, JobList, _doc, encode_job
+from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses, schema_details
+from service.jobs import MAX_METADATA_KEYS, TERMINAL, Job, JobCreate, JobList, _doc, encode_job
 from service.providers.base import ModelSpec
 from storage import ApiKeyRecord, JobFilter, UsageRow
 from storage.records import COST_FIELDS
@@ -120,7 +121,6 @@ def _json(body: bytes, status: int = 200) -> Response[Any]:
 
 def _cursor_param(request: Request[Any, Any, Any], header_value: str | None, query_value: str | None) -> int | None:
     """The header wins over the query; both are checked, so a malformed one is never silently ignored."""
-    _reject_repeated(request)
     from_header, from_query = _event_id(header_value, "Last-Event-ID"), _event_id(query_value, "last_event_id")
     return from_header if from_header is not None else from_query
 
@@ -131,13 +131,6 @@ def _event_id(raw: str | None, field: str) -> int | None:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # str.isdigit() alone accepts "²"
         raise InvalidRequest("Last-Event-ID must be an event id (a non-negative integer)", details={"field": field})
     return int(raw)
-
-
-def _reject_repeated(request: Request[Any, Any, Any]) -> None:
-    """A query parameter given twice is ambiguous (Litestar would keep one of them): refused, not guessed."""
-    for name in request.query_params:
-        if len(request.query_params.getall(name)) > 1:
-            raise InvalidRequest(f"{name}: given more than once", details={"field": name})
 
 
 def _require_json(request: Request[Any, Any, Any]) -> None:
@@ -158,7 +151,7 @@ def _strict(body: bytes) -> JobCreate:
         message, _, where = str(exc).partition(" - at `$")
         key = where.rstrip("`").lstrip(".") or "data"
         raise InvalidRequest(
-            f"{key}: {message}", details=[{"key": key, "message": message, "source": "body"}]
+            f"{key}: {message}", details=schema_details([{"key": key, "message": message, "source": "body"}])
         ) from None
 
 
@@ -166,7 +159,7 @@ class JobController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
     dependencies = {"caller": Provide(authenticate)}
-    guards = [require_api_key]  # the key is checked before a body is read
+    guards = [require_api_key, refuse_unknown_query]  # the key is checked before a body or query is read
     security = SECURITY
 
     @post(
@@ -216,6 +209,7 @@ class JobController(Controller):
         summary="List jobs, newest first",
         responses=error_responses(400, 401, 429, 503),
         operation_class=ApiOperation,
+        opt={QUERY_FAMILIES: ("metadata.",)},
     )
     async def list_jobs(
         self,
@@ -228,8 +222,8 @@ class JobController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100, description="page size")] = 20,
         cursor: Annotated[str | None, QueryParameter(**_text("a `next_cursor` this API returned"))] = None,
     ) -> Response[JobList]:
-        """Filters combine; `metadata.<key>=<value>` filters on metadata. `next_cursor` pages on."""
-        _reject_repeated(request)
+        """Filters combine; `metadata.<key>=<value>` filters on metadata (at most 50 such filters).
+        `next_cursor` pages on."""
         if status is not None and status not in _STATUSES:
             raise InvalidRequest(
                 f"status: {status!r} is not one of {', '.join(_STATUSES)}",
@@ -244,6 +238,12 @@ class JobController(Controller):
                         f"{name}: metadata keys are 1-40 of A-Z a-z 0-9 _ . -", details={"field": name}
                     )
                 metadata[match.group(1)] = value
+        if len(metadata) > MAX_METADATA_KEYS:  # no job can match more (and each key is one more SQL term)
+            raise InvalidRequest(
+                f"metadata: at most {MAX_METADATA_KEYS} metadata.<key> filters (a job holds at most "
+                f"{MAX_METADATA_KEYS} metadata keys), got {len(metadata)}",
+                details={"field": "metadata", "max_filters": MAX_METADATA_KEYS},
+            )
         filters = JobFilter(status=status, model=model, provider=provider, metadata=metadata)
         page, next_cursor = await context(request).gateway.list_jobs(caller.id, filters, limit, cursor)
         body = b'{"data":[' + b",".join(encode_job(j) for j in page) + b'],"next_cursor":' + _encode(next_cursor) + b"}"
@@ -260,13 +260,17 @@ class JobController(Controller):
         "/{job_id:str}/cancel",
         status_code=200,
         summary="Cancel a job",
-        responses={**_JOB_RESPONSES, **error_responses(409, described={409: "The job has finished (`job_finished`)"})},
+        responses={
+            **_JOB_RESPONSES,
+            **error_responses(409, described={409: "The job has succeeded or failed (`job_finished`)"}),
+        },
         operation_class=ApiOperation,
     )
     async def cancel_job(
         self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
     ) -> Response[Job]:
-        """Cancel a job that has not finished (409 if it has)."""
+        """Cancel a job that has not finished. Cancelling a cancelled job again returns it (200); a job that
+        succeeded or failed answers 409."""
         job = await context(request).gateway.cancel_job(caller.id, job_id)
         return _json(encode_job(job))
 
@@ -298,6 +302,7 @@ class JobController(Controller):
 @get(
     "/v1/events",
     dependencies={"caller": Provide(authenticate)},
+    guards=[refuse_unknown_query],
     media_type="text/event-stream",
     tags=["events"],
     summary="Stream every event of the caller's jobs (SSE)",
@@ -377,10 +382,11 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
 @get(
     "/v1/models",
     dependencies={"caller": Provide(authenticate)},
+    guards=[refuse_unknown_query],
     tags=["models"],
     summary="Model ids, capabilities and prices",
     security=SECURITY,
-    responses=error_responses(401, 429, 503),
+    responses=error_responses(400, 401, 429, 503),
     operation_class=ApiOperation,
 )
 async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord]) -> ModelList:
@@ -441,6 +447,7 @@ _encode_money = msgspec.json.Encoder(decimal_format="number").encode
 @get(
     "/v1/usage",
     dependencies={"caller": Provide(authenticate)},
+    guards=[refuse_unknown_query],
     tags=["usage"],
     summary="Jobs and costs by status, by model and by day",
     security=SECURITY,
@@ -468,7 +475,6 @@ async def usage(
     Credits and USD are summed separately and exactly: estimates when the job was accepted, charges as the
     provider reported them. A sum is null when no job of the group has that figure, and `jobs_without` counts the
     jobs each sum leaves out."""
-    _reject_repeated(request)
     start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)
     if start_iso is not None and end_iso is not None and end_iso <= start_iso:
         raise InvalidRequest(

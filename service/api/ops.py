@@ -49,10 +49,12 @@ Provider = Annotated[str, PathParameter(description="a provider name", schema_ex
 _WEBHOOK_RESPONSES = error_responses(
     400,
     401,
+    404,
     413,
     503,
     described={
-        400: "Unknown or unconfigured provider, or a body that cannot be read",
+        400: "A signed body that cannot be read",
+        404: "Unknown or unconfigured provider",
         401: "Bad, missing or expired signature, or a callback token that matches no job (`invalid_signature`)",
     },
 )

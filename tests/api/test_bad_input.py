@@ -80,7 +80,7 @@ def bad_request(id: str, *, mentions: Sequence[str] = (), **kwargs: Any) -> Case
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """The status, JSON content, and exactly the error shape; returns `error`."""
+    """The status, JSON content, and exactly the error shape (`details` always an object); returns `error`."""
     assert response.status_code == status, (response.status_code, response.text[:500])
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
@@ -88,7 +88,8 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     assert set(body) == {"error"}, body
     error = body["error"]
     assert isinstance(error, dict), error
-    assert {"code", "message"} <= set(error) <= ERROR_KEYS, error
+    assert set(error) == ERROR_KEYS, error
+    assert isinstance(error["details"], dict), error  # always an object, possibly empty
     assert isinstance(error["code"], str), error
     assert error["code"], error
     assert isinstance(error["message"], str), error
@@ -295,6 +296,61 @@ async def test_unservable_input_names_field_and_allowed_values(s: Stack, case: C
     assert error["details"]["allowed"], error
 
 
+# -- URL inputs -------------------------------------------------------------------------------------
+
+PUBLIC_IMAGE = "https://cdn.example.com/a.png"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        pytest.param("file:///etc/passwd", "'file:'", id="file"),
+        pytest.param("gopher://cdn.example.com/_x", "'gopher:'", id="gopher"),
+        pytest.param("ftp://cdn.example.com/a.png", "'ftp:'", id="ftp"),
+        pytest.param("javascript:alert(1)", "'javascript:'", id="javascript"),
+        pytest.param("cdn.example.com/a.png", "absolute", id="relative"),
+        pytest.param("https:///a.png", "no host", id="no-host"),
+        pytest.param("http://[::1/a.png", "not a valid URL", id="broken-ipv6"),
+        pytest.param("http://169.254.169.254/latest/meta-data/", "link-local", id="cloud-metadata"),
+        pytest.param("http://2852039166/latest/meta-data/", "link-local", id="metadata-as-one-number"),
+        pytest.param("http://0xa9fea9fe/", "link-local", id="metadata-in-hex"),
+        pytest.param("http://[::ffff:169.254.169.254]/", "link-local", id="metadata-ipv4-mapped"),
+        pytest.param("http://[fe80::1]/a.png", "link-local", id="ipv6-link-local"),
+        pytest.param("http://0.0.0.0/a.png", "unspecified", id="unspecified"),
+        pytest.param("http://[::]/a.png", "unspecified", id="ipv6-unspecified"),
+        pytest.param("http://224.0.0.1/a.png", "multicast", id="multicast"),
+        pytest.param("http://[ff02::1]/a.png", "multicast", id="ipv6-multicast"),
+        pytest.param("http://240.0.0.1/a.png", "reserved", id="reserved"),
+        pytest.param("http://127.0.0.1:8000/a.png", "loopback", id="loopback"),
+        pytest.param("http://localhost/a.png", "loopback", id="localhost"),
+    ],
+)
+@pytest.mark.parametrize("field", ["first_frame", "last_frame", "reference_images", "reference_videos"])
+async def test_a_url_input_other_than_a_public_http_url_or_data_uri_is_refused_saying_what_is_accepted(
+    s: Stack, field: str, url: str, why: str
+) -> None:
+    given: dict[str, Any] = {"first_frame": PUBLIC_IMAGE, "last_frame": PUBLIC_IMAGE} if "frame" in field else {}
+    given[field] = [url] if field.startswith("reference_") else url
+    error = await check(s, bad_request("url", data=body_of(**given), mentions=[f"input.{field}", why]))
+    assert "only https:// or http:// URLs and data: URIs" in error["message"], error
+    assert error["details"] == {"field": f"input.{field}", "allowed": ["https://...", "http://...", "data:..."]}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(PUBLIC_IMAGE, id="https"),
+        pytest.param("http://cdn.example.com/a.png", id="http"),
+        pytest.param("HTTPS://CDN.EXAMPLE.COM/A.PNG", id="upper-case-scheme"),
+        pytest.param("https://93.184.215.14/a.png", id="public-ipv4"),
+        pytest.param("data:image/png;base64,iVBORw0KGgo=", id="data-uri"),
+    ],
+)
+async def test_a_public_http_url_or_a_data_uri_is_accepted(s: Stack, url: str) -> None:
+    response = await s.client.post(s.url + JOBS, json=body_of(reference_images=[url]), headers=s.headers)
+    assert response.status_code == 202, response.text
+
+
 # -- invalid Unicode and hostile bytes in the body, headers, path and query ---------------------------
 
 BAD_UNICODE = [
@@ -424,6 +480,103 @@ BAD_URLS = [
 @pytest.mark.parametrize("case", params(BAD_URLS))
 async def test_bad_path_query_or_header_is_refused(s: Stack, case: Case) -> None:
     await check(s, case)
+
+
+# -- query strings ---------------------------------------------------------------------------------
+
+UNKNOWN_JOB = "/v1/jobs/job_01JZ0000000000000000000000"
+# Each /v1 endpoint and the query parameters it accepts (a typo in any of them must not be ignored).
+V1_QUERIES = [
+    ("GET", JOBS, ["cursor", "limit", "model", "provider", "status", "metadata.<key>"]),
+    ("POST", JOBS, []),
+    ("GET", UNKNOWN_JOB, []),
+    ("POST", UNKNOWN_JOB + "/cancel", []),
+    ("GET", UNKNOWN_JOB + "/events", ["last_event_id"]),
+    ("GET", "/v1/events", ["last_event_id"]),
+    ("GET", "/v1/models", []),
+    ("GET", "/v1/usage", ["end", "start"]),
+]
+
+
+async def answer(s: Stack, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """The response, its body read unless it is a 2xx (an event stream that was not refused never ends)."""
+    async with s.client.stream(method, url, **kwargs) as response:
+        if response.status_code >= 300:
+            await response.aread()
+    return response
+
+
+@pytest.mark.parametrize(("method", "path", "accepted"), V1_QUERIES, ids=[f"{m} {p}" for m, p, _ in V1_QUERIES])
+async def test_an_unknown_query_parameter_is_400_naming_it_and_the_accepted_ones(
+    s: Stack, method: str, path: str, accepted: list[str]
+) -> None:
+    content = GOOD if method == "POST" else None
+    headers = {**s.headers, "content-type": "application/json"}
+    response = await answer(s, method, f"{s.url}{path}?stauts=failed", content=content, headers=headers)
+    error = assert_error(response, 400, "invalid_request")
+    assert error["details"] == {"parameter": "stauts", "allowed": accepted}, error
+    assert "stauts" in error["message"], error
+    for name in accepted:
+        assert name in error["message"], error
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("/v1/jobs?status=queued&model=seedancee2/pro&provider=seedancee2&limit=5", id="jobs-columns"),
+        pytest.param("/v1/jobs?metadata.team=video&metadata.env=prod", id="jobs-metadata-family"),
+        pytest.param("/v1/usage?start=2020-01-01&end=2030-01-01", id="usage-range"),
+        pytest.param("/v1/events?last_event_id=0", id="events-cursor"),
+    ],
+)
+async def test_the_declared_query_parameters_are_accepted(s: Stack, query: str) -> None:
+    response = await answer(s, "GET", s.url + query, headers=s.headers)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("/v1/jobs?limit=5&limit=6", id="limit"),
+        pytest.param("/v1/jobs?metadata.team=a&metadata.team=b", id="metadata-key"),
+        pytest.param("/v1/usage?start=2020-01-01&start=2021-01-01", id="usage-start"),
+        pytest.param("/v1/events?last_event_id=1&last_event_id=2", id="events-cursor"),
+    ],
+)
+async def test_a_query_parameter_given_twice_is_400_naming_it(s: Stack, query: str) -> None:
+    error = assert_error(await answer(s, "GET", s.url + query, headers=s.headers), 400, "invalid_request")
+    name = query.split("?")[1].split("=")[0]
+    assert error["details"] == {"parameter": name}, error
+    assert "more than once" in error["message"], error
+
+
+def metadata_filters(count: int) -> str:
+    return "&".join(f"metadata.k{i}=v" for i in range(count))
+
+
+async def test_more_metadata_filters_than_a_job_can_hold_is_400_naming_the_limit_not_an_outage(s: Stack) -> None:
+    # 994 of them once overflowed SQLite's expression depth, which the API reported as a 503 outage.
+    for count in (51, 1000):
+        response = await s.client.get(f"{s.url}{JOBS}?{metadata_filters(count)}", headers=s.headers)
+        error = assert_error(response, 400, "invalid_request")
+        assert "at most 50" in error["message"], error
+        assert error["details"] == {"field": "metadata", "max_filters": 50}, error
+    assert (await s.client.get(f"{s.url}{JOBS}?{metadata_filters(50)}", headers=s.headers)).status_code == 200
+    assert (await s.client.get(s.url + "/readyz")).status_code == 200
+
+
+async def test_very_long_filter_values_find_nothing_and_the_service_stays_ready(s: Stack) -> None:
+    long = "x" * 20_000
+    for query in (
+        f"model={long}",
+        f"provider={long}",
+        f"metadata.k={long}",
+        f"{metadata_filters(49)}&metadata.z={long}",
+    ):
+        response = await s.client.get(f"{s.url}{JOBS}?{query}", headers=s.headers)
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["data"] == []
+    assert (await s.client.get(s.url + "/readyz")).status_code == 200
 
 
 # -- bodies over the cap --------------------------------------------------------------------------
@@ -623,15 +776,15 @@ async def test_signed_but_unreadable_webhook_is_400(s: Stack, body: bytes) -> No
 @pytest.mark.parametrize(
     "path",
     [
-        pytest.param("/webhooks/nope", id="unknown-provider"),
+        pytest.param("/webhooks/nosuch", id="unknown-provider"),
         pytest.param("/webhooks/%FF%FE", id="invalid-utf8-provider"),
-        pytest.param("/webhooks/nope/job_x/token", id="unknown-provider-per-job"),
+        pytest.param("/webhooks/nosuch/job_x/token", id="unknown-provider-per-job"),
+        pytest.param("/webhooks/minuit", id="known-but-unconfigured-provider"),
     ],
 )
-async def test_unknown_webhook_provider_is_4xx(s: Stack, path: str) -> None:
+async def test_a_webhook_for_a_provider_not_served_here_is_404(s: Stack, path: str) -> None:
     response = await s.client.post(s.url + path, content=b'{"data":{"id":"x"}}')
-    assert 400 <= response.status_code < 500
-    assert_error(response, response.status_code)
+    assert_error(response, 404, "not_found")
 
 
 async def test_per_job_webhook_with_wrong_token_is_401_and_changes_nothing(s: Stack, pending: dict[str, Any]) -> None:
@@ -697,6 +850,42 @@ ROUTING = [
 @pytest.mark.parametrize("case", params(ROUTING))
 async def test_unknown_route_or_wrong_method_is_error_shape(s: Stack, case: Case) -> None:
     await check(s, case)
+
+
+# -- one error shape on every status ----------------------------------------------------------------
+
+EVERY_STATUS = [
+    bad_request("400-malformed-json", raw=b'{"model": "seedancee2/pro", "input": {'),
+    bad_request("400-schema", data={"model": 1, "input": {"prompt": "x"}}),
+    bad_request("400-capability", data=body_of(model="seedancee2/mini", resolution="1080p")),
+    Case("401", 401, "unauthorized", method="GET", auth=False),
+    get("404-unknown-job", UNKNOWN_JOB, 404, "not_found"),
+    get("404-unknown-route", "/v1/nope", 404, "not_found"),
+    Case("405", 405, "method_not_allowed", method="DELETE"),
+    Case("409", 409, "idempotency_conflict", data=body_of(duration=6), headers=[(b"idempotency-key", b"every-409")]),
+    Case("413", 413, "payload_too_large", raw=b'{"a":"' + b"x" * (2 * MiB) + b'"}'),
+    Case("415", 415, "unsupported_media_type", raw=GOOD, content_type=b"text/plain"),
+]
+
+
+@pytest.mark.parametrize("case", params(EVERY_STATUS))
+async def test_every_error_status_carries_details_as_an_object(s: Stack, case: Case) -> None:
+    if case.status == 409:  # the key's first use, with another body
+        first = await s.client.post(s.url + JOBS, json=body_of(), headers={**s.headers, "Idempotency-Key": "every-409"})
+        assert first.status_code == 202, first.text
+    response = await send(s, case)
+    assert response.status_code == case.status, response.text[:300]
+    details = response.json()["error"]["details"]
+    assert isinstance(details, dict), response.text[:300]
+    assert_error(response, case.status, case.code)
+    if case.status == 405:  # the framework's own header survives the reshaping
+        assert set(details["allowed"]) == set(response.headers["allow"].split(", ")), response.headers
+
+
+async def test_a_schema_error_lists_its_errors_under_a_key(s: Stack) -> None:
+    error = await check(s, bad_request("schema", data={"model": 1, "input": {"prompt": "x"}}))
+    assert error["details"]["field"] == "model", error
+    assert error["details"]["errors"] == [{"key": "model", "message": "Expected `str`, got `int`", "source": "body"}]
 
 
 # -- afterwards ------------------------------------------------------------------------------------

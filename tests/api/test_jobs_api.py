@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from service.sandbox import SandboxKnobs
+from tests import pg
 from tests.harness import Stack, stack
 
 SLOW = SandboxKnobs(processing_after_s=30, complete_after_s=60)
@@ -61,7 +62,7 @@ async def test_list_filters_by_status_model_provider_and_metadata(tmp_path: Path
         assert await ids(provider="minuit") == []
 
 
-async def test_cancel_a_running_job_then_cancel_again_is_409(tmp_path: Path) -> None:
+async def test_cancelling_a_cancelled_job_again_returns_it_with_200_and_changes_nothing(tmp_path: Path) -> None:
     async with stack(tmp_path, knobs=SLOW) as s:
         job = await _create(s)
         response = await s.client.post(f"{s.url}/v1/jobs/{job['id']}/cancel", headers=s.headers)
@@ -69,11 +70,20 @@ async def test_cancel_a_running_job_then_cancel_again_is_409(tmp_path: Path) -> 
         assert response.json()["status"] == "cancelled"
         assert response.json()["completed_at"] is not None
         again = await s.client.post(f"{s.url}/v1/jobs/{job['id']}/cancel", headers=s.headers)
-        assert again.status_code == 409
-        assert again.json()["error"]["code"] == "job_finished"
+        assert again.status_code == 200, again.text
+        assert again.json() == response.json()
         events = [e.type for e in await s.store.events_after(0, job_id=job["id"])]
         assert events[-1] == "job.cancelled"
         assert events.count("job.cancelled") == 1
+
+
+async def test_cancelling_a_succeeded_job_is_409_job_finished(seedance: Stack) -> None:
+    job = await seedance.submit()
+    done = await seedance.wait_for(job["id"], {"succeeded"})
+    response = await seedance.client.post(f"{seedance.url}/v1/jobs/{job['id']}/cancel", headers=seedance.headers)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "job_finished"
+    assert await seedance.job(job["id"]) == done
 
 
 async def test_models_list_every_id_with_capabilities_and_price(seedance: Stack) -> None:
@@ -221,3 +231,16 @@ async def test_metadata_with_a_nul_character_is_refused(seedance: Stack) -> None
     response = await seedance.client.post(f"{seedance.url}/v1/jobs", json=body, headers=seedance.headers)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def test_a_filter_postgresql_cannot_hold_is_400_not_an_outage(
+    postgres_server: pg.PostgresServer, tmp_path: Path
+) -> None:
+    # PostgreSQL text cannot hold NUL; the refusal is about the request, so it must not read as "unavailable".
+    async with postgres_server.database() as database_url, stack(tmp_path, database_url=database_url) as s:
+        for query in ("model=a%00b", "metadata.k=a%00b"):
+            response = await s.client.get(f"{s.url}/v1/jobs?{query}", headers=s.headers)
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "invalid_request"
+        assert (await s.client.get(f"{s.url}/v1/jobs", headers=s.headers)).status_code == 200
+        assert (await s.client.get(f"{s.url}/readyz")).status_code == 200

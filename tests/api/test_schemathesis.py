@@ -14,7 +14,8 @@ For every operation, every response must:
 - have a documented status code, content type and body schema (`status_code_conformance`,
   `content_type_conformance`, `response_schema_conformance`);
 - carry the documented response headers (`response_headers_conformance`: `Retry-After` on a 429);
-- if 4xx or 5xx, be in the error shape `{"error": {"code": str, "message": str, ...}}` (`error_shape`, below).
+- if 4xx or 5xx, be in the error shape `{"error": {"code": str, "message": str, "details": {...}}}` (`error_shape`,
+  below).
 Invalid inputs must be refused (`negative_data_rejection`), so the documented parameter constraints are real.
 
 Server-sent event streams (`/v1/events`, `/v1/jobs/{job_id}/events`) never end by themselves: each call reads
@@ -27,8 +28,8 @@ Environment:
 - `REELAY_FUZZ_SEED`: a seed, to replay a run (default: random; printed with the request count under `-s`).
 - `REELAY_FUZZ_SSE_SECONDS`: how long each event-stream call reads (default 0.3).
 
-Webhook operations are called without provider signatures, so they mostly answer 401 (or 400 for a provider that is
-not configured): both documented. The per-key rate limit is off for this server, as 429s would only hide coverage.
+Webhook operations are called without provider signatures, so they mostly answer 401 (or 404 for a provider that is
+not served here): both documented. The per-key rate limit is off for this server, as 429s would only hide coverage.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def real_models(context: HookContext, case: Case[Any], kwargs: dict[str, Any]) -
 
 
 def error_shape(ctx: CheckContext, response: Response, case: Case[Any]) -> bool | None:
-    """Every 4xx and 5xx answer is `{"error": {"code": str, "message": str, ...}}` (JSON)."""
+    """Every 4xx and 5xx answer is `{"error": {"code": str, "message": str, "details": {...}}}` (JSON)."""
     if response.status_code < 400:
         return None
     content_type = response.headers.get("content-type", [""])[0]
@@ -228,6 +229,7 @@ def error_shape(ctx: CheckContext, response: Response, case: Case[Any]) -> bool 
         and isinstance(error, dict)
         and isinstance(error.get("code"), str)
         and isinstance(error.get("message"), str)
+        and isinstance(error.get("details"), dict)
     ):
         raise AssertionError(
             f"error response not in the error shape: {response.status_code} {content_type}: {response.content[:300]!r}"
@@ -295,6 +297,9 @@ def test_every_error_is_documented_in_the_error_shape(reelay: Running) -> None:
                     assert "oneOf" not in parameter["schema"], f"{where} {parameter['name']}: never null"
     create = document["paths"]["/v1/jobs"]["post"]["responses"]
     assert {"200", "202", "400", "401", "409", "413", "415", "503"} <= set(create)
+    body = document["components"]["schemas"]["ErrorBody"]
+    assert set(body["required"]) == {"code", "message", "details"}
+    assert body["properties"]["details"]["type"] == "object"  # never a list, never null
 
 
 def test_documented_enums_cover_every_model() -> None:

@@ -19,6 +19,7 @@ from storage import (
     JobFilter,
     JobRecord,
     PruneCounts,
+    QueryRejected,
     Receipt,
     SchemaOutdated,
     Stage,
@@ -330,6 +331,30 @@ async def test_metadata_filter_keys_are_taken_literally(store: Store, key: str) 
     await create(store, metadata={"a": "1", "b": "1"})
     listed = await store.list_jobs(KEY_A.id, JobFilter(metadata={key: "1"}), limit=10)
     assert listed == [wanted]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        pytest.param(JobFilter(metadata={f"k{i}": "v" for i in range(1000)}), id="1000-metadata-pairs"),
+        pytest.param(JobFilter(model="a\x00b"), id="nul-in-a-column-value"),
+        pytest.param(JobFilter(metadata={"k": "a\x00b"}), id="nul-in-a-metadata-value"),
+        pytest.param(JobFilter(metadata={"k\x00": "b"}), id="nul-in-a-metadata-key"),
+        pytest.param(JobFilter(provider="\ud800"), id="lone-surrogate"),
+    ],
+)
+async def test_a_filter_the_database_cannot_take_finds_nothing_or_is_rejected_never_unavailable(
+    store: Store, filters: JobFilter
+) -> None:
+    # The caller's input, not an outage: a store that answered StorageUnavailable here would make the API say 503.
+    await create(store, metadata={"k": "v"})
+    try:
+        listed = await store.list_jobs(KEY_A.id, filters, limit=10)
+    except QueryRejected:
+        pass
+    else:
+        assert listed == []
+    await store.check()  # and the store is still ready
 
 
 async def test_paging_with_before_id_returns_every_job_once(store: Store) -> None:
