@@ -18,6 +18,7 @@ from service import jobs
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_job_id, new_token
+from service.inline import check_inline, restore_inline, split_inline
 from service.metrics import Metrics
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
@@ -99,6 +100,7 @@ class Gateway:
     ) -> tuple[JobRecord, bool]:
         spec, adapter = self.resolve_model(request.model)
         given: dict[str, Any] = msgspec.to_builtins(request.input)
+        check_inline(given, self.settings.max_inline_bytes)
         check_for(spec, adapter, given)
         claim = None
         if idempotency_key is not None:
@@ -110,12 +112,13 @@ class Gateway:
             digest = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
             claim = IdempotencyClaim(key=idempotency_key, request_hash=digest)
         now = self.clock()
+        shown, inline = split_inline(given)
         record = jobs.new_job(
             job_id=new_job_id(),
             api_key_id=api_key_id,
             model=spec.id,
             provider=spec.provider,
-            input=given,
+            input=shown,
             metadata=dict(request.metadata),
             cost=adapter.estimate(spec, given),
             callback_token=new_token(),
@@ -123,7 +126,7 @@ class Gateway:
             timeout=self.settings.job_timeout_seconds,
         )
         try:
-            outcome = await self.store.create_job(record, "job.created", idempotency=claim)
+            outcome = await self.store.create_job(record, "job.created", idempotency=claim, inline=inline)
         except IdempotencyConflict as exc:
             raise Conflict(
                 "Idempotency-Key was already used with a different request body",
@@ -140,6 +143,10 @@ class Gateway:
         if job is None or job.api_key_id != api_key_id:
             raise NotFound(f"no job {job_id!r}")
         return job
+
+    async def full_input(self, job: JobRecord) -> dict[str, Any]:
+        """The job's input with its data URIs, which only `GET /v1/jobs/{id}` and the upstream create use."""
+        return restore_inline(job.input, await self.store.inline_data(job.id))
 
     async def list_jobs(
         self, api_key_id: str, filters: JobFilter, limit: int, cursor: str | None

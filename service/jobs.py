@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from service.inline import shown_input
 from storage import DispatchState, JobRecord, Stage
 
 Status = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
@@ -130,7 +131,13 @@ class Job(msgspec.Struct):
     model: str
     provider: str
     status: Status
-    input: dict[str, Any]
+    input: Annotated[
+        dict[str, Any],
+        _doc(
+            "as given; each data URI is shown as `inline:<media type>;bytes=<N>;sha256=<hex>` of its decoded "
+            "content, except by GET /v1/jobs/{id}"
+        ),
+    ]
     metadata: dict[str, str]
     provider_task_id: str | None
     output: Output | None
@@ -149,14 +156,17 @@ class JobList(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-def job_view(record: JobRecord) -> dict[str, Any]:
-    """The public job object as plain data (what the API returns and each event carries)."""
+def job_view(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The public job object as plain data (what the API returns and each event carries).
+
+    Its input shows data URIs as placeholders, unless `full_input` (the input with them) is given.
+    """
     return {
         "id": record.id,
         "model": record.model,
         "provider": record.provider,
         "status": record.status,
-        "input": record.input,
+        "input": shown_input(record.input) if full_input is None else full_input,
         "metadata": record.metadata,
         "provider_task_id": record.provider_task_id,
         "output": record.output,
@@ -174,8 +184,8 @@ def job_view(record: JobRecord) -> dict[str, Any]:
     }
 
 
-def encode_job(record: JobRecord) -> bytes:
-    return _encode(job_view(record))
+def encode_job(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> bytes:
+    return _encode(job_view(record, full_input=full_input))
 
 
 def iso(ts: float) -> str:

@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     keepalive_timeout_seconds: int = 5
+    # Total length of the `data:` URIs in one job's input; under the body cap, leaving room for the rest of it.
+    max_inline_bytes: int = 786_432
     sse_heartbeat_seconds: float = 15.0
     sse_queue_size: int = 1000
     sse_retry_ms: int = 2000
@@ -125,6 +127,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             keepalive_timeout_seconds=reader.integer(
                 "REELAY_KEEPALIVE_TIMEOUT_SECONDS", defaults.keepalive_timeout_seconds, low=1
             ),
+            max_inline_bytes=reader.integer("REELAY_MAX_INLINE_BYTES", defaults.max_inline_bytes, low=0),
             sse_heartbeat_seconds=reader.number("REELAY_SSE_HEARTBEAT_SECONDS", defaults.sse_heartbeat_seconds),
             sse_queue_size=reader.integer("REELAY_SSE_QUEUE_SIZE", defaults.sse_queue_size, low=1),
             sse_retry_ms=reader.integer("REELAY_SSE_RETRY_MS", defaults.sse_retry_ms, low=0),

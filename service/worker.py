@@ -163,6 +163,8 @@ class Dispatcher(LeasedLoop):
                     "the create request was sent but its answer was lost; it is not resent, to avoid paying twice",
                 )
                 return
+        # Read before the job is marked as being sent: a failed read must leave it safe to send again.
+        full_input = await self.gateway.full_input(job)
         job = await self._update(
             job,
             lambda j: jobs.rescheduled(
@@ -171,8 +173,10 @@ class Dispatcher(LeasedLoop):
         )
         if job.stage != Stage.QUEUED or job.dispatch_state != DispatchState.SENDING:
             return  # cancelled or completed meanwhile
+        # Only the create carries the data URIs; the job written back below does not.
+        sent = msgspec.structs.replace(job, input=full_input)
         try:
-            submission = await self._create(job, spec, adapter)
+            submission = await self._create(sent, spec, adapter)
         except PermanentError as exc:
             await self._fail(job, "provider_rejected", exc.message, exc.provider_code)
         except OutcomeUnknown as exc:

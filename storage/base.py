@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -70,15 +70,25 @@ class Store(Protocol):
         """Revoke a key; False if it does not exist or was already revoked."""
 
     async def create_job(
-        self, job: JobRecord, event_type: str, *, idempotency: IdempotencyClaim | None = None
+        self,
+        job: JobRecord,
+        event_type: str,
+        *,
+        idempotency: IdempotencyClaim | None = None,
+        inline: Mapping[str, str] | None = None,
     ) -> CreateOutcome:
         """Insert a job and its first event, or return the job an idempotency key already made.
 
+        `inline` is the job's inline data (by the names its input uses for it), stored once apart from the job:
+        no job read, list or event carries it; only `inline_data` reads it back.
         Raises IdempotencyConflict when the key was used with a different request.
         """
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         """One job by id."""
+
+    async def inline_data(self, job_id: str) -> dict[str, str]:
+        """The inline data stored with a job's creation; empty if none (or no such job)."""
 
     async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
         """The job a provider's task id belongs to."""
@@ -117,8 +127,12 @@ class Store(Protocol):
         api_key_id: str | None = None,
         job_id: str | None = None,
         limit: int = 500,
+        max_bytes: int | None = None,
     ) -> list[EventRecord]:
-        """Logged events with id greater than `after_id`, oldest first."""
+        """Logged events with id greater than `after_id`, oldest first.
+
+        With `max_bytes`, no more events than fit in that many bytes of job snapshots, but at least one.
+        """
 
     async def last_event_id(self) -> int:
         """The id of the newest event, or 0."""

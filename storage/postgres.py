@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -46,8 +46,10 @@ from storage.rows import (
     JOB_COLUMNS,
     event_from_row,
     fixed_values,
+    inline_from_row,
     job_from_row,
     json_text,
+    last_within,
     mutable_values,
     now_iso,
 )
@@ -358,7 +360,12 @@ class PostgresStore:
     # -- jobs --------------------------------------------------------------------------------
 
     async def create_job(
-        self, job: JobRecord, event_type: str, *, idempotency: IdempotencyClaim | None = None
+        self,
+        job: JobRecord,
+        event_type: str,
+        *,
+        idempotency: IdempotencyClaim | None = None,
+        inline: Mapping[str, str] | None = None,
     ) -> CreateOutcome:
         async with self._write() as (conn, events):
             if idempotency is not None:
@@ -366,6 +373,10 @@ class PostgresStore:
                 if existing is not None:
                     return CreateOutcome(job=existing, created=False)
             await conn.execute(_INSERT_JOB, *fixed_values(job), *mutable_values(job))
+            if inline:
+                await conn.execute(
+                    "INSERT INTO job_inline (job_id, data_uris) VALUES ($1, $2)", job.id, json_text(inline)
+                )
             event = await self._append_event(conn, job, event_type, events)
         return CreateOutcome(job=job, created=True, event=event)
 
@@ -417,6 +428,10 @@ class PostgresStore:
     async def get_job(self, job_id: str) -> JobRecord | None:
         async with self._connection() as conn:
             return await self._get_job(conn, job_id)
+
+    async def inline_data(self, job_id: str) -> dict[str, str]:
+        rows = await self._fetch("SELECT data_uris FROM job_inline WHERE job_id = $1", job_id)
+        return inline_from_row(next(iter(rows), None))
 
     async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
         rows = await self._fetch(
@@ -513,6 +528,7 @@ class PostgresStore:
         api_key_id: str | None = None,
         job_id: str | None = None,
         limit: int = 500,
+        max_bytes: int | None = None,
     ) -> list[EventRecord]:
         params = _Params(after_id)
         clauses = ["id > $1"]
@@ -520,6 +536,18 @@ class PostgresStore:
             clauses.append(f"api_key_id = {params.bind(api_key_id)}")
         if job_id is not None:
             clauses.append(f"job_id = {params.bind(job_id)}")
+        if max_bytes is not None:
+            # Sizes first (octet_length does not detoast a value), then only the events that fit.
+            sized = _Params(*params.values)
+            sizes = await self._fetch(
+                f"SELECT id, octet_length(job) FROM events WHERE {' AND '.join(clauses)} "
+                f"ORDER BY id LIMIT {sized.bind(limit)}",
+                *sized.values,
+            )
+            last = last_within(sizes, max_bytes)
+            if last is None:
+                return []
+            clauses.append(f"id <= {params.bind(last)}")
         rows = await self._fetch(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT {params.bind(limit)}",
             *params.values,

@@ -7,7 +7,7 @@ as binary JSONB; PostgreSQL casts the text to jsonb).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,3 +96,20 @@ def mutable_values(job: JobRecord) -> list[Any]:
 
 def event_from_row(row: Sequence[Any]) -> EventRecord:
     return EventRecord(id=row[0], job_id=row[1], api_key_id=row[2], type=row[3], created_at=row[4], job=row[5])
+
+
+def inline_from_row(row: Sequence[Any] | None) -> dict[str, str]:
+    """A job's inline data from its `job_inline` row (`data_uris`), or none."""
+    return {} if row is None else _decode_meta(row[0])
+
+
+def last_within(sizes: Iterable[Sequence[Any]], max_bytes: int) -> int | None:
+    """From (event id, snapshot bytes) in id order, the id of the last event of those that fit in
+    `max_bytes` together (the first one always does); None for no events."""
+    last, total = None, 0
+    for event_id, size in sizes:
+        total += size
+        if last is not None and total > max_bytes:
+            break
+        last = event_id
+    return last

@@ -7,7 +7,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, closing
 from decimal import Decimal
 from pathlib import Path
@@ -53,7 +53,10 @@ from storage.rows import (
     JOB_COLUMNS,
     event_from_row,
     fixed_values,
+    inline_from_row,
     job_from_row,
+    json_text,
+    last_within,
     mutable_values,
     now_iso,
 )
@@ -327,7 +330,12 @@ class SqliteStore:
     # -- jobs --------------------------------------------------------------------------------
 
     async def create_job(
-        self, job: JobRecord, event_type: str, *, idempotency: IdempotencyClaim | None = None
+        self,
+        job: JobRecord,
+        event_type: str,
+        *,
+        idempotency: IdempotencyClaim | None = None,
+        inline: Mapping[str, str] | None = None,
     ) -> CreateOutcome:
         def work(db: sqlite3.Connection, events: list[EventRecord]) -> CreateOutcome:
             if idempotency is not None:
@@ -352,6 +360,8 @@ class SqliteStore:
                     (job.api_key_id, idempotency.key, idempotency.request_hash, job.id, job.created_at),
                 )
             db.execute(_INSERT_SQL, [*fixed_values(job), *mutable_values(job)])
+            if inline:
+                db.execute("INSERT INTO job_inline (job_id, data_uris) VALUES (?, ?)", (job.id, json_text(inline)))
             event = self._append_event(db, job, event_type, events)
             return CreateOutcome(job=job, created=True, event=event)
 
@@ -362,6 +372,10 @@ class SqliteStore:
         for row in rows:
             return job_from_row(row)
         return None
+
+    async def inline_data(self, job_id: str) -> dict[str, str]:
+        rows = await self._read("SELECT data_uris FROM job_inline WHERE job_id = ?", (job_id,))
+        return inline_from_row(next(iter(rows), None))
 
     async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
         rows = await self._read(
@@ -474,6 +488,7 @@ class SqliteStore:
         api_key_id: str | None = None,
         job_id: str | None = None,
         limit: int = 500,
+        max_bytes: int | None = None,
     ) -> list[EventRecord]:
         clauses = ["id > ?"]
         params: list[Any] = [after_id]
@@ -483,9 +498,19 @@ class SqliteStore:
         if job_id is not None:
             clauses.append("job_id = ?")
             params.append(job_id)
-        params.append(limit)
+        if max_bytes is not None:
+            # Sizes first (length() of a BLOB does not load it), then only the events that fit.
+            sizes = await self._read(
+                f"SELECT id, length(job) FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+                [*params, limit],
+            )
+            last = last_within(sizes, max_bytes)
+            if last is None:
+                return []
+            clauses.append("id <= ?")
+            params.append(last)
         rows = await self._read(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?", params
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?", [*params, limit]
         )
         return [event_from_row(row) for row in rows]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -208,3 +210,10 @@ async def _serve_many(apps: list[tuple[Any, socket.socket]]) -> AsyncIterator[No
     app, sock = apps[0]
     async with serving(app, sock), _serve_many(apps[1:]):
         yield
+
+
+def data_uri(length: int, media_type: str = "image/png") -> str:
+    """A valid base64 `data:` URI of random bytes, at most `length` characters long and within 3 of it."""
+    prefix = f"data:{media_type};base64,"
+    payload = os.urandom((length - len(prefix)) // 4 * 3)
+    return prefix + base64.b64encode(payload).decode()

@@ -125,6 +125,30 @@ async def test_switch_from_replay_to_live_loses_and_repeats_nothing(seedance: St
     assert len(set(received)) == len(received)
 
 
+async def test_a_replay_of_many_byte_bounded_pages_then_live_loses_and_repeats_nothing(seedance: Stack) -> None:
+    """Long snapshots make the replay span several pages (each bounded in bytes) before it turns live."""
+    long_prompt = "waves " * 830  # about 5 KB in every snapshot of the job
+    for _ in range(30):
+        await seedance.submit(prompt=long_prompt)
+    logged = await seedance.store.events_after(0, limit=10_000)
+    assert sum(len(e.job) for e in logged) > 2 * 128 * 1024  # more than two replay pages
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        while not stop.is_set():
+            await seedance.submit()
+
+    producer = asyncio.create_task(produce())
+    try:
+        async with asyncio.timeout(10):
+            received = await _read_ids(seedance, len(logged) + 20, **{"Last-Event-ID": "0"})
+    finally:
+        stop.set()
+        await producer
+    assert received == [e.id for e in await seedance.store.events_after(0, limit=10_000)][: len(received)]
+    assert len(received) == len(logged) + 20
+
+
 async def test_an_event_committed_once_the_headers_arrive_is_delivered(
     seedance: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Annotated, Any, Literal, get_args
 
@@ -12,18 +13,21 @@ from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
 from litestar.openapi import ResponseSpec
 from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
+from litestar.response import Stream
 
 from service.api.context import authenticate, context, require_api_key
 from service.api.query import QUERY_FAMILIES, refuse_unknown_query
 from service.api.sse import EventStream, StreamSession
 from service.capabilities import capability_record
 from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses, schema_details
+from service.gateway import Gateway
 from service.jobs import MAX_METADATA_KEYS, TERMINAL, Job, JobCreate, JobList, _doc, encode_job
 from service.providers.base import ModelSpec
-from storage import ApiKeyRecord, JobFilter, UsageRow
+from storage import ApiKeyRecord, JobFilter, JobRecord, UsageRow
 from storage.records import COST_FIELDS
 
 _encode = msgspec.json.Encoder().encode
+_LIST_CHUNK = 20  # jobs of a list page read and sent at a time
 _META_PARAM = re.compile(r"^metadata\.([A-Za-z0-9_.\-]{1,40})$")
 StatusFilter = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
 _STATUSES: tuple[str, ...] = get_args(StatusFilter)
@@ -245,16 +249,19 @@ class JobController(Controller):
                 details={"field": "metadata", "max_filters": MAX_METADATA_KEYS},
             )
         filters = JobFilter(status=status, model=model, provider=provider, metadata=metadata)
-        page, next_cursor = await context(request).gateway.list_jobs(caller.id, filters, limit, cursor)
-        body = b'{"data":[' + b",".join(encode_job(j) for j in page) + b'],"next_cursor":' + _encode(next_cursor) + b"}"
-        return _json(body)
+        gateway = context(request).gateway
+        # The first chunk is read before the headers go out, so a bad cursor or a database outage is still a 4xx/5xx.
+        page, next_cursor = await gateway.list_jobs(caller.id, filters, min(limit, _LIST_CHUNK), cursor)
+        chunks = _job_list(gateway, caller.id, filters, limit, page, next_cursor)
+        return Stream(chunks, media_type=MediaType.JSON)  # type: ignore[return-value]  # documented as JobList
 
     @get("/{job_id:str}", summary="Get a job", responses=_JOB_RESPONSES, operation_class=ApiOperation)
     async def get_job(
         self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
     ) -> Response[Job]:
-        job = await context(request).gateway.get_job(caller.id, job_id)
-        return _json(encode_job(job))
+        gateway = context(request).gateway
+        job = await gateway.get_job(caller.id, job_id)
+        return _json(encode_job(job, full_input=await gateway.full_input(job)))
 
     @post(
         "/{job_id:str}/cancel",
@@ -297,6 +304,23 @@ class JobController(Controller):
         job = await context(request).gateway.get_job(caller.id, job_id)
         after = _cursor_param(request, last_event_id_header, last_event_id)
         return await _stream(request, caller, job_id, after, job_finished=job.status in TERMINAL)
+
+
+async def _job_list(
+    gateway: Gateway, api_key_id: str, filters: JobFilter, limit: int, page: list[JobRecord], next_cursor: str | None
+) -> AsyncIterator[bytes]:
+    """A list page as `{"data": [...], "next_cursor": ...}`, read and sent `_LIST_CHUNK` jobs at a time: the next
+    chunk is read only once the server took the previous one, so a client that stops reading holds one chunk."""
+    yield b'{"data":['
+    sent = 0
+    while True:
+        if page:
+            yield (b"," if sent else b"") + b",".join(encode_job(j) for j in page)
+        sent += len(page)
+        if next_cursor is None or sent >= limit:
+            break
+        page, next_cursor = await gateway.list_jobs(api_key_id, filters, min(limit - sent, _LIST_CHUNK), next_cursor)
+    yield b'],"next_cursor":' + _encode(next_cursor) + b"}"
 
 
 @get(

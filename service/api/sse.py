@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 _REPLAY_PAGE = 500
+_REPLAY_BYTES = 128 * 1024  # of job snapshots per replay page
 _PING = b": ping\n\n"
 
 
@@ -76,17 +77,22 @@ class StreamSession:
         last = self.cursor
         try:
             await _body(send, b"retry: %d\n\n" % self.retry_ms)
-            while True:
+            # One bounded page at a time, sent as one chunk; the next page is read only once `send` took this
+            # one, which waits while the client's socket is full: a reader that stalls holds one page.
+            while not sub.closed:
                 page = await self.store.events_after(
-                    last, api_key_id=self.api_key_id, job_id=self.job_id, limit=_REPLAY_PAGE
+                    last, api_key_id=self.api_key_id, job_id=self.job_id, limit=_REPLAY_PAGE, max_bytes=_REPLAY_BYTES
                 )
+                if not page:
+                    break
+                frames = []
                 for event in page:
-                    await _body(send, sse_frame(event))
+                    frames.append(sse_frame(event))
                     last = event.id
                     if ends_with_job and event.type in TERMINAL_EVENTS:
+                        await _body(send, b"".join(frames))
                         return
-                if len(page) < _REPLAY_PAGE or sub.closed:
-                    break
+                await _body(send, b"".join(frames))
             if ends_with_job and self.job_finished:
                 return  # resumed at or after the terminal event: nothing more will come
             sub.start_heartbeat(self.heartbeat, self.rng)

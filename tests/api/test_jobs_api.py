@@ -43,6 +43,27 @@ async def test_list_pages_newest_first_with_an_opaque_cursor(tmp_path: Path) -> 
         assert seen == list(reversed(created))
 
 
+async def test_a_list_page_longer_than_one_chunk_is_whole_in_order_and_pages_on(tmp_path: Path) -> None:
+    """A page of up to 100 jobs is read and sent 20 at a time; the client sees one page all the same."""
+    async with stack(tmp_path, knobs=SLOW) as s:
+        created = [(await _create(s))["id"] for _ in range(47)]
+        first = await s.client.get(f"{s.url}/v1/jobs", params={"limit": 45}, headers=s.headers)
+        assert first.status_code == 200
+        assert first.headers["content-type"].startswith("application/json")
+        page = first.json()
+        assert [j["id"] for j in page["data"]] == list(reversed(created))[:45]
+        rest = (
+            await s.client.get(f"{s.url}/v1/jobs", params={"cursor": page["next_cursor"]}, headers=s.headers)
+        ).json()
+        assert [j["id"] for j in rest["data"]] == list(reversed(created))[45:]
+        assert rest["next_cursor"] is None
+        exact = (await s.client.get(f"{s.url}/v1/jobs", params={"limit": 47}, headers=s.headers)).json()
+        assert len(exact["data"]) == 47
+        assert exact["next_cursor"] is None
+        bad = await s.client.get(f"{s.url}/v1/jobs", params={"cursor": "nope"}, headers=s.headers)
+        assert bad.status_code == 400  # the first chunk is read before the answer starts
+
+
 async def test_list_filters_by_status_model_provider_and_metadata(tmp_path: Path) -> None:
     async with stack(tmp_path, knobs=SLOW) as s:
         a = await _create(s, metadata={"customer_job_id": "job_123", "campaign": "launch"})

@@ -60,9 +60,9 @@ class Recorder:
         self.calls.append(list(events))
 
 
-async def create(store: Store, **changes: object) -> JobRecord:
+async def create(store: Store, *, inline: dict[str, str] | None = None, **changes: object) -> JobRecord:
     job = make_job(**changes)
-    await store.create_job(job, "job.created")
+    await store.create_job(job, "job.created", inline=inline)
     return job
 
 
@@ -94,6 +94,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "events": field_names(EventRecord),
         "webhook_receipts": {"provider", "receipt_key", "received_at"},
         "idempotency_keys": {"api_key_id", "key", "request_hash", "job_id", "created_at"},
+        "job_inline": {"job_id", "data_uris"},
     }
     for table, columns in backend.private_columns.items():
         expected[table] = expected[table] | columns
@@ -604,6 +605,60 @@ async def test_listeners_see_commit_order_under_concurrent_writers(store: Store)
     assert announced == [event.id for event in await store.events_after(start, limit=1000)]
 
 
+# -- inline data -------------------------------------------------------------------------------
+
+PLACEHOLDER = "inline:image/png;bytes=3;sha256=" + "0" * 64
+INLINE = {PLACEHOLDER: "data:image/png;base64,AAAA"}
+WITH_PLACEHOLDER = {"prompt": "a cat", "reference_images": [PLACEHOLDER]}
+
+
+async def test_inline_data_is_stored_once_apart_from_the_job(backend: Backend, store: Store) -> None:
+    job = await create(store, input=WITH_PLACEHOLDER, inline=INLINE)
+    await store.update_job(job.id, to_status("processing"))
+    assert await store.inline_data(job.id) == INLINE
+    assert await store.get_job(job.id) == replace(job, status="processing", updated_at="2025-06-01T12:00:01.000Z")
+    assert [j.input for j in await store.list_jobs(KEY_A.id, JobFilter(), limit=10)] == [WITH_PLACEHOLDER]
+    assert await backend.execute("SELECT count(*) FROM job_inline") == [(1,)]
+    assert await backend.execute("SELECT count(*) FROM jobs WHERE CAST(input AS text) LIKE '%base64,AAAA%'") == [(0,)]
+
+
+async def test_a_job_without_inline_data_has_none(store: Store) -> None:
+    job = await create(store)
+    assert await store.inline_data(job.id) == {}
+    assert await store.inline_data("job_unknown") == {}
+
+
+async def test_an_idempotent_repeat_keeps_the_first_inline_data(store: Store) -> None:
+    first = make_job(input=WITH_PLACEHOLDER)
+    await store.create_job(first, "job.created", idempotency=CLAIM, inline=INLINE)
+    again = await store.create_job(make_job(), "job.created", idempotency=CLAIM, inline={PLACEHOLDER: "data:,other"})
+    assert again.created is False
+    assert await store.inline_data(first.id) == INLINE
+
+
+async def test_jobs_stored_before_the_inline_migration_read_as_stored(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = migrations.load
+    monkeypatch.setattr(migrations, "load", lambda name: [m for m in real(name) if not m[1].endswith("_inline_data")])
+    old_store = backend.new_store()
+    await old_store.open()
+    await old_store.create_api_key(KEY_A)
+    job = make_job(input={"prompt": "a cat", "first_frame": "data:image/png;base64,AAAA"})
+    await old_store.create_job(job, "job.created")
+    await old_store.close()
+    assert "job_inline" not in await backend.tables()
+    monkeypatch.undo()
+    store = backend.new_store()
+    await store.open()
+    try:
+        assert await store.get_job(job.id) == job
+        assert await store.list_jobs(KEY_A.id, JobFilter(), limit=10) == [job]
+        assert await store.inline_data(job.id) == {}
+    finally:
+        await store.close()
+
+
 # -- the event log -----------------------------------------------------------------------------
 
 
@@ -618,6 +673,18 @@ async def test_events_after_is_strictly_after_and_oldest_first(store: Store) -> 
 async def test_events_after_stops_at_limit(store: Store) -> None:
     outcomes = [await store.create_job(make_job(), "job.created") for _ in range(3)]
     assert await store.events_after(0, limit=2) == [outcomes[0].event, outcomes[1].event]
+
+
+async def test_events_after_with_max_bytes_returns_what_fits_and_at_least_one(store: Store) -> None:
+    jobs = [await create(store) for _ in range(4)]
+    every = await store.events_after(0)
+    sizes = [len(event.job) for event in every]
+    assert await store.events_after(0, max_bytes=sizes[0] + sizes[1]) == every[:2]
+    assert await store.events_after(0, max_bytes=sizes[0] + sizes[1] - 1) == every[:1]
+    assert await store.events_after(0, max_bytes=1) == every[:1]
+    assert await store.events_after(0, max_bytes=sum(sizes), limit=3) == every[:3]
+    assert await store.events_after(every[0].id, max_bytes=1, job_id=jobs[2].id) == [every[2]]
+    assert await store.events_after(every[-1].id, max_bytes=1) == []
 
 
 async def test_events_after_filters_by_api_key(store: Store) -> None:
@@ -785,9 +852,16 @@ BEFORE_CUTOFF = "2025-06-01T12:00:00.000Z"
 AFTER_CUTOFF = "2025-06-20T12:00:00.000Z"
 
 
-async def finished(store: Store, completed_at: str, status: str = "succeeded", **changes: object) -> JobRecord:
+async def finished(
+    store: Store,
+    completed_at: str,
+    status: str = "succeeded",
+    *,
+    inline: dict[str, str] | None = None,
+    **changes: object,
+) -> JobRecord:
     """A job taken through processing to `status` at `completed_at`: three events."""
-    job = await create(store, **changes)
+    job = await create(store, inline=inline, **changes)
     await store.update_job(job.id, to_status("processing"))
 
     def finish(current: JobRecord) -> Decision:
@@ -803,6 +877,15 @@ async def test_prune_removes_jobs_finished_before_the_cutoff_with_their_events(s
     assert counts == PruneCounts(jobs=3, events=9)
     assert [await store.get_job(job.id) for job in old] == [None, None, None]
     assert await store.events_after(0) == []
+
+
+async def test_prune_removes_the_inline_data_of_the_jobs_it_removes(backend: Backend, store: Store) -> None:
+    old = await finished(store, BEFORE_CUTOFF, input=WITH_PLACEHOLDER, inline=INLINE)
+    kept = await finished(store, AFTER_CUTOFF, input=WITH_PLACEHOLDER, inline=INLINE)
+    await store.prune(CUTOFF)
+    assert await store.inline_data(old.id) == {}
+    assert await store.inline_data(kept.id) == INLINE
+    assert await backend.execute("SELECT count(*) FROM job_inline") == [(1,)]
 
 
 async def test_prune_keeps_jobs_finished_at_or_after_the_cutoff(store: Store) -> None:
