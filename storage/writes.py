@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from storage.base import Decide
+from storage.base import Decide, JobEncoder
 from storage.errors import IdempotencyConflict, JobNotFound
 from storage.records import (
     CreateOutcome,
@@ -22,6 +22,12 @@ from storage.records import (
 class WriteSteps(Protocol):
     """One backend's SQL for each step of a write, inside a transaction it holds open."""
 
+    encode_job: JobEncoder
+    """The store's encoder of the job snapshot each event carries."""
+
+    logged: list[EventRecord]
+    """The events logged in this transaction so far, announced once it commits."""
+
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         """One job; with `for_update`, locked against other writers until the transaction ends."""
 
@@ -31,8 +37,8 @@ class WriteSteps(Protocol):
     async def save_job(self, job: JobRecord) -> None:
         """Write a job's mutable columns. Raises TaskTaken when its provider task id is another job's."""
 
-    async def append_event(self, job: JobRecord, event_type: str) -> EventRecord:
-        """Log an event with the job's snapshot; it is announced once the transaction commits."""
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
+        """Insert an event of `job`, dated `job.updated_at`; returns its id."""
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         """Record an idempotency key for `job`; False, writing nothing, when the key is held already."""
@@ -63,7 +69,7 @@ async def create_job(
         if existing is not None:
             return CreateOutcome(job=existing, created=False)
     await steps.insert_job(job, inline)
-    event = await steps.append_event(job, event_type)
+    event = await _append_event(steps, job, event_type)
     return CreateOutcome(job=job, created=True, event=event)
 
 
@@ -105,5 +111,16 @@ async def update_job(
         return UpdateOutcome(job=current)
     job, event_type = decision
     await steps.save_job(job)
-    event = None if event_type is None else await steps.append_event(job, event_type)
+    event = None if event_type is None else await _append_event(steps, job, event_type)
     return UpdateOutcome(job=job, event=event, changed=True)
+
+
+async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> EventRecord:
+    """Log an event carrying the job's snapshot; it is announced once the transaction commits."""
+    snapshot = steps.encode_job(job)  # before the insert: PostgreSQL's writers wait for each other from there on
+    event_id = await steps.insert_event(job, event_type, snapshot)
+    event = EventRecord(
+        id=event_id, job_id=job.id, api_key_id=job.api_key_id, type=event_type, created_at=job.updated_at, job=snapshot
+    )
+    steps.logged.append(event)
+    return event

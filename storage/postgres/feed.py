@@ -35,7 +35,7 @@ _NO_UPPER_BOUND = 2**63 - 1
 _FEED_BATCH = 500
 
 
-async def append_event(conn: asyncpg.Connection, job: JobRecord, event_type: str, snapshot: bytes) -> int:
+async def insert_event(conn: asyncpg.Connection, job: JobRecord, event_type: str, snapshot: bytes) -> int:
     """Insert an event in the transaction open on `conn`, holding the event lock until it commits; its id is
     notified at commit. Returns the id."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOCK)

@@ -8,7 +8,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from storage.base import JobEncoder
 from storage.errors import TaskTaken
-from storage.postgres.feed import append_event
+from storage.postgres.feed import insert_event
 from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, IdempotencyClaim, JobRecord, Receipt
 from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
 
@@ -30,8 +30,8 @@ class PostgresSteps:
 
     def __init__(self, conn: asyncpg.Connection, logged: list[EventRecord], encode_job: JobEncoder) -> None:
         self._conn = conn
-        self._logged = logged
-        self._encode_job = encode_job
+        self.logged = logged
+        self.encode_job = encode_job
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         row = await self._conn.fetchrow(_SELECT_JOB + " FOR UPDATE" if for_update else _SELECT_JOB, job_id)
@@ -53,19 +53,8 @@ class PostgresSteps:
             # The failed statement aborted the transaction: the store reads the task's holder after the rollback.
             raise TaskTaken(job.provider, job.provider_task_id, None) from None
 
-    async def append_event(self, job: JobRecord, event_type: str) -> EventRecord:
-        snapshot = self._encode_job(job)  # before the lock: every writer waits while it is held
-        event_id = await append_event(self._conn, job, event_type, snapshot)
-        event = EventRecord(
-            id=event_id,
-            job_id=job.id,
-            api_key_id=job.api_key_id,
-            type=event_type,
-            created_at=job.updated_at,
-            job=snapshot,
-        )
-        self._logged.append(event)
-        return event
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
+        return await insert_event(self._conn, job, event_type, snapshot)
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         inserted = await self._conn.fetchval(

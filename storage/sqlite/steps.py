@@ -39,8 +39,8 @@ class SqliteSteps:
 
     def __init__(self, db: sqlite3.Connection, logged: list[EventRecord], encode_job: JobEncoder) -> None:
         self._db = db
-        self._logged = logged
-        self._encode_job = encode_job
+        self.logged = logged
+        self.encode_job = encode_job
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         # No row lock needed: the writer's transaction excludes every other writer.
@@ -61,24 +61,13 @@ class SqliteSteps:
                 raise
             raise TaskTaken(job.provider, job.provider_task_id, owner) from None
 
-    async def append_event(self, job: JobRecord, event_type: str) -> EventRecord:
-        snapshot = self._encode_job(job)
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
         cursor = self._db.execute(
             "INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES (?, ?, ?, ?, ?)",
             (job.id, job.api_key_id, event_type, job.updated_at, snapshot),
         )
-        event_id = cursor.lastrowid
-        assert event_id is not None
-        event = EventRecord(
-            id=event_id,
-            job_id=job.id,
-            api_key_id=job.api_key_id,
-            type=event_type,
-            created_at=job.updated_at,
-            job=snapshot,
-        )
-        self._logged.append(event)
-        return event
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         cursor = self._db.execute(
