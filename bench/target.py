@@ -96,7 +96,7 @@ class Database:
         self.url = url
 
     async def keys(self, count: int) -> list[Key]:
-        store = create_store(self.url, encode_job, sqlite_synchronous="NORMAL")
+        store = create_store(self.url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
         await store.open()
         try:
             made = [await create_key(store, f"bench-{i}") for i in range(count)]
@@ -106,7 +106,7 @@ class Database:
 
     async def submitted_jobs(self, key: Key, count: int) -> list[SeededJob]:
         """Jobs Seedancee2 has accepted and not yet finished: each can take one completed callback."""
-        store = create_store(self.url, encode_job, sqlite_synchronous="NORMAL")
+        store = create_store(self.url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
         await store.open()
         now = time.time()
         made = []

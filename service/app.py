@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -82,7 +83,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         the_store = store or create_store(
-            settings.database_url, encode_job, sqlite_synchronous=settings.sqlite_synchronous
+            settings.database_url, encode_job, clock=clock or time.time, sqlite_synchronous=settings.sqlite_synchronous
         )
         await the_store.open()
         if run_workers:

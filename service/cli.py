@@ -39,7 +39,9 @@ def _database_settings() -> Settings:
 
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
     async def run() -> T:
-        store = create_store(settings.database_url, encode_job, sqlite_synchronous=settings.sqlite_synchronous)
+        store = create_store(
+            settings.database_url, encode_job, clock=time.time, sqlite_synchronous=settings.sqlite_synchronous
+        )
         try:
             await store.open()
             return await work(store)
@@ -170,7 +172,9 @@ def _file_backups(settings: Settings) -> SupportsBackup:
     if settings.database_url.startswith(("postgresql:", "postgres:")):
         raise click.ClickException(_PG_TOOLS)
     try:
-        store = create_store(settings.database_url, encode_job, sqlite_synchronous=settings.sqlite_synchronous)
+        store = create_store(
+            settings.database_url, encode_job, clock=time.time, sqlite_synchronous=settings.sqlite_synchronous
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if not isinstance(store, SupportsBackup):

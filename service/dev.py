@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import click
 import msgspec
@@ -57,7 +58,7 @@ async def run_dev(*, port: int, sandbox_port: int) -> None:
         sockets = [listen(settings.host, port)] + [listen("127.0.0.1", p) for p in emulator_ports]
     except OSError as exc:
         raise click.ClickException(f"{exc}; pick free ports with --port and --sandbox-port") from None
-    store = create_store(settings.database_url, encode_job, sqlite_synchronous="NORMAL")
+    store = create_store(settings.database_url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
     await store.open()
     try:
         _, api_key = await create_key(store, "reelay-dev")

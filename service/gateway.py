@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import random
@@ -24,9 +23,11 @@ from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
 from service.signing import SignatureError
 from storage import (
+    Declined,
     IdempotencyClaim,
     IdempotencyConflict,
     JobFilter,
+    JobNotFound,
     JobRecord,
     Receipt,
     Store,
@@ -36,6 +37,11 @@ from storage import (
 from storage.base import Decide, Decision
 
 log = structlog.get_logger("reelay.gateway")
+
+# Why a webhook leaves its job as it is (the reasons `_apply` declines with).
+_OTHER_PROVIDER = "other_provider"  # the job is another provider's: no job of this one has that id
+_OTHER_TASK = "other_task"  # the job belongs to another upstream task
+_UNCONFIRMED = "unconfirmed"  # the provider's status endpoint must confirm the callback before it changes anything
 
 
 class WebhookRejected(Exception):
@@ -229,13 +235,15 @@ class Gateway:
             raise WebhookRejected(f"unreadable {provider} webhook body") from exc
         if job is None and notice.job_id is not None:
             # The callback names its job (Seedancee2's metadata): check and apply it in one write, unread.
-            with contextlib.suppress(_Unmatched):
-                return await self._apply(provider, adapter, notice, notice.job_id)
+            result = await self._apply(provider, adapter, notice, notice.job_id)
+            if result is not None:
+                return result
         if job is None:
             job = await self.store.find_job_by_task(provider, notice.provider_task_id)
         if job is not None:
-            with contextlib.suppress(_Unmatched):  # unless it went away meanwhile (pruned)
-                return await self._apply(provider, adapter, notice, job.id, known=job)
+            result = await self._apply(provider, adapter, notice, job.id, known=job)
+            if result is not None:  # else it went away meanwhile (pruned)
+                return result
         log.warning("webhook.unknown_task", provider=provider)
         return "ignored"
 
@@ -246,48 +254,58 @@ class Gateway:
         notice: WebhookNotice,
         job_id: str,
         known: JobRecord | None = None,
-    ) -> str:
+    ) -> str | None:
         """Apply a callback to the job it concerns, checked in the same transaction as the change.
 
-        Raises _Unmatched when no job of this provider has that id. The receipt is recorded only when the
-        callback is applied: a `decide` that raises writes nothing.
+        Returns what happened, or None when no job of this provider has that id. The receipt is recorded only
+        when the callback is applied: a declined one writes nothing.
         """
 
-        def check(job: JobRecord) -> None:
+        def check(job: JobRecord) -> str | None:
+            """Why the callback must leave `job` as it is, if it must."""
             if job.provider != provider:
-                raise _Unmatched
+                return _OTHER_PROVIDER
             if job.provider_task_id and job.provider_task_id != notice.provider_task_id:
-                raise _TaskMismatch
+                return _OTHER_TASK
             if adapter.needs_confirmation(notice, job):
-                raise _Unconfirmed
+                return _UNCONFIRMED
+            return None
 
         def decide(job: JobRecord) -> Decision:
-            check(job)
-            return jobs.reported(job, notice.report, now=self.clock())
+            reason = check(job)
+            return jobs.reported(job, notice.report, now=self.clock()) if reason is None else Declined(reason)
 
-        try:
-            if known is not None:
-                check(known)  # a job already read: a confirmation then starts no write it would undo
-            outcome = await self.update_job(job_id, decide, receipt=Receipt(provider=provider, key=notice.receipt_key))
-        except KeyError:
-            raise _Unmatched from None
-        except _TaskMismatch:
+        # A job already read is checked first: a confirmation then starts no write it would undo.
+        declined = None if known is None else check(known)
+        if declined is None:
+            try:
+                outcome = await self.update_job(
+                    job_id, decide, receipt=Receipt(provider=provider, key=notice.receipt_key)
+                )
+            except JobNotFound:
+                return None
+            except TaskTaken as exc:  # a signed callback cannot move a task from the job that holds it
+                log.warning(
+                    "webhook.task_owned_by_another_job",
+                    provider=provider,
+                    provider_task_id=exc.provider_task_id,
+                    job_id=job_id,
+                    owner_job_id=exc.owner_job_id,
+                )
+                return "ignored"
+            if outcome.declined is None:
+                result = "duplicate" if outcome.duplicate else "applied" if outcome.changed else "stale"
+                log.info(
+                    "webhook.received", provider=provider, job_id=job_id, result=result, status=notice.report.status
+                )
+                return result
+            declined = outcome.declined
+        if declined == _OTHER_TASK:
             log.warning("webhook.task_mismatch", provider=provider, job_id=job_id)
             return "ignored"
-        except TaskTaken as exc:  # a signed callback cannot move a task from the job that holds it
-            log.warning(
-                "webhook.task_owned_by_another_job",
-                provider=provider,
-                provider_task_id=exc.provider_task_id,
-                job_id=job_id,
-                owner_job_id=exc.owner_job_id,
-            )
-            return "ignored"
-        except _Unconfirmed:
+        if declined == _UNCONFIRMED:
             return await self._confirm(provider, notice, job_id)
-        result = "duplicate" if outcome.duplicate else "applied" if outcome.changed else "stale"
-        log.info("webhook.received", provider=provider, job_id=job_id, result=result, status=notice.report.status)
-        return result
+        return None  # _OTHER_PROVIDER: no job of this provider has that id
 
     async def _confirm(self, provider: str, notice: WebhookNotice, job_id: str) -> str:
         # No receipt: a confirmation only schedules a status check, and doing that twice is harmless.
@@ -295,18 +313,6 @@ class Gateway:
         self._on_confirm()
         log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
         return "confirming"
-
-
-class _Unmatched(Exception):
-    """No job of the callback's provider has the id it names."""
-
-
-class _TaskMismatch(Exception):
-    """The job belongs to another upstream task."""
-
-
-class _Unconfirmed(Exception):
-    """The callback must be confirmed with the provider's status endpoint before it changes anything."""
 
 
 def _encode_cursor(job_id: str) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from storage.base import BackupProgress, JobEncoder, Store, SupportsBackup
+from storage.base import BackupProgress, Clock, Decide, Decision, JobEncoder, Store, SupportsBackup
 from storage.errors import (
     IdempotencyConflict,
+    JobNotFound,
     QueryRejected,
     SchemaOutdated,
     StorageError,
@@ -15,6 +16,7 @@ from storage.records import (
     ApiKeyRecord,
     BackupReport,
     CreateOutcome,
+    Declined,
     DispatchState,
     EventRecord,
     IdempotencyClaim,
@@ -28,19 +30,22 @@ from storage.records import (
 )
 
 
-def create_store(database_url: str, encode_job: JobEncoder, *, sqlite_synchronous: str = "FULL") -> Store:
-    """The backend a database URL names: `sqlite:///path`, or `postgresql://...` for several replicas."""
+def create_store(database_url: str, encode_job: JobEncoder, *, clock: Clock, sqlite_synchronous: str = "FULL") -> Store:
+    """The backend a database URL names: `sqlite:///path`, or `postgresql://...` for several replicas.
+
+    `clock` stamps what the store dates itself (webhook receipts, applied migrations).
+    """
     # Imported here: each backend pulls in its driver, and asyncpg is an optional dependency.
     if database_url.startswith("sqlite:"):
         from storage.sqlite import SqliteStore, sqlite_path
 
-        return SqliteStore(sqlite_path(database_url), encode_job, synchronous=sqlite_synchronous)
+        return SqliteStore(sqlite_path(database_url), encode_job, clock=clock, synchronous=sqlite_synchronous)
     if database_url.startswith(("postgresql:", "postgres:")):
         try:
             from storage.postgres import PostgresStore
         except ModuleNotFoundError as exc:
             raise ValueError(f"{exc.name} is not installed: pip install 'reelay[postgres]'") from exc
-        return PostgresStore(database_url, encode_job)
+        return PostgresStore(database_url, encode_job, clock=clock)
     raise ValueError(f"unsupported REELAY_DATABASE_URL scheme: {database_url.split(':', 1)[0]!r}")
 
 
@@ -48,12 +53,17 @@ __all__ = [
     "ApiKeyRecord",
     "BackupProgress",
     "BackupReport",
+    "Clock",
     "CreateOutcome",
+    "Decide",
+    "Decision",
+    "Declined",
     "DispatchState",
     "EventRecord",
     "IdempotencyClaim",
     "IdempotencyConflict",
     "JobFilter",
+    "JobNotFound",
     "JobRecord",
     "PruneCounts",
     "QueryRejected",

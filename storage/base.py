@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -11,6 +10,7 @@ from storage.records import (
     ApiKeyRecord,
     BackupReport,
     CreateOutcome,
+    Declined,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
@@ -27,10 +27,14 @@ JobEncoder = Callable[[JobRecord], bytes]
 EventListener = Callable[[Sequence[EventRecord]], None]
 """Called with newly committed events, in commit order."""
 
-Decision = tuple[JobRecord, str | None] | None
-"""What a decide function returns: the job's new state and the event type to log, or None."""
+Decision = tuple[JobRecord, str | None] | Declined | None
+"""What a decide function returns: the job's new state and the event type to log (None logs none); None when
+there is nothing to change; or Declined, when the job must be left as it is for a reason the caller reads back."""
 
 Decide = Callable[[JobRecord], Decision]
+
+Clock = Callable[[], float]
+"""The time now in seconds since the epoch, injected by whoever builds the store (time.time at the edge)."""
 
 BackupProgress = Callable[[int, int], None]
 """Called on the event loop with (pages copied, total pages) as a database copy advances."""
@@ -102,8 +106,9 @@ class Store(Protocol):
         """Atomically read a job, let `decide` compute its next state, write it and log its event.
 
         With a receipt, a webhook already recorded is reported as duplicate and nothing changes;
-        otherwise the receipt is recorded in the same transaction. Raises TaskTaken, writing nothing, when
-        the new state names a provider task id that another job holds.
+        otherwise the receipt is recorded in the same transaction, unless `decide` declines. The store stamps
+        the receipt with its clock. Raises JobNotFound when there is no such job, and TaskTaken, writing
+        nothing, when the new state names a provider task id that another job holds.
         """
 
     async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
@@ -173,30 +178,3 @@ class SupportsBackup(Protocol):
 
         Raises StorageUnavailable when any other connection has the database open (stop the service first).
         """
-
-
-PruneBatch = Callable[[], Awaitable[tuple[int, int]]]
-"""Deletes up to one batch of rows in a transaction of its own: (rows deleted, dependent rows deleted)."""
-
-
-async def prune_in_batches(
-    batch_size: int, pause: float, *, keys: PruneBatch, receipts: PruneBatch, jobs: PruneBatch
-) -> PruneCounts:
-    """`Store.prune` around one backend's batch deletes: each runs again, after `pause`, while it fills a
-    batch. Keys go before jobs, so that no key is left answering for a job that is gone."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-
-    async def drain(batch: PruneBatch) -> tuple[int, int]:
-        rows = dependents = 0
-        while True:
-            deleted, also = await batch()
-            rows, dependents = rows + deleted, dependents + also
-            if deleted < batch_size:
-                return rows, dependents
-            await asyncio.sleep(pause)
-
-    key_count, _ = await drain(keys)
-    receipt_count, _ = await drain(receipts)
-    job_count, event_count = await drain(jobs)
-    return PruneCounts(jobs=job_count, events=event_count, webhook_receipts=receipt_count, idempotency_keys=key_count)

@@ -5,6 +5,7 @@ StorageError
  ├── QueryRejected          the database refused the request itself (too large, a value it cannot hold)
  ├── SchemaOutdated         migrations are missing
  ├── IdempotencyConflict    the key was used before with a different request
+ ├── JobNotFound            no job has the id a write names
  └── TaskTaken              a job was given a provider task id that another job holds
 """
 
@@ -33,6 +34,14 @@ class IdempotencyConflict(StorageError):
 
     def __init__(self, job_id: str) -> None:
         super().__init__("idempotency key reused with a different request")
+        self.job_id = job_id
+
+
+class JobNotFound(StorageError):
+    """A write named a job that does not exist (never created, or pruned since)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
         self.job_id = job_id
 
 

@@ -111,11 +111,21 @@ class CreateOutcome(msgspec.Struct, frozen=True, kw_only=True):
     event: EventRecord | None = None
 
 
+class Declined(msgspec.Struct, frozen=True):
+    """A decision to leave a job as it is, and why: the update then writes nothing, not even its receipt."""
+
+    reason: str
+
+
 class UpdateOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What an update did: `job` is the job as it now stands; `declined` is the reason a decision gave for
+    writing nothing, if it gave one."""
+
     job: JobRecord
     event: EventRecord | None = None
     changed: bool = False
     duplicate: bool = False
+    declined: str | None = None
 
 
 class JobFilter(msgspec.Struct, frozen=True, kw_only=True):

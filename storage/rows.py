@@ -27,8 +27,9 @@ def json_text(value: Any) -> str:
     return _encoder.encode(value).decode()
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def iso_timestamp(at: float) -> str:
+    """A time the store stamps itself (a receipt, a migration), as stored: ISO 8601 UTC to the microsecond."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def job_from_row(row: Sequence[Any]) -> JobRecord:

@@ -44,7 +44,7 @@ def run(db: Path, *args: str, stdin: str | None = None, **env: str) -> subproces
 
 @asynccontextmanager
 async def opened(db: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(db, encode_snapshot)
+    store = SqliteStore(db, encode_snapshot, clock=time.time)
     await store.open()
     try:
         yield store
@@ -83,12 +83,12 @@ async def add_jobs(db: Path, count: int, **changes: object) -> list[str]:
 
 # A second process writing through the store, as the service does: each job is created, then updated.
 WRITER = """
-import asyncio, sys
+import asyncio, sys, time
 from storage.sqlite import SqliteStore
 from tests.storage.factories import encode_snapshot, make_job
 
 async def main():
-    store = SqliteStore(sys.argv[1], encode_snapshot)
+    store = SqliteStore(sys.argv[1], encode_snapshot, clock=time.time)
     await store.open()
     while True:
         created = await store.create_job(make_job(), "job.created")

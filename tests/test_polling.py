@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,7 +57,9 @@ class FakeProvider:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    the_store = create_store(f"sqlite:///{tmp_path / 'poll.db'}", encode_job, sqlite_synchronous="NORMAL")
+    the_store = create_store(
+        f"sqlite:///{tmp_path / 'poll.db'}", encode_job, clock=time.time, sqlite_synchronous="NORMAL"
+    )
     await the_store.open()
     yield the_store
     await the_store.close()

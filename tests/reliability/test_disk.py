@@ -79,7 +79,7 @@ async def test_database_turning_read_only_gives_503_and_recovers(tmp_path: Path)
     # switched to query_only: SQLite then refuses writes exactly as for a read-only file.
     async with stack(tmp_path) as s:
         assert await _create(s) == 202
-        writer = s.store._writer
+        writer = s.store._writer.connection
         await writer.execute("PRAGMA query_only = ON")
         try:
             ready = await s.client.get(f"{s.url}/readyz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from storage import Store, create_store
+from storage import Clock, Store, create_store
 from storage.base import JobEncoder
 from tests import pg
 from tests.storage.factories import KEY_A, KEY_B, encode_snapshot
@@ -27,9 +28,9 @@ class Backend:
     private_columns: dict[str, set[str]] = {}
     """Columns a backend keeps beyond the fields of the records, by table."""
 
-    def new_store(self, encode_job: JobEncoder = encode_snapshot) -> Store:
+    def new_store(self, encode_job: JobEncoder = encode_snapshot, clock: Clock = time.time) -> Store:
         """A new, unopened store on this database."""
-        return create_store(self.url, encode_job)
+        return create_store(self.url, encode_job, clock=clock)
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run SQL on a connection of its own, outside any store, and commit."""

@@ -12,11 +12,13 @@ import pytest
 from storage import (
     ApiKeyRecord,
     CreateOutcome,
+    Declined,
     DispatchState,
     EventRecord,
     IdempotencyClaim,
     IdempotencyConflict,
     JobFilter,
+    JobNotFound,
     JobRecord,
     PruneCounts,
     QueryRejected,
@@ -475,6 +477,19 @@ async def test_an_error_in_decide_propagates_and_records_no_receipt(store: Store
     assert (retried.duplicate, retried.changed) == (False, True)
 
 
+async def test_a_declined_decision_changes_nothing_keeps_no_receipt_and_says_why(store: Store) -> None:
+    job = await create(store)
+    last = await store.last_event_id()
+    outcome = await store.update_job(job.id, lambda j: Declined("unconfirmed"), receipt=RECEIPT)
+    assert (outcome.job, outcome.event, outcome.changed, outcome.duplicate) == (job, None, False, False)
+    assert outcome.declined == "unconfirmed"
+    assert await store.get_job(job.id) == job
+    assert await store.last_event_id() == last
+    # The delivery was not taken: when it comes again, it is decided afresh.
+    again = await store.update_job(job.id, to_status("processing"), receipt=RECEIPT)
+    assert (again.duplicate, again.changed, again.declined) == (False, True, None)
+
+
 async def test_naming_a_task_another_job_holds_raises_task_taken_and_writes_nothing(store: Store) -> None:
     owner = await create(store, provider_task_id="task-1")
     other = await create(store)
@@ -498,8 +513,8 @@ async def test_naming_a_task_another_job_holds_raises_task_taken_and_writes_noth
     assert (outcome.duplicate, outcome.changed) == (False, True)
 
 
-async def test_updating_an_unknown_job_raises_key_error(store: Store) -> None:
-    with pytest.raises(KeyError):
+async def test_updating_an_unknown_job_raises_job_not_found(store: Store) -> None:
+    with pytest.raises(JobNotFound):
         await store.update_job("job_missing", to_status("processing"))
 
 
@@ -927,6 +942,20 @@ async def test_prune_removes_idempotency_keys_created_before_the_cutoff(store: S
     assert again.created is True
     repeated = await store.create_job(make_job(), "job.created", idempotency=replace(CLAIM, key="idem-2"))
     assert (repeated.created, repeated.job.id) == (False, recent.id)
+
+
+async def test_the_store_stamps_receipts_and_migrations_with_its_clock_to_the_microsecond(backend: Backend) -> None:
+    store = backend.new_store(clock=lambda: 1_750_000_000.25)
+    await store.open()
+    try:
+        await store.create_api_key(KEY_A)
+        job = await create(store)
+        await store.update_job(job.id, to_status("processing"), receipt=RECEIPT)
+    finally:
+        await store.close()
+    stamp = "2025-06-15T15:06:40.250000Z"
+    assert await backend.execute("SELECT received_at FROM webhook_receipts") == [(stamp,)]
+    assert {at for (at,) in await backend.execute("SELECT applied_at FROM schema_migrations")} == {stamp}
 
 
 async def test_prune_removes_webhook_receipts_received_before_the_cutoff(store: Store) -> None:

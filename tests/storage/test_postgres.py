@@ -71,7 +71,9 @@ async def feed_pids(backend: Backend, store: Store) -> list[int]:
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_a_postgresql_url_makes_a_postgres_store(backend: Backend, scheme: str) -> None:
-    assert isinstance(create_store(f"{scheme}://reelay@db.internal/reelay", encode_snapshot), PostgresStore)
+    assert isinstance(
+        create_store(f"{scheme}://reelay@db.internal/reelay", encode_snapshot, clock=time.time), PostgresStore
+    )
 
 
 async def test_a_server_database_is_not_backed_up_by_the_store(store: Store) -> None:
@@ -82,7 +84,7 @@ async def test_opening_an_unreachable_server_is_unavailable(backend: Backend) ->
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # free once closed: nothing listens there
-    closed = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/reelay", encode_snapshot)
+    closed = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/reelay", encode_snapshot, clock=time.time)
     with pytest.raises(StorageUnavailable):
         await closed.open()
     with pytest.raises(StorageUnavailable):
@@ -91,7 +93,7 @@ async def test_opening_an_unreachable_server_is_unavailable(backend: Backend) ->
 
 async def test_a_store_on_a_read_only_server_opens_but_is_not_ready(backend: Backend, store: Store) -> None:
     # Sessions on a standby behave like this: reads work, every write is refused.
-    read_only = PostgresStore(backend.url + "&default_transaction_read_only=on", encode_snapshot)
+    read_only = PostgresStore(backend.url + "&default_transaction_read_only=on", encode_snapshot, clock=time.time)
     await read_only.open()
     try:
         assert await read_only.get_api_key(KEY_A.id) == KEY_A

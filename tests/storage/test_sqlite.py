@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import cast
@@ -11,7 +12,8 @@ from typing import cast
 import aiosqlite
 import pytest
 
-import storage.sqlite
+import storage.sqlite.backup
+import storage.sqlite.writer
 from storage import JobFilter, StorageError, StorageUnavailable, Store, SupportsBackup, migrations
 from storage.sqlite import SqliteStore, sqlite_path
 from tests.storage.conftest import Backend, SqliteBackend
@@ -22,7 +24,7 @@ sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 def writer_of(store: Store) -> aiosqlite.Connection:
-    writer = cast("SqliteStore", store)._writer
+    writer = cast("SqliteStore", store)._writer.connection
     assert writer is not None
     return writer
 
@@ -99,7 +101,7 @@ async def test_a_failed_commit_is_unavailable_and_leaves_the_store_writable(
     def failing_commit(db: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(storage.sqlite, "_commit", failing_commit)
+    monkeypatch.setattr(storage.sqlite.writer, "_commit", failing_commit)
     lost = make_job()
     with pytest.raises(StorageUnavailable):
         await store.create_job(lost, "job.created")
@@ -141,7 +143,7 @@ async def test_a_backup_taken_during_writes_is_one_consistent_snapshot(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await fill(store, 200)
-    monkeypatch.setattr(storage.sqlite, "_COPY_STEP_PAGES", 8)  # hundreds of steps, for writes to land between
+    monkeypatch.setattr(storage.sqlite.backup, "_COPY_STEP_PAGES", 8)  # hundreds of steps, for writes to land between
     stop = asyncio.Event()
     written: list[str] = []  # jobs whose two events are committed, in commit order
 
@@ -160,7 +162,7 @@ async def test_a_backup_taken_during_writes_is_one_consistent_snapshot(
     await writer
     assert progress[-1] > progress[0], "nothing was written while the copy ran"
     assert integrity(tmp_path / "copy.db") == [("ok",)]
-    copy = SqliteStore(tmp_path / "copy.db", encode_snapshot)
+    copy = SqliteStore(tmp_path / "copy.db", encode_snapshot, clock=time.time)
     await copy.open()
     try:
         await copy.check()
@@ -216,7 +218,7 @@ async def test_backup_refuses_the_database_itself(backend: Backend, store: Store
 async def test_a_failed_backup_leaves_no_file(store: Store, tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         await backups(store).backup(tmp_path / "missing-dir" / "copy.db")
-    unopened = SqliteStore(tmp_path / "nothing.db", encode_snapshot)
+    unopened = SqliteStore(tmp_path / "nothing.db", encode_snapshot, clock=time.time)
     with pytest.raises(StorageError, match="no database file"):
         await unopened.backup(tmp_path / "copy.db")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reelay.db", "reelay.db-shm", "reelay.db-wal"]
@@ -297,7 +299,7 @@ async def test_restore_refuses_a_backup_from_a_newer_schema(store: Store, tmp_pa
 async def test_restore_into_a_new_path_creates_the_database(store: Store, tmp_path: Path) -> None:
     job_id = await create_one(store)
     report = await backups(store).backup(tmp_path / "copy.db")
-    fresh = SqliteStore(tmp_path / "elsewhere" / "reelay.db", encode_snapshot)
+    fresh = SqliteStore(tmp_path / "elsewhere" / "reelay.db", encode_snapshot, clock=time.time)
     restored = await fresh.restore(tmp_path / "copy.db")
     assert (restored.jobs, restored.events, restored.schema_version) == (report.jobs, report.events, newest())
     await fresh.open()

@@ -1,105 +1,63 @@
-"""PostgreSQL backend of the storage contract, on asyncpg, for one or several replicas sharing one database.
+"""The storage contract on a PostgreSQL database, on asyncpg, for one or several replicas sharing it.
 
-Reads and writes go through a connection pool. One LISTEN connection per process hands every committed event,
-whichever replica wrote it, to this process's listeners in id order, each event once.
+Reads and writes go through a connection pool; the event feed (`storage.postgres.feed`) hands every committed
+event, whichever replica wrote it, to this process's listeners.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage import migrations
-from storage.base import Decide, EventListener, JobEncoder, prune_in_batches
-from storage.errors import IdempotencyConflict, QueryRejected, SchemaOutdated, StorageUnavailable, TaskTaken
+from storage import migrations, writes
+from storage.base import Clock, Decide, EventListener, JobEncoder
+from storage.errors import SchemaOutdated, StorageUnavailable, TaskTaken
+from storage.leases import due_for_dispatch, due_for_poll
+from storage.postgres.errors import translated
+from storage.postgres.feed import EventFeed
+from storage.postgres.steps import PostgresSteps
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
     CreateOutcome,
-    DispatchState,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
     PruneCounts,
     Receipt,
-    Stage,
     UpdateOutcome,
     UsageRow,
 )
-from storage.records import (
-    JOB_FIXED_COLUMNS as _FIXED,
-)
-from storage.records import (
-    JOB_MUTABLE_COLUMNS as _MUTABLE,
-)
+from storage.retention import finished_before, prune_in_batches
 from storage.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
     event_from_row,
-    fixed_values,
     inline_from_row,
+    iso_timestamp,
     job_from_row,
     json_text,
     last_within,
-    mutable_values,
-    now_iso,
 )
 
-log = logging.getLogger("reelay.storage")
-
-CHANNEL = "reelay_events"
-"""The NOTIFY channel; a notification's payload is the newest event id of the transaction that sent it."""
-
-# Transaction-level advisory lock keys ("REELAY" and a number). Every writer takes _EVENT_LOCK before it
-# draws an event id and holds it until it commits, so event ids are committed in increasing order.
-_EVENT_LOCK = 0x5245454C41590001
+# Transaction-level advisory lock key ("REELAY" and a number): replicas starting together migrate one at a time.
 _MIGRATION_LOCK = 0x5245454C41590002
 
-_SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
-_INSERT_JOB = (
-    f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, len(_FIXED + _MUTABLE) + 1))})"
-)
-_UPDATE_JOB = (
-    "UPDATE jobs SET "
-    + ", ".join(f"{column} = ${n}" for n, column in enumerate(_MUTABLE, 1))
-    # A lease given back names no holder any more: who holds a job stays readable in the table.
-    + f", lease_owner = CASE WHEN ${_MUTABLE.index('lease_until') + 1}::float8 IS NULL THEN NULL ELSE lease_owner END"
-    + f" WHERE id = ${len(_MUTABLE) + 1}"
-)
-# One round trip while the event lock is held: insert, then NOTIFY the new id (delivered at commit).
-_INSERT_EVENT = (
-    "WITH e AS (INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES ($1, $2, $3, $4, $5) "
-    f"RETURNING id) SELECT id, pg_notify('{CHANNEL}', id::text) FROM e"
-)
-# xmin names the transaction that inserted a row (events are never updated): it groups events by commit.
-_EVENTS_BETWEEN = f"SELECT xmin::text, {EVENT_COLUMNS} FROM events WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
-_NO_UPPER_BOUND = 2**63 - 1
-_FEED_BATCH = 500
-
-_LEASABLE = "(lease_until IS NULL OR lease_until <= $1)"
-# Literals match the partial indexes jobs_to_dispatch and jobs_to_poll, so the planner can use them.
-_DUE_DISPATCH = (
-    f"dispatch_state IN ('{DispatchState.PENDING}', '{DispatchState.SENDING}') "
-    f"AND next_attempt_at <= $1 AND {_LEASABLE}"
-)
-_DUE_POLL = f"stage IN ({int(Stage.SUBMITTED)}, {int(Stage.PROCESSING)}) AND next_poll_at <= $1 AND {_LEASABLE}"
 _CLAIM = (
     "UPDATE jobs SET lease_until = $2, lease_owner = $3 WHERE id IN "
     "(SELECT id FROM jobs WHERE {due} ORDER BY {order}, id LIMIT $4 FOR UPDATE SKIP LOCKED) "
     f"RETURNING {JOB_COLUMNS}"
 )
-_CLAIM_DISPATCH = _CLAIM.format(due=_DUE_DISPATCH, order="next_attempt_at")
-_CLAIM_POLLS = _CLAIM.format(due=_DUE_POLL, order="next_poll_at")
-
+_CLAIM_DISPATCH = _CLAIM.format(due=due_for_dispatch("$1"), order="next_attempt_at")
+_CLAIM_POLLS = _CLAIM.format(due=due_for_poll("$1"), order="next_poll_at")
 
 # Per cost figure: its exact sum (numeric, never float8) and how many jobs have it. Only numbers are summed: one
 # odd value must not make the whole report fail.
@@ -108,8 +66,7 @@ _COST_SUMS = ", ".join(
     f"count(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN 1 END)"
     for field in COST_FIELDS
 )
-# Literal `stage = 3` so the planner can use the partial index jobs_by_completion.
-_FINISHED_BEFORE = f"stage = {int(Stage.TERMINAL)} AND completed_at < $1"
+_FINISHED_BEFORE = finished_before("$1")
 _PRUNE_KEYS = (
     "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN "
     "(SELECT api_key_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
@@ -157,17 +114,19 @@ class PostgresStore:
         dsn: str,
         encode_job: JobEncoder,
         *,
+        clock: Clock,
         min_connections: int = 1,
         max_connections: int = 10,
         timeout: float = 30.0,
     ) -> None:
         self._dsn = dsn
         self._encode_job = encode_job
+        self._clock = clock
         self._min_connections = min_connections
         self._max_connections = max_connections
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
-        self._feed: _EventFeed | None = None
+        self._feed: EventFeed | None = None
         self._listeners: list[EventListener] = []
         self._in_flight = 0  # operations that have started, connection or not
         self._idle = asyncio.Event()
@@ -181,7 +140,7 @@ class PostgresStore:
         if self._pool is not None:
             return
         try:
-            with _translated():
+            with translated():
                 self._pool = await asyncpg.create_pool(
                     self._dsn,
                     min_size=self._min_connections,
@@ -192,7 +151,7 @@ class PostgresStore:
                 )
                 await self.migrate()
                 newest = await self.last_event_id()
-                feed = _EventFeed(
+                feed = EventFeed(
                     self._connect_feed,
                     self._listeners,
                     check_seconds=self.feed_check_seconds,
@@ -247,7 +206,7 @@ class PostgresStore:
                         "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
                         version,
                         name,
-                        now_iso(),
+                        iso_timestamp(self._clock()),
                     )
                 applied.append(name)
         return applied
@@ -285,7 +244,7 @@ class PostgresStore:
         self._in_flight += 1
         self._idle.clear()
         try:
-            with _translated():
+            with translated():
                 async with pool.acquire(timeout=self._timeout) as conn:
                     yield conn
         finally:
@@ -294,36 +253,19 @@ class PostgresStore:
                 self._idle.set()
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[tuple[asyncpg.Connection, list[EventRecord]]]:
-        """A transaction; events appended in it are announced once it commits, before the caller goes on."""
-        events: list[EventRecord] = []
+    async def _write(self) -> AsyncIterator[PostgresSteps]:
+        """A transaction; events logged in it are announced once it commits, before the caller goes on."""
+        logged: list[EventRecord] = []
         async with self._connection() as conn:
             async with conn.transaction():
-                yield conn, events
-            if events and self._feed is not None:
-                await self._feed.committed(conn, events)
+                yield PostgresSteps(conn, logged, self._encode_job)
+            if logged and self._feed is not None:
+                await self._feed.committed(conn, logged)
 
     async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         async with self._connection() as conn:
             rows: list[asyncpg.Record] = await conn.fetch(sql, *params)
             return rows
-
-    async def _append_event(
-        self, conn: asyncpg.Connection, job: JobRecord, event_type: str, events: list[EventRecord]
-    ) -> EventRecord:
-        snapshot = self._encode_job(job)  # before the lock: every writer waits while it is held
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOCK)
-        event_id = await conn.fetchval(_INSERT_EVENT, job.id, job.api_key_id, event_type, job.updated_at, snapshot)
-        event = EventRecord(
-            id=event_id,
-            job_id=job.id,
-            api_key_id=job.api_key_id,
-            type=event_type,
-            created_at=job.updated_at,
-            job=snapshot,
-        )
-        events.append(event)
-        return event
 
     # -- API keys ----------------------------------------------------------------------------
 
@@ -367,67 +309,12 @@ class PostgresStore:
         idempotency: IdempotencyClaim | None = None,
         inline: Mapping[str, str] | None = None,
     ) -> CreateOutcome:
-        async with self._write() as (conn, events):
-            if idempotency is not None:
-                existing = await self._claim_idempotency_key(conn, job, idempotency)
-                if existing is not None:
-                    return CreateOutcome(job=existing, created=False)
-            await conn.execute(_INSERT_JOB, *fixed_values(job), *mutable_values(job))
-            if inline:
-                await conn.execute(
-                    "INSERT INTO job_inline (job_id, data_uris) VALUES ($1, $2)", job.id, json_text(inline)
-                )
-            event = await self._append_event(conn, job, event_type, events)
-        return CreateOutcome(job=job, created=True, event=event)
-
-    async def _claim_idempotency_key(
-        self, conn: asyncpg.Connection, job: JobRecord, idempotency: IdempotencyClaim
-    ) -> JobRecord | None:
-        """Record the key for `job`, or return the job it already made; None means go on and create `job`."""
-        while True:
-            # A concurrent create with the same key makes this insert wait for its outcome: one of them wins.
-            inserted = await conn.fetchval(
-                "INSERT INTO idempotency_keys (api_key_id, key, request_hash, job_id, created_at) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true",
-                job.api_key_id,
-                idempotency.key,
-                idempotency.request_hash,
-                job.id,
-                job.created_at,
-            )
-            if inserted:
-                return None
-            row = await conn.fetchrow(
-                "SELECT request_hash, job_id FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 FOR UPDATE",
-                job.api_key_id,
-                idempotency.key,
-            )
-            if row is None:
-                continue  # pruned between the two statements: claim it afresh
-            existing = await self._get_job(conn, row["job_id"])
-            if existing is None:  # its job was pruned: the key expired with it
-                await conn.execute(
-                    "UPDATE idempotency_keys SET request_hash = $3, job_id = $4, created_at = $5 "
-                    "WHERE api_key_id = $1 AND key = $2",
-                    job.api_key_id,
-                    idempotency.key,
-                    idempotency.request_hash,
-                    job.id,
-                    job.created_at,
-                )
-                return None
-            if row["request_hash"] != idempotency.request_hash:
-                raise IdempotencyConflict(row["job_id"])
-            return existing
-
-    @staticmethod
-    async def _get_job(conn: asyncpg.Connection, job_id: str, *, for_update: bool = False) -> JobRecord | None:
-        row = await conn.fetchrow(_SELECT_JOB + " FOR UPDATE" if for_update else _SELECT_JOB, job_id)
-        return None if row is None else job_from_row(row)
+        async with self._write() as steps:
+            return await writes.create_job(steps, job, event_type, idempotency, inline)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        async with self._connection() as conn:
-            return await self._get_job(conn, job_id)
+        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        return next((job_from_row(row) for row in rows), None)
 
     async def inline_data(self, job_id: str) -> dict[str, str]:
         rows = await self._fetch("SELECT data_uris FROM job_inline WHERE job_id = $1", job_id)
@@ -465,36 +352,14 @@ class PostgresStore:
         return [job_from_row(row) for row in rows]
 
     async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
-        job: JobRecord | None = None
+        received_at = iso_timestamp(self._clock())
         try:
-            async with self._write() as (conn, events):
-                # The row lock makes read-decide-write atomic against every other writer, in any process.
-                current = await self._get_job(conn, job_id, for_update=True)
-                if current is None:
-                    raise KeyError(job_id)
-                if receipt is not None:
-                    recorded = await conn.fetchval(
-                        "INSERT INTO webhook_receipts (provider, receipt_key, received_at) VALUES ($1, $2, $3) "
-                        "ON CONFLICT DO NOTHING RETURNING true",
-                        receipt.provider,
-                        receipt.key,
-                        now_iso(),
-                    )
-                    if not recorded:
-                        return UpdateOutcome(job=current, duplicate=True)
-                decision = decide(current)
-                if decision is None:
-                    return UpdateOutcome(job=current)
-                job, event_type = decision
-                await conn.execute(_UPDATE_JOB, *mutable_values(job), job_id)
-                event = None if event_type is None else await self._append_event(conn, job, event_type, events)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != "jobs_by_provider_task" or job is None or job.provider_task_id is None:
-                raise
+            async with self._write() as steps:
+                return await writes.update_job(steps, job_id, decide, receipt, received_at)
+        except TaskTaken as taken:
             # The failed statement aborted the transaction: the task's holder is read after its rollback.
-            owner = await self.find_job_by_task(job.provider, job.provider_task_id)
-            raise TaskTaken(job.provider, job.provider_task_id, None if owner is None else owner.id) from None
-        return UpdateOutcome(job=job, event=event, changed=True)
+            owner = await self.find_job_by_task(taken.provider, taken.provider_task_id)
+            raise TaskTaken(taken.provider, taken.provider_task_id, None if owner is None else owner.id) from None
 
     # -- outbox and polling ------------------------------------------------------------------
 
@@ -609,162 +474,3 @@ class PostgresStore:
             receipts=lambda: rows(_PRUNE_RECEIPTS),
             jobs=jobs,
         )
-
-
-class _EventFeed:
-    """Announces committed events to a store's listeners in id order, each once, whichever process wrote them.
-
-    Writers commit event ids in increasing order (they hold _EVENT_LOCK from drawing an id to committing), so
-    at any moment the committed events are all ids up to the newest one: everything above `last_seen` is new,
-    and reading it from the log never skips an event that commits later. Announcing never awaits, so no lock
-    is needed: each announcement takes what is still above `last_seen`, whoever read it from the log.
-    """
-
-    def __init__(
-        self,
-        connect: Callable[[], Awaitable[asyncpg.Connection]],
-        listeners: Sequence[EventListener],
-        *,
-        check_seconds: float,
-        reconnect_delays: Sequence[float],
-    ) -> None:
-        self._connect = connect
-        self._listeners = listeners
-        self._check_seconds = check_seconds
-        self._reconnect_delays = reconnect_delays
-        self.last_seen = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, last_seen: int) -> None:
-        """Listen from `last_seen` on; returns once the first LISTEN is in place."""
-        self.last_seen = last_seen
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(ready), name="reelay-event-feed")
-        try:
-            await ready
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=1.0)  # unlike awaiting the task, lets our own cancellation through
-
-    async def committed(self, conn: asyncpg.Connection, events: list[EventRecord]) -> None:
-        """Announce the events a transaction on `conn` just committed, after every earlier event."""
-        if events[0].id > self.last_seen + 1:
-            # Ids in between are committed already (or were rolled back): announce them first.
-            try:
-                await self._read(conn, until=events[0].id)
-            except Exception:
-                # Committed all the same; the feed announces those events, and these after them, once it can.
-                log.warning("storage.event_feed_behind", exc_info=True)
-                self._wake.set()
-                return
-        if events[-1].id > self.last_seen:  # else the feed read them from the log first
-            self._announce(events)
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        try:
-            newest = int(payload)
-        except ValueError:
-            newest = self.last_seen + 1  # not ours to parse: read the log to be sure
-        if newest > self.last_seen:
-            self._wake.set()
-
-    async def _run(self, ready: asyncio.Future[None]) -> None:
-        failures = 0
-        while True:
-            conn = None
-            try:
-                conn = await self._connect()
-                lost = asyncio.Event()
-
-                def on_lost(_: object, lost: asyncio.Event = lost) -> None:
-                    lost.set()
-                    self._wake.set()
-
-                conn.add_termination_listener(on_lost)
-                await conn.add_listener(CHANNEL, self._notified)
-                if not ready.done():
-                    ready.set_result(None)
-                failures = 0
-                # Notifications sent before LISTEN, or while no connection listened, are gone: read the log.
-                self._wake.set()
-                while not lost.is_set():
-                    # Also reads the log now and then without a notification: that finds a dead peer.
-                    with suppress(TimeoutError):
-                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (stop()).
-                        async with asyncio.timeout(self._check_seconds):
-                            await self._wake.wait()
-                    self._wake.clear()
-                    if not lost.is_set():
-                        await self._read(conn, until=_NO_UPPER_BOUND)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not ready.done():
-                    ready.set_exception(StorageUnavailable(f"cannot listen for events: {exc}"))
-                    return
-                log.warning("storage.event_feed_lost", exc_info=True)
-            finally:
-                if conn is not None:
-                    conn.terminate()  # nothing to finish on it; a polite close could hang on a dead peer
-            await asyncio.sleep(self._reconnect_delays[min(failures, len(self._reconnect_delays) - 1)])
-            failures += 1
-
-    async def _read(self, conn: asyncpg.Connection, *, until: int) -> None:
-        """Announce every logged event above `last_seen` and below `until`."""
-        while True:
-            rows = await conn.fetch(_EVENTS_BETWEEN, self.last_seen, until, _FEED_BATCH)
-            self._announce_rows(rows)
-            if len(rows) < _FEED_BATCH:
-                return
-
-    def _announce_rows(self, rows: Sequence[asyncpg.Record]) -> None:
-        """Announce the rows still above `last_seen` (others may have announced some meanwhile), by transaction."""
-        group: list[EventRecord] = []
-        xid = None
-        for row in rows:
-            if row[1] <= self.last_seen:
-                continue
-            if group and row[0] != xid:
-                self._announce(group)
-                group = []
-            xid = row[0]
-            group.append(event_from_row(row[1:]))
-        if group:
-            self._announce(group)
-
-    def _announce(self, events: list[EventRecord]) -> None:
-        self.last_seen = events[-1].id
-        for listener in self._listeners:
-            try:
-                listener(events)
-            except Exception:  # the write is committed; one listener must not hide it or starve others
-                log.exception("storage.listener_failed")
-
-
-class _translated:
-    """Turns asyncpg driver errors and network errors into StorageUnavailable at the edge, and what the
-    request itself made PostgreSQL refuse into QueryRejected."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-            return  # a programming error or a constraint the caller handles; let it through
-        # Class 22 (a value it cannot take: NUL in text, a bad escape; also asyncpg's own argument checks) and
-        # class 54 (statement too complex) are about the request, not the server.
-        if isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError) or (
-            isinstance(exc, asyncpg.InterfaceError) and "number of query arguments" in str(exc)
-        ):
-            raise QueryRejected(f"postgresql: {exc}") from exc
-        if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-            raise StorageUnavailable(f"postgresql: {exc}") from exc
-        if isinstance(exc, OSError | TimeoutError):
-            raise StorageUnavailable(f"postgresql: {exc or type(exc).__name__}") from exc

@@ -1,0 +1,103 @@
+"""PostgreSQL's SQL for each step of the shared job writes, on a pooled connection inside its transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import asyncpg  # type: ignore[import-untyped]
+
+from storage.base import JobEncoder
+from storage.errors import TaskTaken
+from storage.postgres.feed import insert_event
+from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, IdempotencyClaim, JobRecord, Receipt
+from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
+
+_SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+_COLUMN_COUNT = len(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
+_INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, _COLUMN_COUNT + 1))})"
+_LEASE_UNTIL = f"${JOB_MUTABLE_COLUMNS.index('lease_until') + 1}"
+_UPDATE_JOB = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{column} = ${n}" for n, column in enumerate(JOB_MUTABLE_COLUMNS, 1))
+    # A lease given back names no holder any more: who holds a job stays readable in the table.
+    + f", lease_owner = CASE WHEN {_LEASE_UNTIL}::float8 IS NULL THEN NULL ELSE lease_owner END"
+    + f" WHERE id = ${len(JOB_MUTABLE_COLUMNS) + 1}"
+)
+
+
+class PostgresSteps:
+    """The steps of `storage.writes` on one connection, inside the transaction open on it."""
+
+    def __init__(self, conn: asyncpg.Connection, logged: list[EventRecord], encode_job: JobEncoder) -> None:
+        self._conn = conn
+        self.logged = logged
+        self.encode_job = encode_job
+
+    async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
+        row = await self._conn.fetchrow(_SELECT_JOB + " FOR UPDATE" if for_update else _SELECT_JOB, job_id)
+        return None if row is None else job_from_row(row)
+
+    async def insert_job(self, job: JobRecord, inline: Mapping[str, str] | None) -> None:
+        await self._conn.execute(_INSERT_JOB, *fixed_values(job), *mutable_values(job))
+        if inline:
+            await self._conn.execute(
+                "INSERT INTO job_inline (job_id, data_uris) VALUES ($1, $2)", job.id, json_text(inline)
+            )
+
+    async def save_job(self, job: JobRecord) -> None:
+        try:
+            await self._conn.execute(_UPDATE_JOB, *mutable_values(job), job.id)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "jobs_by_provider_task" or job.provider_task_id is None:
+                raise
+            # The failed statement aborted the transaction: the store reads the task's holder after the rollback.
+            raise TaskTaken(job.provider, job.provider_task_id, None) from None
+
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
+        return await insert_event(self._conn, job, event_type, snapshot)
+
+    async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
+        inserted = await self._conn.fetchval(
+            "INSERT INTO idempotency_keys (api_key_id, key, request_hash, job_id, created_at) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true",
+            job.api_key_id,
+            claim.key,
+            claim.request_hash,
+            job.id,
+            job.created_at,
+        )
+        return bool(inserted)
+
+    async def held_key(self, api_key_id: str, key: str) -> tuple[str, str] | None:
+        row = await self._conn.fetchrow(
+            "SELECT request_hash, job_id FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 FOR UPDATE",
+            api_key_id,
+            key,
+        )
+        return None if row is None else (row["request_hash"], row["job_id"])
+
+    async def reassign_key(self, job: JobRecord, claim: IdempotencyClaim) -> None:
+        await self._conn.execute(
+            "UPDATE idempotency_keys SET request_hash = $3, job_id = $4, created_at = $5 "
+            "WHERE api_key_id = $1 AND key = $2",
+            job.api_key_id,
+            claim.key,
+            claim.request_hash,
+            job.id,
+            job.created_at,
+        )
+
+    async def record_receipt(self, receipt: Receipt, received_at: str) -> bool:
+        recorded = await self._conn.fetchval(
+            "INSERT INTO webhook_receipts (provider, receipt_key, received_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING RETURNING true",
+            receipt.provider,
+            receipt.key,
+            received_at,
+        )
+        return bool(recorded)
+
+    async def forget_receipt(self, receipt: Receipt) -> None:
+        await self._conn.execute(
+            "DELETE FROM webhook_receipts WHERE provider = $1 AND receipt_key = $2", receipt.provider, receipt.key
+        )

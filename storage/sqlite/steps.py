@@ -1,0 +1,110 @@
+"""SQLite's SQL for each step of the shared job writes, run on the writer's thread inside its transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+from storage.base import JobEncoder
+from storage.errors import TaskTaken
+from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, IdempotencyClaim, JobRecord, Receipt
+from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
+
+T = TypeVar("T")
+
+_SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+_INSERT_JOB = (
+    f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * len(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS))})"
+)
+_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in JOB_MUTABLE_COLUMNS) + " WHERE id = ?"
+
+
+def run_to_end(write: Coroutine[Any, Any, T]) -> T:
+    """Run a shared write whose steps are all SQLite's: they never suspend, so it ends in one step, no loop."""
+    try:
+        write.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    write.close()
+    raise RuntimeError("a SQLite write step suspended")
+
+
+class SqliteSteps:
+    """The steps of `storage.writes` on the writer's sqlite3 connection, which a transaction holds open.
+
+    The methods are coroutines only to share one write logic with PostgreSQL: none of them awaits anything.
+    """
+
+    def __init__(self, db: sqlite3.Connection, logged: list[EventRecord], encode_job: JobEncoder) -> None:
+        self._db = db
+        self.logged = logged
+        self.encode_job = encode_job
+
+    async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
+        # No row lock needed: the writer's transaction excludes every other writer.
+        row = self._db.execute(_SELECT_JOB, (job_id,)).fetchone()
+        return None if row is None else job_from_row(row)
+
+    async def insert_job(self, job: JobRecord, inline: Mapping[str, str] | None) -> None:
+        self._db.execute(_INSERT_JOB, [*fixed_values(job), *mutable_values(job)])
+        if inline:
+            self._db.execute("INSERT INTO job_inline (job_id, data_uris) VALUES (?, ?)", (job.id, json_text(inline)))
+
+    async def save_job(self, job: JobRecord) -> None:
+        try:
+            self._db.execute(_UPDATE_JOB, [*mutable_values(job), job.id])
+        except sqlite3.IntegrityError:
+            owner = self._task_owner(job)
+            if owner is None or job.provider_task_id is None:
+                raise
+            raise TaskTaken(job.provider, job.provider_task_id, owner) from None
+
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES (?, ?, ?, ?, ?)",
+            (job.id, job.api_key_id, event_type, job.updated_at, snapshot),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO idempotency_keys (api_key_id, key, request_hash, job_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (job.api_key_id, claim.key, claim.request_hash, job.id, job.created_at),
+        )
+        return cursor.rowcount == 1
+
+    async def held_key(self, api_key_id: str, key: str) -> tuple[str, str] | None:
+        row = self._db.execute(
+            "SELECT request_hash, job_id FROM idempotency_keys WHERE api_key_id = ? AND key = ?", (api_key_id, key)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    async def reassign_key(self, job: JobRecord, claim: IdempotencyClaim) -> None:
+        self._db.execute(
+            "UPDATE idempotency_keys SET request_hash = ?, job_id = ?, created_at = ? WHERE api_key_id = ? AND key = ?",
+            (claim.request_hash, job.id, job.created_at, job.api_key_id, claim.key),
+        )
+
+    async def record_receipt(self, receipt: Receipt, received_at: str) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO webhook_receipts (provider, receipt_key, received_at) VALUES (?, ?, ?)",
+            (receipt.provider, receipt.key, received_at),
+        )
+        return cursor.rowcount == 1
+
+    async def forget_receipt(self, receipt: Receipt) -> None:
+        self._db.execute(
+            "DELETE FROM webhook_receipts WHERE provider = ? AND receipt_key = ?", (receipt.provider, receipt.key)
+        )
+
+    def _task_owner(self, job: JobRecord) -> str | None:
+        """The other job that holds the provider task id `job` names, if any."""
+        row = self._db.execute(
+            "SELECT id FROM jobs WHERE provider = ? AND provider_task_id = ? AND id != ?",
+            (job.provider, job.provider_task_id, job.id),
+        ).fetchone()
+        return None if row is None else str(row[0])

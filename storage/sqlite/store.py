@@ -1,0 +1,433 @@
+"""The storage contract on one SQLite file, on aiosqlite: one writer connection, one reader, WAL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import msgspec
+
+from storage import migrations, writes
+from storage.base import BackupProgress, Clock, Decide, EventListener, JobEncoder
+from storage.errors import SchemaOutdated, StorageError, StorageUnavailable
+from storage.leases import due_for_dispatch, due_for_poll
+from storage.records import (
+    COST_FIELDS,
+    ApiKeyRecord,
+    BackupReport,
+    CreateOutcome,
+    EventRecord,
+    IdempotencyClaim,
+    JobFilter,
+    JobRecord,
+    PruneCounts,
+    Receipt,
+    UpdateOutcome,
+    UsageRow,
+)
+from storage.retention import finished_before, prune_in_batches
+from storage.rows import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    event_from_row,
+    inline_from_row,
+    iso_timestamp,
+    job_from_row,
+    last_within,
+)
+from storage.sqlite import backup
+from storage.sqlite.errors import translated
+from storage.sqlite.steps import SqliteSteps, run_to_end
+from storage.sqlite.writer import GroupCommitWriter
+
+log = logging.getLogger("reelay.storage")
+
+T = TypeVar("T")
+
+# Per cost figure: its exact sum (over the JSON number's own text) and how many jobs have it.
+_COST_SUMS = ", ".join(
+    f"decimal_sum(CASE WHEN json_type(cost, '$.{field}') IN ('integer', 'real') THEN cost -> '$.{field}' END), "
+    f"count(CASE WHEN json_type(cost, '$.{field}') IN ('integer', 'real') THEN 1 END)"
+    for field in COST_FIELDS
+)
+_FINISHED_BEFORE = finished_before("?")
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    path = url.removeprefix("sqlite:///")
+    if not path or path == ":memory:":
+        raise ValueError("an in-memory SQLite database cannot be shared between connections; give a file")
+    return path
+
+
+class SqliteStore:
+    """The storage contract on one SQLite file.
+
+    Writes go through one connection (GroupCommitWriter), so commit order is event-id order and listeners
+    are called in that order; reads use a second connection and never see uncommitted data.
+    """
+
+    prune_pause = 0.05
+    """Seconds between prune batches: a writer in another process busy-waits for the lock and needs a gap."""
+
+    def __init__(self, path: str | Path, encode_job: JobEncoder, *, clock: Clock, synchronous: str = "FULL") -> None:
+        self._path = str(path)
+        self._encode_job = encode_job
+        self._clock = clock
+        self._synchronous = synchronous
+        self._writer = GroupCommitWriter(self._announce)
+        self._reader: aiosqlite.Connection | None = None
+        self._listeners: list[EventListener] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer.connection is not None:
+            return
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with translated():
+                self._writer.connection = await self._connect()
+                await self._writer.connection.execute("PRAGMA journal_mode = WAL")
+                await self.migrate()
+                self._reader = await self._connect()
+        except StorageUnavailable as exc:
+            await self.close()  # half-open would make the next open() a no-op
+            raise StorageUnavailable(
+                f"cannot open the database {self._path}: {exc.__cause__ or exc} "
+                "(is the file or its folder read-only, or the disk full?)"
+            ) from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self._path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            await conn._execute(conn._conn.create_aggregate, "decimal_sum", 1, _DecimalSum)  # type: ignore[no-untyped-call]
+        except BaseException:
+            # SQLite opens the file lazily; a connection that fails here still owns a worker thread.
+            await asyncio.shield(conn.close())
+            raise
+        return conn
+
+    async def close(self) -> None:
+        await self._writer.close()  # writes already queued are finished first
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
+
+    async def migrate(self) -> list[str]:
+        applied: list[str] = []
+        async with self._writer.locked() as writer:
+            with translated():
+                await writer.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                done = {row[0] for row in await writer.execute_fetchall("SELECT version FROM schema_migrations")}
+                for version, name, sql in migrations.load("sqlite"):
+                    if version in done:
+                        continue
+                    applied_at = iso_timestamp(self._clock())
+                    # executescript commits first, so the whole migration runs in its own BEGIN...COMMIT.
+                    try:
+                        await writer.executescript(
+                            f"BEGIN IMMEDIATE;\n{sql}\n"
+                            f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{applied_at}');\nCOMMIT;"
+                        )
+                    except BaseException:
+                        await asyncio.shield(writer.rollback())  # a failed script leaves its BEGIN open
+                        raise
+                    applied.append(name)
+        return applied
+
+    async def check(self) -> None:
+        rows = await self._read("SELECT max(version) FROM schema_migrations")
+        newest = migrations.newest("sqlite")
+        current = next(iter(rows))[0]
+        if current is None or current < newest:
+            raise SchemaOutdated(f"schema version {current}, code expects {newest}; run `reelay migrate`")
+        # A write probe: a full disk or a read-only file must make the store not ready.
+        async with self._writer.transaction() as conn:
+            await conn.execute("UPDATE schema_migrations SET name = name WHERE version = ?", (newest,))
+
+    def add_listener(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _announce(self, events: list[EventRecord]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:  # the write is committed; one listener must not hide it or starve others
+                log.exception("storage.listener_failed")
+
+    async def _write(self, write: Callable[[SqliteSteps], Coroutine[Any, Any, T]]) -> T:
+        """Run a shared write (storage.writes) with SQLite's steps, in the writer's next group commit."""
+
+        def work(db: sqlite3.Connection, logged: list[EventRecord]) -> T:
+            return run_to_end(write(SqliteSteps(db, logged, self._encode_job)))
+
+        return await self._writer.run(work)
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
+        reader = self._reader
+        if reader is None:
+            raise StorageUnavailable("store is not open")
+        with translated():
+            return await reader.execute_fetchall(sql, tuple(params))
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        async with self._writer.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
+                (key.id, key.name, key.secret_hash, key.created_at, key.revoked_at),
+            )
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        rows = await self._read(
+            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys WHERE id = ?", [key_id]
+        )
+        for row in rows:
+            return ApiKeyRecord(id=row[0], name=row[1], secret_hash=row[2], created_at=row[3], revoked_at=row[4])
+        return None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._read(
+            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        )
+        return [ApiKeyRecord(id=r[0], name=r[1], secret_hash=r[2], created_at=r[3], revoked_at=r[4]) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, at: str) -> bool:
+        async with self._writer.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id)
+            )
+            return cursor.rowcount == 1
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        job: JobRecord,
+        event_type: str,
+        *,
+        idempotency: IdempotencyClaim | None = None,
+        inline: Mapping[str, str] | None = None,
+    ) -> CreateOutcome:
+        return await self._write(lambda steps: writes.create_job(steps, job, event_type, idempotency, inline))
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        rows = await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        for row in rows:
+            return job_from_row(row)
+        return None
+
+    async def inline_data(self, job_id: str) -> dict[str, str]:
+        rows = await self._read("SELECT data_uris FROM job_inline WHERE job_id = ?", (job_id,))
+        return inline_from_row(next(iter(rows), None))
+
+    async def find_job_by_task(self, provider: str, provider_task_id: str) -> JobRecord | None:
+        rows = await self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND provider_task_id = ?",
+            (provider, provider_task_id),
+        )
+        for row in rows:
+            return job_from_row(row)
+        return None
+
+    async def list_jobs(
+        self, api_key_id: str, filters: JobFilter, *, limit: int, before_id: str | None = None
+    ) -> list[JobRecord]:
+        clauses = ["api_key_id = ?"]
+        params: list[Any] = [api_key_id]
+        for column, value in (
+            ("status", filters.status),
+            ("model", filters.model),
+            ("provider", filters.provider),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        for key, value in filters.metadata.items():
+            # json_each compares the decoded key; a JSON path cannot spell keys holding '"' or escapes
+            clauses.append("EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)")
+            params.extend([key, value])
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        params.append(limit)
+        rows = await self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", params
+        )
+        return [job_from_row(row) for row in rows]
+
+    async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
+        received_at = iso_timestamp(self._clock())
+        return await self._write(lambda steps: writes.update_job(steps, job_id, decide, receipt, received_at))
+
+    # -- outbox and polling ------------------------------------------------------------------
+
+    async def _claim(self, due: str, order: str, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        async with self._writer.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {due} ORDER BY {order} LIMIT ?2", (now, limit)
+            )
+            jobs = [job_from_row(row) for row in rows]
+            if jobs:
+                until = now + lease_seconds
+                await conn.executemany("UPDATE jobs SET lease_until = ? WHERE id = ?", [(until, j.id) for j in jobs])
+                jobs = [msgspec.structs.replace(j, lease_until=until) for j in jobs]
+        return jobs
+
+    async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        return await self._claim(due_for_dispatch("?1"), "next_attempt_at", now, limit, lease_seconds)
+
+    async def claim_polls(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+        return await self._claim(due_for_poll("?1"), "next_poll_at", now, limit, lease_seconds)
+
+    async def release_leases(self) -> int:
+        async with self._writer.transaction() as conn:
+            cursor = await conn.execute("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            return cursor.rowcount
+
+    # -- events and usage --------------------------------------------------------------------
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        api_key_id: str | None = None,
+        job_id: str | None = None,
+        limit: int = 500,
+        max_bytes: int | None = None,
+    ) -> list[EventRecord]:
+        clauses = ["id > ?"]
+        params: list[Any] = [after_id]
+        if api_key_id is not None:
+            clauses.append("api_key_id = ?")
+            params.append(api_key_id)
+        if job_id is not None:
+            clauses.append("job_id = ?")
+            params.append(job_id)
+        if max_bytes is not None:
+            # Sizes first (length() of a BLOB does not load it), then only the events that fit.
+            sizes = await self._read(
+                f"SELECT id, length(job) FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+                [*params, limit],
+            )
+            last = last_within(sizes, max_bytes)
+            if last is None:
+                return []
+            clauses.append("id <= ?")
+            params.append(last)
+        rows = await self._read(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?", [*params, limit]
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def last_event_id(self) -> int:
+        rows = await self._read("SELECT coalesce(max(id), 0) FROM events")
+        return int(next(iter(rows))[0])
+
+    async def usage(self, api_key_id: str, start: str | None, end: str | None) -> list[UsageRow]:
+        clauses = ["api_key_id = ?"]
+        params: list[Any] = [api_key_id]
+        if start is not None:
+            clauses.append("created_at >= ?")
+            params.append(start)
+        if end is not None:
+            clauses.append("created_at < ?")
+            params.append(end)
+        rows = await self._read(
+            f"SELECT substr(created_at, 1, 10) AS day, model, status, count(*), {_COST_SUMS} FROM jobs "
+            f"WHERE {' AND '.join(clauses)} GROUP BY day, model, status ORDER BY day, model, status",
+            params,
+        )
+        return [UsageRow.from_row(row) for row in rows]
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def prunable(self, before: str) -> PruneCounts:
+        rows = await self._read(
+            f"SELECT (SELECT count(*) FROM jobs WHERE {_FINISHED_BEFORE}), "
+            f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
+            "(SELECT count(*) FROM webhook_receipts WHERE received_at < ?), "
+            "(SELECT count(*) FROM idempotency_keys WHERE created_at < ?)",
+            (before,) * 4,
+        )
+        jobs, events, receipts, keys = next(iter(rows))
+        return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
+
+    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+        async def rows(table: str, column: str) -> tuple[int, int]:
+            async with self._writer.transaction() as conn:
+                cursor = await conn.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
+                    (before, batch_size),
+                )
+                return cursor.rowcount, 0
+
+        async def jobs() -> tuple[int, int]:
+            async with self._writer.transaction() as conn:
+                found = await conn.execute_fetchall(
+                    f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
+                )
+                ids = [row[0] for row in found]
+                if not ids:
+                    return 0, 0
+                marks = ", ".join("?" * len(ids))
+                events = (await conn.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)).rowcount
+                await conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+                return len(ids), events
+
+        return await prune_in_batches(
+            batch_size,
+            self.prune_pause,
+            keys=lambda: rows("idempotency_keys", "created_at"),
+            receipts=lambda: rows("webhook_receipts", "received_at"),
+            jobs=jobs,
+        )
+
+    # -- backup and restore ------------------------------------------------------------------
+
+    async def backup(
+        self, target: str | Path, progress: BackupProgress | None = None, *, overwrite: bool = False
+    ) -> BackupReport:
+        return await backup.backup(Path(self._path), Path(target), progress, overwrite=overwrite)
+
+    async def restore(self, source: str | Path, progress: BackupProgress | None = None) -> BackupReport:
+        if self._writer.connection is not None:
+            raise StorageError("close the store before restoring into its database")
+        newest = migrations.newest("sqlite")
+        return await backup.restore(Path(source), Path(self._path), progress, newest=newest)
+
+
+class _DecimalSum:
+    """SQL `decimal_sum(text)`: sums JSON number texts exactly (SQLite's own sum() goes through float)."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            self.total = Decimal(value) if self.total is None else self.total + Decimal(value)
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else str(self.total)

@@ -1,0 +1,126 @@
+"""The job writes both backends share, written once: creating a job under an idempotency key, and updating one
+through its decide function and webhook receipt. A backend supplies the SQL of each step (`WriteSteps`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from storage.base import Decide, JobEncoder
+from storage.errors import IdempotencyConflict, JobNotFound
+from storage.records import (
+    CreateOutcome,
+    Declined,
+    EventRecord,
+    IdempotencyClaim,
+    JobRecord,
+    Receipt,
+    UpdateOutcome,
+)
+
+
+class WriteSteps(Protocol):
+    """One backend's SQL for each step of a write, inside a transaction it holds open."""
+
+    encode_job: JobEncoder
+    """The store's encoder of the job snapshot each event carries."""
+
+    logged: list[EventRecord]
+    """The events logged in this transaction so far, announced once it commits."""
+
+    async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
+        """One job; with `for_update`, locked against other writers until the transaction ends."""
+
+    async def insert_job(self, job: JobRecord, inline: Mapping[str, str] | None) -> None:
+        """Insert a new job, and its inline data apart from it."""
+
+    async def save_job(self, job: JobRecord) -> None:
+        """Write a job's mutable columns. Raises TaskTaken when its provider task id is another job's."""
+
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
+        """Insert an event of `job`, dated `job.updated_at`; returns its id."""
+
+    async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
+        """Record an idempotency key for `job`; False, writing nothing, when the key is held already."""
+
+    async def held_key(self, api_key_id: str, key: str) -> tuple[str, str] | None:
+        """The (request hash, job id) an idempotency key is held with, locked; None if it is not held."""
+
+    async def reassign_key(self, job: JobRecord, claim: IdempotencyClaim) -> None:
+        """Give a held idempotency key to `job` instead."""
+
+    async def record_receipt(self, receipt: Receipt, received_at: str) -> bool:
+        """Record a webhook receipt; False, writing nothing, when it is recorded already."""
+
+    async def forget_receipt(self, receipt: Receipt) -> None:
+        """Remove a receipt recorded earlier in this transaction."""
+
+
+async def create_job(
+    steps: WriteSteps,
+    job: JobRecord,
+    event_type: str,
+    idempotency: IdempotencyClaim | None,
+    inline: Mapping[str, str] | None,
+) -> CreateOutcome:
+    """`Store.create_job` inside the backend's transaction."""
+    if idempotency is not None:
+        existing = await _claim_key(steps, job, idempotency)
+        if existing is not None:
+            return CreateOutcome(job=existing, created=False)
+    await steps.insert_job(job, inline)
+    event = await _append_event(steps, job, event_type)
+    return CreateOutcome(job=job, created=True, event=event)
+
+
+async def _claim_key(steps: WriteSteps, job: JobRecord, claim: IdempotencyClaim) -> JobRecord | None:
+    """Hold the key for `job`, or return the job it already made; None means go on and create `job`."""
+    while True:
+        # A concurrent create with the same key makes this insert wait for its outcome: one of them wins.
+        if await steps.insert_key(job, claim):
+            return None
+        held = await steps.held_key(job.api_key_id, claim.key)
+        if held is None:
+            continue  # pruned between the two statements: claim it afresh
+        request_hash, job_id = held
+        existing = await steps.select_job(job_id)
+        if existing is None:  # its job was pruned: the key expired with it
+            await steps.reassign_key(job, claim)
+            return None
+        if request_hash != claim.request_hash:
+            raise IdempotencyConflict(job_id)
+        return existing
+
+
+async def update_job(
+    steps: WriteSteps, job_id: str, decide: Decide, receipt: Receipt | None, received_at: str
+) -> UpdateOutcome:
+    """`Store.update_job` inside the backend's transaction; `received_at` stamps the receipt."""
+    # The row lock makes read-decide-write atomic against every other writer, in any process.
+    current = await steps.select_job(job_id, for_update=True)
+    if current is None:
+        raise JobNotFound(job_id)
+    if receipt is not None and not await steps.record_receipt(receipt, received_at):
+        return UpdateOutcome(job=current, duplicate=True)
+    decision = decide(current)
+    if isinstance(decision, Declined):
+        if receipt is not None:
+            await steps.forget_receipt(receipt)  # a declined webhook is judged afresh when it comes again
+        return UpdateOutcome(job=current, declined=decision.reason)
+    if decision is None:
+        return UpdateOutcome(job=current)
+    job, event_type = decision
+    await steps.save_job(job)
+    event = None if event_type is None else await _append_event(steps, job, event_type)
+    return UpdateOutcome(job=job, event=event, changed=True)
+
+
+async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> EventRecord:
+    """Log an event carrying the job's snapshot; it is announced once the transaction commits."""
+    snapshot = steps.encode_job(job)  # before the insert: PostgreSQL's writers wait for each other from there on
+    event_id = await steps.insert_event(job, event_type, snapshot)
+    event = EventRecord(
+        id=event_id, job_id=job.id, api_key_id=job.api_key_id, type=event_type, created_at=job.updated_at, job=snapshot
+    )
+    steps.logged.append(event)
+    return event
