@@ -8,11 +8,11 @@ import os
 import click
 import msgspec
 
+from sandbox import SANDBOXES, SandboxKnobs
 from service.app import close_streams, create_app
 from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
-from service.sandbox import SANDBOXES, SandboxKnobs
 from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
 from storage import create_store

@@ -18,9 +18,9 @@ import uvicorn
 from httpx_sse import aconnect_sse
 from litestar import Litestar
 
+from sandbox import SANDBOXES, SandboxKnobs
 from service.app import create_app
 from service.keys import create_key
-from service.sandbox import SANDBOXES, SandboxKnobs
 from service.server import ConnectionLimits, make_server
 from service.settings import ProviderSettings, Settings
 from tests.ports import bind

@@ -12,14 +12,14 @@ import httpx
 import msgspec
 import pytest
 
+from sandbox.imini import create_imini_sandbox
+from sandbox.knobs import SandboxKnobs
 from service import jobs
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
 from service.providers import all_models
 from service.providers.base import PermanentError, TransientError
 from service.providers.imini import SPEC, Imini
-from service.sandbox.imini import create_imini_sandbox
-from service.sandbox.knobs import SandboxKnobs
 from service.settings import DEFAULT_BASE_URLS, ProviderSettings
 from service.signing import SignatureError
 from storage import JobRecord

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from service.settings import Settings
 from tests.harness import data_uri, serving, url_of
 from tests.ports import bind, free_ports

@@ -21,8 +21,8 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.common import Callback, CallbackRecord, SandboxCore, SandboxTask, json_response, sandbox_app
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.common import Callback, CallbackRecord, SandboxCore, SandboxTask, json_response, sandbox_app
+from sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_minuit_sandbox"]
 

@@ -8,12 +8,12 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 
-from service.sandbox.imini import create_imini_sandbox
-from service.sandbox.knobs import SandboxKnobs
-from service.sandbox.magnific import create_magnific_sandbox
-from service.sandbox.mindvideo import create_mindvideo_sandbox
-from service.sandbox.minuit import create_minuit_sandbox
-from service.sandbox.seedancee2 import create_seedancee2_sandbox
+from sandbox.imini import create_imini_sandbox
+from sandbox.knobs import SandboxKnobs
+from sandbox.magnific import create_magnific_sandbox
+from sandbox.mindvideo import create_mindvideo_sandbox
+from sandbox.minuit import create_minuit_sandbox
+from sandbox.seedancee2 import create_seedancee2_sandbox
 
 
 class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,7 +23,7 @@ from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 from ulid import ULID
 
-from service.sandbox.common import (
+from sandbox.common import (
     Callback,
     CallbackRecord,
     SandboxCore,
@@ -32,7 +32,7 @@ from service.sandbox.common import (
     json_response,
     sandbox_app,
 )
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_seedancee2_sandbox"]
 

@@ -21,8 +21,8 @@ from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 from ulid import ULID
 
-from service.sandbox.common import SandboxCore, SandboxTask, iso, json_response, sandbox_app
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.common import SandboxCore, SandboxTask, iso, json_response, sandbox_app
+from sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_mindvideo_sandbox"]
 

@@ -26,7 +26,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.common import (
+from sandbox.common import (
     Callback,
     CallbackDice,
     CallbackRecord,
@@ -35,7 +35,7 @@ from service.sandbox.common import (
     json_response,
     sandbox_app,
 )
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.knobs import SandboxKnobs
 
 __all__ = ["create_magnific_sandbox"]
 

@@ -18,7 +18,7 @@ from litestar.params import FromPath
 from litestar.types import ControllerRouterHandler, ExceptionHandlersMap
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
+from sandbox.knobs import Chaos, SandboxKnobs
 
 __all__ = [
     "Callback",
