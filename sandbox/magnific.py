@@ -30,6 +30,7 @@ from sandbox.common import (
     Callback,
     CallbackDice,
     CallbackRecord,
+    SandboxApiError,
     SandboxCore,
     SandboxTask,
     json_response,
@@ -119,14 +120,6 @@ class Problem(msgspec.Struct):
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors: `{"message": ...}` everywhere, and the problem shape for invalid parameters.
-
-
-class SandboxApiError(Exception):
-    def __init__(self, status_code: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 class InvalidParams(Exception):
