@@ -24,8 +24,12 @@ from msgspec import UNSET, UnsetType
 
 from sandbox.common import SandboxApiError, SandboxCore, SandboxTask, iso, json_response, sandbox_app
 from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_imini_sandbox"]
+__all__ = ["SANDBOX", "create_imini_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "sk-imini-sandbox"
 
 Status = Literal["queued", "processing", "succeeded", "failed"]
 Outcome = Literal["succeeded", "failed"]
@@ -349,7 +353,7 @@ class _IminiSandbox(SandboxCore[_Task, Outcome]):
 
 def create_imini_sandbox(
     *,
-    api_key: str = "sk-imini-sandbox",
+    api_key: str = API_KEY,
     knobs: SandboxKnobs | None = None,
     extra_api_keys: Iterable[str] = (),
     task_quota: int | None = None,
@@ -400,3 +404,6 @@ def create_imini_sandbox(
         },
         request_max_body_size=MAX_BODY_BYTES,
     )
+
+
+SANDBOX = SandboxSpec(provider="imini", factory=create_imini_sandbox, api_key=API_KEY)

@@ -23,8 +23,12 @@ from ulid import ULID
 
 from sandbox.common import SandboxApiError, SandboxCore, SandboxTask, iso, json_response, sandbox_app
 from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_mindvideo_sandbox"]
+__all__ = ["SANDBOX", "create_mindvideo_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "mv_live_sandbox"
 
 Status = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
 Outcome = Literal["succeeded", "failed", "cancelled"]
@@ -343,7 +347,7 @@ class _MindVideoSandbox(SandboxCore[_Task, Outcome]):
 
 def create_mindvideo_sandbox(
     *,
-    api_key: str = "mv_live_sandbox",
+    api_key: str = API_KEY,
     knobs: SandboxKnobs | None = None,
     callback_client: httpx.AsyncClient | None = None,
     extra_api_keys: Iterable[str] = (),
@@ -394,3 +398,6 @@ def create_mindvideo_sandbox(
             Exception: _on_unexpected_error,
         },
     )
+
+
+SANDBOX = SandboxSpec(provider="mindvideo", factory=create_mindvideo_sandbox, api_key=API_KEY)

@@ -31,8 +31,12 @@ from sandbox.common import (
     sandbox_app,
 )
 from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_minuit_sandbox"]
+__all__ = ["SANDBOX", "create_minuit_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "mn_live_sandbox"
 
 State = Literal["queueing", "processing", "success", "failed"]
 Outcome = Literal["success", "failed"]
@@ -465,7 +469,7 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
 
 def create_minuit_sandbox(
     *,
-    api_key: str = "mn_live_sandbox",
+    api_key: str = API_KEY,
     knobs: SandboxKnobs | None = None,
     callback_client: httpx.AsyncClient | None = None,
     extra_api_keys: Iterable[str] = (),
@@ -524,3 +528,9 @@ def create_minuit_sandbox(
             Exception: _on_unexpected_error,
         },
     )
+
+
+# Minuit refuses creates without a moderation value; "disabled" is the documented one.
+SANDBOX = SandboxSpec(
+    provider="minuit", factory=create_minuit_sandbox, api_key=API_KEY, options={"moderation": "disabled"}
+)

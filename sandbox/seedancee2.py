@@ -34,8 +34,13 @@ from sandbox.common import (
     sandbox_app,
 )
 from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_seedancee2_sandbox"]
+__all__ = ["SANDBOX", "create_seedancee2_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "sk_seedancee2_live_sandbox"
+WEBHOOK_SECRET = "whsec_seedancee2_sandbox"  # noqa: S105 - a public sandbox-only secret
 
 T = TypeVar("T")
 
@@ -469,8 +474,8 @@ class _Seedancee2Sandbox(SandboxCore[_Task, Outcome]):
 
 def create_seedancee2_sandbox(
     *,
-    api_key: str = "sk_seedancee2_live_sandbox",
-    webhook_secret: str | None = "whsec_seedancee2_sandbox",  # noqa: S107 - a public sandbox-only secret
+    api_key: str = API_KEY,
+    webhook_secret: str | None = WEBHOOK_SECRET,
     knobs: SandboxKnobs | None = None,
     callback_client: httpx.AsyncClient | None = None,
     extra_api_keys: Iterable[str] = (),
@@ -566,3 +571,8 @@ def create_seedancee2_sandbox(
             Exception: _on_unexpected_error,
         },
     )
+
+
+SANDBOX = SandboxSpec(
+    provider="seedancee2", factory=create_seedancee2_sandbox, api_key=API_KEY, webhook_secret=WEBHOOK_SECRET
+)
