@@ -14,6 +14,7 @@ from service.app import close_streams, create_app
 from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
+from service.providers import ADAPTERS, ProviderRegistry
 from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
 from storage import create_store
@@ -32,10 +33,16 @@ def emulator_settings(spec: SandboxSpec, base_url: str) -> ProviderSettings:
     )
 
 
-def dev_settings(port: int, sandbox_port: int, sandboxes: Mapping[str, SandboxSpec] = SANDBOXES) -> Settings:
+def dev_settings(
+    port: int,
+    sandbox_port: int,
+    *,
+    adapters: ProviderRegistry = ADAPTERS,
+    sandboxes: Mapping[str, SandboxSpec] = SANDBOXES,
+) -> Settings:
     """Settings pointing every emulated provider at its emulator, the emulators on ports from `sandbox_port` on."""
     # The database stays REELAY_DATABASE_URL (./var/reelay.db by default), so `reelay keys` sees dev's keys.
-    base = Settings.from_env()
+    base = Settings.from_env(adapters=adapters)
     providers = dict(base.providers)
     for offset, spec in enumerate(sandboxes.values()):
         emulated = emulator_settings(spec, f"http://127.0.0.1:{sandbox_port + offset}")
@@ -53,13 +60,20 @@ def dev_settings(port: int, sandbox_port: int, sandboxes: Mapping[str, SandboxSp
     )
 
 
-async def run_dev(*, port: int, sandbox_port: int, sandboxes: Mapping[str, SandboxSpec] = SANDBOXES) -> None:
+async def run_dev(
+    *,
+    port: int,
+    sandbox_port: int,
+    adapters: ProviderRegistry = ADAPTERS,
+    sandboxes: Mapping[str, SandboxSpec] = SANDBOXES,
+) -> None:
+    """Reelay with `adapters` and one emulator per entry of `sandboxes`, on consecutive ports from `sandbox_port`."""
     emulator_ports = range(sandbox_port, sandbox_port + len(sandboxes))
     if port in emulator_ports:
         raise click.UsageError(
             f"--port {port} is one of the emulators' ports {emulator_ports[0]}-{emulator_ports[-1]} (--sandbox-port)"
         )
-    settings = dev_settings(port, sandbox_port, sandboxes)
+    settings = dev_settings(port, sandbox_port, adapters=adapters, sandboxes=sandboxes)
     configure_logging(settings.log_format, settings.log_level)
     # Six servers' start-up and shutdown lines would bury the banner; their warnings and errors still show.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -73,7 +87,7 @@ async def run_dev(*, port: int, sandbox_port: int, sandboxes: Mapping[str, Sandb
         _, api_key = await create_key(store, "reelay-dev")
     finally:
         await store.close()
-    app = create_app(settings)
+    app = create_app(settings, adapters=adapters)
     servers = [make_server(app, sockets[0], graceful_seconds=3, limits=ConnectionLimits.from_settings(settings))]
     for spec, sock in zip(sandboxes.values(), sockets[1:], strict=True):
         servers.append(make_server(spec.build(DEV_KNOBS), sock, graceful_seconds=1))

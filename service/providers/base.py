@@ -131,6 +131,11 @@ class ProviderAdapter(Protocol):
     """One upstream provider: payload mapping, status mapping, results, errors, webhooks, capabilities."""
 
     name: ClassVar[str]
+    # The production API root; REELAY_<NAME>_BASE_URL overrides it.
+    default_base_url: ClassVar[str]
+    # Settings beyond the base URL, API key and webhook secret that the adapter reads from `settings.options`,
+    # each from REELAY_<NAME>_<SETTING> (e.g. Minuit's "moderation").
+    extra_settings: ClassVar[tuple[str, ...]]
     models: ClassVar[tuple[ModelSpec, ...]]
     # How a create whose answer was lost is resolved: "idempotency", "lookup" or "fail".
     unknown_outcome: ClassVar[str]
@@ -142,6 +147,9 @@ class ProviderAdapter(Protocol):
     # may be in flight at once against this provider.
     poll_schedule: ClassVar[Backoff]
     poll_concurrency: ClassVar[int]
+
+    def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
+        """Bind the adapter to its settings and the shared HTTP client."""
 
     async def submit(self, job: JobRecord, spec: ModelSpec, callback_url: str | None) -> Submission:
         """Create the upstream task."""
@@ -193,6 +201,7 @@ class HttpProvider:
     """Shared HTTP calls: maps transport failures and status codes onto the ProviderError tree."""
 
     name: ClassVar[str]
+    extra_settings: ClassVar[tuple[str, ...]] = ()
     callback_per_job: ClassVar[bool] = False
     poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
     poll_concurrency: ClassVar[int] = 4

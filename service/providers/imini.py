@@ -72,6 +72,7 @@ SPEC = ModelSpec(
 
 class Imini(PollOnlyProvider):
     name: ClassVar[str] = "imini"
+    default_base_url: ClassVar[str] = "https://openapi.imini.ai/imini/router"
     models: ClassVar[tuple[ModelSpec, ...]] = (SPEC,)
     # No idempotency key and no task list: a create whose answer was lost cannot be reconciled.
     unknown_outcome: ClassVar[str] = "fail"

@@ -19,7 +19,7 @@ from service.providers.base import (
     generation_failed,
     passed_options,
 )
-from service.settings import ConfigError, ProviderSettings
+from service.settings import ConfigError, ProviderSettings, provider_variable
 from service.signing import SignatureError
 from service.signing.standard import SECRET_PREFIX, verify_headers
 from storage import JobRecord
@@ -40,7 +40,7 @@ ASPECT_RATIOS = {
 }
 DEFAULT_ASPECT_RATIO = "16:9"  # widescreen_16_9, the provider's own default
 _STATUS = {"CREATED": "queued", "IN_PROGRESS": "processing", "COMPLETED": "succeeded", "FAILED": "failed"}
-SAFETY_SETTING = "REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER"
+SAFETY_SETTING = provider_variable("magnific", "enable_safety_checker")
 # Magnific's own spellings of what Reelay sends from the normalized input.
 _RESERVED = {"image": ("input.first_frame",), "image_end": ("input.last_frame",), "webhook_url": ()}
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -71,6 +71,8 @@ MODEL = ModelSpec(
 
 class Magnific(HttpProvider):
     name: ClassVar[str] = "magnific"
+    default_base_url: ClassVar[str] = "https://api.magnific.com"
+    extra_settings: ClassVar[tuple[str, ...]] = ("enable_safety_checker",)
     models: ClassVar[tuple[ModelSpec, ...]] = (MODEL,)
     # No idempotency key, and nothing in the task list ties a task to a job: adopting one could take another's.
     unknown_outcome: ClassVar[str] = "fail"

@@ -81,6 +81,7 @@ MODEL = ModelSpec(
 
 class MindVideo(PollOnlyProvider):
     name: ClassVar[str] = "mindvideo"
+    default_base_url: ClassVar[str] = "https://api.mindvideo.ai"
     models: ClassVar[tuple[ModelSpec, ...]] = (MODEL,)
     # The Idempotency-Key (the job id) makes a resent create return the original task, never a second charge.
     unknown_outcome: ClassVar[str] = "idempotency"

@@ -26,6 +26,7 @@ from service.providers.base import (
     text,
 )
 from service.schedule import Backoff
+from service.settings import provider_variable
 from service.signing import SignatureError
 from storage import JobRecord
 
@@ -33,7 +34,7 @@ log = structlog.get_logger("reelay.providers.minuit")
 
 HIGH_QUALITY = "high_quality"
 WAN = "wan2.7-i2v-spicy"
-MODERATION_SETTING = "REELAY_MINUIT_MODERATION"
+MODERATION_SETTING = provider_variable("minuit", "moderation")
 # Credits per second of the high-quality templates; 1 credit is $0.005 at the base reference rate.
 RATES = {"480p": 16, "720p": 34, "1080p": 85}
 USD_PER_CREDIT = 0.005
@@ -108,6 +109,8 @@ MODELS = (
 
 class Minuit(HttpProvider):
     name: ClassVar[str] = "minuit"
+    default_base_url: ClassVar[str] = "https://seedance2.lol"
+    extra_settings: ClassVar[tuple[str, ...]] = ("moderation",)
     models: ClassVar[tuple[ModelSpec, ...]] = MODELS
     # No idempotency key and no list endpoint: a create whose answer was lost cannot be found or resent safely.
     unknown_outcome: ClassVar[str] = "fail"

@@ -79,6 +79,7 @@ def _spec(model: str) -> ModelSpec:
 
 class Seedancee2(HttpProvider):
     name: ClassVar[str] = "seedancee2"
+    default_base_url: ClassVar[str] = "https://api.seedancee2.ai"
     models: ClassVar[tuple[ModelSpec, ...]] = (_spec("pro"), _spec("fast"), _spec("mini"))
     # No idempotency, but tasks echo `metadata` and can be listed: a lost create is looked up by job id.
     unknown_outcome: ClassVar[str] = "lookup"
