@@ -14,10 +14,10 @@ from pathlib import Path
 import msgspec
 
 from bench.common import BIN, Process, spawn
+from sandbox import SANDBOXES
 from service.ids import new_job_id, new_token
 from service.jobs import encode_job, new_job, submitted
 from service.keys import create_key
-from service.sandbox import SANDBOXES
 from storage import create_store
 from tests.ports import free_ports
 

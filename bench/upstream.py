@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from service.server import listen, make_server, run, serve_all
 
 # Tasks stay running for the whole benchmark: the emulator answers creates and sends no callbacks.

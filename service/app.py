@@ -28,7 +28,7 @@ from service.gateway import Gateway
 from service.hub import EventHub
 from service.jobs import encode_job
 from service.metrics import Metrics, watch_loop_lag
-from service.providers import ADAPTERS, all_models
+from service.providers import ADAPTERS, ProviderRegistry, all_models
 from service.providers.base import ProviderAdapter
 from service.settings import ConfigError, Settings
 from service.worker import Dispatcher, Poller
@@ -43,12 +43,12 @@ Role = Literal["all", "api", "worker"]
 AdapterFactory = Callable[[Settings, httpx.AsyncClient], Mapping[str, ProviderAdapter]]
 
 
-def enabled_adapters(settings: Settings, client: httpx.AsyncClient) -> dict[str, ProviderAdapter]:
-    """An adapter for every provider that has an API key."""
+def enabled_adapters(
+    settings: Settings, client: httpx.AsyncClient, adapters: ProviderRegistry = ADAPTERS
+) -> dict[str, ProviderAdapter]:
+    """An adapter for every registered provider that has an API key."""
     return {
-        name: cls(settings.provider(name), client)  # type: ignore[call-arg]
-        for name, cls in ADAPTERS.items()
-        if settings.provider(name).enabled
+        name: cls(settings.provider(name), client) for name, cls in adapters.items() if settings.provider(name).enabled
     }
 
 
@@ -62,6 +62,7 @@ def close_streams(app: Litestar) -> None:
 def create_app(
     settings: Settings,
     *,
+    adapters: ProviderRegistry = ADAPTERS,
     http_client: httpx.AsyncClient | None = None,
     store: Store | None = None,
     clock: Callable[[], float] | None = None,
@@ -70,7 +71,8 @@ def create_app(
     """Build the application for a role. Nothing is opened until the app starts (lifespan).
 
     `api` serves HTTP without background work, `worker` runs the dispatcher and poller and serves only
-    the probes and metrics, `all` does both.
+    the probes and metrics, `all` does both. `adapters` are the providers it knows (their settings come from
+    `settings.providers`).
     """
     if role != "all" and settings.database_url.startswith("sqlite"):
         # Events committed in one process never reach another process's SSE subscribers on SQLite.
@@ -98,8 +100,8 @@ def create_app(
         gateway = Gateway(
             settings,
             the_store,
-            enabled_adapters(settings, client),
-            all_models(),
+            enabled_adapters(settings, client, adapters),
+            all_models(adapters),
             rng=random.Random(),
             metrics=metrics_holder,
             **kwargs,

@@ -14,6 +14,7 @@ import msgspec
 
 from service.jobs import encode_job, iso
 from service.logging import configure_logging
+from service.providers import ADAPTERS
 from service.settings import ConfigError, Settings
 from storage import BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
 
@@ -25,7 +26,7 @@ T = TypeVar("T")
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        return Settings.from_env(adapters=ADAPTERS)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 

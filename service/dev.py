@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 
 import click
 import msgspec
 
+from sandbox import SANDBOXES, SandboxKnobs, SandboxSpec
 from service.app import close_streams, create_app
 from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
-from service.sandbox import SANDBOXES, SandboxKnobs
+from service.providers import ADAPTERS, ProviderRegistry
 from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
 from storage import create_store
@@ -22,17 +24,32 @@ from storage import create_store
 DEV_KNOBS = SandboxKnobs(processing_after_s=1.0, complete_after_s=4.0)
 
 
-def dev_settings(port: int, sandbox_port: int) -> Settings:
+def emulator_settings(spec: SandboxSpec, base_url: str) -> ProviderSettings:
+    """Reelay's settings for a provider whose emulator listens at `base_url`."""
+    return ProviderSettings(
+        base_url=base_url,
+        api_key=spec.api_key,
+        webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
+        options=dict(spec.options),
+    )
+
+
+def dev_settings(
+    port: int,
+    sandbox_port: int,
+    *,
+    adapters: ProviderRegistry = ADAPTERS,
+    sandboxes: Mapping[str, SandboxSpec] = SANDBOXES,
+) -> Settings:
+    """Settings pointing every emulated provider at its emulator, the emulators on ports from `sandbox_port` on."""
     # The database stays REELAY_DATABASE_URL (./var/reelay.db by default), so `reelay keys` sees dev's keys.
-    base = Settings.from_env()
+    base = Settings.from_env(adapters=adapters)
     providers = dict(base.providers)
-    for offset, (name, spec) in enumerate(SANDBOXES.items()):
-        providers[name] = ProviderSettings(
-            base_url=f"http://127.0.0.1:{sandbox_port + offset}",
-            api_key=spec.api_key,
-            webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
-            options={**spec.options, **providers[name].options},
-        )
+    for offset, spec in enumerate(sandboxes.values()):
+        emulated = emulator_settings(spec, f"http://127.0.0.1:{sandbox_port + offset}")
+        # An option set in the environment wins over the emulator's.
+        options = {**emulated.options, **base.provider(spec.provider).options}
+        providers[spec.provider] = msgspec.structs.replace(emulated, options=options)
     return msgspec.structs.replace(
         base,
         public_url=f"http://127.0.0.1:{port}",
@@ -44,13 +61,20 @@ def dev_settings(port: int, sandbox_port: int) -> Settings:
     )
 
 
-async def run_dev(*, port: int, sandbox_port: int) -> None:
-    emulator_ports = range(sandbox_port, sandbox_port + len(SANDBOXES))
+async def run_dev(
+    *,
+    port: int,
+    sandbox_port: int,
+    adapters: ProviderRegistry = ADAPTERS,
+    sandboxes: Mapping[str, SandboxSpec] = SANDBOXES,
+) -> None:
+    """Reelay with `adapters` and one emulator per entry of `sandboxes`, on consecutive ports from `sandbox_port`."""
+    emulator_ports = range(sandbox_port, sandbox_port + len(sandboxes))
     if port in emulator_ports:
         raise click.UsageError(
             f"--port {port} is one of the emulators' ports {emulator_ports[0]}-{emulator_ports[-1]} (--sandbox-port)"
         )
-    settings = dev_settings(port, sandbox_port)
+    settings = dev_settings(port, sandbox_port, adapters=adapters, sandboxes=sandboxes)
     configure_logging(settings.log_format, settings.log_level)
     # Six servers' start-up and shutdown lines would bury the banner; their warnings and errors still show.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -64,16 +88,16 @@ async def run_dev(*, port: int, sandbox_port: int) -> None:
         _, api_key = await create_key(store, "reelay-dev")
     finally:
         await store.close()
-    app = create_app(settings)
+    app = create_app(settings, adapters=adapters)
     servers = [make_server(app, sockets[0], graceful_seconds=3, limits=ConnectionLimits.from_settings(settings))]
-    for spec, sock in zip(SANDBOXES.values(), sockets[1:], strict=True):
+    for spec, sock in zip(sandboxes.values(), sockets[1:], strict=True):
         servers.append(make_server(spec.build(DEV_KNOBS), sock, graceful_seconds=1))
 
     def announce() -> None:
         url = settings.public_url
         click.echo(
             f"\nReelay dev is ready on {url} (database {settings.database})\n"
-            f"Sandbox emulators: {', '.join(f'{n} :{sandbox_port + i}' for i, n in enumerate(SANDBOXES))}\n\n"
+            f"Sandbox emulators: {', '.join(f'{n} :{sandbox_port + i}' for i, n in enumerate(sandboxes))}\n\n"
             f"API key (shown once): {api_key}\n"
             f"For the README's examples, in your shell:\n"
             f"  export KEY={api_key}\n"

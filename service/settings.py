@@ -5,19 +5,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-PROVIDER_NAMES = ("seedancee2", "minuit", "mindvideo", "imini", "magnific")
-
-DEFAULT_BASE_URLS = {
-    "seedancee2": "https://api.seedancee2.ai",
-    "minuit": "https://seedance2.lol",
-    "mindvideo": "https://api.mindvideo.ai",
-    "imini": "https://openapi.imini.ai/imini/router",
-    "magnific": "https://api.magnific.com",
-}
+if TYPE_CHECKING:
+    from service.providers import ProviderRegistry
+    from service.providers.base import ProviderAdapter
 
 
 class ConfigError(ValueError):
@@ -44,9 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
-    providers: dict[str, ProviderSettings] = msgspec.field(
-        default_factory=lambda: {name: ProviderSettings(base_url=url) for name, url in DEFAULT_BASE_URLS.items()}
-    )
+    # By provider name: `from_env` reads one entry for each adapter of the registry it is given; a provider
+    # missing here is not configured.
+    providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     model_aliases: dict[str, str] = msgspec.field(default_factory=dict)
     dispatch_concurrency: int = 8
     poll_concurrency: int = 8
@@ -78,29 +72,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_days: int = 0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from REELAY_* variables (default: the process environment)."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
+        """Build settings from REELAY_* variables (default: the process environment), with the provider settings
+        of every adapter in `adapters`."""
         env = os.environ if environ is None else environ
         reader = _Reader(env)
         defaults = cls()
         tolerance = reader.integer("REELAY_WEBHOOK_TOLERANCE_SECONDS", defaults.webhook_tolerance_seconds, low=1)
-        providers = {}
-        for name in PROVIDER_NAMES:
-            prefix = f"REELAY_{name.upper()}_"
-            options = {
-                key.removeprefix(prefix).lower(): value
-                for key, value in env.items()
-                if key.startswith(prefix) and key.removeprefix(prefix) not in {"BASE_URL", "API_KEY", "WEBHOOK_SECRET"}
-            }
-            providers[name] = ProviderSettings(
-                base_url=reader.text(prefix + "BASE_URL", DEFAULT_BASE_URLS[name]).rstrip("/"),
-                api_key=env.get(prefix + "API_KEY") or None,
-                webhook_secrets=tuple(
-                    s.strip() for s in env.get(prefix + "WEBHOOK_SECRET", "").split(",") if s.strip()
-                ),
-                webhook_tolerance_seconds=tolerance,
-                options=options,
-            )
+        providers = {name: reader.provider(adapter, tolerance) for name, adapter in adapters.items()}
         return cls(
             database_url=reader.text("REELAY_DATABASE_URL", defaults.database_url),
             public_url=reader.text("REELAY_PUBLIC_URL", defaults.public_url).rstrip("/"),
@@ -154,7 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
 
     def provider(self, name: str) -> ProviderSettings:
-        return self.providers.get(name) or ProviderSettings(base_url=DEFAULT_BASE_URLS.get(name, ""))
+        return self.providers.get(name) or ProviderSettings(base_url="")
 
     @property
     def database(self) -> str:
@@ -163,6 +142,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return os.path.abspath(self.database_url.removeprefix("sqlite:///"))
         url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", self.database_url)
         return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+
+
+def provider_variable(provider: str, setting: str) -> str:
+    """The environment variable of one provider's setting: REELAY_<PROVIDER>_<SETTING>."""
+    return f"REELAY_{provider.upper()}_{setting.upper()}"
 
 
 class _Reader:
@@ -208,6 +192,21 @@ class _Reader:
             if raw.lower() == option.lower():
                 return option
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+
+    def provider(self, adapter: type[ProviderAdapter], tolerance: int) -> ProviderSettings:
+        """One provider's REELAY_<NAME>_* variables, with the defaults its adapter declares."""
+
+        def variable(setting: str) -> str:
+            return provider_variable(adapter.name, setting)
+
+        secrets = self._env.get(variable("webhook_secret"), "")
+        return ProviderSettings(
+            base_url=self.text(variable("base_url"), adapter.default_base_url).rstrip("/"),
+            api_key=self._env.get(variable("api_key")) or None,
+            webhook_secrets=tuple(s.strip() for s in secrets.split(",") if s.strip()),
+            webhook_tolerance_seconds=tolerance,
+            options={name: self._env[variable(name)] for name in adapter.extra_settings if variable(name) in self._env},
+        )
 
     def mapping(self, name: str) -> dict[str, str]:
         raw = self._env.get(name, "").strip()

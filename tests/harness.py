@@ -18,11 +18,12 @@ import uvicorn
 from httpx_sse import aconnect_sse
 from litestar import Litestar
 
+from sandbox import SANDBOXES, SandboxKnobs
 from service.app import create_app
+from service.dev import emulator_settings
 from service.keys import create_key
-from service.sandbox import SANDBOXES, SandboxKnobs
 from service.server import ConnectionLimits, make_server
-from service.settings import ProviderSettings, Settings
+from service.settings import Settings
 from tests.ports import bind
 
 
@@ -51,16 +52,6 @@ async def serving(
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     base = Settings(database_url=f"sqlite:///{tmp_path / 'reelay.db'}", sqlite_synchronous="NORMAL")
     return msgspec.structs.replace(base, **overrides)
-
-
-def sandbox_provider_settings(name: str, base_url: str) -> ProviderSettings:
-    spec = SANDBOXES[name]
-    return ProviderSettings(
-        base_url=base_url,
-        api_key=spec.api_key,
-        webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
-        options=dict(spec.options),
-    )
 
 
 @dataclass
@@ -184,7 +175,7 @@ async def stack(
         provider_settings = dict(Settings().providers)
         for name, sock in sandbox_socks.items():
             provider_settings[name] = msgspec.structs.replace(
-                sandbox_provider_settings(name, url_of(sock)), **(provider_overrides or {}).get(name, {})
+                emulator_settings(SANDBOXES[name], url_of(sock)), **(provider_overrides or {}).get(name, {})
             )
         settings = make_settings(tmp_path, public_url=url_of(reelay_sock), providers=provider_settings, **overrides)
         app = create_app(settings, http_client=http_client)

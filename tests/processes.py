@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from service.sandbox import SANDBOXES
+from sandbox import SANDBOXES
 
 REELAY = str(Path(sys.executable).parent / "reelay")
 

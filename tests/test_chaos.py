@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from storage import Stage
 from tests.harness import Stack, stack
 

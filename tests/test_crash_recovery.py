@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from tests.harness import serving, url_of
 from tests.ports import bind, free_ports
 from tests.processes import create_key, reelay_env, reelay_serve, wait_ready

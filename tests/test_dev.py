@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from sandbox import SANDBOXES
 from service.ids import split_api_key
-from service.sandbox import SANDBOXES
 from tests.ports import bind, free_ports
 
 REELAY = str(Path(sys.executable).parent / "reelay")

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox import SandboxKnobs
+from sandbox import SandboxKnobs
 from service.schedule import Backoff
 from tests.harness import LoseFirstCreateAnswer, stack
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from httpx_sse import aconnect_sse
 
-from service.sandbox import SandboxKnobs
+from sandbox import SandboxKnobs
 from tests.harness import Stack, collect_events, stack
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from service.sandbox import SandboxKnobs
+from sandbox import SandboxKnobs
 from tests.harness import collect_events, stack
 
 MODEL = "imini/doubao/seedance-2.0"

@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import pytest
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from service.signing.standard import sign_headers
 from tests.harness import Stack, collect_events, stack
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox import SandboxKnobs
+from sandbox import SandboxKnobs
 from tests.harness import LoseFirstCreateAnswer, Stack, collect_events, stack
 
 MODEL = "mindvideo/doubao-seedance-2-0-fast"

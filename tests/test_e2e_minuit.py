@@ -13,8 +13,8 @@ import httpx
 import msgspec
 import pytest
 
+from sandbox import SandboxKnobs
 from service.providers.minuit import Minuit
-from service.sandbox import SandboxKnobs
 from tests.harness import LoseFirstCreateAnswer, Stack, collect_events, stack
 
 MODEL = "minuit/high_quality"

@@ -14,6 +14,7 @@ import pytest
 from service.errors import InvalidRequest
 from service.inline import check_inline, inline_size, placeholder, restore_inline, split_inline
 from service.jobs import new_job
+from service.providers import ADAPTERS
 from service.settings import ConfigError, Settings
 from tests.harness import collect_events, data_uri, stack
 
@@ -60,11 +61,11 @@ def test_inline_data_over_the_cap_is_refused_with_limit_and_size() -> None:
 
 
 def test_the_inline_cap_is_a_setting_that_fits_under_the_body_cap_by_default() -> None:
-    default = Settings.from_env({})
+    default = Settings.from_env({}, adapters=ADAPTERS)
     assert 0 < default.max_inline_bytes < default.max_body_bytes
-    assert Settings.from_env({"REELAY_MAX_INLINE_BYTES": "0"}).max_inline_bytes == 0
+    assert Settings.from_env({"REELAY_MAX_INLINE_BYTES": "0"}, adapters=ADAPTERS).max_inline_bytes == 0
     with pytest.raises(ConfigError, match="REELAY_MAX_INLINE_BYTES must be at least 0"):
-        Settings.from_env({"REELAY_MAX_INLINE_BYTES": "-1"})
+        Settings.from_env({"REELAY_MAX_INLINE_BYTES": "-1"}, adapters=ADAPTERS)
 
 
 # -- over HTTP ---------------------------------------------------------------------------------

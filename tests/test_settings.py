@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from service.providers import ADAPTERS, registry
+from service.providers.seedancee2 import Seedancee2
 from service.settings import ConfigError, Settings
 
 
 def test_defaults_without_any_variable() -> None:
-    settings = Settings.from_env({})
+    settings = Settings.from_env({}, adapters=ADAPTERS)
     assert settings.database_url == "sqlite:///./var/reelay.db"
     assert settings.port == 8000
     assert settings.log_format == "json"
@@ -30,7 +32,8 @@ def test_variables_are_read() -> None:
             "REELAY_WEBHOOK_TOLERANCE_SECONDS": "60",
             "REELAY_MINUIT_MODERATION": "disabled",
             "REELAY_MODEL_ALIASES": "seedance-2-fast=seedancee2/fast, cheap=seedancee2/mini",
-        }
+        },
+        adapters=ADAPTERS,
     )
     assert settings.port == 9000
     assert settings.public_url == "https://reelay.example.com"
@@ -59,7 +62,7 @@ def test_variables_are_read() -> None:
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Settings.from_env({name: value})
+        Settings.from_env({name: value}, adapters=ADAPTERS)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +81,34 @@ def test_the_database_is_named_without_its_password(url: str, shown: str) -> Non
 def test_a_relative_sqlite_database_is_named_by_its_full_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert Settings().database == str(tmp_path / "var" / "reelay.db")
+
+
+def test_every_registered_provider_is_read_with_the_defaults_its_adapter_declares() -> None:
+    settings = Settings.from_env({}, adapters=ADAPTERS)
+    assert set(settings.providers) == set(ADAPTERS)
+    for name, adapter in ADAPTERS.items():
+        assert settings.provider(name).base_url == adapter.default_base_url
+
+
+def test_a_provider_reads_the_extra_settings_its_adapter_declares_and_no_others() -> None:
+    settings = Settings.from_env(
+        {
+            "REELAY_MINUIT_MODERATION": "disabled",
+            "REELAY_MINUIT_TEMPLATE": "t2v_high_quality",
+            "REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER": "true",
+            "REELAY_SEEDANCEE2_MODERATION": "disabled",
+        },
+        adapters=ADAPTERS,
+    )
+    assert settings.provider("minuit").options == {"moderation": "disabled"}
+    assert settings.provider("magnific").options == {"enable_safety_checker": "true"}
+    assert settings.provider("seedancee2").options == {}
+
+
+def test_only_the_providers_of_the_registry_given_are_read() -> None:
+    settings = Settings.from_env(
+        {"REELAY_SEEDANCEE2_API_KEY": "sk_a", "REELAY_MINUIT_API_KEY": "mn_b"}, adapters=registry(Seedancee2)
+    )
+    assert set(settings.providers) == {"seedancee2"}
+    assert settings.provider("seedancee2").enabled
+    assert not settings.provider("minuit").enabled

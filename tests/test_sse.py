@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sandbox import SandboxKnobs
 from service.hub import EventHub
 from service.ids import split_api_key
-from service.sandbox import SandboxKnobs
 from tests import pg
 from tests.harness import Stack, stack
 from tests.processes import REELAY

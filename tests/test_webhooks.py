@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from structlog.testing import capture_logs
 
-from service.sandbox import SANDBOXES
+from sandbox import SANDBOXES
 from service.signing import sign_header
 from tests.harness import Stack
 

@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import httpx
 import msgspec
+import structlog
 
-from service.jobs import PROMPT_MAX_CHARS
+from service.jobs import PROMPT_MAX_CHARS, Report, Status
 from service.schedule import Backoff
 from service.signing.errors import SignatureError
 
 if TYPE_CHECKING:
-    from service.jobs import Report
     from service.settings import ProviderSettings
     from storage import JobRecord
+
+log = structlog.get_logger("reelay.providers")
 
 
 class ProviderError(Exception):
@@ -131,6 +133,11 @@ class ProviderAdapter(Protocol):
     """One upstream provider: payload mapping, status mapping, results, errors, webhooks, capabilities."""
 
     name: ClassVar[str]
+    # The production API root; REELAY_<NAME>_BASE_URL overrides it.
+    default_base_url: ClassVar[str]
+    # Settings beyond the base URL, API key and webhook secret that the adapter reads from `settings.options`,
+    # each from REELAY_<NAME>_<SETTING> (e.g. Minuit's "moderation").
+    extra_settings: ClassVar[tuple[str, ...]]
     models: ClassVar[tuple[ModelSpec, ...]]
     # How a create whose answer was lost is resolved: "idempotency", "lookup" or "fail".
     unknown_outcome: ClassVar[str]
@@ -142,6 +149,9 @@ class ProviderAdapter(Protocol):
     # may be in flight at once against this provider.
     poll_schedule: ClassVar[Backoff]
     poll_concurrency: ClassVar[int]
+
+    def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
+        """Bind the adapter to its settings and the shared HTTP client."""
 
     async def submit(self, job: JobRecord, spec: ModelSpec, callback_url: str | None) -> Submission:
         """Create the upstream task."""
@@ -190,9 +200,13 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
 
 
 class HttpProvider:
-    """Shared HTTP calls: maps transport failures and status codes onto the ProviderError tree."""
+    """Shared HTTP calls, which map transport failures and status codes onto the ProviderError tree, and the
+    reading of a task body into a Report, for which each adapter gives its status words and where its fields are."""
 
     name: ClassVar[str]
+    # The provider's status words, spelt as `status_word` returns them, each with the job status it means.
+    statuses: ClassVar[Mapping[str, Status]]
+    extra_settings: ClassVar[tuple[str, ...]] = ()
     callback_per_job: ClassVar[bool] = False
     poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
     poll_concurrency: ClassVar[int] = 4
@@ -224,6 +238,50 @@ class HttpProvider:
         # None of the five documents a cancel endpoint (MindVideo has a `cancelled` status but no way to ask
         # for it, trap 16): a job cancelled in Reelay may still run, and be billed, upstream.
         return False
+
+    def report(self, data: Mapping[str, Any]) -> Report:
+        """A task body (a status answer or a webhook's) as a Report: a success without a video is a failure, and a
+        failure carries the provider's error."""
+        status = self.job_status(self.status_word(data), data)
+        output = error = None
+        if status == "succeeded":
+            output = self.output(data)
+            if output is None:
+                status, error = "failed", self.no_video(data)
+        elif status == "failed":
+            error = self.failure(data)
+        return Report(
+            status=status, provider_task_id=self.task_id(data), output=output, error=error, cost=self.cost(data)
+        )
+
+    def status_word(self, data: Mapping[str, Any]) -> str:
+        """The task's status word, spelt as the keys of `statuses` are."""
+        return str(data.get("status", "")).lower()
+
+    def job_status(self, word: str, data: Mapping[str, Any]) -> Status:
+        status = self.statuses.get(word)
+        if status is None:
+            log.warning("provider.unknown_status", provider=self.name, status=word[:40])
+            return "processing"  # an unknown word keeps the job running; polling goes on
+        return status
+
+    def output(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The videos of a succeeded task (`{"videos": [{url, thumbnail_url}], "last_frame_url"}`); None if none."""
+        raise NotImplementedError
+
+    def failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The job error of a failed task."""
+        raise NotImplementedError
+
+    def no_video(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The job error of a task reported succeeded without a video."""
+        return generation_failed(NO_VIDEO)
+
+    def task_id(self, data: Mapping[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def cost(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        return None  # only some providers report a task's cost
 
     def error_detail(self, body: Any) -> tuple[str | None, str | None]:
         """(provider code, message) from an error body."""

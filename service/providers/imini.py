@@ -11,7 +11,6 @@ import structlog
 
 from service.jobs import Report, Status
 from service.providers.base import (
-    NO_VIDEO,
     ModelSpec,
     PollOnlyProvider,
     Price,
@@ -35,12 +34,6 @@ _EXTRA_PARAMS = ("seed", "watermark", "return_last_frame")
 _INPUTS = ("generate_audio", *_EXTRA_PARAMS, *_FRAMES, *_REFERENCES)
 # imini's own spellings of what Reelay sends from the normalized input; no imini field is left for provider_options.
 _RESERVED = {"extra_params": tuple(f"input.{name}" for name in _EXTRA_PARAMS)}
-_STATUS: dict[str, Status] = {
-    "queued": "queued",
-    "processing": "processing",
-    "succeeded": "succeeded",
-    "failed": "failed",
-}
 
 SPEC = ModelSpec(
     id="imini/doubao/seedance-2.0",
@@ -72,10 +65,18 @@ SPEC = ModelSpec(
 
 class Imini(PollOnlyProvider):
     name: ClassVar[str] = "imini"
+    default_base_url: ClassVar[str] = "https://openapi.imini.ai/imini/router"
     models: ClassVar[tuple[ModelSpec, ...]] = (SPEC,)
     # No idempotency key and no task list: a create whose answer was lost cannot be reconciled.
     unknown_outcome: ClassVar[str] = "fail"
     label: ClassVar[str] = "imini"
+    # imini's status words are Reelay's.
+    statuses: ClassVar[Mapping[str, Status]] = {
+        "queued": "queued",
+        "processing": "processing",
+        "succeeded": "succeeded",
+        "failed": "failed",
+    }
     # imini's own client: from 2 s, x1.5, capped at 30 s, ±20 % jitter.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=30.0, jitter=0.2)
     min_retry_after: ClassVar[float] = 5.0
@@ -127,55 +128,38 @@ class Imini(PollOnlyProvider):
             raise ValueError("imini task answer is not an object")
         return self.report(answer)
 
-    def report(self, data: Mapping[str, Any]) -> Report:
-        raw = str(data.get("status", "")).lower()
-        status: Status = _STATUS.get(raw, "processing")  # an unknown word keeps the job running; polling goes on
-        if raw not in _STATUS:
-            log.warning("imini.unknown_status", status=raw[:40])
-        output = None
-        error = None
-        if status == "succeeded":
-            output = _output(data)
-            if output is None:
-                status = "failed"
-                error = generation_failed(NO_VIDEO)
-        if status == "failed" and error is None:
-            err = data.get("error")
-            err = err if isinstance(err, dict) else {}
-            log.warning(
-                "imini.task_failed", provider_code=text(err.get("code")), request_id=text(err.get("request_id"))
-            )
-            error = generation_failed(
-                _with_request_id(text(err.get("message")) or "the provider reported failure", err.get("request_id")),
-                text(err.get("code")) or "failed",
-            )
-        task_id = data.get("task_id")
-        return Report(
-            status=status,
-            provider_task_id=task_id if isinstance(task_id, str) and task_id else None,
-            output=output,
-            error=error,
+    def output(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Every video of a succeeded task; the last frame is read at the top level or on a video [A]."""
+        items = data.get("videos")
+        videos = (
+            [item for item in items if isinstance(item, dict) and text(item.get("url"))]
+            if isinstance(items, list)
+            else []
         )
+        if not videos:
+            return None
+        last_frame = text(data.get("last_frame_url")) or next(
+            (url for video in videos if (url := text(video.get("last_frame_url")))), None
+        )
+        return {
+            "videos": [{"url": video["url"], "thumbnail_url": text(video.get("cover_url"))} for video in videos],
+            "last_frame_url": last_frame,
+        }
+
+    def failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        err = data.get("error")
+        err = err if isinstance(err, dict) else {}
+        log.warning("imini.task_failed", provider_code=text(err.get("code")), request_id=text(err.get("request_id")))
+        return generation_failed(
+            _with_request_id(text(err.get("message")) or "the provider reported failure", err.get("request_id")),
+            text(err.get("code")) or "failed",
+        )
+
+    def task_id(self, data: Mapping[str, Any]) -> str | None:
+        return text(data.get("task_id"))
 
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         return {}  # no published prices: nothing to estimate
-
-
-def _output(data: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Every video of a succeeded task; the last frame is read at the top level or on a video [A]."""
-    items = data.get("videos")
-    videos = (
-        [item for item in items if isinstance(item, dict) and text(item.get("url"))] if isinstance(items, list) else []
-    )
-    if not videos:
-        return None
-    last_frame = text(data.get("last_frame_url")) or next(
-        (url for video in videos if (url := text(video.get("last_frame_url")))), None
-    )
-    return {
-        "videos": [{"url": video["url"], "thumbnail_url": text(video.get("cover_url"))} for video in videos],
-        "last_frame_url": last_frame,
-    }
 
 
 def _task_id(answer: Any) -> str:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
-from service.jobs import Report
+from service.jobs import Report, Status
 from service.providers.base import (
     HttpProvider,
     ModelSpec,
@@ -18,8 +18,9 @@ from service.providers.base import (
     WebhookNotice,
     generation_failed,
     passed_options,
+    text,
 )
-from service.settings import ConfigError, ProviderSettings
+from service.settings import ConfigError, ProviderSettings, provider_variable
 from service.signing import SignatureError
 from service.signing.standard import SECRET_PREFIX, verify_headers
 from storage import JobRecord
@@ -39,8 +40,7 @@ ASPECT_RATIOS = {
     "9:21": "film_vertical_9_21",
 }
 DEFAULT_ASPECT_RATIO = "16:9"  # widescreen_16_9, the provider's own default
-_STATUS = {"CREATED": "queued", "IN_PROGRESS": "processing", "COMPLETED": "succeeded", "FAILED": "failed"}
-SAFETY_SETTING = "REELAY_MAGNIFIC_ENABLE_SAFETY_CHECKER"
+SAFETY_SETTING = provider_variable("magnific", "enable_safety_checker")
 # Magnific's own spellings of what Reelay sends from the normalized input.
 _RESERVED = {"image": ("input.first_frame",), "image_end": ("input.last_frame",), "webhook_url": ()}
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -71,10 +71,18 @@ MODEL = ModelSpec(
 
 class Magnific(HttpProvider):
     name: ClassVar[str] = "magnific"
+    default_base_url: ClassVar[str] = "https://api.magnific.com"
+    extra_settings: ClassVar[tuple[str, ...]] = ("enable_safety_checker",)
     models: ClassVar[tuple[ModelSpec, ...]] = (MODEL,)
     # No idempotency key, and nothing in the task list ties a task to a job: adopting one could take another's.
     unknown_outcome: ClassVar[str] = "fail"
     signs_webhooks: ClassVar[bool] = True
+    statuses: ClassVar[Mapping[str, Status]] = {
+        "CREATED": "queued",
+        "IN_PROGRESS": "processing",
+        "COMPLETED": "succeeded",
+        "FAILED": "failed",
+    }
     # The callback body names only the task; the per-job URL finds the job even before the create's answer is in.
     callback_per_job: ClassVar[bool] = True
     # No rate-limit headers are published; the 50 requests/minute limit refills about one request every 1.2 s.
@@ -141,30 +149,26 @@ class Magnific(HttpProvider):
         answer = await self.call("GET", f"{TASKS_PATH}/{provider_task_id}")
         return self.report(_data(answer))
 
-    def report(self, data: Mapping[str, Any]) -> Report:
-        raw = str(data.get("status", "")).upper()  # documented UPPERCASE, read case-insensitively (trap 42)
-        status = _STATUS.get(raw, "processing")  # an unknown word keeps the job running; polling goes on
-        output = None
-        error = None
-        if status == "succeeded":
-            generated = data.get("generated")
-            urls = [url for url in generated if isinstance(url, str) and url] if isinstance(generated, list) else []
-            if urls:
-                output = {"videos": [{"url": url, "thumbnail_url": None} for url in urls], "last_frame_url": None}
-            else:
-                # COMPLETED without a video is no success (trap 36); provider_code keeps the word it said.
-                status = "failed"
-                error = generation_failed("the provider reported completion without a video", raw)
-        if status == "failed" and error is None:
-            # FAILED carries no reason (trap 37)
-            error = generation_failed("the provider reported failure and gave no reason", raw)
-        task_id = data.get("task_id")
-        return Report(
-            status=status,  # type: ignore[arg-type]
-            provider_task_id=task_id if isinstance(task_id, str) and task_id else None,
-            output=output,
-            error=error,
-        )
+    def status_word(self, data: Mapping[str, Any]) -> str:
+        return str(data.get("status", "")).upper()  # documented UPPERCASE, read case-insensitively (trap 42)
+
+    def output(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        generated = data.get("generated")
+        urls = [url for url in generated if isinstance(url, str) and url] if isinstance(generated, list) else []
+        if not urls:
+            return None
+        return {"videos": [{"url": url, "thumbnail_url": None} for url in urls], "last_frame_url": None}
+
+    def no_video(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        # COMPLETED without a video is no success (trap 36); provider_code keeps the word it said.
+        return generation_failed("the provider reported completion without a video", self.status_word(data))
+
+    def failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        # FAILED carries no reason (trap 37)
+        return generation_failed("the provider reported failure and gave no reason", self.status_word(data))
+
+    def task_id(self, data: Mapping[str, Any]) -> str | None:
+        return text(data.get("task_id"))
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
         secrets = self.settings.webhook_secrets

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from service.jobs import Report
+from service.jobs import Report, Status
 from service.providers.base import (
-    NO_VIDEO,
     InputRefused,
     ModelSpec,
     PollOnlyProvider,
@@ -33,7 +32,6 @@ _RESERVED = {
     "audio_urls": ("input.reference_audios",),
 }
 WEB_SEARCH = {"type": "web_search"}  # the schema's only tool
-_STATUSES = frozenset({"queued", "processing", "succeeded", "failed", "cancelled"})
 # Normalized input → the same-named MindVideo field, sent only when given.
 _PLAIN = ("seed", "watermark", "camera_fixed", "return_last_frame")
 
@@ -81,10 +79,19 @@ MODEL = ModelSpec(
 
 class MindVideo(PollOnlyProvider):
     name: ClassVar[str] = "mindvideo"
+    default_base_url: ClassVar[str] = "https://api.mindvideo.ai"
     models: ClassVar[tuple[ModelSpec, ...]] = (MODEL,)
     # The Idempotency-Key (the job id) makes a resent create return the original task, never a second charge.
     unknown_outcome: ClassVar[str] = "idempotency"
     label: ClassVar[str] = "MindVideo"
+    # MindVideo's status words are Reelay's.
+    statuses: ClassVar[Mapping[str, Status]] = {
+        "queued": "queued",
+        "processing": "processing",
+        "succeeded": "succeeded",
+        "failed": "failed",
+        "cancelled": "cancelled",
+    }
     # Poll-only: look early for short jobs, then back off to every 30 s for long ones.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=1.0, factor=1.5, cap=30.0, jitter=0.2)
     reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
@@ -153,39 +160,33 @@ class MindVideo(PollOnlyProvider):
             raise ValueError("MindVideo status answer is not an object")
         return self.report(answer)
 
-    def report(self, data: Mapping[str, Any]) -> Report:
-        raw = str(data.get("status", "")).lower()
-        status = raw if raw in _STATUSES else "processing"  # an unknown word keeps the job running; polling goes on
-        output = None
-        error = None
+    def output(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        out = data.get("output")
+        if not isinstance(out, dict):
+            return None
+        videos = out.get("videos")
+        found = [v for v in videos if isinstance(v, dict) and v.get("url")] if isinstance(videos, list) else []
+        if not found:
+            return None
+        return {
+            "videos": [{"url": v["url"], "thumbnail_url": v.get("thumbnail_url")} for v in found],
+            "last_frame_url": out.get("last_frame_url"),
+        }
+
+    def failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        code, message = _failure(data)
+        return generation_failed(message, code)
+
+    def task_id(self, data: Mapping[str, Any]) -> str | None:
+        return str(data["task_id"]) if data.get("task_id") else None
+
+    def cost(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
         cost: dict[str, Any] = {}
         if is_number(data.get("cost_estimate")):
             cost["usd_estimate"] = data["cost_estimate"]
         if is_number(data.get("cost_actual")):
             cost["usd_charged"] = data["cost_actual"]
-        if status == "succeeded":
-            out = data.get("output")
-            videos = out.get("videos") if isinstance(out, dict) else None
-            found = [v for v in videos if isinstance(v, dict) and v.get("url")] if isinstance(videos, list) else []
-            if not found:
-                status = "failed"
-                error = generation_failed(NO_VIDEO)
-            else:
-                assert isinstance(out, dict)
-                output = {
-                    "videos": [{"url": v["url"], "thumbnail_url": v.get("thumbnail_url")} for v in found],
-                    "last_frame_url": out.get("last_frame_url"),
-                }
-        if status == "failed" and error is None:
-            code, message = _failure(data)
-            error = generation_failed(message, code)
-        return Report(
-            status=status,  # type: ignore[arg-type]
-            provider_task_id=str(data["task_id"]) if data.get("task_id") else None,
-            output=output,
-            error=error,
-            cost=cost or None,
-        )
+        return cost or None
 
     def estimate(self, spec: ModelSpec, input: Mapping[str, Any]) -> dict[str, Any]:
         return {}  # no rate table: the estimate is MindVideo's cost_estimate, known once the task is created

@@ -8,11 +8,9 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import msgspec
-import structlog
 
-from service.jobs import Report
+from service.jobs import Report, Status
 from service.providers.base import (
-    NO_VIDEO,
     HttpProvider,
     InputRefused,
     ModelSpec,
@@ -26,24 +24,16 @@ from service.providers.base import (
     text,
 )
 from service.schedule import Backoff
+from service.settings import provider_variable
 from service.signing import SignatureError
 from storage import JobRecord
 
-log = structlog.get_logger("reelay.providers.minuit")
-
 HIGH_QUALITY = "high_quality"
 WAN = "wan2.7-i2v-spicy"
-MODERATION_SETTING = "REELAY_MINUIT_MODERATION"
+MODERATION_SETTING = provider_variable("minuit", "moderation")
 # Credits per second of the high-quality templates; 1 credit is $0.005 at the base reference rate.
 RATES = {"480p": 16, "720p": 34, "1080p": 85}
 USD_PER_CREDIT = 0.005
-_STATES = {
-    "created": "queued",
-    "queueing": "queued",
-    "processing": "processing",
-    "success": "succeeded",
-    "failed": "failed",
-}
 # Minuit's own spellings of what Reelay sends from the normalized input; moderation is the operator's.
 _RESERVED = {
     "template": ("model", "input.first_frame", "input.reference_images"),
@@ -108,10 +98,19 @@ MODELS = (
 
 class Minuit(HttpProvider):
     name: ClassVar[str] = "minuit"
+    default_base_url: ClassVar[str] = "https://seedance2.lol"
+    extra_settings: ClassVar[tuple[str, ...]] = ("moderation",)
     models: ClassVar[tuple[ModelSpec, ...]] = MODELS
     # No idempotency key and no list endpoint: a create whose answer was lost cannot be found or resent safely.
     unknown_outcome: ClassVar[str] = "fail"
     signs_webhooks: ClassVar[bool] = False
+    statuses: ClassVar[Mapping[str, Status]] = {
+        "created": "queued",
+        "queueing": "queued",
+        "processing": "processing",
+        "success": "succeeded",
+        "failed": "failed",
+    }
     # The doc's sample client polls every 7 s; callbacks trigger a check sooner.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=7.0, factor=1.5, cap=60.0, jitter=0.2)
     # Its only server error, 502 upstream_error, may be a moderation rejection: retried, but not forever.
@@ -177,35 +176,30 @@ class Minuit(HttpProvider):
             raise ValueError("Minuit status answer is not an object")
         return self.report(answer)
 
-    def report(self, data: Mapping[str, Any]) -> Report:
+    def status_word(self, data: Mapping[str, Any]) -> str:
         # Polling says `state`; Vidu-style callbacks may say `status`.
-        raw = data.get("state", data.get("status"))
-        err_code = text(data.get("err_code"))
-        status = _STATES.get(str(raw).lower())
-        if status == "failed" and err_code == "UserCancelled":
-            status = "cancelled"
-        if status is None:
-            log.warning("minuit.unknown_state", state=str(raw)[:40])
-            status = "processing"  # an unknown word keeps the job running; polling goes on
-        output = None
-        error = None
-        if status == "succeeded":
-            creations = data.get("creations")
-            videos = [
-                {"url": item["url"], "thumbnail_url": text(item.get("cover_url"))}
-                for item in (creations if isinstance(creations, list) else [])
-                if isinstance(item, dict) and text(item.get("url"))
-            ]
-            if videos:
-                output = {"videos": videos, "last_frame_url": None}
-            else:
-                status = "failed"
-                error = generation_failed(NO_VIDEO)
-        if status == "failed" and error is None:
-            message = text(data.get("err_msg")) or "the provider reported failure"
-            error = generation_failed(message, err_code or "failed")
-        task_id = text(data.get("task_id")) or text(data.get("id"))
-        return Report(status=status, provider_task_id=task_id, output=output, error=error)  # type: ignore[arg-type]
+        return str(data.get("state", data.get("status"))).lower()
+
+    def job_status(self, word: str, data: Mapping[str, Any]) -> Status:
+        status = super().job_status(word, data)
+        # A task cancelled upstream fails with UserCancelled.
+        return "cancelled" if status == "failed" and text(data.get("err_code")) == "UserCancelled" else status
+
+    def output(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        creations = data.get("creations")
+        videos = [
+            {"url": item["url"], "thumbnail_url": text(item.get("cover_url"))}
+            for item in (creations if isinstance(creations, list) else [])
+            if isinstance(item, dict) and text(item.get("url"))
+        ]
+        return {"videos": videos, "last_frame_url": None} if videos else None
+
+    def failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        message = text(data.get("err_msg")) or "the provider reported failure"
+        return generation_failed(message, text(data.get("err_code")) or "failed")
+
+    def task_id(self, data: Mapping[str, Any]) -> str | None:
+        return text(data.get("task_id")) or text(data.get("id"))
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
         if job is None:

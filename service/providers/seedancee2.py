@@ -7,9 +7,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from service.jobs import Report
+from service.jobs import Report, Status
 from service.providers.base import (
-    NO_VIDEO,
     HttpProvider,
     ModelSpec,
     Price,
@@ -49,7 +48,6 @@ _RESERVED = {
     "audio_urls": ("input.reference_audios",),
     "callback_url": (),
 }
-_STATUS = {"pending": "queued", "processing": "processing", "completed": "succeeded", "failed": "failed"}
 SIGNATURE_HEADER = "x-seedancee2-signature"
 
 
@@ -79,10 +77,17 @@ def _spec(model: str) -> ModelSpec:
 
 class Seedancee2(HttpProvider):
     name: ClassVar[str] = "seedancee2"
+    default_base_url: ClassVar[str] = "https://api.seedancee2.ai"
     models: ClassVar[tuple[ModelSpec, ...]] = (_spec("pro"), _spec("fast"), _spec("mini"))
     # No idempotency, but tasks echo `metadata` and can be listed: a lost create is looked up by job id.
     unknown_outcome: ClassVar[str] = "lookup"
     signs_webhooks: ClassVar[bool] = True
+    statuses: ClassVar[Mapping[str, Status]] = {
+        "pending": "queued",
+        "processing": "processing",
+        "completed": "succeeded",
+        "failed": "failed",
+    }
     reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
 
     def auth_headers(self) -> dict[str, str]:
@@ -148,40 +153,31 @@ class Seedancee2(HttpProvider):
         answer = await self.call("GET", f"/v1/videos/generations/{provider_task_id}")
         return self.report(_data(answer))
 
-    def report(self, data: Mapping[str, Any]) -> Report:
-        raw = str(data.get("status", "")).lower()
-        status = _STATUS.get(raw, "processing")  # an unknown word keeps the job running; polling goes on
-        output = None
-        error = None
-        cost: dict[str, Any] = {}
-        if isinstance(data.get("credits_charged"), int | float):
-            cost["credits_charged"] = data["credits_charged"]
-        if isinstance(data.get("credits_refunded"), int | float):
-            cost["credits_refunded"] = data["credits_refunded"]
-        if status == "succeeded":
-            out = data.get("output") if isinstance(data.get("output"), dict) else {}
-            assert isinstance(out, dict)
-            if not out.get("video_url"):
-                status = "failed"
-                error = generation_failed(NO_VIDEO)
-            else:
-                output = {
-                    "videos": [{"url": out["video_url"], "thumbnail_url": out.get("thumbnail_url")}],
-                    "last_frame_url": out.get("last_frame_url"),
-                }
-        if status == "failed" and error is None:
-            err = data.get("error") if isinstance(data.get("error"), dict) else {}
-            assert isinstance(err, dict)
-            error = generation_failed(
-                str(err.get("message") or "the provider reported failure"), str(err.get("code") or "failed")
-            )
-        return Report(
-            status=status,  # type: ignore[arg-type]
-            provider_task_id=str(data["id"]) if data.get("id") else None,
-            output=output,
-            error=error,
-            cost=cost or None,
+    def output(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        out = data.get("output")
+        if not isinstance(out, dict) or not out.get("video_url"):
+            return None
+        return {
+            "videos": [{"url": out["video_url"], "thumbnail_url": out.get("thumbnail_url")}],
+            "last_frame_url": out.get("last_frame_url"),
+        }
+
+    def failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        err = data.get("error")
+        err = err if isinstance(err, dict) else {}
+        return generation_failed(
+            str(err.get("message") or "the provider reported failure"), str(err.get("code") or "failed")
         )
+
+    def task_id(self, data: Mapping[str, Any]) -> str | None:
+        return str(data["id"]) if data.get("id") else None
+
+    def cost(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        cost: dict[str, Any] = {}
+        for field in ("credits_charged", "credits_refunded"):
+            if isinstance(data.get(field), int | float):
+                cost[field] = data[field]
+        return cost or None
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float, job: JobRecord | None) -> None:
         secrets = self.settings.webhook_secrets

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from tests.harness import Stack, stack
 
 SLOW = SandboxKnobs(processing_after_s=30, complete_after_s=60)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from service.sandbox import SandboxKnobs
+from sandbox import SandboxKnobs
 from tests import pg
 from tests.harness import Stack, stack
 

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from tests.faults.rig import (
     CountingTransport,
     EventRow,

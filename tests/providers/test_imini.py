@@ -12,15 +12,15 @@ import httpx
 import msgspec
 import pytest
 
+from sandbox.imini import create_imini_sandbox
+from sandbox.knobs import SandboxKnobs
 from service import jobs
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
 from service.providers import all_models
 from service.providers.base import PermanentError, TransientError
 from service.providers.imini import SPEC, Imini
-from service.sandbox.imini import create_imini_sandbox
-from service.sandbox.knobs import SandboxKnobs
-from service.settings import DEFAULT_BASE_URLS, ProviderSettings
+from service.settings import ProviderSettings
 from service.signing import SignatureError
 from storage import JobRecord
 
@@ -68,7 +68,7 @@ async def against_sandbox(knobs: SandboxKnobs = SLOW, **options: Any) -> AsyncIt
 @asynccontextmanager
 async def against(handler: Handler) -> AsyncIterator[Imini]:
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        yield adapter_for(client, DEFAULT_BASE_URLS["imini"])
+        yield adapter_for(client, Imini.default_base_url)
 
 
 def task(**body: Any) -> Handler:
@@ -91,7 +91,7 @@ async def sent_body(sandbox: httpx.AsyncClient) -> dict[str, Any]:
 async def adapter() -> AsyncIterator[Imini]:
     """An adapter for checks that send nothing."""
     async with httpx.AsyncClient() as client:
-        yield adapter_for(client, DEFAULT_BASE_URLS["imini"])
+        yield adapter_for(client, Imini.default_base_url)
 
 
 # -- the request ----------------------------------------------------------------------------------------

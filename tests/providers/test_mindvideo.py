@@ -11,12 +11,12 @@ import httpx
 import msgspec
 import pytest
 
+from sandbox.knobs import SandboxKnobs
+from sandbox.mindvideo import create_mindvideo_sandbox
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
 from service.providers.base import OutcomeUnknown, PermanentError, TransientError
 from service.providers.mindvideo import MODEL, MindVideo
-from service.sandbox.knobs import SandboxKnobs
-from service.sandbox.mindvideo import create_mindvideo_sandbox
 from service.settings import ProviderSettings
 from service.signing import SignatureError
 from storage import JobRecord

@@ -12,15 +12,15 @@ import httpx
 import msgspec
 import pytest
 
+from sandbox import SANDBOXES
+from sandbox.knobs import SandboxKnobs
+from sandbox.minuit import create_minuit_sandbox
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
 from service.jobs import new_job
 from service.providers import ADAPTERS, all_models
 from service.providers.base import ModelSpec, OutcomeUnknown, PermanentError, TransientError
 from service.providers.minuit import Minuit
-from service.sandbox import SANDBOXES
-from service.sandbox.knobs import SandboxKnobs
-from service.sandbox.minuit import create_minuit_sandbox
 from service.settings import ProviderSettings
 from service.signing import SignatureError
 from storage import JobRecord

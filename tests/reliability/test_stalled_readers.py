@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
+from service.providers import ADAPTERS
 from service.settings import Settings
 from tests.harness import data_uri, serving, url_of
 from tests.ports import bind, free_ports
@@ -60,7 +61,7 @@ async def stall(port: int, request: bytes, count: int) -> list[socket.socket]:
 async def test_stalled_replays_and_lists_of_the_largest_inline_jobs_pin_little_memory(tmp_path: Path) -> None:
     sandbox_sock, port = bind(), free_ports(1)
     env = reelay_env(tmp_path, port, {"seedancee2": url_of(sandbox_sock)})
-    cap = Settings.from_env(env).max_inline_bytes
+    cap = Settings.from_env(env, adapters=ADAPTERS).max_inline_bytes
     url = f"http://127.0.0.1:{port}"
     key = create_key(env)
     headers = {"Authorization": f"Bearer {key}"}

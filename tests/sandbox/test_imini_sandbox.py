@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox.imini import create_imini_sandbox
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.imini import create_imini_sandbox
+from sandbox.knobs import SandboxKnobs
 from tests.sandbox.conftest import serve
 
 API_KEY = "sk-imini-sandbox"

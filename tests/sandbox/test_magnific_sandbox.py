@@ -14,8 +14,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.sandbox.knobs import SandboxKnobs
-from service.sandbox.magnific import create_magnific_sandbox
+from sandbox.knobs import SandboxKnobs
+from sandbox.magnific import create_magnific_sandbox
 from tests.sandbox.conftest import Receiver, eventually, serve
 
 API_KEY = "magnific_sandbox_key"

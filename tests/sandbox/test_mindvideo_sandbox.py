@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox.knobs import SandboxKnobs
-from service.sandbox.mindvideo import create_mindvideo_sandbox
+from sandbox.knobs import SandboxKnobs
+from sandbox.mindvideo import create_mindvideo_sandbox
 from tests.sandbox.conftest import serve
 
 API_KEY = "mv_live_sandbox"

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox.knobs import SandboxKnobs
-from service.sandbox.minuit import create_minuit_sandbox
+from sandbox.knobs import SandboxKnobs
+from sandbox.minuit import create_minuit_sandbox
 from tests.sandbox.conftest import Receiver, eventually, serve
 
 API_KEY = "mn_live_sandbox"

@@ -16,8 +16,8 @@ import pytest
 import stripe
 import uvicorn
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
-from service.sandbox.seedancee2 import create_seedancee2_sandbox
+from sandbox.knobs import Chaos, SandboxKnobs
+from sandbox.seedancee2 import create_seedancee2_sandbox
 from tests.sandbox.conftest import Receiver, eventually, serve
 
 API_KEY = "sk_seedancee2_live_sandbox"

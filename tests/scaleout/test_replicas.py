@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from service.sandbox import SANDBOXES, SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from tests import pg
 from tests.harness import serving, url_of
 from tests.ports import bind, free_ports

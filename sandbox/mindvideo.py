@@ -21,10 +21,14 @@ from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 from ulid import ULID
 
-from service.sandbox.common import SandboxCore, SandboxTask, iso, json_response, sandbox_app
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.common import SandboxApiError, SandboxCore, SandboxTask, iso, json_response, sandbox_app
+from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_mindvideo_sandbox"]
+__all__ = ["SANDBOX", "create_mindvideo_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "mv_live_sandbox"
 
 Status = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
 Outcome = Literal["succeeded", "failed", "cancelled"]
@@ -138,17 +142,8 @@ class ErrorEnvelope(msgspec.Struct):
 # Errors: everything the emulator answers with goes through the `{"error": {"code", "message"}}` shape.
 
 
-class SandboxApiError(Exception):
-    def __init__(self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-
 def _invalid(message: str) -> SandboxApiError:
-    return SandboxApiError(400, "invalid_request", message)
+    return SandboxApiError(400, message, code="invalid_request")
 
 
 def _error_response(status_code: int, code: str, message: str, headers: dict[str, str]) -> Response[bytes]:
@@ -182,7 +177,7 @@ def _new_id(prefix: str) -> str:
 def _validate(request: CreateRequest) -> float:
     """Check the cross-field rules the schema states in prose; return the task's cost estimate."""
     if request.model != MODEL:
-        raise SandboxApiError(400, "model_not_found", f"Model {request.model!r} is not available.")
+        raise SandboxApiError(400, f"Model {request.model!r} is not available.", code="model_not_found")
     spec = request.input
     roles = [item.role for item in spec.image_with_roles] if isinstance(spec.image_with_roles, list) else []
     if isinstance(spec.image_urls, list) and isinstance(spec.image_with_roles, list):
@@ -263,20 +258,20 @@ class _MindVideoSandbox(SandboxCore[_Task, Outcome]):
         scheme, _, token = (headers.get("authorization") or "").partition(" ")
         if scheme.lower() == "bearer" and token.strip() in self.api_keys:
             return token.strip()
-        raise SandboxApiError(401, "invalid_api_key", "API key is missing, invalid, or disabled.")
+        raise SandboxApiError(401, "API key is missing, invalid, or disabled.", code="invalid_api_key")
 
     def rate_limited(self) -> SandboxApiError:
         # 429 is not documented by MindVideo; the code is the emulator's choice.
-        return SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
+        return SandboxApiError(429, "Too many requests.", code="rate_limited", headers={"Retry-After": "1"})
 
     def server_error(self) -> SandboxApiError:
-        return SandboxApiError(500, "internal_error", "Internal server error.")
+        return SandboxApiError(500, "Internal server error.", code="internal_error")
 
     def not_found(self, task_id: str) -> SandboxApiError:
-        return SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
+        return SandboxApiError(404, f"Task {task_id} was not found.", code="task_not_found")
 
     def already_terminal(self, task: _Task) -> SandboxApiError:
-        return SandboxApiError(409, "task_already_terminal", f"Task {task.id} is already {task.outcome}.")
+        return SandboxApiError(409, f"Task {task.id} is already {task.outcome}.", code="task_already_terminal")
 
     def invalid_knobs(self, message: str) -> SandboxApiError:
         return _invalid(message)
@@ -317,7 +312,7 @@ class _MindVideoSandbox(SandboxCore[_Task, Outcome]):
             if earlier is not None:
                 if earlier.body != body:
                     raise SandboxApiError(
-                        409, "idempotency_conflict", "Idempotency-Key was already used with a different payload."
+                        409, "Idempotency-Key was already used with a different payload.", code="idempotency_conflict"
                     )
                 self.replayed_creates.append({"id": earlier.id, "idempotency_key": idempotency_key})
                 return earlier, True
@@ -352,7 +347,7 @@ class _MindVideoSandbox(SandboxCore[_Task, Outcome]):
 
 def create_mindvideo_sandbox(
     *,
-    api_key: str = "mv_live_sandbox",
+    api_key: str = API_KEY,
     knobs: SandboxKnobs | None = None,
     callback_client: httpx.AsyncClient | None = None,
     extra_api_keys: Iterable[str] = (),
@@ -403,3 +398,6 @@ def create_mindvideo_sandbox(
             Exception: _on_unexpected_error,
         },
     )
+
+
+SANDBOX = SandboxSpec(provider="mindvideo", factory=create_mindvideo_sandbox, api_key=API_KEY)

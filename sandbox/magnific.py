@@ -26,18 +26,25 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.common import (
+from sandbox.common import (
     Callback,
     CallbackDice,
     CallbackRecord,
+    SandboxApiError,
     SandboxCore,
     SandboxTask,
     json_response,
     sandbox_app,
 )
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_magnific_sandbox"]
+__all__ = ["SANDBOX", "create_magnific_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "magnific_sandbox_key"
+# Standard Webhooks form: "whsec_" + base64 of the key bytes (here b"magnific-sandbox-secret").
+WEBHOOK_SECRET = "whsec_bWFnbmlmaWMtc2FuZGJveC1zZWNyZXQ="  # noqa: S105 - a public sandbox-only secret
 
 T = TypeVar("T")
 
@@ -119,14 +126,6 @@ class Problem(msgspec.Struct):
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors: `{"message": ...}` everywhere, and the problem shape for invalid parameters.
-
-
-class SandboxApiError(Exception):
-    def __init__(self, status_code: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 class InvalidParams(Exception):
@@ -397,8 +396,8 @@ class _MagnificSandbox(SandboxCore[_Task, Outcome]):
 
 def create_magnific_sandbox(
     *,
-    api_key: str = "magnific_sandbox_key",
-    webhook_secret: str = "whsec_bWFnbmlmaWMtc2FuZGJveC1zZWNyZXQ=",  # noqa: S107 - a public sandbox-only secret
+    api_key: str = API_KEY,
+    webhook_secret: str = WEBHOOK_SECRET,
     knobs: SandboxKnobs | None = None,
     callback_client: httpx.AsyncClient | None = None,
     extra_api_keys: Iterable[str] = (),
@@ -464,3 +463,8 @@ def create_magnific_sandbox(
             Exception: _on_unexpected_error,
         },
     )
+
+
+SANDBOX = SandboxSpec(
+    provider="magnific", factory=create_magnific_sandbox, api_key=API_KEY, webhook_secret=WEBHOOK_SECRET
+)

@@ -23,18 +23,24 @@ from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 from ulid import ULID
 
-from service.sandbox.common import (
+from sandbox.common import (
     Callback,
     CallbackRecord,
+    SandboxApiError,
     SandboxCore,
     SandboxTask,
     iso,
     json_response,
     sandbox_app,
 )
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_seedancee2_sandbox"]
+__all__ = ["SANDBOX", "create_seedancee2_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "sk_seedancee2_live_sandbox"
+WEBHOOK_SECRET = "whsec_seedancee2_sandbox"  # noqa: S105 - a public sandbox-only secret
 
 T = TypeVar("T")
 
@@ -153,40 +159,35 @@ class ErrorEnvelope(msgspec.Struct):
 # Errors: everything the emulator answers with goes through the documented `{"error": {...}}` shape.
 
 
-class SandboxApiError(Exception):
-    def __init__(
-        self, status_code: int, code: str, message: str, type_: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-        self.type = type_
-        self.headers = dict(headers or {})
-
-
 def _invalid(message: str) -> SandboxApiError:
-    return SandboxApiError(400, "invalid_request", message, "invalid_request_error")
+    return SandboxApiError(400, message, code="invalid_request")
 
 
-def _error_response(status_code: int, code: str, message: str, type_: str, headers: dict[str, str]) -> Response[bytes]:
-    body = msgspec.json.encode(ErrorEnvelope(TaskError(code=code, message=message, type=type_)))
-    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+# The error `type` that goes with each status, as the doc pairs them; 409 and 429 are the emulator's own.
+_ERROR_TYPES = {401: "authentication_error", 409: "sandbox_error", 429: "rate_limit_error"}
+
+
+def _error_response(
+    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response[bytes]:
+    error_type = _ERROR_TYPES.get(status_code, "api_error" if status_code >= 500 else "invalid_request_error")
+    body = msgspec.json.encode(ErrorEnvelope(TaskError(code=code, message=message, type=error_type)))
+    return Response(body, status_code=status_code, media_type="application/json", headers=dict(headers or {}))
 
 
 def _on_sandbox_error(_: Request[Any, Any, Any], exc: SandboxApiError) -> Response[bytes]:
-    return _error_response(exc.status_code, exc.code, exc.message, exc.type, exc.headers)
+    return _error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
 
 def _on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     # Unknown routes and methods are not covered by the doc; keep the documented shape anyway.
     if exc.status_code >= 500:
-        return _error_response(exc.status_code, "internal_error", "Unexpected server error.", "api_error", {})
-    return _error_response(exc.status_code, "invalid_request", exc.detail, "invalid_request_error", {})
+        return _error_response(exc.status_code, "internal_error", "Unexpected server error.")
+    return _error_response(exc.status_code, "invalid_request", exc.detail)
 
 
 def _on_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    return _error_response(500, "internal_error", f"Unexpected server error: {exc!r}", "api_error", {})
+    return _error_response(500, "internal_error", f"Unexpected server error: {exc!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,9 +268,7 @@ def _validate(request: CreateRequest) -> int:
     """Check what the struct cannot express; return the credits to reserve."""
     rates = RATES.get(request.model)
     if rates is None:
-        raise SandboxApiError(
-            404, "model_not_found", f"Model {request.model!r} does not exist or is inactive.", "invalid_request_error"
-        )
+        raise SandboxApiError(404, f"Model {request.model!r} does not exist or is inactive.", code="model_not_found")
     spec = request.input
     resolution = spec.resolution if isinstance(spec.resolution, str) else DEFAULT_RESOLUTION
     if resolution not in rates:
@@ -333,26 +332,20 @@ class _Seedancee2Sandbox(SandboxCore[_Task, Outcome]):
         api_key = headers.get("x-api-key")
         if api_key is not None and api_key in self.api_keys:
             return api_key
-        raise SandboxApiError(
-            401, "invalid_api_key", "API key is missing, invalid, or disabled.", "authentication_error"
-        )
+        raise SandboxApiError(401, "API key is missing, invalid, or disabled.", code="invalid_api_key")
 
     def rate_limited(self) -> SandboxApiError:
         # 429 is not documented by Seedancee2; the code and type are the emulator's choice.
-        return SandboxApiError(
-            429, "rate_limit_exceeded", "Too many requests.", "rate_limit_error", {"Retry-After": "1"}
-        )
+        return SandboxApiError(429, "Too many requests.", code="rate_limit_exceeded", headers={"Retry-After": "1"})
 
     def server_error(self) -> SandboxApiError:
-        return SandboxApiError(500, "internal_error", "Unexpected server error.", "api_error")
+        return SandboxApiError(500, "Unexpected server error.", code="internal_error")
 
     def not_found(self, task_id: str) -> SandboxApiError:
-        return SandboxApiError(404, "task_not_found", f"Task {task_id} does not exist.", "invalid_request_error")
+        return SandboxApiError(404, f"Task {task_id} does not exist.", code="task_not_found")
 
     def already_terminal(self, task: _Task) -> SandboxApiError:
-        return SandboxApiError(
-            409, "task_already_terminal", f"Task {task.id} is already {task.outcome}.", "sandbox_error"
-        )
+        return SandboxApiError(409, f"Task {task.id} is already {task.outcome}.", code="task_already_terminal")
 
     def invalid_knobs(self, message: str) -> SandboxApiError:
         return _invalid(message)
@@ -481,8 +474,8 @@ class _Seedancee2Sandbox(SandboxCore[_Task, Outcome]):
 
 def create_seedancee2_sandbox(
     *,
-    api_key: str = "sk_seedancee2_live_sandbox",
-    webhook_secret: str | None = "whsec_seedancee2_sandbox",  # noqa: S107 - a public sandbox-only secret
+    api_key: str = API_KEY,
+    webhook_secret: str | None = WEBHOOK_SECRET,
     knobs: SandboxKnobs | None = None,
     callback_client: httpx.AsyncClient | None = None,
     extra_api_keys: Iterable[str] = (),
@@ -578,3 +571,8 @@ def create_seedancee2_sandbox(
             Exception: _on_unexpected_error,
         },
     )
+
+
+SANDBOX = SandboxSpec(
+    provider="seedancee2", factory=create_seedancee2_sandbox, api_key=API_KEY, webhook_secret=WEBHOOK_SECRET
+)

@@ -21,10 +21,22 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.common import Callback, CallbackRecord, SandboxCore, SandboxTask, json_response, sandbox_app
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.common import (
+    Callback,
+    CallbackRecord,
+    SandboxApiError,
+    SandboxCore,
+    SandboxTask,
+    json_response,
+    sandbox_app,
+)
+from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_minuit_sandbox"]
+__all__ = ["SANDBOX", "create_minuit_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "mn_live_sandbox"
 
 State = Literal["queueing", "processing", "success", "failed"]
 Outcome = Literal["success", "failed"]
@@ -147,22 +159,13 @@ class ErrorBody(msgspec.Struct):
 # Errors: everything the emulator answers with goes through the documented flat shape.
 
 
-class SandboxApiError(Exception):
-    def __init__(self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-
 def _invalid(message: str) -> SandboxApiError:
     # The doc's 400 codes: invalid_json covers "malformed or missing required input", missing_image the image.
-    return SandboxApiError(400, "invalid_json", message)
+    return SandboxApiError(400, message, code="invalid_json")
 
 
 def _missing_image(message: str) -> SandboxApiError:
-    return SandboxApiError(400, "missing_image", message)
+    return SandboxApiError(400, message, code="missing_image")
 
 
 def _error_response(status_code: int, code: str, message: str, headers: dict[str, str]) -> Response[bytes]:
@@ -324,7 +327,7 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
         authorization = headers.get("authorization")
         api_key = headers.get("x-api-key")
         if authorization is None and api_key is None:
-            raise SandboxApiError(401, "missing_api_key", "API key is missing.")
+            raise SandboxApiError(401, "API key is missing.", code="missing_api_key")
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")
             # The scheme is Token; a Bearer client is refused even with the right key.
@@ -332,21 +335,21 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
                 return token.strip()
         if api_key is not None and api_key in self.api_keys:
             return api_key
-        raise SandboxApiError(401, "invalid_api_key", "API key is invalid, disabled or expired.")
+        raise SandboxApiError(401, "API key is invalid, disabled or expired.", code="invalid_api_key")
 
     def rate_limited(self) -> SandboxApiError:
         # Minuit documents no 429; the code is the emulator's choice (Vidu says TooManyRequests).
-        return SandboxApiError(429, "rate_limited", "Too many requests.", {"Retry-After": "1"})
+        return SandboxApiError(429, "Too many requests.", code="rate_limited", headers={"Retry-After": "1"})
 
     def server_error(self) -> SandboxApiError:
         # 502 upstream_error is the only server error Minuit documents.
-        return SandboxApiError(502, "upstream_error", "The generation service failed the task. Retry later.")
+        return SandboxApiError(502, "The generation service failed the task. Retry later.", code="upstream_error")
 
     def not_found(self, task_id: str) -> SandboxApiError:
-        return SandboxApiError(404, "task_not_found", f"Task {task_id} was not found.")
+        return SandboxApiError(404, f"Task {task_id} was not found.", code="task_not_found")
 
     def already_terminal(self, task: _Task) -> SandboxApiError:
-        return SandboxApiError(409, "task_already_terminal", f"Task {task.id} is already {task.outcome}.")
+        return SandboxApiError(409, f"Task {task.id} is already {task.outcome}.", code="task_already_terminal")
 
     def invalid_knobs(self, message: str) -> SandboxApiError:
         return _invalid(message)
@@ -387,7 +390,7 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
         cost = rate * plan.duration
         used = self.used[owner]
         if used + cost > self.quota_credits:
-            raise SandboxApiError(402, "quota_exhausted", "Quota exhausted")
+            raise SandboxApiError(402, "Quota exhausted", code="quota_exhausted")
         self.used[owner] = used + cost
         task = _Task(
             id=f"mnt_task_{secrets.token_hex(12)}",
@@ -466,7 +469,7 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
 
 def create_minuit_sandbox(
     *,
-    api_key: str = "mn_live_sandbox",
+    api_key: str = API_KEY,
     knobs: SandboxKnobs | None = None,
     callback_client: httpx.AsyncClient | None = None,
     extra_api_keys: Iterable[str] = (),
@@ -525,3 +528,9 @@ def create_minuit_sandbox(
             Exception: _on_unexpected_error,
         },
     )
+
+
+# Minuit refuses creates without a moderation value; "disabled" is the documented one.
+SANDBOX = SandboxSpec(
+    provider="minuit", factory=create_minuit_sandbox, api_key=API_KEY, options={"moderation": "disabled"}
+)

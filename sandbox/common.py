@@ -18,12 +18,13 @@ from litestar.params import FromPath
 from litestar.types import ControllerRouterHandler, ExceptionHandlersMap
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.knobs import Chaos, SandboxKnobs
+from sandbox.knobs import Chaos, SandboxKnobs
 
 __all__ = [
     "Callback",
     "CallbackDice",
     "CallbackRecord",
+    "SandboxApiError",
     "SandboxCore",
     "SandboxTask",
     "iso",
@@ -46,6 +47,23 @@ def iso(moment: datetime) -> str:
     """Format as the providers' docs do: `2026-06-29T10:00:00.000Z` (UTC, milliseconds)."""
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class SandboxApiError(Exception):
+    """An error answer: each emulator's handler writes it in its provider's own error shape.
+
+    `code` is the provider's error word, for the providers whose error bodies carry one; `headers` go out with it
+    (e.g. Retry-After on a 429).
+    """
+
+    def __init__(
+        self, status_code: int, message: str, *, code: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.code = code
+        self.headers = dict(headers or {})
 
 
 def json_response(value: Any) -> Response[bytes]:

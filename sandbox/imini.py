@@ -22,10 +22,14 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from service.sandbox.common import SandboxCore, SandboxTask, iso, json_response, sandbox_app
-from service.sandbox.knobs import SandboxKnobs
+from sandbox.common import SandboxApiError, SandboxCore, SandboxTask, iso, json_response, sandbox_app
+from sandbox.knobs import SandboxKnobs
+from sandbox.registry import SandboxSpec
 
-__all__ = ["create_imini_sandbox"]
+__all__ = ["SANDBOX", "create_imini_sandbox"]
+
+# Reelay's credentials for this emulator: public, sandbox-only values.
+API_KEY = "sk-imini-sandbox"
 
 Status = Literal["queued", "processing", "succeeded", "failed"]
 Outcome = Literal["succeeded", "failed"]
@@ -143,16 +147,8 @@ class ErrorEnvelope(msgspec.Struct):
 # Errors: every answer that is not a success goes through the `{"error": {...}}` envelope.
 
 
-class SandboxApiError(Exception):
-    def __init__(self, status_code: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-
-
 def _invalid(message: str) -> SandboxApiError:
-    return SandboxApiError(400, "INVALID_PARAMETER", message)
+    return SandboxApiError(400, message, code="INVALID_PARAMETER")
 
 
 def _error_response(status_code: int, code: str, message: str) -> Response[bytes]:
@@ -188,10 +184,10 @@ def _validate(request: CreateRequest) -> None:
     videos = request.reference_videos or []
     audios = request.reference_audios or []
     if isinstance(request.prompt, str) and not request.prompt.strip():
-        raise SandboxApiError(400, "INVALID_PROMPT", "prompt must not be blank.")
+        raise SandboxApiError(400, "prompt must not be blank.", code="INVALID_PROMPT")
     # [A] A task with neither a prompt nor a reference has nothing to generate from.
     if isinstance(request.prompt, UnsetType) and not (images or videos):
-        raise SandboxApiError(400, "INVALID_PROMPT", "prompt is required when no reference is given.")
+        raise SandboxApiError(400, "prompt is required when no reference is given.", code="INVALID_PROMPT")
     kinds = [image.reference_type for image in images]
     frames = kinds.count("first_frame") + kinds.count("last_frame")
     if kinds.count("first_frame") > 1 or kinds.count("last_frame") > 1:
@@ -289,20 +285,20 @@ class _IminiSandbox(SandboxCore[_Task, Outcome]):
         if scheme.lower() == "bearer" and token.strip() in self.api_keys:
             return token.strip()
         # [A] The 401 code is not in the documented list.
-        raise SandboxApiError(401, "UNAUTHORIZED", "Missing or invalid API key.")
+        raise SandboxApiError(401, "Missing or invalid API key.", code="UNAUTHORIZED")
 
     def rate_limited(self) -> SandboxApiError:
         # [A] No Retry-After header is documented; imini's own client waits at least 5 s.
-        return SandboxApiError(429, "RATE_LIMITED", "Too many requests. Please retry later.")
+        return SandboxApiError(429, "Too many requests. Please retry later.", code="RATE_LIMITED")
 
     def server_error(self) -> SandboxApiError:
-        return SandboxApiError(500, "INTERNAL_ERROR", "Internal server error.")
+        return SandboxApiError(500, "Internal server error.", code="INTERNAL_ERROR")
 
     def not_found(self, task_id: str) -> SandboxApiError:
-        return SandboxApiError(404, "TASK_NOT_FOUND", f"Task {task_id} not found.")
+        return SandboxApiError(404, f"Task {task_id} not found.", code="TASK_NOT_FOUND")
 
     def already_terminal(self, task: _Task) -> SandboxApiError:
-        return SandboxApiError(409, "TASK_ALREADY_TERMINAL", f"Task {task.id} is already {task.outcome}.")
+        return SandboxApiError(409, f"Task {task.id} is already {task.outcome}.", code="TASK_ALREADY_TERMINAL")
 
     def invalid_knobs(self, message: str) -> SandboxApiError:
         return _invalid(message)
@@ -334,7 +330,7 @@ class _IminiSandbox(SandboxCore[_Task, Outcome]):
         _validate(request)
         if self.task_quota is not None:
             if self.task_quota <= 0:
-                raise SandboxApiError(403, "INSUFFICIENT_CREDITS", "Insufficient credits. Please top up.")
+                raise SandboxApiError(403, "Insufficient credits. Please top up.", code="INSUFFICIENT_CREDITS")
             self.task_quota -= 1
         task = _Task(
             id=_new_task_id(self.tasks),
@@ -357,7 +353,7 @@ class _IminiSandbox(SandboxCore[_Task, Outcome]):
 
 def create_imini_sandbox(
     *,
-    api_key: str = "sk-imini-sandbox",
+    api_key: str = API_KEY,
     knobs: SandboxKnobs | None = None,
     extra_api_keys: Iterable[str] = (),
     task_quota: int | None = None,
@@ -408,3 +404,6 @@ def create_imini_sandbox(
         },
         request_max_body_size=MAX_BODY_BYTES,
     )
+
+
+SANDBOX = SandboxSpec(provider="imini", factory=create_imini_sandbox, api_key=API_KEY)
