@@ -192,7 +192,7 @@ async def test_a_sixth_provider_runs_a_job_from_post_to_sse(tmp_path: Path) -> N
         "REELAY_LUMEN_REGION": "eu",
     }
     settings = Settings.from_env(env, adapters=WITH_LUMEN)
-    store = create_store(settings.database_url, encode_job)
+    store = create_store(settings.database_url, encode_job, clock=time.time)
     await store.open()
     try:
         _, key = await create_key(store, "test")
