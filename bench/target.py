@@ -15,9 +15,10 @@ import msgspec
 
 from bench.common import BIN, Process, spawn
 from service.ids import new_job_id, new_token
-from service.jobs import encode_job, new_job, submitted
 from service.keys import create_key
+from service.lifecycle import new_job, submitted
 from service.sandbox import SANDBOXES
+from service.wire import encode_job
 from storage import create_store
 from tests.ports import free_ports
 

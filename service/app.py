@@ -18,18 +18,21 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext, close_revoked_streams
 from service.api.docs import swagger_assets, swagger_plugin
-from service.api.jobs import JobController, all_events, list_models, usage
+from service.api.events import all_events
+from service.api.jobs import JobController
 from service.api.limits import RateLimiter
 from service.api.middleware import RequestContextMiddleware, add_security_headers
+from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
+from service.api.usage import usage
 from service.errors import handle_exception
 from service.gateway import Gateway
 from service.hub import EventHub
-from service.jobs import encode_job
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, all_models
 from service.providers.base import ProviderAdapter
 from service.settings import ConfigError, Settings
+from service.wire import encode_job
 from service.worker import Dispatcher, Poller
 from storage import StorageError, Store, create_store
 

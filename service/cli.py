@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
-from service.jobs import encode_job, iso
 from service.logging import configure_logging
 from service.settings import ConfigError, Settings
+from service.timestamps import to_iso
+from service.wire import encode_job
 from storage import BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ def prune(days: int | None, dry_run: bool) -> None:
     if not days:
         click.echo("retention is off (REELAY_RETENTION_DAYS unset or 0): nothing pruned; --days N prunes once")
         return
-    before = iso(time.time() - days * 86_400)
+    before = to_iso(time.time() - days * 86_400)
     counts = _with_store(settings, lambda store: store.prunable(before) if dry_run else store.prune(before))
     click.echo(f"{'dry run: would remove' if dry_run else 'removed'} what is older than {days} days ({before}):")
     click.echo(f"  jobs:             {counts.jobs}")

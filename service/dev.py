@@ -9,12 +9,12 @@ import click
 import msgspec
 
 from service.app import close_streams, create_app
-from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
 from service.sandbox import SANDBOXES, SandboxKnobs
 from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
+from service.wire import encode_job
 from storage import create_store
 
 # Quick enough to watch a job finish, slow enough to see it pass through each status.

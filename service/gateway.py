@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from service import jobs
+from service import lifecycle
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_job_id, new_token
@@ -23,6 +23,8 @@ from service.metrics import Metrics
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
 from service.signing import SignatureError
+from service.vocabulary import TERMINAL
+from service.wire import JobCreate
 from storage import (
     IdempotencyClaim,
     IdempotencyConflict,
@@ -96,7 +98,7 @@ class Gateway:
     # -- jobs --------------------------------------------------------------------------------
 
     async def create_job(
-        self, api_key_id: str, request: jobs.JobCreate, idempotency_key: str | None
+        self, api_key_id: str, request: JobCreate, idempotency_key: str | None
     ) -> tuple[JobRecord, bool]:
         spec, adapter = self.resolve_model(request.model)
         given: dict[str, Any] = msgspec.to_builtins(request.input)
@@ -113,7 +115,7 @@ class Gateway:
             claim = IdempotencyClaim(key=idempotency_key, request_hash=digest)
         now = self.clock()
         shown, inline = split_inline(given)
-        record = jobs.new_job(
+        record = lifecycle.new_job(
             job_id=new_job_id(),
             api_key_id=api_key_id,
             model=spec.id,
@@ -161,7 +163,7 @@ class Gateway:
         job = await self.get_job(api_key_id, job_id)
         if job.status == "cancelled":
             return job  # cancelling is idempotent: a retried cancel gets the job, not an error
-        if job.status in jobs.TERMINAL:
+        if job.status in TERMINAL:
             raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
         if job.provider_task_id:
             adapter = self.adapters.get(job.provider)
@@ -170,7 +172,7 @@ class Gateway:
                     await adapter.cancel(job.provider_task_id)
                 except Exception as exc:  # an upstream failure must not keep the caller's job running here
                     log.warning("job.cancel_upstream_failed", job_id=job_id, provider=job.provider, error=str(exc))
-        outcome = await self.update_job(job_id, lambda j: jobs.cancelled(j, now=self.clock()))
+        outcome = await self.update_job(job_id, lambda j: lifecycle.cancelled(j, now=self.clock()))
         if outcome.job.status != "cancelled":
             raise Conflict(f"job {job_id} is already {outcome.job.status}", code="job_finished")
         return outcome.job
@@ -191,7 +193,7 @@ class Gateway:
                     fields["provider_code"] = job.error["provider_code"]
             emit = log.warning if job.status == "failed" else log.info
             emit(outcome.event.type, status=job.status, **fields)
-            if job.status in jobs.TERMINAL:
+            if job.status in TERMINAL:
                 self.metrics.jobs_finished.labels(model=job.model, status=job.status).inc()
         return outcome
 
@@ -263,7 +265,7 @@ class Gateway:
 
         def decide(job: JobRecord) -> Decision:
             check(job)
-            return jobs.reported(job, notice.report, now=self.clock())
+            return lifecycle.reported(job, notice.report, now=self.clock())
 
         try:
             if known is not None:
@@ -291,7 +293,7 @@ class Gateway:
 
     async def _confirm(self, provider: str, notice: WebhookNotice, job_id: str) -> str:
         # No receipt: a confirmation only schedules a status check, and doing that twice is harmless.
-        await self.update_job(job_id, lambda j: jobs.confirm_soon(j, now=self.clock()))
+        await self.update_job(job_id, lambda j: lifecycle.confirm_soon(j, now=self.clock()))
         self._on_confirm()
         log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
         return "confirming"

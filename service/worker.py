@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from service import jobs
+from service import lifecycle
 from service.gateway import Gateway
 from service.providers.base import (
     ModelSpec,
@@ -118,7 +118,7 @@ class LeasedLoop:
     async def _fail(self, job: JobRecord, code: str, message: str, provider_code: str | None = None) -> None:
         now = self.clock()
         await self._update(
-            job, lambda j: jobs.failed(j, code=code, message=message, now=now, provider_code=provider_code)
+            job, lambda j: lifecycle.failed(j, code=code, message=message, now=now, provider_code=provider_code)
         )
 
 
@@ -167,7 +167,7 @@ class Dispatcher(LeasedLoop):
         full_input = await self.gateway.full_input(job)
         job = await self._update(
             job,
-            lambda j: jobs.rescheduled(
+            lambda j: lifecycle.rescheduled(
                 j, dispatch_state=DispatchState.SENDING, dispatch_attempts=j.dispatch_attempts + 1
             ),
         )
@@ -215,7 +215,7 @@ class Dispatcher(LeasedLoop):
         first_poll = settings.callback_grace_seconds if callbacks else adapter.poll_schedule.delay(0, self.rng)
         await self._update(
             job,
-            lambda j: jobs.submitted(
+            lambda j: lifecycle.submitted(
                 j, provider_task_id=task_id, cost=cost, now=now, next_poll_at=min(now + first_poll, j.deadline_at)
             ),
         )
@@ -227,7 +227,7 @@ class Dispatcher(LeasedLoop):
         log.warning("dispatch.retrying", error=str(exc), delay=round(delay, 2), attempt=job.dispatch_attempts)
         next_at = min(self.clock() + delay, job.deadline_at)  # at the deadline the job fails with `timeout`
         await self._update(
-            job, lambda j: jobs.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
+            job, lambda j: lifecycle.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
         )
 
 
@@ -277,7 +277,7 @@ class Poller(LeasedLoop):
         delay = adapter.poll_schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)
 
         def decide(current: JobRecord) -> tuple[JobRecord, str | None] | None:
-            change = jobs.reported(current, report, now=now) if report is not None else None
+            change = lifecycle.reported(current, report, now=now) if report is not None else None
             updated, event = change if change is not None else (current, None)
             if updated.stage == Stage.TERMINAL:
                 return change

@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import InvalidRequest
 from service.inline import check_inline, inline_size, placeholder, restore_inline, split_inline
-from service.jobs import new_job
+from service.lifecycle import new_job
 from service.settings import ConfigError, Settings
 from tests.harness import collect_events, data_uri, stack
 

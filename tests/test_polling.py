@@ -11,12 +11,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from service import jobs
+from service import lifecycle
 from service.gateway import Gateway
-from service.jobs import Report, encode_job
+from service.lifecycle import Report
 from service.providers.base import ModelSpec, TransientError
 from service.schedule import Backoff
 from service.settings import Settings
+from service.wire import encode_job
 from service.worker import Poller
 from storage import ApiKeyRecord, Stage, Store, create_store
 from tests.clock import Clock
@@ -65,7 +66,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000000000000000000001") -> Any:
     if await store.get_api_key("k") is None:
         await store.create_api_key(ApiKeyRecord(id="k", name="k", secret_hash=b"x", created_at="2026-01-01T00:00:00Z"))
-    job = jobs.new_job(
+    job = lifecycle.new_job(
         job_id=job_id,
         api_key_id="k",
         model="fake/m",
@@ -80,7 +81,7 @@ async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000
     await store.create_job(job, "job.created")
     outcome = await store.update_job(
         job.id,
-        lambda j: jobs.submitted(
+        lambda j: lifecycle.submitted(
             j, provider_task_id=f"task-{job_id[-4:]}", cost=None, now=clock.now, next_poll_at=clock.now
         ),
     )

@@ -12,6 +12,7 @@ from litestar.response.base import ASGIResponse
 from service.api.limits import retry_after_header
 from service.errors import error_response
 from service.hub import CLOSE, HEARTBEAT, OVERFLOW, REVOKED, SHUTDOWN, EventHub, Subscription, sse_frame
+from service.vocabulary import TERMINAL_EVENTS
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
     from storage import Store
 
-TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 _REPLAY_PAGE = 500
 _REPLAY_BYTES = 128 * 1024  # of job snapshots per replay page
 _PING = b": ping\n\n"

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx
 import msgspec
 
-from service.jobs import PROMPT_MAX_CHARS
 from service.schedule import Backoff
 from service.signing.errors import SignatureError
+from service.wire import PROMPT_MAX_CHARS
 
 if TYPE_CHECKING:
-    from service.jobs import Report
+    from service.lifecycle import Report
     from service.settings import ProviderSettings
     from storage import JobRecord
 

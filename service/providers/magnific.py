@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
-from service.jobs import Report
+from service.lifecycle import Report
 from service.providers.base import (
     HttpProvider,
     ModelSpec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from service.jobs import Report
+from service.lifecycle import Report
 from service.providers.base import (
     NO_VIDEO,
     InputRefused,

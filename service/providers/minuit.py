@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import msgspec
 import structlog
 
-from service.jobs import Report
+from service.lifecycle import Report
 from service.providers.base import (
     NO_VIDEO,
     HttpProvider,
