@@ -100,7 +100,7 @@ class Database:
         store = create_store(self.url, encode_job, sqlite_synchronous="NORMAL")
         await store.open()
         try:
-            made = [await create_key(store, f"bench-{i}") for i in range(count)]
+            made = [await create_key(store, f"bench-{i}", now=time.time()) for i in range(count)]
         finally:
             await store.close()
         return [Key(record.id, secret) for record, secret in made]

@@ -129,7 +129,7 @@ def keys() -> None:
 def keys_create(name: str, as_json: bool) -> None:
     from service.keys import create_key
 
-    record, full_key = _with_store(_database_settings(), lambda store: create_key(store, name))
+    record, full_key = _with_store(_database_settings(), lambda store: create_key(store, name, now=time.time()))
     if as_json:
         click.echo(msgspec.json.encode({"id": record.id, "name": record.name, "key": full_key}).decode())
     else:
@@ -152,7 +152,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: str) -> None:
     from service.keys import revoke_key
 
-    if not _with_store(_database_settings(), lambda store: revoke_key(store, key_id)):
+    if not _with_store(_database_settings(), lambda store: revoke_key(store, key_id, now=time.time())):
         click.echo(f"no active key with id {key_id}", err=True)
         sys.exit(1)
     click.echo(f"revoked {key_id}")

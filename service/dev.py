@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import click
 import msgspec
@@ -60,7 +61,7 @@ async def run_dev(*, port: int, sandbox_port: int) -> None:
     store = create_store(settings.database_url, encode_job, sqlite_synchronous="NORMAL")
     await store.open()
     try:
-        _, api_key = await create_key(store, "reelay-dev")
+        _, api_key = await create_key(store, "reelay-dev", now=time.time())
     finally:
         await store.close()
     app = create_app(settings)

@@ -9,16 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
 from service import lifecycle
 from service.gateway import Gateway
+from service.hub import EventHub
 from service.lifecycle import Report
+from service.loops import Poller
+from service.metrics import Metrics
 from service.providers.base import ModelSpec, TransientError
+from service.runtime import Runtime
 from service.schedule import Backoff
 from service.settings import Settings
 from service.wire import encode_job
-from service.worker import Poller
 from storage import ApiKeyRecord, Stage, Store, create_store
 from tests.clock import Clock
 
@@ -89,8 +93,19 @@ async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000
 
 
 def _poller(store: Store, clock: Clock, provider: FakeProvider, seed: int = 3) -> Poller:
-    gateway = Gateway(Settings(), store, {"fake": provider}, {}, clock=clock)  # type: ignore[dict-item]
-    return Poller(gateway, rng=random.Random(seed))
+    runtime = Runtime(
+        settings=Settings(),
+        store=store,
+        adapters={"fake": provider},  # type: ignore[dict-item]
+        models={},
+        http=httpx.AsyncClient(),
+        hub=EventHub(),
+        clock=clock,
+        monotonic=clock,
+        rng=random.Random(seed),
+        metrics=Metrics.create(),
+    )
+    return Poller(runtime, Gateway(runtime))
 
 
 async def test_schedule_backs_off_with_jitter_until_the_job_finishes(store: Store) -> None:

@@ -1,9 +1,8 @@
-"""What request handlers reach through `app.state`: the gateway, the hub and the API-key cache."""
+"""What request handlers reach through `app.state`: the use cases, the hub, and the API-key check with its cache."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +17,13 @@ from service.ids import secret_matches, split_api_key
 from storage import ApiKeyRecord, StorageError
 
 if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable
+
     from litestar.handlers import BaseRouteHandler
     from prometheus_client import CollectorRegistry
 
+    from service.events import EventLog
     from service.gateway import Gateway
     from service.hub import EventHub
     from service.settings import Settings
@@ -30,11 +33,16 @@ log = structlog.get_logger("reelay.keys")
 
 @dataclass
 class AppContext:
+    """Built once by the lifespan; handlers ask the use cases (`gateway`, `events`), never the store."""
+
     settings: Settings
     gateway: Gateway
+    events: EventLog
     hub: EventHub
     registry: CollectorRegistry
     limiter: RateLimiter
+    rng: random.Random  # heartbeat jitter
+    monotonic: Callable[[], float]  # the key cache's clock
     # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
     key_cache: dict[str, tuple[ApiKeyRecord, float]] = field(default_factory=dict)
     key_cache_seconds: float = 5.0
@@ -67,12 +75,12 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
     if parts is None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")
     key_id, secret = parts
-    now = time.monotonic()
+    now = ctx.monotonic()
     cached = ctx.key_cache.get(key_id)
     if cached is not None and now - cached[1] < ctx.key_cache_seconds:
         record = cached[0]
     else:
-        found = await ctx.gateway.store.get_api_key(key_id)
+        found = await ctx.gateway.api_key(key_id)
         if found is None:
             raise Unauthorized("the API key is not valid")
         record = found
@@ -100,14 +108,14 @@ async def close_revoked_streams(ctx: AppContext) -> None:
         await asyncio.sleep(ctx.key_cache_seconds)
         for key_id in ctx.hub.stream_keys():
             try:
-                record = await ctx.gateway.store.get_api_key(key_id)
+                record = await ctx.gateway.api_key(key_id)
             except StorageError as exc:
                 log.warning("keys.revocation_check_failed", error=str(exc))
                 break  # the next round tries again
             if record is None:
                 ctx.key_cache.pop(key_id, None)
             else:
-                ctx.key_cache[key_id] = (record, time.monotonic())  # later requests see the revocation at once
+                ctx.key_cache[key_id] = (record, ctx.monotonic())  # later requests see the revocation at once
             if record is None or record.revoked_at is not None:
                 log.info("keys.revoked_streams_closed", api_key_id=key_id, streams=ctx.hub.count_for(key_id))
                 ctx.hub.close_key(key_id)

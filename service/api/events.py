@@ -130,7 +130,7 @@ async def open_stream(
     settings = ctx.settings
     if after is not None:
         # Only ids above the newest committed one are refused: any id a client received is committed.
-        newest = await ctx.gateway.store.last_event_id()
+        newest = await ctx.events.newest_id()
         if after > newest:
             raise InvalidRequest(
                 f"Last-Event-ID {after} is newer than the newest event ({newest}); reload from GET /v1/jobs",
@@ -139,14 +139,14 @@ async def open_stream(
             )
     return EventStream(
         StreamSession(
-            store=ctx.gateway.store,
+            events=ctx.events,
             hub=ctx.hub,
             api_key_id=caller.id,
             job_id=job_id,
             after_id=after,
             heartbeat=settings.sse_heartbeat_seconds,
             retry_ms=settings.sse_retry_ms,
-            rng=ctx.gateway.rng,
+            rng=ctx.rng,
             job_finished=job_finished,
         )
     )

@@ -50,5 +50,4 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
     operation_class=ApiOperation,
 )
 async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord]) -> ModelList:
-    gateway = context(request).gateway
-    return ModelList(data=[model_info(spec, spec.provider in gateway.adapters) for spec in gateway.models.values()])
+    return ModelList(data=[model_info(spec, available) for spec, available in context(request).gateway.list_models()])

@@ -18,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from service.api.context import context
 from service.errors import error_response, error_responses
 from service.gateway import WebhookRejected
-from service.health import NotReady, check_ready
+from service.health import NotReady
 from service.providers import ADAPTERS
 from service.signing import SignatureError
 
@@ -129,7 +129,7 @@ async def healthz() -> Health:
 async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
     ctx = context(request)
     try:
-        await check_ready(ctx.gateway.store, ctx.settings)
+        await ctx.gateway.check_ready()
     except NotReady as exc:
         return error_response(503, exc.code, exc.message)
     return Response(Health(status="ready"))

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from litestar import Litestar, Request
     from litestar.types import Receive, Scope, Send
 
-    from storage import Store
+    from service.events import EventLog
 
 _REPLAY_PAGE = 500
 _REPLAY_BYTES = 128 * 1024  # of job snapshots per replay page
@@ -31,7 +31,7 @@ class StreamSession:
     def __init__(
         self,
         *,
-        store: Store,
+        events: EventLog,
         hub: EventHub,
         api_key_id: str,
         job_id: str | None,
@@ -41,7 +41,7 @@ class StreamSession:
         rng: random.Random,
         job_finished: bool = False,
     ) -> None:
-        self.store = store
+        self.events = events
         self.hub = hub
         self.api_key_id = api_key_id
         self.job_id = job_id
@@ -64,7 +64,7 @@ class StreamSession:
             self.cursor = self.after_id
             return
         try:
-            self.cursor = 0 if self.job_id is not None else await self.store.last_event_id()
+            self.cursor = 0 if self.job_id is not None else await self.events.newest_id()
         except BaseException:
             self.sub.close()
             raise
@@ -80,7 +80,7 @@ class StreamSession:
             # One bounded page at a time, sent as one chunk; the next page is read only once `send` took this
             # one, which waits while the client's socket is full: a reader that stalls holds one page.
             while not sub.closed:
-                page = await self.store.events_after(
+                page = await self.events.page_after(
                     last, api_key_id=self.api_key_id, job_id=self.job_id, limit=_REPLAY_PAGE, max_bytes=_REPLAY_BYTES
                 )
                 if not page:

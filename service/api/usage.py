@@ -113,7 +113,7 @@ async def usage(
     total = UsageTotals()
     by_model: dict[str, UsageTotals] = {}
     by_day: dict[str, UsageTotals] = {}
-    for row in await context(request).gateway.store.usage(caller.id, start_iso, end_iso):
+    for row in await context(request).gateway.usage(caller.id, start_iso, end_iso):
         total.add(row)
         by_model.setdefault(row.model, UsageTotals()).add(row)
         by_day.setdefault(row.day, UsageTotals()).add(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -91,7 +92,7 @@ async def _read(s: Stack, after: int, take: int) -> list[int]:
 
 async def test_resume_from_any_disconnect_point_gives_exactly_the_rest_of_the_log(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
-        _, other = await create_key(s.store, "other")
+        _, other = await create_key(s.store, "other", now=time.time())
         for _ in range(4):  # this key's events, interleaved with another key's
             await s.submit()
             await s.client.post(
