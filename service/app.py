@@ -19,6 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext, close_revoked_streams
 from service.api.docs import swagger_assets, swagger_plugin
+from service.api.errors import handle_exception
 from service.api.events import all_events
 from service.api.jobs import JobController
 from service.api.limits import RateLimiter
@@ -26,7 +27,7 @@ from service.api.middleware import RequestContextMiddleware, add_security_header
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.usage import usage
-from service.errors import handle_exception
+from service.errors import ConfigError
 from service.events import EventLog
 from service.gateway import Gateway
 from service.hub import EventHub
@@ -35,7 +36,7 @@ from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, all_models
 from service.providers.base import ProviderAdapter
 from service.runtime import Runtime
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 from service.wire import encode_job
 from storage import StorageError, Store, create_store
 

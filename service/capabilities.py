@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from service.errors import InvalidRequest
-from service.providers.base import InputRefused, ModelSpec, ProviderAdapter
+from service.errors import InputRefused, InvalidRequest
+from service.providers.base import ModelSpec, ProviderAdapter
 from service.wire import JobInput
 
 _EVERY_MODEL = ("prompt", "duration", "resolution", "aspect_ratio")

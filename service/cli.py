@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
+from service.errors import ConfigError
 from service.logging import configure_logging
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 from service.timestamps import to_iso
 from service.wire import encode_job
 from storage import BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
@@ -73,7 +74,8 @@ def main() -> None:
 )
 def serve(host: str | None, port: int | None, role: str) -> None:
     from service.app import close_streams, create_app
-    from service.server import ConnectionLimits, StartupError, listen, make_server, run, serve_all
+    from service.errors import StartupError
+    from service.server import ConnectionLimits, listen, make_server, run, serve_all
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -99,7 +101,8 @@ def serve(host: str | None, port: int | None, role: str) -> None:
 @click.option("--sandbox-port", type=int, default=8100, show_default=True, help="First emulator port.")
 def dev(port: int, sandbox_port: int) -> None:
     from service.dev import run_dev
-    from service.server import StartupError, run
+    from service.errors import StartupError
+    from service.server import run
 
     try:
         run(run_dev(port=port, sandbox_port=sandbox_port))

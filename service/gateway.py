@@ -15,7 +15,7 @@ import structlog
 
 from service import lifecycle
 from service.capabilities import check_for
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
 from service.health import check_ready
 from service.ids import new_job_id, new_token
 from service.inline import check_inline, restore_inline, split_inline
@@ -40,10 +40,6 @@ if TYPE_CHECKING:
     from service.runtime import Runtime
 
 log = structlog.get_logger("reelay.gateway")
-
-
-class WebhookRejected(Exception):
-    """A webhook that is authentic-looking but cannot be used (unparseable, or for a job we do not have)."""
 
 
 class Gateway:

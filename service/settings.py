@@ -9,6 +9,8 @@ from typing import Literal
 
 import msgspec
 
+from service.errors import ConfigError
+
 PROVIDER_NAMES = ("seedancee2", "minuit", "mindvideo", "imini", "magnific")
 
 DEFAULT_BASE_URLS = {
@@ -18,10 +20,6 @@ DEFAULT_BASE_URLS = {
     "imini": "https://openapi.imini.ai/imini/router",
     "magnific": "https://api.magnific.com",
 }
-
-
-class ConfigError(ValueError):
-    """A REELAY_* variable has a value that cannot be used."""
 
 
 class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import ConfigError, Settings
+from service.errors import ConfigError
+from service.settings import Settings
 
 
 def test_defaults_without_any_variable() -> None:

@@ -9,10 +9,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import TooManyRequestsException
 
-from service.api.limits import RateLimiter, retry_after_header
-from service.errors import Unauthorized
+from service.errors import RateLimited, Unauthorized
 from service.ids import secret_matches, split_api_key
 from storage import ApiKeyRecord, StorageError
 
@@ -23,6 +21,7 @@ if TYPE_CHECKING:
     from litestar.handlers import BaseRouteHandler
     from prometheus_client import CollectorRegistry
 
+    from service.api.limits import RateLimiter
     from service.events import EventLog
     from service.gateway import Gateway
     from service.hub import EventHub
@@ -91,9 +90,8 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
         raise Unauthorized("the API key is not valid")
     wait = ctx.limiter.take(key_id)
     if wait is not None:
-        raise TooManyRequestsException(
-            detail=f"rate limit of {ctx.limiter.rate:g} requests/s for this API key exceeded; retry later",
-            headers=retry_after_header(wait),
+        raise RateLimited(
+            f"rate limit of {ctx.limiter.rate:g} requests/s for this API key exceeded; retry later", retry_after=wait
         )
     state["api_key"] = record
     return record

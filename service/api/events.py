@@ -12,10 +12,11 @@ from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, QueryParameter
 
 from service.api.context import authenticate, context
+from service.api.errors import ApiOperation, error_responses
 from service.api.openapi import SECURITY, text_param
 from service.api.query import refuse_unknown_query
 from service.api.sse import EventStream, StreamSession
-from service.errors import ApiOperation, InvalidRequest, error_responses
+from service.errors import InvalidRequest
 from service.vocabulary import EVENT_TYPES, EventType
 from storage import ApiKeyRecord
 

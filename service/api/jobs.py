@@ -15,6 +15,7 @@ from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from service.api.context import authenticate, context, require_api_key
+from service.api.errors import ApiOperation, error_responses, schema_details
 from service.api.events import (
     SSE_ERRORS,
     LastEventIdHeader,
@@ -26,7 +27,7 @@ from service.api.events import (
 from service.api.openapi import SECURITY, text_param
 from service.api.query import QUERY_FAMILIES, refuse_unknown_query
 from service.api.sse import EventStream
-from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses, schema_details
+from service.errors import InvalidRequest, UnsupportedMediaType
 from service.gateway import Gateway
 from service.vocabulary import STATUSES, TERMINAL
 from service.wire import MAX_METADATA_KEYS, Job, JobCreate, JobList, encode_job

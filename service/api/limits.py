@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -31,7 +30,3 @@ class RateLimiter:
             return None
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
-
-
-def retry_after_header(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}

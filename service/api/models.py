@@ -9,10 +9,10 @@ from litestar import Request, get
 from litestar.di import NamedDependency, Provide
 
 from service.api.context import authenticate, context
+from service.api.errors import ApiOperation, error_responses
 from service.api.openapi import SECURITY
 from service.api.query import refuse_unknown_query
 from service.capabilities import capability_record
-from service.errors import ApiOperation, error_responses
 from service.providers.base import ModelSpec
 from storage import ApiKeyRecord
 

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 from litestar import Response
 from litestar.response.base import ASGIResponse
 
-from service.api.limits import retry_after_header
-from service.errors import error_response
+from service.errors import RateLimited
 from service.hub import CLOSE, HEARTBEAT, OVERFLOW, REVOKED, SHUTDOWN, EventHub, Subscription, sse_frame
 from service.vocabulary import TERMINAL_EVENTS
 
@@ -166,14 +165,12 @@ class EventStream(Response[bytes]):
     def to_asgi_response(self, app: Litestar | None, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
         limit: int = request.app.state.ctx.settings.sse_max_per_key
         if self.session.hub.count_for(self.session.api_key_id) >= limit:
-            refusal = error_response(
-                429,
-                "too_many_streams",
+            raise RateLimited(
                 f"this API key already has {limit} open event streams; close one or retry later",
-                {"max_streams": limit},
-                headers=retry_after_header(5),
+                code="too_many_streams",
+                details={"max_streams": limit},
+                retry_after=5,
             )
-            return refusal.to_asgi_response(app=None, request=request)
         headers = {
             "cache-control": "no-cache",
             "x-accel-buffering": "no",  # nginx: pass events through as they come

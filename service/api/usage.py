@@ -11,9 +11,10 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from service.api.context import authenticate, context
+from service.api.errors import ApiOperation, error_responses
 from service.api.openapi import SECURITY, text_param
 from service.api.query import refuse_unknown_query
-from service.errors import ApiOperation, InvalidRequest, error_responses
+from service.errors import InvalidRequest
 from service.timestamps import from_iso, to_iso
 from service.wire import schema_doc
 from storage import ApiKeyRecord, UsageRow

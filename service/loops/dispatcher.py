@@ -10,8 +10,8 @@ import msgspec
 import structlog
 
 from service import lifecycle
+from service.errors import OutcomeUnknown, PermanentError, ProviderError, TransientError
 from service.loops.leased import LeasedLoop
-from service.providers.base import OutcomeUnknown, PermanentError, ProviderError, TransientError
 from service.schedule import Backoff
 from storage import DispatchState, JobRecord, Stage
 

@@ -10,8 +10,8 @@ import msgspec
 import structlog
 
 from service import lifecycle
+from service.errors import PermanentError, ProviderError, TransientError
 from service.loops.leased import LeasedLoop
-from service.providers.base import PermanentError, ProviderError, TransientError
 from storage import JobRecord, Stage
 
 if TYPE_CHECKING:

@@ -1,10 +1,5 @@
-"""What every provider adapter offers, the errors it raises, and the HTTP plumbing they share.
-
-ProviderError
- ├── TransientError     retry later (connection refused, 429, 5xx); `maybe_sent` if it may exist upstream
- ├── PermanentError     the provider refused the request; the job fails with its code and message
- └── OutcomeUnknown     the create was sent and the answer was lost; never resend blindly
-"""
+"""What every provider adapter offers, and the HTTP plumbing they share. The errors they raise (ProviderError and
+its subclasses, InputRefused) are defined in service/errors.py and importable from here."""
 
 from __future__ import annotations
 
@@ -16,6 +11,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx
 import msgspec
 
+from service.errors import InputRefused as InputRefused
+from service.errors import OutcomeUnknown as OutcomeUnknown
+from service.errors import PermanentError as PermanentError
+from service.errors import ProviderError as ProviderError
+from service.errors import TransientError as TransientError
 from service.schedule import Backoff
 from service.signing.errors import SignatureError
 from service.wire import PROMPT_MAX_CHARS
@@ -24,52 +24,6 @@ if TYPE_CHECKING:
     from service.lifecycle import Report
     from service.settings import ProviderSettings
     from storage import JobRecord
-
-
-class ProviderError(Exception):
-    """Base class of failures talking to a provider."""
-
-
-class TransientError(ProviderError):
-    """Worth retrying. `give_up_after`: after that many create attempts in all, the same answer is taken as a
-    refusal (a provider whose server error may hide one)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        maybe_sent: bool = False,
-        give_up_after: int | None = None,
-        provider_code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.maybe_sent = maybe_sent
-        self.give_up_after = give_up_after
-        self.provider_code = provider_code
-
-
-class PermanentError(ProviderError):
-    def __init__(self, message: str, *, provider_code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.provider_code = provider_code
-        self.status = status
-
-
-class OutcomeUnknown(ProviderError):
-    """The request reached the network but its answer never came back."""
-
-
-class InputRefused(ValueError):
-    """Input a provider cannot take, found before anything is sent (the caller gets a 400)."""
-
-    def __init__(self, field: str, message: str, allowed: Any = None) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.allowed = allowed
 
 
 class Price(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
+from service.errors import ConfigError
 from service.lifecycle import Report
 from service.providers.base import (
     HttpProvider,
@@ -19,7 +20,7 @@ from service.providers.base import (
     generation_failed,
     passed_options,
 )
-from service.settings import ConfigError, ProviderSettings
+from service.settings import ProviderSettings
 from service.signing import SignatureError
 from service.signing.standard import SECRET_PREFIX, verify_headers
 from storage import JobRecord
