@@ -137,23 +137,32 @@ class ProviderError(ServiceError):
 
 
 class TransientError(ProviderError):
-    """Worth retrying. `give_up_after`: after that many create attempts in all, the same answer is taken as a
-    refusal (a provider whose server error may hide one)."""
+    """Worth retrying, not before `retry_after` seconds or the unix time `retry_at` when the provider said so.
+    `give_up_after`: after that many create attempts in all, the same answer is taken as a refusal (a provider
+    whose server error may hide one)."""
 
     def __init__(
         self,
         message: str,
         *,
         retry_after: float | None = None,
+        retry_at: float | None = None,
         maybe_sent: bool = False,
         give_up_after: int | None = None,
         provider_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.retry_at = retry_at
         self.maybe_sent = maybe_sent
         self.give_up_after = give_up_after
         self.provider_code = provider_code
+
+    def retry_delay(self, now: float) -> float | None:
+        """The provider's least wait from `now`, in seconds; None when it named none (the schedule decides)."""
+        if self.retry_at is None:
+            return self.retry_after
+        return max(self.retry_after or 0.0, self.retry_at - now, 0.0)
 
 
 class PermanentError(ProviderError):

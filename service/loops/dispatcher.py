@@ -125,11 +125,12 @@ class Dispatcher(LeasedLoop):
         )
 
     async def _retry(self, job: JobRecord, exc: Exception, *, maybe_sent: bool) -> None:
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        now = self.clock()
+        retry_after = exc.retry_delay(now) if isinstance(exc, TransientError) else None
         delay = self.backoff.delay(job.dispatch_attempts, self.rng, at_least=retry_after)
         state = DispatchState.SENDING if maybe_sent else DispatchState.PENDING
         log.warning("dispatch.retrying", error=str(exc), delay=round(delay, 2), attempt=job.dispatch_attempts)
-        next_at = min(self.clock() + delay, job.deadline_at)  # at the deadline the job fails with `timeout`
+        next_at = min(now + delay, job.deadline_at)  # at the deadline the job fails with `timeout`
         await self._update(
             job, lambda j: lifecycle.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
         )

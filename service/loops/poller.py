@@ -52,7 +52,7 @@ class Poller(LeasedLoop):
             await self._fail(job, "provider_error", exc.message, exc.provider_code)
             return
         except TransientError as exc:
-            retry_after = exc.retry_after
+            retry_after = exc.retry_delay(self.clock())
             log.warning("poll.retrying", error=str(exc))
         except (ProviderError, ValueError, KeyError, TypeError) as exc:
             log.warning("poll.bad_answer", error=str(exc))

@@ -4,7 +4,6 @@ its subclasses, InputRefused) are defined in service/errors.py and importable fr
 from __future__ import annotations
 
 import email.utils
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -129,18 +128,19 @@ class ProviderAdapter(Protocol):
         """The cost estimate for a job, before it is sent."""
 
 
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """Retry-After as seconds (it may be a number of seconds or an HTTP date)."""
+def parse_retry_after(value: str | None) -> tuple[float | None, float | None]:
+    """A Retry-After header as (seconds to wait, unix time to wait until): a number of seconds gives the first, an
+    HTTP date the second, which the loop that retries turns into a wait with its own clock."""
     if not value:
-        return None
+        return None, None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(min(int(value), 3600))
+        return float(min(int(value), 3600)), None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+        return None, None
+    return None, when.timestamp()
 
 
 class HttpProvider:
@@ -223,16 +223,19 @@ class HttpProvider:
                 raise TransientError(f"{self.name}: answer {status} without a JSON body", maybe_sent=creates)
             return body
         code, message = self.error_detail(body)
+        retry_after, retry_at = parse_retry_after(response.headers.get("retry-after"))
         if status == 429 or status == 408:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if self.min_retry_after:
                 retry_after = max(retry_after or 0.0, self.min_retry_after)
-            raise TransientError(f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after)
+            raise TransientError(
+                f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after, retry_at=retry_at
+            )
         if status >= 500:
             # An error answer is a refusal, so resending is safe; only a lost answer is an unknown outcome.
             raise TransientError(
                 f"{self.name}: {status} {code or ''} {message or ''}".strip(),
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                retry_after=retry_after,
+                retry_at=retry_at,
                 give_up_after=self.server_error_attempts if creates else None,
                 provider_code=code,
             )

@@ -38,7 +38,7 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert wait == pytest.approx(0.1)
     now[0] += 0.1
     assert limiter.take("k") is None
-    assert RateLimiter(rate=0, burst=1).take("k") is None  # 0 turns the limit off
+    assert RateLimiter(rate=0, burst=1, clock=lambda: now[0]).take("k") is None  # 0 turns the limit off
 
 
 async def test_open_event_streams_are_capped_per_key(tmp_path: Path) -> None:
