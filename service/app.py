@@ -1,4 +1,4 @@
-"""`create_app(settings)`: the Litestar application, its lifespan and background workers."""
+"""`create_app(settings)`: the Litestar application, and its lifespan, which builds the runtime and runs the loops."""
 
 from __future__ import annotations
 
