@@ -16,8 +16,9 @@ import msgspec
 from bench.common import BIN, Process, spawn
 from sandbox import SANDBOXES
 from service.ids import new_job_id, new_token
-from service.jobs import encode_job, new_job, submitted
 from service.keys import create_key
+from service.lifecycle import new_job, submitted
+from service.wire import encode_job
 from storage import create_store
 from tests.ports import free_ports
 
@@ -99,7 +100,7 @@ class Database:
         store = create_store(self.url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
         await store.open()
         try:
-            made = [await create_key(store, f"bench-{i}") for i in range(count)]
+            made = [await create_key(store, f"bench-{i}", now=time.time()) for i in range(count)]
         finally:
             await store.close()
         return [Key(record.id, secret) for record, secret in made]

@@ -1,4 +1,4 @@
-"""`create_app(settings)`: the Litestar application, its lifespan and background workers."""
+"""`create_app(settings)`: the Litestar application, and its lifespan, which builds the runtime and runs the loops."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import structlog
@@ -19,19 +19,25 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext, close_revoked_streams
 from service.api.docs import swagger_assets, swagger_plugin
-from service.api.jobs import JobController, all_events, list_models, usage
+from service.api.errors import handle_exception
+from service.api.events import all_events
+from service.api.jobs import JobController
 from service.api.limits import RateLimiter
 from service.api.middleware import RequestContextMiddleware, add_security_headers
+from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
-from service.errors import handle_exception
+from service.api.usage import usage
+from service.errors import ConfigError
+from service.events import EventLog
 from service.gateway import Gateway
 from service.hub import EventHub
-from service.jobs import encode_job
+from service.loops import Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
 from service.providers.base import ProviderAdapter
-from service.settings import ConfigError, Settings
-from service.worker import Dispatcher, Poller
+from service.runtime import Runtime
+from service.settings import Settings
+from service.wire import encode_job
 from storage import StorageError, Store, create_store
 
 if TYPE_CHECKING:
@@ -40,7 +46,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("reelay.app")
 
 Role = Literal["all", "api", "worker"]
-AdapterFactory = Callable[[Settings, httpx.AsyncClient], Mapping[str, ProviderAdapter]]
 
 
 def enabled_adapters(
@@ -80,7 +85,7 @@ def create_app(
             f"--role {role} needs PostgreSQL (REELAY_DATABASE_URL=postgresql://...); SQLite runs as one process"
         )
     run_workers = role in ("all", "worker")
-    metrics_holder = Metrics.create()
+    app_metrics = Metrics.create()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -96,32 +101,37 @@ def create_app(
         )
         hub = EventHub(settings.sse_queue_size)
         the_store.add_listener(hub.publish)
-        kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
-        gateway = Gateway(
-            settings,
-            the_store,
-            enabled_adapters(settings, client, adapters),
-            all_models(adapters),
+        runtime = Runtime(
+            settings=settings,
+            store=the_store,
+            adapters=enabled_adapters(settings, client, adapters),
+            models=all_models(adapters),
+            http=client,
+            hub=hub,
+            clock=clock or time.time,  # the one place the wall clock is chosen
+            monotonic=time.monotonic,
             rng=random.Random(),
-            metrics=metrics_holder,
-            **kwargs,
+            metrics=app_metrics,
         )
-        dispatcher = Dispatcher(gateway, lease_seconds=settings.lease_seconds)
-        poller = Poller(gateway, lease_seconds=settings.lease_seconds)
-        gateway._on_new_job = dispatcher.wake
-        gateway._on_confirm = poller.wake
+        gateway = Gateway(runtime)
         ctx = app.state.ctx = AppContext(
             settings=settings,
             gateway=gateway,
+            events=EventLog(runtime),
             hub=hub,
-            registry=metrics_holder.registry,
-            limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            registry=app_metrics.registry,
+            limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock=runtime.monotonic),
+            rng=runtime.rng,
+            monotonic=runtime.monotonic,
         )
-        tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(poller.run())] if run_workers else []
-        tasks.append(asyncio.create_task(watch_loop_lag(metrics_holder.loop_lag)))
+        # Every background loop: started here, cancelled on stop, then drained (a new loop joins this list).
+        loops: list[Loop] = [Watcher("loop_lag", lambda: watch_loop_lag(app_metrics.loop_lag))]
+        if run_workers:
+            loops += [Dispatcher(runtime, gateway), Poller(runtime, gateway)]
         if role != "worker":
-            tasks.append(asyncio.create_task(close_revoked_streams(ctx)))
-        log.info("reelay.started", providers=sorted(gateway.adapters), database=settings.database_url.split("://")[0])
+            loops.append(Watcher("revoked_keys", lambda: close_revoked_streams(ctx)))
+        tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
+        log.info("reelay.started", providers=sorted(runtime.adapters), database=settings.database_url.split("://")[0])
         try:
             yield
         finally:
@@ -131,8 +141,8 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             # In-flight creates and polls get a bounded time to finish; the rest are cancelled and their
             # leases released, so the next start (or another worker) takes them over.
-            await dispatcher.drain(settings.shutdown_drain_seconds)
-            await poller.drain(settings.shutdown_drain_seconds)
+            for loop in loops:
+                await loop.drain(settings.shutdown_drain_seconds)
             with contextlib.suppress(StorageError):
                 await the_store.release_leases()
             if http_client is None:
@@ -172,5 +182,5 @@ def create_app(
         debug=False,
         logging_config=None,  # configure_logging() owns logging for the whole process
     )
-    app.state.metrics = metrics_holder
+    app.state.metrics = app_metrics
     return app

@@ -11,12 +11,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from service.errors import InvalidRequest
-from service.jobs import JobInput
-from service.providers.base import InputRefused, ModelSpec, ProviderAdapter
+from service.errors import InputRefused, InvalidRequest
+from service.providers.base import ModelSpec, ProviderAdapter
+from service.wire import JobInput
 
-ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21", "adaptive")
-RESOLUTIONS = ("480p", "720p", "1080p")
 _EVERY_MODEL = ("prompt", "duration", "resolution", "aspect_ratio")
 _ALWAYS = frozenset({*_EVERY_MODEL, "provider_options"})
 # What the request schema requires of every job (JobInput's fields without a default): required for each model.

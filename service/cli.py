@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
-from service.jobs import encode_job, iso
+from service.errors import ConfigError
 from service.logging import configure_logging
 from service.providers import ADAPTERS
-from service.settings import ConfigError, Settings
+from service.settings import Settings
+from service.timestamps import to_iso
+from service.wire import encode_job
 from storage import BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
 
 if TYPE_CHECKING:
@@ -75,7 +77,8 @@ def main() -> None:
 )
 def serve(host: str | None, port: int | None, role: str) -> None:
     from service.app import close_streams, create_app
-    from service.server import ConnectionLimits, StartupError, listen, make_server, run, serve_all
+    from service.errors import StartupError
+    from service.server import ConnectionLimits, listen, make_server, run, serve_all
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -101,7 +104,8 @@ def serve(host: str | None, port: int | None, role: str) -> None:
 @click.option("--sandbox-port", type=int, default=8100, show_default=True, help="First emulator port.")
 def dev(port: int, sandbox_port: int) -> None:
     from service.dev import run_dev
-    from service.server import StartupError, run
+    from service.errors import StartupError
+    from service.server import run
 
     try:
         run(run_dev(port=port, sandbox_port=sandbox_port))
@@ -131,7 +135,7 @@ def keys() -> None:
 def keys_create(name: str, as_json: bool) -> None:
     from service.keys import create_key
 
-    record, full_key = _with_store(_database_settings(), lambda store: create_key(store, name))
+    record, full_key = _with_store(_database_settings(), lambda store: create_key(store, name, now=time.time()))
     if as_json:
         click.echo(msgspec.json.encode({"id": record.id, "name": record.name, "key": full_key}).decode())
     else:
@@ -154,7 +158,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: str) -> None:
     from service.keys import revoke_key
 
-    if not _with_store(_database_settings(), lambda store: revoke_key(store, key_id)):
+    if not _with_store(_database_settings(), lambda store: revoke_key(store, key_id, now=time.time())):
         click.echo(f"no active key with id {key_id}", err=True)
         sys.exit(1)
     click.echo(f"revoked {key_id}")
@@ -264,7 +268,7 @@ def prune(days: int | None, dry_run: bool) -> None:
     if not days:
         click.echo("retention is off (REELAY_RETENTION_DAYS unset or 0): nothing pruned; --days N prunes once")
         return
-    before = iso(time.time() - days * 86_400)
+    before = to_iso(time.time() - days * 86_400)
     counts = _with_store(settings, lambda store: store.prunable(before) if dry_run else store.prune(before))
     click.echo(f"{'dry run: would remove' if dry_run else 'removed'} what is older than {days} days ({before}):")
     click.echo(f"  jobs:             {counts.jobs}")

@@ -12,12 +12,12 @@ import msgspec
 
 from sandbox import SANDBOXES, SandboxKnobs, SandboxSpec
 from service.app import close_streams, create_app
-from service.jobs import encode_job
 from service.keys import create_key
 from service.logging import configure_logging
 from service.providers import ADAPTERS, ProviderRegistry
 from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
+from service.wire import encode_job
 from storage import create_store
 
 # Quick enough to watch a job finish, slow enough to see it pass through each status.
@@ -85,7 +85,7 @@ async def run_dev(
     store = create_store(settings.database_url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
     await store.open()
     try:
-        _, api_key = await create_key(store, "reelay-dev")
+        _, api_key = await create_key(store, "reelay-dev", now=time.time())
     finally:
         await store.close()
     app = create_app(settings, adapters=adapters)

@@ -1,69 +1,53 @@
-"""The service's exception tree and the one handler that maps every failure to the error shape.
+"""Every exception the service defines, in one tree; `service/api/errors.py` maps them to the error shape.
 
-ReelayError                       -> {"error": {"code", "message", "details"}}, `details` always an object
- ├── InvalidRequest         400   invalid_request / invalid_last_event_id
- ├── Unauthorized           401   unauthorized
- ├── NotFound               404   not_found
- ├── RequestTimeout         408   request_timeout
- ├── Conflict               409   conflict / idempotency_conflict
- ├── PayloadTooLarge        413   payload_too_large
- ├── UnsupportedMediaType   415   unsupported_media_type
- ├── RateLimited            429   rate_limited
- ├── ClientClosedRequest    499   client_closed_request (never sent: the client has gone; metrics and the log show it)
- └── ServiceUnavailable     503   unavailable
+ServiceError
+ ├── ReelayError                    an answer to the caller: {"error": {"code", "message", "details"}}
+ │    ├── InvalidRequest        400 invalid_request / invalid_last_event_id
+ │    │    └── WebhookRejected  400 invalid_request: a verified webhook whose body cannot be read
+ │    ├── Unauthorized          401 unauthorized
+ │    ├── NotFound              404 not_found
+ │    ├── RequestTimeout        408 request_timeout
+ │    ├── Conflict              409 conflict / idempotency_conflict / job_finished
+ │    ├── UnsupportedMediaType  415 unsupported_media_type
+ │    ├── RateLimited           429 rate_limited / too_many_streams, with Retry-After
+ │    ├── HeadersTooLarge       431 headers_too_large (written by the server's HTTP protocol, before the app runs)
+ │    ├── ClientClosedRequest   499 client_closed_request (never sent: the client has gone; metrics and the log show it)
+ │    └── ServiceUnavailable    503 unavailable
+ │         └── NotReady         503 unavailable / schema_outdated / disk_full (GET /readyz)
+ ├── ProviderError                  talking to a provider: the loops make it a retry or a job error, never an answer
+ │    ├── TransientError            retry later (connection refused, 429, 5xx); `maybe_sent` if it may exist upstream
+ │    ├── PermanentError            the provider refused the request; the job fails with its code and message
+ │    └── OutcomeUnknown            the create was sent and the answer was lost; never resend blindly
+ ├── InputRefused                   input a provider cannot take: capabilities.check_for makes it an InvalidRequest
+ ├── ConfigError                    a bad REELAY_* setting (also a ValueError): the CLI prints it and exits
+ └── StartupError                   a server stopped during start-up: the CLI prints it and exits
+
+Defined where the service cannot be imported, and mapped here too:
+ StorageError (storage/errors.py)
+  ├── StorageUnavailable             503 unavailable (by the handler; NotReady on GET /readyz)
+  ├── QueryRejected                  400 invalid_request (by the handler)
+  ├── SchemaOutdated                 NotReady schema_outdated (service/health.py)
+  ├── IdempotencyConflict            Conflict idempotency_conflict (Gateway.create_job)
+  ├── TaskTaken                      a webhook answered 200 "ignored" (Gateway)
+  └── any other                      500 internal_error (by the handler)
+ SignatureError (service/signing/errors.py)   401 invalid_signature, its `reason` in details (by the handler)
+ Litestar's ValidationException 400 invalid_request; its HTTPException keeps its status (405, 413, ...);
+ anything else                   500 internal_error, logged with its traceback
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
-
-import msgspec
-import structlog
-from litestar import MediaType, Response
-from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import Example, OpenAPIHeader, OpenAPIResponse, Operation, Schema
-from litestar.openapi.spec.enums import OpenAPIType
-
-from storage import QueryRejected, StorageUnavailable
-
-if TYPE_CHECKING:
-    from litestar import Request
-
-log = structlog.get_logger("reelay.http")
+from typing import Any
 
 
-class ErrorBody(msgspec.Struct):
-    code: Annotated[
-        str,
-        msgspec.Meta(
-            description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
-            "invalid_signature, not_found, method_not_allowed, request_timeout, conflict, idempotency_conflict, "
-            "job_finished, payload_too_large, headers_too_large, unsupported_media_type, rate_limited, "
-            "too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
-            examples=["invalid_request"],
-        ),
-    ]
-    message: Annotated[str, msgspec.Meta(description="for humans; names the field at fault")]
-    details: Annotated[
-        dict[str, Any],
-        msgspec.Meta(
-            description="always an object, possibly empty: structured context such as the `field` or `parameter` "
-            "at fault, the `allowed` values, a `reason` code, or a schema error's `errors` list",
-            examples=[{"field": "input.resolution", "allowed": ["480p", "720p"]}],
-        ),
-    ]
+class ServiceError(Exception):
+    """Base class of every exception the service defines."""
 
 
-class ErrorResponse(msgspec.Struct):
-    """The one error shape of every 4xx and 5xx answer."""
+class ReelayError(ServiceError):
+    """An answer to the caller: its status, a stable `code`, a message for humans and structured `details`."""
 
-    error: ErrorBody
-
-
-class ReelayError(Exception):
     status_code = 500
     code = "internal_error"
 
@@ -78,6 +62,10 @@ class ReelayError(Exception):
 class InvalidRequest(ReelayError):
     status_code = 400
     code = "invalid_request"
+
+
+class WebhookRejected(InvalidRequest):
+    """A webhook that is authentic-looking but cannot be used (its body cannot be read)."""
 
 
 class Unauthorized(ReelayError):
@@ -100,19 +88,32 @@ class Conflict(ReelayError):
     code = "conflict"
 
 
-class PayloadTooLarge(ReelayError):
-    status_code = 413
-    code = "payload_too_large"
-
-
 class UnsupportedMediaType(ReelayError):
     status_code = 415
     code = "unsupported_media_type"
 
 
 class RateLimited(ReelayError):
+    """Too many requests or streams for an API key; the caller may retry after `retry_after` seconds."""
+
     status_code = 429
     code = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        details: Mapping[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, details=details, code=code)
+        self.retry_after = retry_after
+
+
+class HeadersTooLarge(ReelayError):
+    status_code = 431
+    code = "headers_too_large"
 
 
 class ClientClosedRequest(ReelayError):
@@ -127,155 +128,68 @@ class ServiceUnavailable(ReelayError):
     code = "unavailable"
 
 
-# -- OpenAPI: every error an operation can answer is documented with the shape above ----------------
-
-ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
-    400: (
-        "invalid_request",
-        "Invalid request: a malformed body, parameter or header, an unknown or repeated query parameter, "
-        "or input the model cannot serve",
-    ),
-    401: ("unauthorized", "Missing or invalid API key (`Authorization: Bearer <key>` or `x-api-key`)"),
-    404: ("not_found", "No such job for this API key"),
-    409: ("conflict", "Conflict with the job's current state"),
-    413: ("payload_too_large", "The request body is larger than the configured limit"),
-    415: ("unsupported_media_type", "The request body is not declared as JSON"),
-    429: ("rate_limited", "Too many requests for this API key (`rate_limited`); retry after `Retry-After` seconds"),
-    503: ("unavailable", "The database is unavailable; retry later"),
-}
+class NotReady(ServiceUnavailable):
+    """The database cannot take jobs; the code and message say what an operator should do."""
 
 
-def error_responses(*statuses: int, described: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
-    """OpenAPI `responses` for the given error statuses, each documented with `ErrorResponse`.
-
-    Also replaces the 400 Litestar documents by default (its own ValidationException shape, which is not ours).
-    """
-    specs = {}
-    for status in statuses:
-        code, description = ERROR_DESCRIPTIONS[status]
-        description = (described or {}).get(status, description)
-        example = ErrorResponse(ErrorBody(code=code, message=description, details={}))
-        specs[status] = ResponseSpec(
-            data_container=ErrorResponse,
-            description=description,
-            generate_examples=False,
-            examples=[Example(summary=description, value=msgspec.to_builtins(example))],
-        )
-    return specs
+class ProviderError(ServiceError):
+    """Base class of failures talking to a provider."""
 
 
-@dataclass
-class ApiOperation(Operation):
-    """What `ResponseSpec` cannot say: a 429 always carries `Retry-After` (whole seconds)."""
+class TransientError(ProviderError):
+    """Worth retrying, not before `retry_after` seconds or the unix time `retry_at` when the provider said so.
+    `give_up_after`: after that many create attempts in all, the same answer is taken as a refusal (a provider
+    whose server error may hide one)."""
 
-    def __post_init__(self) -> None:
-        for status, response in (self.responses or {}).items():
-            if status == "429" and isinstance(response, OpenAPIResponse):
-                response.headers = {
-                    "Retry-After": OpenAPIHeader(
-                        schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
-                        required=True,
-                        description="seconds to wait before retrying",
-                    )
-                }
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        retry_at: float | None = None,
+        maybe_sent: bool = False,
+        give_up_after: int | None = None,
+        provider_code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.retry_at = retry_at
+        self.maybe_sent = maybe_sent
+        self.give_up_after = give_up_after
+        self.provider_code = provider_code
 
-
-_HTTP_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-}
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    details: Mapping[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response[ErrorResponse]:
-    return Response(
-        ErrorResponse(ErrorBody(code=code, message=message, details=dict(details or {}))),
-        status_code=status,
-        media_type=MediaType.JSON,
-        headers=headers,
-    )
+    def retry_delay(self, now: float) -> float | None:
+        """The provider's least wait from `now`, in seconds; None when it named none (the schedule decides)."""
+        if self.retry_at is None:
+            return self.retry_after
+        return max(self.retry_after or 0.0, self.retry_at - now, 0.0)
 
 
-def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
-    """Every exception leaves as the error shape; only genuine faults are 5xx."""
-    if isinstance(exc, ReelayError):
-        return error_response(exc.status_code, exc.code, exc.message, exc.details)
-    if isinstance(exc, ValidationException):
-        return error_response(400, "invalid_request", _validation_message(exc), _validation_details(exc))
-    if isinstance(exc, HTTPException):
-        status = exc.status_code
-        if status >= 500:
-            log.error("http.error", status=status, detail=exc.detail)
-            return error_response(status, "internal_error", "internal error")
-        headers = dict(exc.headers) if exc.headers else None
-        code = _HTTP_CODES.get(status, "http_error")
-        return error_response(status, code, str(exc.detail), _http_details(request, status, headers), headers)
-    # Raised by the JSON decoder on a request body, before any handler runs.
-    if isinstance(exc, UnicodeDecodeError):
-        return error_response(400, "invalid_request", "the request body is not valid UTF-8")
-    if isinstance(exc, RecursionError):
-        return error_response(400, "invalid_request", "the request body is nested too deeply")
-    if isinstance(exc, QueryRejected):  # the request was too much for the database: bad input, not an outage
-        log.warning("storage.query_rejected", error=str(exc))
-        return error_response(
-            400,
-            "invalid_request",
-            "the database cannot take this request: it is too large, or holds a value it cannot store "
-            "(such as a NUL character)",
-        )
-    if isinstance(exc, StorageUnavailable):
-        log.error("storage.unavailable", error=str(exc))
-        return error_response(503, "unavailable", "the database is unavailable; retry later")
-    log.exception("http.unhandled", path=request.url.path, exc_type=type(exc).__name__)
-    return error_response(500, "internal_error", "internal error")
+class PermanentError(ProviderError):
+    def __init__(self, message: str, *, provider_code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider_code = provider_code
+        self.status = status
 
 
-def schema_details(errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """A schema error's details: the first field at fault, and every error under `errors`."""
-    first = errors[0].get("key") if errors else None
-    return {"field": first, "errors": errors} if first else {"errors": errors}
+class OutcomeUnknown(ProviderError):
+    """The request reached the network but its answer never came back."""
 
 
-def _validation_details(exc: ValidationException) -> dict[str, Any]:
-    extra = exc.extra
-    if isinstance(extra, list):
-        return schema_details(
-            [
-                {k: v for k, v in item.items() if k in {"key", "message", "source"}}
-                for item in extra
-                if isinstance(item, dict)
-            ]
-        )
-    return {}
+class InputRefused(ServiceError):
+    """Input a provider cannot take, found before anything is sent (the caller gets a 400)."""
+
+    def __init__(self, field: str, message: str, allowed: Any = None) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.allowed = allowed
 
 
-def _http_details(request: Request[Any, Any, Any], status: int, headers: dict[str, str] | None) -> dict[str, Any]:
-    """What the framework's own errors can say in `details` (the allowed methods, the body limit)."""
-    allow = next((v for k, v in (headers or {}).items() if k.lower() == "allow"), None)
-    if status == 405 and allow:
-        return {"allowed": [method.strip() for method in allow.split(",")]}
-    if status == 413:
-        return {"max_bytes": request.route_handler.resolve_request_max_body_size()}
-    return {}
+class ConfigError(ServiceError, ValueError):
+    """A REELAY_* variable has a value that cannot be used."""
 
 
-def _validation_message(exc: ValidationException) -> str:
-    extra = exc.extra
-    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
-        first = extra[0]
-        key = first.get("key")
-        message = str(first.get("message", "invalid value"))
-        return f"{key}: {message}" if key else message
-    return "the request body is not valid JSON for this endpoint"
+class StartupError(ServiceError):
+    """A server stopped before it started (its app's start-up failed); the log says why."""

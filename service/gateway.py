@@ -1,28 +1,29 @@
-"""The application's use cases: create, read, list and cancel jobs, and take in provider webhooks."""
+"""The application's use cases: create, read, list and cancel jobs, take in provider webhooks, and answer what the
+HTTP layer asks about API keys, models, usage and readiness."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import random
-import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 
-from service import jobs
+from service import lifecycle
 from service.capabilities import check_for
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
+from service.health import check_ready
 from service.ids import new_job_id, new_token
 from service.inline import check_inline, restore_inline, split_inline
-from service.metrics import Metrics
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
-from service.settings import Settings
 from service.signing import SignatureError
+from service.vocabulary import TERMINAL
+from service.wire import JobCreate
 from storage import (
+    ApiKeyRecord,
     Declined,
     IdempotencyClaim,
     IdempotencyConflict,
@@ -30,11 +31,14 @@ from storage import (
     JobNotFound,
     JobRecord,
     Receipt,
-    Store,
     TaskTaken,
     UpdateOutcome,
+    UsageRow,
 )
 from storage.base import Decide, Decision
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
 
 log = structlog.get_logger("reelay.gateway")
 
@@ -44,47 +48,29 @@ _OTHER_TASK = "other_task"  # the job belongs to another upstream task
 _UNCONFIRMED = "unconfirmed"  # the provider's status endpoint must confirm the callback before it changes anything
 
 
-class WebhookRejected(Exception):
-    """A webhook that is authentic-looking but cannot be used (unparseable, or for a job we do not have)."""
-
-
 class Gateway:
-    """Everything the HTTP layer asks of Reelay; storage, providers and the clock are injected."""
+    """Everything the HTTP layer and the loops ask of Reelay about jobs, keys, models and usage."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        adapters: Mapping[str, ProviderAdapter],
-        models: Mapping[str, ModelSpec],
-        *,
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        on_new_job: Callable[[], None] = lambda: None,
-        on_confirm: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.adapters = adapters
-        self.models = models
-        self.clock = clock
-        self.rng = rng or random.Random()
-        self._on_new_job = on_new_job
-        self._on_confirm = on_confirm
-        self.metrics = metrics or Metrics.create()
+    def __init__(self, runtime: Runtime) -> None:
+        self._settings = runtime.settings
+        self._store = runtime.store
+        self._adapters = runtime.adapters
+        self._models = runtime.models
+        self._clock = runtime.clock
+        self._metrics = runtime.metrics
+        self._signals = runtime.signals
 
     # -- models ------------------------------------------------------------------------------
 
     def resolve_model(self, model_id: str) -> tuple[ModelSpec, ProviderAdapter]:
-        model_id = self.settings.model_aliases.get(model_id, model_id)
-        spec = self.models.get(model_id)
+        model_id = self._settings.model_aliases.get(model_id, model_id)
+        spec = self._models.get(model_id)
         if spec is None:
             raise InvalidRequest(
                 f"model: unknown model {model_id!r}; GET /v1/models lists the model ids",
-                details={"field": "model", "allowed": sorted(self.models)},
+                details={"field": "model", "allowed": sorted(self._models)},
             )
-        adapter = self.adapters.get(spec.provider)
+        adapter = self._adapters.get(spec.provider)
         if adapter is None:
             raise InvalidRequest(
                 f"model: {model_id} is unavailable because provider {spec.provider} is not configured "
@@ -95,18 +81,35 @@ class Gateway:
 
     def callback_url(self, job: JobRecord, adapter: ProviderAdapter) -> str:
         if adapter.signs_webhooks and not adapter.callback_per_job:
-            return f"{self.settings.public_url}/webhooks/{job.provider}"
+            return f"{self._settings.public_url}/webhooks/{job.provider}"
         # Unsigned callbacks are authenticated by an unguessable per-job token in the URL.
-        return f"{self.settings.public_url}/webhooks/{job.provider}/{job.id}/{job.callback_token}"
+        return f"{self._settings.public_url}/webhooks/{job.provider}/{job.id}/{job.callback_token}"
+
+    def list_models(self) -> list[tuple[ModelSpec, bool]]:
+        """Every model, and whether its provider is configured here."""
+        return [(spec, spec.provider in self._adapters) for spec in self._models.values()]
+
+    # -- keys, usage, readiness --------------------------------------------------------------
+
+    async def api_key(self, key_id: str) -> ApiKeyRecord | None:
+        return await self._store.get_api_key(key_id)
+
+    async def usage(self, api_key_id: str, start: str | None, end: str | None) -> list[UsageRow]:
+        """The caller's jobs created in [start, end), grouped by status, model and day."""
+        return await self._store.usage(api_key_id, start, end)
+
+    async def check_ready(self) -> None:
+        """Raise NotReady unless the database can take jobs."""
+        await check_ready(self._store, self._settings)
 
     # -- jobs --------------------------------------------------------------------------------
 
     async def create_job(
-        self, api_key_id: str, request: jobs.JobCreate, idempotency_key: str | None
+        self, api_key_id: str, request: JobCreate, idempotency_key: str | None
     ) -> tuple[JobRecord, bool]:
         spec, adapter = self.resolve_model(request.model)
         given: dict[str, Any] = msgspec.to_builtins(request.input)
-        check_inline(given, self.settings.max_inline_bytes)
+        check_inline(given, self._settings.max_inline_bytes)
         check_for(spec, adapter, given)
         claim = None
         if idempotency_key is not None:
@@ -117,9 +120,9 @@ class Gateway:
                 )
             digest = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
             claim = IdempotencyClaim(key=idempotency_key, request_hash=digest)
-        now = self.clock()
+        now = self._clock()
         shown, inline = split_inline(given)
-        record = jobs.new_job(
+        record = lifecycle.new_job(
             job_id=new_job_id(),
             api_key_id=api_key_id,
             model=spec.id,
@@ -129,10 +132,10 @@ class Gateway:
             cost=adapter.estimate(spec, given),
             callback_token=new_token(),
             now=now,
-            timeout=self.settings.job_timeout_seconds,
+            timeout=self._settings.job_timeout_seconds,
         )
         try:
-            outcome = await self.store.create_job(record, "job.created", idempotency=claim, inline=inline)
+            outcome = await self._store.create_job(record, "job.created", idempotency=claim, inline=inline)
         except IdempotencyConflict as exc:
             raise Conflict(
                 "Idempotency-Key was already used with a different request body",
@@ -141,24 +144,24 @@ class Gateway:
             ) from None
         if outcome.created:
             log.info("job.created", job_id=record.id, provider=spec.provider, model=spec.id)
-            self._on_new_job()
+            self._signals.new_job.set()
         return outcome.job, outcome.created
 
     async def get_job(self, api_key_id: str, job_id: str) -> JobRecord:
-        job = await self.store.get_job(job_id) if job_id.startswith("job_") else None
+        job = await self._store.get_job(job_id) if job_id.startswith("job_") else None
         if job is None or job.api_key_id != api_key_id:
             raise NotFound(f"no job {job_id!r}")
         return job
 
     async def full_input(self, job: JobRecord) -> dict[str, Any]:
         """The job's input with its data URIs, which only `GET /v1/jobs/{id}` and the upstream create use."""
-        return restore_inline(job.input, await self.store.inline_data(job.id))
+        return restore_inline(job.input, await self._store.inline_data(job.id))
 
     async def list_jobs(
         self, api_key_id: str, filters: JobFilter, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
         before = _decode_cursor(cursor) if cursor else None
-        found = await self.store.list_jobs(api_key_id, filters, limit=limit + 1, before_id=before)
+        found = await self._store.list_jobs(api_key_id, filters, limit=limit + 1, before_id=before)
         page = found[:limit]
         next_cursor = _encode_cursor(page[-1].id) if len(found) > limit else None
         return page, next_cursor
@@ -167,16 +170,16 @@ class Gateway:
         job = await self.get_job(api_key_id, job_id)
         if job.status == "cancelled":
             return job  # cancelling is idempotent: a retried cancel gets the job, not an error
-        if job.status in jobs.TERMINAL:
+        if job.status in TERMINAL:
             raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
         if job.provider_task_id:
-            adapter = self.adapters.get(job.provider)
+            adapter = self._adapters.get(job.provider)
             if adapter is not None:
                 try:
                     await adapter.cancel(job.provider_task_id)
                 except Exception as exc:  # an upstream failure must not keep the caller's job running here
                     log.warning("job.cancel_upstream_failed", job_id=job_id, provider=job.provider, error=str(exc))
-        outcome = await self.update_job(job_id, lambda j: jobs.cancelled(j, now=self.clock()))
+        outcome = await self.update_job(job_id, lambda j: lifecycle.cancelled(j, now=self._clock()))
         if outcome.job.status != "cancelled":
             raise Conflict(f"job {job_id} is already {outcome.job.status}", code="job_finished")
         return outcome.job
@@ -186,7 +189,7 @@ class Gateway:
 
         Once the store has committed it, its event is logged, in one line, and a terminal one is counted.
         """
-        outcome = await self.store.update_job(job_id, decide, receipt=receipt)
+        outcome = await self._store.update_job(job_id, decide, receipt=receipt)
         if outcome.event is not None:
             job = outcome.job
             fields: dict[str, Any] = {"job_id": job.id, "provider": job.provider, "model": job.model}
@@ -197,8 +200,8 @@ class Gateway:
                     fields["provider_code"] = job.error["provider_code"]
             emit = log.warning if job.status == "failed" else log.info
             emit(outcome.event.type, status=job.status, **fields)
-            if job.status in jobs.TERMINAL:
-                self.metrics.jobs_finished.labels(model=job.model, status=job.status).inc()
+            if job.status in TERMINAL:
+                self._metrics.jobs_finished.labels(model=job.model, status=job.status).inc()
         return outcome
 
     # -- webhooks ----------------------------------------------------------------------------
@@ -216,19 +219,19 @@ class Gateway:
 
         Raises NotFound (no such provider here), SignatureError (nothing changed) or WebhookRejected.
         """
-        adapter = self.adapters.get(provider)
+        adapter = self._adapters.get(provider)
         if adapter is None:  # no such endpoint here: a 404, and no metrics label or log line per made-up name
             raise NotFound(f"no webhook endpoint for provider {provider!r}: it is unknown or not configured")
         job = None
         if job_id is not None:
-            job = await self.store.get_job(job_id)
+            job = await self._store.get_job(job_id)
             if (
                 job is None
                 or job.provider != provider
                 or not hmac.compare_digest((token or "").encode(), job.callback_token.encode())
             ):
                 raise SignatureError("invalid_token", "the callback URL's token does not match a job")
-        adapter.verify_webhook(headers, body, now=self.clock(), job=job)
+        adapter.verify_webhook(headers, body, now=self._clock(), job=job)
         try:
             notice = adapter.parse_webhook(body)
         except (ValueError, KeyError, TypeError, RecursionError, msgspec.DecodeError) as exc:
@@ -239,7 +242,7 @@ class Gateway:
             if result is not None:
                 return result
         if job is None:
-            job = await self.store.find_job_by_task(provider, notice.provider_task_id)
+            job = await self._store.find_job_by_task(provider, notice.provider_task_id)
         if job is not None:
             result = await self._apply(provider, adapter, notice, job.id, known=job)
             if result is not None:  # else it went away meanwhile (pruned)
@@ -273,7 +276,7 @@ class Gateway:
 
         def decide(job: JobRecord) -> Decision:
             reason = check(job)
-            return jobs.reported(job, notice.report, now=self.clock()) if reason is None else Declined(reason)
+            return lifecycle.reported(job, notice.report, now=self._clock()) if reason is None else Declined(reason)
 
         # A job already read is checked first: a confirmation then starts no write it would undo.
         declined = None if known is None else check(known)
@@ -309,8 +312,8 @@ class Gateway:
 
     async def _confirm(self, provider: str, notice: WebhookNotice, job_id: str) -> str:
         # No receipt: a confirmation only schedules a status check, and doing that twice is harmless.
-        await self.update_job(job_id, lambda j: jobs.confirm_soon(j, now=self.clock()))
-        self._on_confirm()
+        await self.update_job(job_id, lambda j: lifecycle.confirm_soon(j, now=self._clock()))
+        self._signals.confirm.set()
         log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
         return "confirming"
 

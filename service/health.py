@@ -7,17 +7,11 @@ from pathlib import Path
 
 import structlog
 
+from service.errors import NotReady
 from service.settings import Settings
 from storage import SchemaOutdated, StorageUnavailable, Store
 
 log = structlog.get_logger("reelay.health")
-
-
-class NotReady(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 async def check_ready(store: Store, settings: Settings) -> None:
@@ -26,18 +20,18 @@ async def check_ready(store: Store, settings: Settings) -> None:
     if free is not None and free < settings.min_free_disk_bytes:
         log.error("readyz.disk_full", free_bytes=free, min_free_bytes=settings.min_free_disk_bytes)
         raise NotReady(
-            "disk_full",
             f"the database disk has {free} bytes free, below REELAY_MIN_FREE_DISK_BYTES "
             f"({settings.min_free_disk_bytes}); free space before accepting jobs",
+            code="disk_full",
         )
     try:
         await store.check()
     except SchemaOutdated as exc:
-        raise NotReady("schema_outdated", str(exc)) from None
+        raise NotReady(str(exc), code="schema_outdated") from None
     except StorageUnavailable as exc:
         log.error("readyz.storage_unavailable", error=str(exc))
         raise NotReady(
-            "unavailable", "the database is not reachable or not writable (read-only file or disk, or I/O error)"
+            "the database is not reachable or not writable (read-only file or disk, or I/O error)", code="unavailable"
         ) from None
 
 

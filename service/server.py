@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
 import structlog
 import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from service.api.errors import encode_error
+from service.errors import HeadersTooLarge, StartupError
 
 if TYPE_CHECKING:
     from uvicorn.server import ServerState
@@ -26,10 +28,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = structlog.get_logger("reelay.server")
 http_log = structlog.get_logger("reelay.http")
-
-
-class StartupError(Exception):
-    """A server stopped before it started (its app's start-up failed); the log says why."""
 
 
 # CPython collects its youngest generation every 700 net allocations. A server holding 10,000 streams then promotes
@@ -183,9 +181,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         limit = self.limits.max_header_bytes
         http_log.info("http.headers_too_large", client=_host(self.client), limit=limit)
         if self.cycle is None or self.cycle.response_complete:
-            message = f"the request line and headers exceed {limit} bytes"
-            error = {"code": "headers_too_large", "message": message, "details": {"limit": limit}}
-            body = msgspec.json.encode({"error": error})
+            body = encode_error(
+                HeadersTooLarge(f"the request line and headers exceed {limit} bytes", details={"limit": limit})
+            )
             content = [STATUS_LINE[431]]
             for name, value in self.server_state.default_headers:
                 content.extend([name, b": ", value, b"\r\n"])

@@ -9,13 +9,11 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from service.errors import ConfigError
+
 if TYPE_CHECKING:
     from service.providers import ProviderRegistry
     from service.providers.base import ProviderAdapter
-
-
-class ConfigError(ValueError):
-    """A REELAY_* variable has a value that cannot be used."""
 
 
 class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):

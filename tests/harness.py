@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from service.dev import emulator_settings
 from service.keys import create_key
 from service.server import ConnectionLimits, make_server
 from service.settings import Settings
+from service.wire import encode_job
+from storage import Store, create_store
 from tests.ports import bind
 
 
@@ -64,6 +67,7 @@ class Stack:
     client: httpx.AsyncClient
     sandbox_urls: dict[str, str]
     settings: Settings
+    store: Store  # the app's store: its lifespan opens it, `stack` closes it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,10 +77,6 @@ class Stack:
     @property
     def hub(self) -> Any:
         return self.app.state.ctx.hub
-
-    @property
-    def store(self) -> Any:
-        return self.app.state.ctx.gateway.store
 
     async def submit(self, model: str = "seedancee2/pro", **input: Any) -> dict[str, Any]:
         body = {"model": model, "input": {"prompt": "a drone shot of waves", "duration": 5, **input}}
@@ -178,19 +178,26 @@ async def stack(
                 emulator_settings(SANDBOXES[name], url_of(sock)), **(provider_overrides or {}).get(name, {})
             )
         settings = make_settings(tmp_path, public_url=url_of(reelay_sock), providers=provider_settings, **overrides)
-        app = create_app(settings, http_client=http_client)
+        store = create_store(
+            settings.database_url, encode_job, clock=time.time, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        app = create_app(settings, http_client=http_client, store=store)
         sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}
         sandboxes = [(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]
-        async with _serve_many(sandboxes), serving(app, reelay_sock, ConnectionLimits.from_settings(settings)):
-            _, key = await create_key(app.state.ctx.gateway.store, "test")
-            yield Stack(
-                app=app,
-                url=url_of(reelay_sock),
-                key=key,
-                client=client,
-                sandbox_urls={n: url_of(s) for n, s in sandbox_socks.items()},
-                settings=settings,
-            )
+        try:
+            async with _serve_many(sandboxes), serving(app, reelay_sock, ConnectionLimits.from_settings(settings)):
+                _, key = await create_key(store, "test", now=time.time())
+                yield Stack(
+                    app=app,
+                    url=url_of(reelay_sock),
+                    key=key,
+                    client=client,
+                    sandbox_urls={n: url_of(s) for n, s in sandbox_socks.items()},
+                    settings=settings,
+                    store=store,
+                )
+        finally:
+            await store.close()
 
 
 @asynccontextmanager

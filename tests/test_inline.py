@@ -11,11 +11,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from service.errors import InvalidRequest
+from service.errors import ConfigError, InvalidRequest
 from service.inline import check_inline, inline_size, placeholder, restore_inline, split_inline
-from service.jobs import new_job
+from service.lifecycle import new_job
 from service.providers import ADAPTERS
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 from tests.harness import collect_events, data_uri, stack
 
 

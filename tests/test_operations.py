@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from service.jobs import iso
+from service.timestamps import to_iso
 from storage import IdempotencyClaim, JobFilter, JobRecord, Receipt, Stage
 from storage.base import Decide, Decision
 from storage.sqlite import SqliteStore
@@ -234,7 +234,7 @@ async def lay_out_history(db: Path) -> list[str]:
     an old and a recent idempotency key; an old and a recent webhook receipt. Returns the jobs a 30-day
     retention keeps."""
     now = time.time()
-    old, recent = iso(now - 40 * DAY), iso(now - 5 * DAY)
+    old, recent = to_iso(now - 40 * DAY), to_iso(now - 5 * DAY)
     async with opened(db) as store:
         await store.create_api_key(KEY_A)
         for i, status in enumerate(("succeeded", "failed", "cancelled")):

@@ -10,15 +10,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
-from service import jobs
+from service import lifecycle
 from service.gateway import Gateway
-from service.jobs import Report, encode_job
+from service.hub import EventHub
+from service.lifecycle import Report
+from service.loops import Poller
+from service.metrics import Metrics
 from service.providers.base import ModelSpec, TransientError
+from service.runtime import Runtime
 from service.schedule import Backoff
 from service.settings import Settings
-from service.worker import Poller
+from service.wire import encode_job
 from storage import ApiKeyRecord, Stage, Store, create_store
 from tests.clock import Clock
 
@@ -68,7 +73,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000000000000000000001") -> Any:
     if await store.get_api_key("k") is None:
         await store.create_api_key(ApiKeyRecord(id="k", name="k", secret_hash=b"x", created_at="2026-01-01T00:00:00Z"))
-    job = jobs.new_job(
+    job = lifecycle.new_job(
         job_id=job_id,
         api_key_id="k",
         model="fake/m",
@@ -83,7 +88,7 @@ async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000
     await store.create_job(job, "job.created")
     outcome = await store.update_job(
         job.id,
-        lambda j: jobs.submitted(
+        lambda j: lifecycle.submitted(
             j, provider_task_id=f"task-{job_id[-4:]}", cost=None, now=clock.now, next_poll_at=clock.now
         ),
     )
@@ -91,8 +96,19 @@ async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000
 
 
 def _poller(store: Store, clock: Clock, provider: FakeProvider, seed: int = 3) -> Poller:
-    gateway = Gateway(Settings(), store, {"fake": provider}, {}, clock=clock)  # type: ignore[dict-item]
-    return Poller(gateway, rng=random.Random(seed))
+    runtime = Runtime(
+        settings=Settings(),
+        store=store,
+        adapters={"fake": provider},  # type: ignore[dict-item]
+        models={},
+        http=httpx.AsyncClient(),
+        hub=EventHub(),
+        clock=clock,
+        monotonic=clock,
+        rng=random.Random(seed),
+        metrics=Metrics.create(),
+    )
+    return Poller(runtime, Gateway(runtime))
 
 
 async def test_schedule_backs_off_with_jitter_until_the_job_finishes(store: Store) -> None:

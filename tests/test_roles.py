@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from service.app import create_app
-from service.settings import ConfigError, Settings
+from service.errors import ConfigError
+from service.settings import Settings
 from tests.processes import REELAY
 
 PG = "postgresql://reelay@127.0.0.1:5432/reelay"

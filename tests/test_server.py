@@ -6,7 +6,8 @@ import httpx
 import pytest
 from litestar import Litestar, get
 
-from service.server import StartupError, listen, make_server, serve_all
+from service.errors import StartupError
+from service.server import listen, make_server, serve_all
 
 
 @get("/")

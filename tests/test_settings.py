@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from service.errors import ConfigError
 from service.providers import ADAPTERS, registry
 from service.providers.seedancee2 import Seedancee2
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 
 
 def test_defaults_without_any_variable() -> None:

@@ -16,12 +16,12 @@ import msgspec
 import pytest
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
+from service.jobs import Report, Status, encode_job
 
 from sandbox import SANDBOXES, SandboxKnobs, SandboxSpec, sandbox_registry
 from sandbox.common import SandboxApiError, SandboxCore, SandboxTask, json_response, sandbox_app
 from service.app import create_app
 from service.dev import dev_settings
-from service.jobs import Report, Status, encode_job
 from service.keys import create_key
 from service.providers import ADAPTERS, registry
 from service.providers.base import ModelSpec, PollOnlyProvider, Submission, generation_failed, text

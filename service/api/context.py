@@ -1,26 +1,28 @@
-"""What request handlers reach through `app.state`: the gateway, the hub and the API-key cache."""
+"""What request handlers reach through `app.state`: the use cases, the hub, and the API-key check with its cache."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import TooManyRequestsException
 
-from service.api.limits import RateLimiter, retry_after_header
-from service.errors import Unauthorized
+from service.errors import RateLimited, Unauthorized
 from service.ids import secret_matches, split_api_key
 from storage import ApiKeyRecord, StorageError
 
 if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable
+
     from litestar.handlers import BaseRouteHandler
     from prometheus_client import CollectorRegistry
 
+    from service.api.limits import RateLimiter
+    from service.events import EventLog
     from service.gateway import Gateway
     from service.hub import EventHub
     from service.settings import Settings
@@ -30,11 +32,16 @@ log = structlog.get_logger("reelay.keys")
 
 @dataclass
 class AppContext:
+    """Built once by the lifespan; handlers ask the use cases (`gateway`, `events`), never the store."""
+
     settings: Settings
     gateway: Gateway
+    events: EventLog
     hub: EventHub
     registry: CollectorRegistry
     limiter: RateLimiter
+    rng: random.Random  # heartbeat jitter
+    monotonic: Callable[[], float]  # the key cache's clock
     # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
     key_cache: dict[str, tuple[ApiKeyRecord, float]] = field(default_factory=dict)
     key_cache_seconds: float = 5.0
@@ -67,12 +74,12 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
     if parts is None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")
     key_id, secret = parts
-    now = time.monotonic()
+    now = ctx.monotonic()
     cached = ctx.key_cache.get(key_id)
     if cached is not None and now - cached[1] < ctx.key_cache_seconds:
         record = cached[0]
     else:
-        found = await ctx.gateway.store.get_api_key(key_id)
+        found = await ctx.gateway.api_key(key_id)
         if found is None:
             raise Unauthorized("the API key is not valid")
         record = found
@@ -83,9 +90,8 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
         raise Unauthorized("the API key is not valid")
     wait = ctx.limiter.take(key_id)
     if wait is not None:
-        raise TooManyRequestsException(
-            detail=f"rate limit of {ctx.limiter.rate:g} requests/s for this API key exceeded; retry later",
-            headers=retry_after_header(wait),
+        raise RateLimited(
+            f"rate limit of {ctx.limiter.rate:g} requests/s for this API key exceeded; retry later", retry_after=wait
         )
     state["api_key"] = record
     return record
@@ -100,14 +106,14 @@ async def close_revoked_streams(ctx: AppContext) -> None:
         await asyncio.sleep(ctx.key_cache_seconds)
         for key_id in ctx.hub.stream_keys():
             try:
-                record = await ctx.gateway.store.get_api_key(key_id)
+                record = await ctx.gateway.api_key(key_id)
             except StorageError as exc:
                 log.warning("keys.revocation_check_failed", error=str(exc))
                 break  # the next round tries again
             if record is None:
                 ctx.key_cache.pop(key_id, None)
             else:
-                ctx.key_cache[key_id] = (record, time.monotonic())  # later requests see the revocation at once
+                ctx.key_cache[key_id] = (record, ctx.monotonic())  # later requests see the revocation at once
             if record is None or record.revoked_at is not None:
                 log.info("keys.revoked_streams_closed", api_key_id=key_id, streams=ctx.hub.count_for(key_id))
                 ctx.hub.close_key(key_id)

@@ -1,11 +1,10 @@
-"""`/v1/jobs`, `/v1/events`, `/v1/models` and `/v1/usage`: thin handlers over the gateway."""
+"""`/v1/jobs`: create, list, get and cancel jobs, and stream one job's events; thin handlers over the gateway."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from decimal import Decimal
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
@@ -16,53 +15,34 @@ from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from service.api.context import authenticate, context, require_api_key
+from service.api.errors import ApiOperation, error_responses, schema_details
+from service.api.events import (
+    SSE_ERRORS,
+    LastEventIdHeader,
+    LastEventIdQuery,
+    cursor_param,
+    event_stream_spec,
+    open_stream,
+)
+from service.api.openapi import SECURITY, text_param
 from service.api.query import QUERY_FAMILIES, refuse_unknown_query
-from service.api.sse import EventStream, StreamSession
-from service.capabilities import capability_record
-from service.errors import ApiOperation, InvalidRequest, UnsupportedMediaType, error_responses, schema_details
+from service.api.sse import EventStream
+from service.errors import InvalidRequest, UnsupportedMediaType
 from service.gateway import Gateway
-from service.jobs import MAX_METADATA_KEYS, TERMINAL, Job, JobCreate, JobList, _doc, encode_job
-from service.providers.base import ModelSpec
-from storage import ApiKeyRecord, JobFilter, JobRecord, UsageRow
-from storage.records import COST_FIELDS
+from service.vocabulary import STATUSES, TERMINAL
+from service.wire import MAX_METADATA_KEYS, Job, JobCreate, JobList, encode_job
+from storage import ApiKeyRecord, JobFilter, JobRecord
 
 _encode = msgspec.json.Encoder().encode
 _LIST_CHUNK = 20  # jobs of a list page read and sent at a time
 _META_PARAM = re.compile(r"^metadata\.([A-Za-z0-9_.\-]{1,40})$")
-StatusFilter = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
-_STATUSES: tuple[str, ...] = get_args(StatusFilter)
-EventType = Literal["job.created", "job.submitted", "job.processing", "job.succeeded", "job.failed", "job.cancelled"]
-SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
-
-# -- OpenAPI facts Litestar cannot derive from the signatures -------------------------------------------
-# Query strings and headers are never JSON null: an optional parameter is documented as absent-or-string,
-# with the constraints the handler enforces (a value outside them is a 400).
-
-
-def _text(description: str, **schema: Any) -> dict[str, Any]:
-    return {"description": description, "schema_extra": {"one_of": None, "type": "string", **schema}}
-
-
-_EVENT_ID = {"pattern": r"^[0-9]{0,18}$", "max_length": 18}
-OptionalText = Annotated[str | None, QueryParameter(**_text("exact match"))]
-LastEventIdQuery = Annotated[
-    str | None,
-    QueryParameter(**_text("resume after this event id (same as the `Last-Event-ID` header)", **_EVENT_ID)),
-]
-LastEventIdHeader = Annotated[
-    str | None,
-    HeaderParameter(
-        name="Last-Event-ID",
-        required=False,
-        **_text("resume exactly after this event id (wins over the query)", **_EVENT_ID),
-    ),
-]
+OptionalText = Annotated[str | None, QueryParameter(**text_param("exact match"))]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
         name="Idempotency-Key",
         required=False,
-        **_text(
+        **text_param(
             "the same key with the same body returns the original job (200); with another body, 409",
             min_length=1,
             max_length=255,
@@ -70,71 +50,11 @@ IdempotencyKey = Annotated[
         ),
     ),
 ]
-_JOB_EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "type", "created_at", "job"],
-    "properties": {
-        "id": {"type": "integer", "minimum": 1},
-        "type": {"type": "string", "enum": list(get_args(EventType))},
-        "created_at": {"type": "string", "format": "date-time"},
-        "job": {"$ref": "#/components/schemas/Job"},
-    },
-}
-
-
-class ServerSentEvent(msgspec.Struct):
-    """One event of the stream, as an SSE client parses it (`id:`, `event:` and `data:` lines).
-
-    Until OpenAPI 3.2's `itemSchema`, the schema of a `text/event-stream` body describes each event. The stream
-    opens with a `retry:` line and is kept alive by `: ping` comments; neither is an event.
-    """
-
-    id: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$", description="the event id to resume after")]
-    event: EventType
-    data: Annotated[
-        str,
-        msgspec.Meta(
-            description='JSON: {"id", "type", "created_at", "job"}',
-            extra_json_schema={
-                "extra": {"content_media_type": "application/json", "content_schema": _JOB_EVENT_SCHEMA}
-            },
-        ),
-    ]
-
-
-def _event_stream(description: str) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=ServerSentEvent,
-        media_type="text/event-stream",
-        description=description,
-        generate_examples=False,
-    )
-
-
-_SSE_ERRORS = {
-    400: "`Last-Event-ID` is not an event id, or is newer than the newest event (`invalid_last_event_id`)",
-    429: "Too many requests, or too many open event streams for this API key (`too_many_streams`); "
-    "retry after `Retry-After` seconds",
-}
 _JOB_RESPONSES = error_responses(400, 401, 404, 429, 503)
 
 
 def _json(body: bytes, status: int = 200) -> Response[Any]:
     return Response(body, status_code=status, media_type=MediaType.JSON)
-
-
-def _cursor_param(request: Request[Any, Any, Any], header_value: str | None, query_value: str | None) -> int | None:
-    """The header wins over the query; both are checked, so a malformed one is never silently ignored."""
-    from_header, from_query = _event_id(header_value, "Last-Event-ID"), _event_id(query_value, "last_event_id")
-    return from_header if from_header is not None else from_query
-
-
-def _event_id(raw: str | None, field: str) -> int | None:
-    if raw is None or raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # str.isdigit() alone accepts "²"
-        raise InvalidRequest("Last-Event-ID must be an event id (a non-negative integer)", details={"field": field})
-    return int(raw)
 
 
 def _require_json(request: Request[Any, Any, Any]) -> None:
@@ -220,18 +140,20 @@ class JobController(Controller):
         request: Request[Any, Any, Any],
         caller: NamedDependency[ApiKeyRecord],
         # `str`, checked below: with `Literal[...] | None` Litestar would read `?status=null` as no filter at all.
-        status: Annotated[str | None, QueryParameter(**_text("only jobs in this status", enum=list(_STATUSES)))] = None,
+        status: Annotated[
+            str | None, QueryParameter(**text_param("only jobs in this status", enum=list(STATUSES)))
+        ] = None,
         model: OptionalText = None,
         provider: OptionalText = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100, description="page size")] = 20,
-        cursor: Annotated[str | None, QueryParameter(**_text("a `next_cursor` this API returned"))] = None,
+        cursor: Annotated[str | None, QueryParameter(**text_param("a `next_cursor` this API returned"))] = None,
     ) -> Response[JobList]:
         """Filters combine; `metadata.<key>=<value>` filters on metadata (at most 50 such filters).
         `next_cursor` pages on."""
-        if status is not None and status not in _STATUSES:
+        if status is not None and status not in STATUSES:
             raise InvalidRequest(
-                f"status: {status!r} is not one of {', '.join(_STATUSES)}",
-                details={"field": "status", "allowed": list(_STATUSES)},
+                f"status: {status!r} is not one of {', '.join(STATUSES)}",
+                details={"field": "status", "allowed": list(STATUSES)},
             )
         metadata = {}
         for name, value in request.query_params.items():
@@ -286,9 +208,9 @@ class JobController(Controller):
         summary="Stream a job's events (SSE)",
         media_type="text/event-stream",
         responses={
-            200: _event_stream("The job's past events, then live ones, up to its terminal event"),
+            200: event_stream_spec("The job's past events, then live ones, up to its terminal event"),
             **_JOB_RESPONSES,
-            **error_responses(400, 429, described=_SSE_ERRORS),
+            **error_responses(400, 429, described=SSE_ERRORS),
         },
         operation_class=ApiOperation,
     )
@@ -302,8 +224,8 @@ class JobController(Controller):
     ) -> EventStream:
         """The job's past events, then live ones; the stream ends after the terminal event."""
         job = await context(request).gateway.get_job(caller.id, job_id)
-        after = _cursor_param(request, last_event_id_header, last_event_id)
-        return await _stream(request, caller, job_id, after, job_finished=job.status in TERMINAL)
+        after = cursor_param(request, last_event_id_header, last_event_id)
+        return await open_stream(request, caller, job_id, after, job_finished=job.status in TERMINAL)
 
 
 async def _job_list(
@@ -321,217 +243,3 @@ async def _job_list(
             break
         page, next_cursor = await gateway.list_jobs(api_key_id, filters, min(limit - sent, _LIST_CHUNK), next_cursor)
     yield b'],"next_cursor":' + _encode(next_cursor) + b"}"
-
-
-@get(
-    "/v1/events",
-    dependencies={"caller": Provide(authenticate)},
-    guards=[refuse_unknown_query],
-    media_type="text/event-stream",
-    tags=["events"],
-    summary="Stream every event of the caller's jobs (SSE)",
-    security=SECURITY,
-    responses={
-        200: _event_stream("Events after the cursor, then live ones; the stream does not end"),
-        **error_responses(400, 401, 429, 503, described=_SSE_ERRORS),
-    },
-    operation_class=ApiOperation,
-)
-async def all_events(
-    request: Request[Any, Any, Any],
-    caller: NamedDependency[ApiKeyRecord],
-    last_event_id: LastEventIdQuery = None,
-    last_event_id_header: LastEventIdHeader = None,
-) -> EventStream:
-    """Resumes exactly after `Last-Event-ID` (header) or `last_event_id` (query); without one, live only."""
-    return await _stream(request, caller, None, _cursor_param(request, last_event_id_header, last_event_id))
-
-
-async def _stream(
-    request: Request[Any, Any, Any],
-    caller: NamedDependency[ApiKeyRecord],
-    job_id: str | None,
-    after: int | None,
-    *,
-    job_finished: bool = False,
-) -> EventStream:
-    ctx = context(request)
-    settings = ctx.settings
-    if after is not None:
-        # Only ids above the newest committed one are refused: any id a client received is committed.
-        newest = await ctx.gateway.store.last_event_id()
-        if after > newest:
-            raise InvalidRequest(
-                f"Last-Event-ID {after} is newer than the newest event ({newest}); reload from GET /v1/jobs",
-                code="invalid_last_event_id",
-                details={"last_event_id": after, "newest_event_id": newest},
-            )
-    return EventStream(
-        StreamSession(
-            store=ctx.gateway.store,
-            hub=ctx.hub,
-            api_key_id=caller.id,
-            job_id=job_id,
-            after_id=after,
-            heartbeat=settings.sse_heartbeat_seconds,
-            retry_ms=settings.sse_retry_ms,
-            rng=ctx.gateway.rng,
-            job_finished=job_finished,
-        )
-    )
-
-
-class ModelInfo(msgspec.Struct):
-    id: str
-    provider: str
-    available: bool
-    capabilities: dict[str, Any]
-    price: dict[str, Any] | None
-
-
-class ModelList(msgspec.Struct):
-    data: list[ModelInfo]
-
-
-def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
-    return ModelInfo(
-        id=spec.id,
-        provider=spec.provider,
-        available=available,
-        capabilities=capability_record(spec),
-        price=None if spec.price is None else msgspec.to_builtins(spec.price),
-    )
-
-
-@get(
-    "/v1/models",
-    dependencies={"caller": Provide(authenticate)},
-    guards=[refuse_unknown_query],
-    tags=["models"],
-    summary="Model ids, capabilities and prices",
-    security=SECURITY,
-    responses=error_responses(400, 401, 429, 503),
-    operation_class=ApiOperation,
-)
-async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord]) -> ModelList:
-    gateway = context(request).gateway
-    return ModelList(data=[model_info(spec, spec.provider in gateway.adapters) for spec in gateway.models.values()])
-
-
-# Litestar documents Decimal as a string; these are sent as numbers (see _encode_money).
-Money = Annotated[
-    Decimal | None,
-    _doc("an exact decimal sum; null when no job of the group has this figure", one_of=None, type=["number", "null"]),
-]
-
-
-class UsageTotals(msgspec.Struct):
-    jobs: int = 0
-    credits_estimate: Money = None
-    credits_charged: Money = None
-    usd_estimate: Money = None
-    usd_charged: Money = None
-    jobs_without: Annotated[
-        dict[str, int],
-        msgspec.Meta(
-            description="per figure: the jobs that lack it (no published price, or not charged yet), left out of "
-            "its sum"
-        ),
-    ] = msgspec.field(default_factory=lambda: dict.fromkeys(COST_FIELDS, 0))
-    by_status: dict[str, int] = msgspec.field(default_factory=dict)
-
-    def add(self, row: UsageRow) -> None:
-        self.jobs += row.jobs
-        for field in COST_FIELDS:
-            value: Decimal | None = getattr(row, field)
-            if value is not None:
-                total: Decimal | None = getattr(self, field)
-                setattr(self, field, value if total is None else total + value)
-            self.jobs_without[field] += row.without[field]
-        self.by_status[row.status] = self.by_status.get(row.status, 0) + row.jobs
-
-
-class UsageRange(msgspec.Struct):
-    start: Annotated[str, msgspec.Meta(extra_json_schema={"extra": {"format": "date-time"}})] | None
-    end: Annotated[str, msgspec.Meta(extra_json_schema={"extra": {"format": "date-time"}})] | None
-
-
-class Usage(msgspec.Struct):
-    range: UsageRange
-    total: UsageTotals
-    by_status: dict[str, int]
-    by_model: dict[str, UsageTotals]
-    by_day: dict[str, UsageTotals]
-
-
-# Money leaves as JSON numbers with the exact decimal digits (Litestar's encoder would write strings).
-_encode_money = msgspec.json.Encoder(decimal_format="number").encode
-
-
-@get(
-    "/v1/usage",
-    dependencies={"caller": Provide(authenticate)},
-    guards=[refuse_unknown_query],
-    tags=["usage"],
-    summary="Jobs and costs by status, by model and by day",
-    security=SECURITY,
-    responses=error_responses(400, 401, 429, 503),
-    operation_class=ApiOperation,
-)
-async def usage(
-    request: Request[Any, Any, Any],
-    caller: NamedDependency[ApiKeyRecord],
-    start: Annotated[
-        str | None,
-        QueryParameter(**_text("ISO 8601 date or datetime (UTC if no offset), inclusive: jobs created at or after it")),
-    ] = None,
-    end: Annotated[
-        str | None,
-        QueryParameter(
-            **_text(
-                "ISO 8601 date or datetime (UTC if no offset), exclusive: jobs created before it. A date is its "
-                "midnight UTC, so `end=2025-07-01` ends with June 30; must be after `start`"
-            )
-        ),
-    ] = None,
-) -> Response[Usage]:
-    """Jobs created in [`start`, `end`): `start` inclusive, `end` exclusive (ISO 8601 dates or datetimes, UTC).
-    Credits and USD are summed separately and exactly: estimates when the job was accepted, charges as the
-    provider reported them. A sum is null when no job of the group has that figure, and `jobs_without` counts the
-    jobs each sum leaves out."""
-    start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)
-    if start_iso is not None and end_iso is not None and end_iso <= start_iso:
-        raise InvalidRequest(
-            f"start ({start_iso}) must be before end ({end_iso}); end is exclusive",
-            details={"fields": ["start", "end"], "start": start_iso, "end": end_iso},
-        )
-    total = UsageTotals()
-    by_model: dict[str, UsageTotals] = {}
-    by_day: dict[str, UsageTotals] = {}
-    for row in await context(request).gateway.store.usage(caller.id, start_iso, end_iso):
-        total.add(row)
-        by_model.setdefault(row.model, UsageTotals()).add(row)
-        by_day.setdefault(row.day, UsageTotals()).add(row)
-    report = Usage(
-        range=UsageRange(start=start_iso, end=end_iso),
-        total=total,
-        by_status=dict(total.by_status),
-        by_model=by_model,
-        by_day=by_day,
-    )
-    return _json(_encode_money(report))
-
-
-def _iso_param(name: str, value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    from datetime import UTC, datetime
-
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        utc = parsed.astimezone(UTC)  # OverflowError for 9999-12-31T23:59-23:59 and 0001-01-01T00:00+01:00
-    except (ValueError, OverflowError):
-        raise InvalidRequest(f"{name}: not an ISO 8601 date or datetime", details={"field": name}) from None
-    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")

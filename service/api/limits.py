@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 
 
@@ -13,7 +11,7 @@ class RateLimiter:
     State is per process: with several replicas each enforces the limit on its own share of traffic.
     """
 
-    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float]) -> None:
         self.rate = rate
         self.burst = burst
         self._clock = clock
@@ -31,7 +29,3 @@ class RateLimiter:
             return None
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
-
-
-def retry_after_header(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}

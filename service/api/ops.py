@@ -16,9 +16,8 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.api.context import context
-from service.errors import error_response, error_responses
-from service.gateway import WebhookRejected
-from service.health import NotReady, check_ready
+from service.api.errors import error_responses
+from service.errors import WebhookRejected
 from service.providers import ADAPTERS
 from service.signing import SignatureError
 
@@ -68,14 +67,14 @@ async def _receive(
     metrics = request.app.state.metrics
     try:
         result = await ctx.gateway.receive_webhook(provider, request.headers, body, job_id=job_id, token=token)
-    except SignatureError as exc:
+    except SignatureError as exc:  # counted and logged here, answered by the one handler
         metrics.webhooks.labels(provider=provider, result="rejected").inc()
         log.warning("webhook.rejected", provider=provider, reason=exc.reason)
-        return error_response(401, "invalid_signature", exc.message, {"reason": exc.reason})
+        raise
     except WebhookRejected as exc:
         metrics.webhooks.labels(provider=provider, result="unreadable").inc()
         log.warning("webhook.unreadable", provider=provider, error=str(exc))
-        return error_response(400, "invalid_request", str(exc))
+        raise
     metrics.webhooks.labels(provider=provider, result=result).inc()
     return Response(WebhookAck(received=True, result=result), status_code=200)
 
@@ -127,11 +126,7 @@ async def healthz() -> Health:
     },
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
-    ctx = context(request)
-    try:
-        await check_ready(ctx.gateway.store, ctx.settings)
-    except NotReady as exc:
-        return error_response(503, exc.code, exc.message)
+    await context(request).gateway.check_ready()  # NotReady answers 503 with its code
     return Response(Health(status="ready"))
 
 

@@ -9,17 +9,16 @@ from typing import TYPE_CHECKING, Any
 from litestar import Response
 from litestar.response.base import ASGIResponse
 
-from service.api.limits import retry_after_header
-from service.errors import error_response
+from service.errors import RateLimited
 from service.hub import CLOSE, HEARTBEAT, OVERFLOW, REVOKED, SHUTDOWN, EventHub, Subscription, sse_frame
+from service.vocabulary import TERMINAL_EVENTS
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request
     from litestar.types import Receive, Scope, Send
 
-    from storage import Store
+    from service.events import EventLog
 
-TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 _REPLAY_PAGE = 500
 _REPLAY_BYTES = 128 * 1024  # of job snapshots per replay page
 _PING = b": ping\n\n"
@@ -31,7 +30,7 @@ class StreamSession:
     def __init__(
         self,
         *,
-        store: Store,
+        events: EventLog,
         hub: EventHub,
         api_key_id: str,
         job_id: str | None,
@@ -41,7 +40,7 @@ class StreamSession:
         rng: random.Random,
         job_finished: bool = False,
     ) -> None:
-        self.store = store
+        self.events = events
         self.hub = hub
         self.api_key_id = api_key_id
         self.job_id = job_id
@@ -64,7 +63,7 @@ class StreamSession:
             self.cursor = self.after_id
             return
         try:
-            self.cursor = 0 if self.job_id is not None else await self.store.last_event_id()
+            self.cursor = 0 if self.job_id is not None else await self.events.newest_id()
         except BaseException:
             self.sub.close()
             raise
@@ -80,7 +79,7 @@ class StreamSession:
             # One bounded page at a time, sent as one chunk; the next page is read only once `send` took this
             # one, which waits while the client's socket is full: a reader that stalls holds one page.
             while not sub.closed:
-                page = await self.store.events_after(
+                page = await self.events.page_after(
                     last, api_key_id=self.api_key_id, job_id=self.job_id, limit=_REPLAY_PAGE, max_bytes=_REPLAY_BYTES
                 )
                 if not page:
@@ -166,14 +165,12 @@ class EventStream(Response[bytes]):
     def to_asgi_response(self, app: Litestar | None, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
         limit: int = request.app.state.ctx.settings.sse_max_per_key
         if self.session.hub.count_for(self.session.api_key_id) >= limit:
-            refusal = error_response(
-                429,
-                "too_many_streams",
+            raise RateLimited(
                 f"this API key already has {limit} open event streams; close one or retry later",
-                {"max_streams": limit},
-                headers=retry_after_header(5),
+                code="too_many_streams",
+                details={"max_streams": limit},
+                retry_after=5,
             )
-            return refusal.to_asgi_response(app=None, request=request)
         headers = {
             "cache-control": "no-cache",
             "x-accel-buffering": "no",  # nginx: pass events through as they come

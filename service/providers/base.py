@@ -1,15 +1,9 @@
-"""What every provider adapter offers, the errors it raises, and the HTTP plumbing they share.
-
-ProviderError
- ├── TransientError     retry later (connection refused, 429, 5xx); `maybe_sent` if it may exist upstream
- ├── PermanentError     the provider refused the request; the job fails with its code and message
- └── OutcomeUnknown     the create was sent and the answer was lost; never resend blindly
-"""
+"""What every provider adapter offers, and the HTTP plumbing they share. The errors they raise (ProviderError and
+its subclasses, InputRefused) are defined in service/errors.py and importable from here."""
 
 from __future__ import annotations
 
 import email.utils
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -17,61 +11,22 @@ import httpx
 import msgspec
 import structlog
 
-from service.jobs import PROMPT_MAX_CHARS, Report, Status
+from service.errors import InputRefused as InputRefused
+from service.errors import OutcomeUnknown as OutcomeUnknown
+from service.errors import PermanentError as PermanentError
+from service.errors import ProviderError as ProviderError
+from service.errors import TransientError as TransientError
+from service.lifecycle import Report
 from service.schedule import Backoff
 from service.signing.errors import SignatureError
+from service.vocabulary import Status
+from service.wire import PROMPT_MAX_CHARS
 
 if TYPE_CHECKING:
     from service.settings import ProviderSettings
     from storage import JobRecord
 
 log = structlog.get_logger("reelay.providers")
-
-
-class ProviderError(Exception):
-    """Base class of failures talking to a provider."""
-
-
-class TransientError(ProviderError):
-    """Worth retrying. `give_up_after`: after that many create attempts in all, the same answer is taken as a
-    refusal (a provider whose server error may hide one)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        maybe_sent: bool = False,
-        give_up_after: int | None = None,
-        provider_code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.maybe_sent = maybe_sent
-        self.give_up_after = give_up_after
-        self.provider_code = provider_code
-
-
-class PermanentError(ProviderError):
-    def __init__(self, message: str, *, provider_code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.provider_code = provider_code
-        self.status = status
-
-
-class OutcomeUnknown(ProviderError):
-    """The request reached the network but its answer never came back."""
-
-
-class InputRefused(ValueError):
-    """Input a provider cannot take, found before anything is sent (the caller gets a 400)."""
-
-    def __init__(self, field: str, message: str, allowed: Any = None) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.allowed = allowed
 
 
 class Price(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,18 +140,19 @@ class ProviderAdapter(Protocol):
         """The cost estimate for a job, before it is sent."""
 
 
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """Retry-After as seconds (it may be a number of seconds or an HTTP date)."""
+def parse_retry_after(value: str | None) -> tuple[float | None, float | None]:
+    """A Retry-After header as (seconds to wait, unix time to wait until): a number of seconds gives the first, an
+    HTTP date the second, which the loop that retries turns into a wait with its own clock."""
     if not value:
-        return None
+        return None, None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(min(int(value), 3600))
+        return float(min(int(value), 3600)), None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+        return None, None
+    return None, when.timestamp()
 
 
 class HttpProvider:
@@ -327,16 +283,19 @@ class HttpProvider:
                 raise TransientError(f"{self.name}: answer {status} without a JSON body", maybe_sent=creates)
             return body
         code, message = self.error_detail(body)
+        retry_after, retry_at = parse_retry_after(response.headers.get("retry-after"))
         if status == 429 or status == 408:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if self.min_retry_after:
                 retry_after = max(retry_after or 0.0, self.min_retry_after)
-            raise TransientError(f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after)
+            raise TransientError(
+                f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after, retry_at=retry_at
+            )
         if status >= 500:
             # An error answer is a refusal, so resending is safe; only a lost answer is an unknown outcome.
             raise TransientError(
                 f"{self.name}: {status} {code or ''} {message or ''}".strip(),
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                retry_after=retry_after,
+                retry_at=retry_at,
                 give_up_after=self.server_error_attempts if creates else None,
                 provider_code=code,
             )

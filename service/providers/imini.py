@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import structlog
 
-from service.jobs import Report, Status
+from service.lifecycle import Report
 from service.providers.base import (
     ModelSpec,
     PollOnlyProvider,
@@ -20,6 +20,7 @@ from service.providers.base import (
     text,
 )
 from service.schedule import Backoff
+from service.vocabulary import Status
 from storage import JobRecord
 
 log = structlog.get_logger("reelay.providers.imini")

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
-from service.jobs import Report, Status
+from service.errors import ConfigError
+from service.lifecycle import Report
 from service.providers.base import (
     HttpProvider,
     ModelSpec,
@@ -20,9 +21,10 @@ from service.providers.base import (
     passed_options,
     text,
 )
-from service.settings import ConfigError, ProviderSettings, provider_variable
+from service.settings import ProviderSettings, provider_variable
 from service.signing import SignatureError
 from service.signing.standard import SECRET_PREFIX, verify_headers
+from service.vocabulary import Status
 from storage import JobRecord
 
 UPSTREAM_MODEL = "seedance-2-mini"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from service.jobs import Report, Status
+from service.lifecycle import Report
 from service.providers.base import (
     InputRefused,
     ModelSpec,
@@ -17,6 +17,7 @@ from service.providers.base import (
     passed_options,
 )
 from service.schedule import Backoff
+from service.vocabulary import Status
 from storage import JobRecord
 
 UPSTREAM_MODEL = "doubao-seedance-2-0-fast"

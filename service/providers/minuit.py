@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from service.jobs import Report, Status
+from service.lifecycle import Report
 from service.providers.base import (
     HttpProvider,
     InputRefused,
@@ -26,6 +26,7 @@ from service.providers.base import (
 from service.schedule import Backoff
 from service.settings import provider_variable
 from service.signing import SignatureError
+from service.vocabulary import Status
 from storage import JobRecord
 
 HIGH_QUALITY = "high_quality"

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from service.jobs import Report, Status
+from service.lifecycle import Report
 from service.providers.base import (
     HttpProvider,
     ModelSpec,
@@ -18,6 +18,7 @@ from service.providers.base import (
     passed_options,
 )
 from service.signing import SignatureError, verify_header
+from service.vocabulary import Status
 from storage import JobRecord
 
 _ASPECTS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")

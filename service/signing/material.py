@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 from service.signing.errors import SignatureError
@@ -61,14 +60,11 @@ def any_matches(expected: Iterable[str], signatures: Sequence[str]) -> bool:
     return matched
 
 
-def check_timestamp(timestamp: int, tolerance: float | None, now: float | None) -> None:
-    """Refuse a timestamp more than `tolerance` seconds before or after `now` (default: the clock)."""
-    if tolerance is None:
-        return
-    current = time.time() if now is None else now
-    if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(current)):
+def check_timestamp(timestamp: int, tolerance: float, now: float) -> None:
+    """Refuse a timestamp more than `tolerance` seconds before or after `now`; the caller supplies the time."""
+    if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(now)):
         raise ValueError("tolerance must be a finite number >= 0 and now a finite unix time")
-    if timestamp < current - tolerance:
+    if timestamp < now - tolerance:
         raise SignatureError("timestamp_too_old")
-    if timestamp > current + tolerance:
+    if timestamp > now + tolerance:
         raise SignatureError("timestamp_in_future")

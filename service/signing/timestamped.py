@@ -74,7 +74,9 @@ def verify_header(
     timestamp, text, signatures = _parse(header)
     if not any_matches((_hexdigest(key, text, body) for key in keys), signatures):
         raise SignatureError("signature_mismatch")
-    check_timestamp(timestamp, tolerance, now)
+    if tolerance is not None:
+        # The default time, for a caller using this function alone: the schemes and the service pass `now`.
+        check_timestamp(timestamp, tolerance, time.time() if now is None else now)
     return timestamp
 
 

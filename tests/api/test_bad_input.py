@@ -654,10 +654,10 @@ async def test_an_empty_x_api_key_header_leaves_the_bearer_token_to_decide(s: St
 
 
 async def test_revoked_key_is_401(s: Stack) -> None:
-    record, key = await create_key(s.store, "soon-revoked")
+    record, key = await create_key(s.store, "soon-revoked", now=time.time())
     headers = {"Authorization": f"Bearer {key}"}
     assert (await s.client.get(s.url + JOBS, headers=headers)).status_code == 200
-    assert await revoke_key(s.store, record.id)
+    assert await revoke_key(s.store, record.id, now=time.time())
     s.app.state.ctx.key_cache.clear()  # the API caches keys for up to 5 s
     assert_error(await s.client.get(s.url + JOBS, headers=headers), 401, "unauthorized")
     assert_error(await s.client.post(s.url + JOBS, json=body_of(), headers=headers), 401, "unauthorized")
@@ -674,7 +674,7 @@ async def test_revoked_key_is_401(s: Stack) -> None:
 async def test_another_keys_job_is_404_and_untouched(
     s: Stack, pending: dict[str, Any], method: str, suffix: str
 ) -> None:
-    _, other = await create_key(s.store, "other")
+    _, other = await create_key(s.store, "other", now=time.time())
     before = await snapshot(s, pending["id"])
     response = await s.client.request(
         method, f"{s.url}{JOBS}/{pending['id']}{suffix}", headers={"Authorization": f"Bearer {other}"}
@@ -684,7 +684,7 @@ async def test_another_keys_job_is_404_and_untouched(
 
 
 async def test_another_keys_job_is_not_listed(s: Stack, pending: dict[str, Any]) -> None:
-    _, other = await create_key(s.store, "other-lister")
+    _, other = await create_key(s.store, "other-lister", now=time.time())
     response = await s.client.get(s.url + JOBS, headers={"Authorization": f"Bearer {other}"})
     assert response.status_code == 200
     assert pending["id"] not in {job["id"] for job in response.json()["data"]}

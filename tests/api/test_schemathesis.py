@@ -66,9 +66,9 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from sandbox import SANDBOXES, SandboxKnobs
 from service.app import create_app
-from service.jobs import ASPECT_RATIOS, RESOLUTIONS
 from service.providers import all_models
 from service.settings import Settings
+from service.wire import ASPECT_RATIOS, RESOLUTIONS
 from tests.harness import Stack, stack
 
 EXAMPLES = int(os.environ.get("REELAY_FUZZ_EXAMPLES", "50"))

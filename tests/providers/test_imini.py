@@ -14,7 +14,7 @@ import pytest
 
 from sandbox.imini import create_imini_sandbox
 from sandbox.knobs import SandboxKnobs
-from service import jobs
+from service import lifecycle
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
 from service.providers import all_models
@@ -37,7 +37,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 def job(**input: Any) -> JobRecord:
     given = {"prompt": "a drone shot of waves", **input}
-    return jobs.new_job(
+    return lifecycle.new_job(
         job_id="job_01JZ8B7Q4X8K2P9W3M5C6N7R8S",
         api_key_id="key_a",
         model=SPEC.id,

@@ -14,10 +14,10 @@ import pytest
 from sandbox.knobs import SandboxKnobs
 from sandbox.magnific import create_magnific_sandbox
 from service.capabilities import check_for, check_input
-from service.errors import InvalidRequest
+from service.errors import ConfigError, InvalidRequest
 from service.providers.base import OutcomeUnknown, PermanentError, TransientError, WebhookNotice
 from service.providers.magnific import MODEL, Magnific
-from service.settings import ConfigError, ProviderSettings
+from service.settings import ProviderSettings
 from service.signing import SignatureError
 from service.signing.standard import sign_headers
 from storage import JobRecord

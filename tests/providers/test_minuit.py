@@ -17,7 +17,7 @@ from sandbox.knobs import SandboxKnobs
 from sandbox.minuit import create_minuit_sandbox
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
-from service.jobs import new_job
+from service.lifecycle import new_job
 from service.providers import ADAPTERS, all_models
 from service.providers.base import ModelSpec, OutcomeUnknown, PermanentError, TransientError
 from service.providers.minuit import Minuit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ async def test_rate_limit_answers_429_with_retry_after_per_key(tmp_path: Path) -
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "rate_limited"
         assert int(refused.headers["retry-after"]) >= 1
-        _, other = await create_key(s.store, "other")  # another key has its own bucket
+        _, other = await create_key(s.store, "other", now=time.time())  # another key has its own bucket
         assert (await s.client.get(f"{s.url}/v1/jobs", headers={"x-api-key": other})).status_code == 200
         await asyncio.sleep(1.1)
         assert (await s.client.get(f"{s.url}/v1/jobs", headers=s.headers)).status_code == 200
@@ -37,7 +38,7 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert wait == pytest.approx(0.1)
     now[0] += 0.1
     assert limiter.take("k") is None
-    assert RateLimiter(rate=0, burst=1).take("k") is None  # 0 turns the limit off
+    assert RateLimiter(rate=0, burst=1, clock=lambda: now[0]).take("k") is None  # 0 turns the limit off
 
 
 async def test_open_event_streams_are_capped_per_key(tmp_path: Path) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import jobs
+from service import lifecycle
 from service.ids import split_api_key
-from service.jobs import Report
 from service.keys import create_key
+from service.lifecycle import Report
 from storage import JobRecord, Stage
 from tests.harness import Stack, stack
 
@@ -21,7 +22,7 @@ TERMINALS = ("succeeded", "failed", "cancelled")
 
 
 def _job() -> JobRecord:
-    return jobs.new_job(
+    return lifecycle.new_job(
         job_id="job_01JZ0000000000000000000000",
         api_key_id="k",
         model="seedancee2/pro",
@@ -56,13 +57,13 @@ def test_any_delivery_order_ends_in_the_providers_final_state_with_one_terminal_
     job = _job()
     events: list[str] = []
     if submitted_first:
-        change = jobs.submitted(job, provider_task_id="vid_1", cost=None, now=1.0, next_poll_at=5.0)
+        change = lifecycle.submitted(job, provider_task_id="vid_1", cost=None, now=1.0, next_poll_at=5.0)
         assert change is not None
         job, event = change
         events.append(event or "")
     stages = [job.stage]
     for status in delivered:
-        change = jobs.reported(job, Report(status=status), now=2.0)  # type: ignore[arg-type]
+        change = lifecycle.reported(job, Report(status=status), now=2.0)  # type: ignore[arg-type]
         if change is not None:
             job, event = change
             if event:
@@ -91,7 +92,7 @@ async def _read(s: Stack, after: int, take: int) -> list[int]:
 
 async def test_resume_from_any_disconnect_point_gives_exactly_the_rest_of_the_log(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
-        _, other = await create_key(s.store, "other")
+        _, other = await create_key(s.store, "other", now=time.time())
         for _ in range(4):  # this key's events, interleaved with another key's
             await s.submit()
             await s.client.post(

@@ -6,13 +6,14 @@ import itertools
 
 import pytest
 
-from service import jobs
-from service.jobs import Report
+from service import lifecycle
+from service.lifecycle import Report
+from service.wire import job_view
 from storage import DispatchState, JobRecord, Stage
 
 
 def _job() -> JobRecord:
-    return jobs.new_job(
+    return lifecycle.new_job(
         job_id="job_01JZ0000000000000000000000",
         api_key_id="k",
         model="seedancee2/pro",
@@ -27,13 +28,13 @@ def _job() -> JobRecord:
 
 
 def _apply(job: JobRecord, status: str) -> tuple[JobRecord, str | None]:
-    change = jobs.reported(job, Report(status=status), now=1_001.0)  # type: ignore[arg-type]
+    change = lifecycle.reported(job, Report(status=status), now=1_001.0)  # type: ignore[arg-type]
     return change if change is not None else (job, None)
 
 
 def test_submitted_moves_a_queued_job_forward_once() -> None:
     job = _job()
-    change = jobs.submitted(
+    change = lifecycle.submitted(
         job, provider_task_id="vid_1", cost={"credits_reserved": 100}, now=1_000.5, next_poll_at=1_100
     )
     assert change is not None
@@ -42,7 +43,7 @@ def test_submitted_moves_a_queued_job_forward_once() -> None:
     assert (submitted.stage, submitted.status, submitted.provider_task_id) == (Stage.SUBMITTED, "queued", "vid_1")
     assert submitted.dispatch_state == DispatchState.DONE
     assert submitted.cost == {"credits_estimate": 100, "credits_reserved": 100}
-    assert jobs.submitted(submitted, provider_task_id="vid_2", cost=None, now=1_001, next_poll_at=1_100) is None
+    assert lifecycle.submitted(submitted, provider_task_id="vid_2", cost=None, now=1_001, next_poll_at=1_100) is None
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(["queued", "processing", "succeeded", "failed"])))
@@ -66,14 +67,14 @@ def test_any_order_of_reports_never_moves_backwards_and_has_one_terminal(order: 
 def test_terminal_status_is_final() -> None:
     job, _ = _apply(_job(), "succeeded")
     for status in ("queued", "processing", "failed", "cancelled", "succeeded"):
-        assert jobs.reported(job, Report(status=status), now=2_000.0) is None  # type: ignore[arg-type]
-    assert jobs.cancelled(job, now=2_000.0) is None
-    assert jobs.failed(job, code="timeout", message="late", now=2_000.0) is None
-    assert jobs.rescheduled(job, next_poll_at=1.0) is None
+        assert lifecycle.reported(job, Report(status=status), now=2_000.0) is None  # type: ignore[arg-type]
+    assert lifecycle.cancelled(job, now=2_000.0) is None
+    assert lifecycle.failed(job, code="timeout", message="late", now=2_000.0) is None
+    assert lifecycle.rescheduled(job, next_poll_at=1.0) is None
 
 
 def test_failure_carries_code_message_and_provider_code() -> None:
-    change = jobs.failed(
+    change = lifecycle.failed(
         _job(), code="provider_rejected", message="no credits", provider_code="insufficient_credits", now=5.0
     )
     assert change is not None
@@ -85,7 +86,7 @@ def test_failure_carries_code_message_and_provider_code() -> None:
 
 
 def test_public_view_has_the_documented_fields() -> None:
-    view = jobs.job_view(_job())
+    view = job_view(_job())
     assert list(view) == [
         "id", "model", "provider", "status", "input", "metadata", "provider_task_id",
         "output", "error", "cost", "created_at", "updated_at", "completed_at",

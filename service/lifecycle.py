@@ -1,0 +1,147 @@
+"""The job state machine: pure functions that decide every change to a job (the clock is passed in).
+
+A job's stage only moves forward (queued → submitted → processing → terminal) and a terminal
+status is final; each accepted change names the event that the store logs in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from service.timestamps import to_iso
+from service.vocabulary import Status
+from storage import DispatchState, JobRecord, Stage
+
+_STAGE_OF: dict[str, Stage] = {
+    "queued": Stage.SUBMITTED,
+    "processing": Stage.PROCESSING,
+    "succeeded": Stage.TERMINAL,
+    "failed": Stage.TERMINAL,
+    "cancelled": Stage.TERMINAL,
+}
+
+
+class Report(msgspec.Struct, frozen=True, kw_only=True):
+    """What a provider said about a task, already normalized (from polling or a verified webhook)."""
+
+    status: Status
+    provider_task_id: str | None = None
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
+
+
+def new_job(
+    *,
+    job_id: str,
+    api_key_id: str,
+    model: str,
+    provider: str,
+    input: dict[str, Any],
+    metadata: dict[str, str],
+    cost: dict[str, Any],
+    callback_token: str,
+    now: float,
+    timeout: float,
+) -> JobRecord:
+    stamp = to_iso(now)
+    return JobRecord(
+        id=job_id,
+        api_key_id=api_key_id,
+        model=model,
+        provider=provider,
+        status="queued",
+        stage=Stage.QUEUED,
+        input=input,
+        metadata=metadata,
+        cost=cost,
+        callback_token=callback_token,
+        created_at=stamp,
+        updated_at=stamp,
+        deadline_at=now + timeout,
+        dispatch_state=DispatchState.PENDING,
+        next_attempt_at=now,
+    )
+
+
+def submitted(
+    job: JobRecord, *, provider_task_id: str, cost: dict[str, Any] | None, now: float, next_poll_at: float
+) -> tuple[JobRecord, str | None] | None:
+    """The provider accepted the create; None if the job has moved on meanwhile."""
+    if job.stage != Stage.QUEUED:
+        if job.dispatch_state != DispatchState.DONE:
+            return msgspec.structs.replace(job, dispatch_state=DispatchState.DONE, lease_until=None), None
+        return None
+    return (
+        msgspec.structs.replace(
+            job,
+            stage=Stage.SUBMITTED,
+            provider_task_id=provider_task_id,
+            cost={**job.cost, **(cost or {})},
+            updated_at=to_iso(now),
+            dispatch_state=DispatchState.DONE,
+            next_attempt_at=None,
+            # A callback that came before this answer asked for an early check (see confirm_soon).
+            next_poll_at=min(next_poll_at, job.next_poll_at) if job.next_poll_at is not None else next_poll_at,
+            lease_until=None,
+        ),
+        "job.submitted",
+    )
+
+
+def reported(job: JobRecord, report: Report, *, now: float) -> tuple[JobRecord, str | None] | None:
+    """Apply a provider report; None when it would move the job backwards or change a finished job."""
+    target = _STAGE_OF[report.status]
+    if job.stage == Stage.TERMINAL or target <= job.stage:
+        return None
+    changes: dict[str, Any] = {"stage": target, "status": report.status, "updated_at": to_iso(now)}
+    if report.provider_task_id and not job.provider_task_id:
+        changes["provider_task_id"] = report.provider_task_id
+    if report.cost:
+        changes["cost"] = {**job.cost, **report.cost}
+    if target == Stage.TERMINAL:
+        changes.update(
+            output=report.output,
+            error=report.error,
+            completed_at=to_iso(now),
+            dispatch_state=DispatchState.DONE,
+            next_attempt_at=None,
+            next_poll_at=None,
+            lease_until=None,
+        )
+    event = "job.submitted" if report.status == "queued" else f"job.{report.status}"
+    return msgspec.structs.replace(job, **changes), event
+
+
+def failed(
+    job: JobRecord, *, code: str, message: str, now: float, provider_code: str | None = None
+) -> tuple[JobRecord, str | None] | None:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if provider_code is not None:
+        error["provider_code"] = provider_code
+    return reported(job, Report(status="failed", error=error), now=now)
+
+
+def cancelled(job: JobRecord, *, now: float) -> tuple[JobRecord, str | None] | None:
+    return reported(job, Report(status="cancelled"), now=now)
+
+
+def confirm_soon(job: JobRecord, *, now: float) -> tuple[JobRecord, str | None] | None:
+    """A callback that cannot be trusted as is: check the provider's status endpoint now.
+
+    A job still being sent keeps the dispatcher's lease; it is checked as soon as it is submitted.
+    """
+    if job.stage == Stage.TERMINAL:
+        return None
+    if job.stage == Stage.QUEUED:
+        return msgspec.structs.replace(job, next_poll_at=now), None
+    return msgspec.structs.replace(job, next_poll_at=now, lease_until=None), None
+
+
+def rescheduled(job: JobRecord, **changes: Any) -> tuple[JobRecord, str | None] | None:
+    """A bookkeeping change (retry time, lease, poll time) that logs no event; ignored once terminal."""
+    if job.stage == Stage.TERMINAL:
+        return None
+    return msgspec.structs.replace(job, **changes), None

@@ -1,0 +1,13 @@
+"""The background loops: each is a `Loop` the lifespan starts, and on stop cancels, then drains.
+
+A new loop (webhook delivery, asset copying, provider health) takes `(runtime, gateway)` and joins the list
+in `service/app.py`.
+"""
+
+from __future__ import annotations
+
+from service.loops.base import Loop, Watcher
+from service.loops.dispatcher import Dispatcher
+from service.loops.poller import Poller
+
+__all__ = ["Dispatcher", "Loop", "Poller", "Watcher"]

@@ -1,0 +1,144 @@
+"""The dispatcher: the outbox of upstream creates. Each queued job is sent to its provider once; a lost answer is
+resolved before anything is sent again, and transient failures are retried with backoff and jitter."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+
+from service import lifecycle
+from service.errors import OutcomeUnknown, PermanentError, ProviderError, TransientError
+from service.loops.leased import LeasedLoop
+from service.schedule import Backoff
+from storage import DispatchState, JobRecord, Stage
+
+if TYPE_CHECKING:
+    from service.gateway import Gateway
+    from service.providers.base import ModelSpec, ProviderAdapter, Submission
+    from service.runtime import Runtime
+
+log = structlog.get_logger("reelay.worker")
+
+
+class Dispatcher(LeasedLoop):
+    """Sends queued jobs upstream once, retrying transient failures with backoff and jitter."""
+
+    name = "dispatch"
+
+    backoff = Backoff()  # between create attempts that failed and may be retried
+
+    def __init__(self, runtime: Runtime, gateway: Gateway) -> None:
+        super().__init__(
+            runtime, gateway, wake=runtime.signals.new_job, concurrency=runtime.settings.dispatch_concurrency
+        )
+
+    async def claim(self, now: float, limit: int) -> list[JobRecord]:
+        return await self.store.claim_dispatch(now, limit, self.lease_seconds)
+
+    async def handle(self, job: JobRecord) -> None:
+        now = self.clock()
+        adapter = self.runtime.adapters.get(job.provider)
+        spec = self.runtime.models.get(job.model)
+        if adapter is None or spec is None:
+            await self._fail(job, "provider_unavailable", f"provider {job.provider} is not configured")
+            return
+        if now >= job.deadline_at:
+            await self._fail(job, "timeout", "the job was not accepted by the provider before its deadline")
+            return
+        if job.dispatch_state == DispatchState.SENDING:
+            # An earlier create may have reached the provider; find out before sending again.
+            if adapter.unknown_outcome == "lookup":
+                try:
+                    found = await adapter.find_submission(job)
+                except ProviderError as exc:
+                    await self._retry(job, exc, maybe_sent=True)
+                    return
+                if found is not None:
+                    log.info("dispatch.recovered", provider_task_id=found.provider_task_id)
+                    await self._submitted(job, found.provider_task_id, found.cost, spec.callbacks)
+                    return
+            elif adapter.unknown_outcome != "idempotency":
+                await self._fail(
+                    job,
+                    "submit_outcome_unknown",
+                    "the create request was sent but its answer was lost; it is not resent, to avoid paying twice",
+                )
+                return
+        # Read before the job is marked as being sent: a failed read must leave it safe to send again.
+        full_input = await self.gateway.full_input(job)
+        job = await self._update(
+            job,
+            lambda j: lifecycle.rescheduled(
+                j, dispatch_state=DispatchState.SENDING, dispatch_attempts=j.dispatch_attempts + 1
+            ),
+        )
+        if job.stage != Stage.QUEUED or job.dispatch_state != DispatchState.SENDING:
+            return  # cancelled or completed meanwhile
+        # Only the create carries the data URIs; the job written back below does not.
+        sent = msgspec.structs.replace(job, input=full_input)
+        try:
+            submission = await self._create(sent, spec, adapter)
+        except PermanentError as exc:
+            await self._fail(job, "provider_rejected", exc.message, exc.provider_code)
+        except OutcomeUnknown as exc:
+            await self._retry(job, exc, maybe_sent=True)
+        except TransientError as exc:
+            if exc.give_up_after is not None and job.dispatch_attempts >= exc.give_up_after:
+                message = f"{exc} (on {job.dispatch_attempts} attempts, so taken as a refusal)"
+                await self._fail(job, "provider_rejected", message, exc.provider_code)
+            else:
+                await self._retry(job, exc, maybe_sent=exc.maybe_sent)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("dispatch.bad_answer", error=str(exc))
+            await self._retry(job, exc, maybe_sent=True)
+        else:
+            await self._submitted(job, submission.provider_task_id, submission.cost, spec.callbacks)
+
+    async def _create(self, job: JobRecord, spec: ModelSpec, adapter: ProviderAdapter) -> Submission:
+        """The upstream create, its latency observed by provider and outcome."""
+        started = time.perf_counter()
+        outcome = "interrupted"  # unless set below: the task was cancelled (shutdown)
+        try:
+            submission = await adapter.submit(job, spec, self.gateway.callback_url(job, adapter))
+            outcome = "accepted"
+            return submission
+        except Exception as exc:
+            outcome = _create_outcome(exc)
+            raise
+        finally:
+            histogram = self.runtime.metrics.upstream_create
+            histogram.labels(provider=job.provider, outcome=outcome).observe(time.perf_counter() - started)
+
+    async def _submitted(self, job: JobRecord, task_id: str, cost: dict[str, Any] | None, callbacks: bool) -> None:
+        now = self.clock()
+        settings = self.runtime.settings
+        adapter = self.runtime.adapters[job.provider]
+        first_poll = settings.callback_grace_seconds if callbacks else adapter.poll_schedule.delay(0, self.rng)
+        await self._update(
+            job,
+            lambda j: lifecycle.submitted(
+                j, provider_task_id=task_id, cost=cost, now=now, next_poll_at=min(now + first_poll, j.deadline_at)
+            ),
+        )
+
+    async def _retry(self, job: JobRecord, exc: Exception, *, maybe_sent: bool) -> None:
+        now = self.clock()
+        retry_after = exc.retry_delay(now) if isinstance(exc, TransientError) else None
+        delay = self.backoff.delay(job.dispatch_attempts, self.rng, at_least=retry_after)
+        state = DispatchState.SENDING if maybe_sent else DispatchState.PENDING
+        log.warning("dispatch.retrying", error=str(exc), delay=round(delay, 2), attempt=job.dispatch_attempts)
+        next_at = min(now + delay, job.deadline_at)  # at the deadline the job fails with `timeout`
+        await self._update(
+            job, lambda j: lifecycle.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
+        )
+
+
+def _create_outcome(exc: Exception) -> str:
+    if isinstance(exc, PermanentError):
+        return "rejected"
+    if isinstance(exc, OutcomeUnknown):
+        return "unknown"
+    return "retryable" if isinstance(exc, TransientError) else "bad_answer"

@@ -1,0 +1,76 @@
+"""The poller: asks providers for the state of submitted jobs. It is the only signal for providers without
+callbacks, and the safety net when a callback is overdue."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from service import lifecycle
+from service.errors import PermanentError, ProviderError, TransientError
+from service.loops.leased import LeasedLoop
+from storage import JobRecord, Stage
+
+if TYPE_CHECKING:
+    from service.gateway import Gateway
+    from service.runtime import Runtime
+
+log = structlog.get_logger("reelay.worker")
+
+
+class Poller(LeasedLoop):
+    """Asks providers for the state of submitted jobs: the only signal for providers without
+    callbacks, and the safety net when a callback is overdue."""
+
+    name = "poll"
+
+    def __init__(self, runtime: Runtime, gateway: Gateway) -> None:
+        super().__init__(runtime, gateway, wake=runtime.signals.confirm, concurrency=runtime.settings.poll_concurrency)
+        self._caps = {name: asyncio.Semaphore(a.poll_concurrency) for name, a in runtime.adapters.items()}
+
+    async def claim(self, now: float, limit: int) -> list[JobRecord]:
+        return await self.store.claim_polls(now, limit, self.lease_seconds)
+
+    async def handle(self, job: JobRecord) -> None:
+        now = self.clock()
+        adapter = self.runtime.adapters.get(job.provider)
+        if adapter is None or job.provider_task_id is None:
+            await self._fail(job, "provider_unavailable", f"provider {job.provider} is not configured")
+            return
+        if now >= job.deadline_at:
+            await self._fail(job, "timeout", "the provider did not finish the job before its deadline")
+            return
+        report = None
+        retry_after = None
+        try:
+            async with self._caps[job.provider]:
+                report = await adapter.fetch(job.provider_task_id)
+        except PermanentError as exc:
+            await self._fail(job, "provider_error", exc.message, exc.provider_code)
+            return
+        except TransientError as exc:
+            retry_after = exc.retry_delay(self.clock())
+            log.warning("poll.retrying", error=str(exc))
+        except (ProviderError, ValueError, KeyError, TypeError) as exc:
+            log.warning("poll.bad_answer", error=str(exc))
+        delay = adapter.poll_schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)
+
+        def decide(current: JobRecord) -> tuple[JobRecord, str | None] | None:
+            change = lifecycle.reported(current, report, now=now) if report is not None else None
+            updated, event = change if change is not None else (current, None)
+            if updated.stage == Stage.TERMINAL:
+                return change
+            return (
+                msgspec.structs.replace(
+                    updated,
+                    next_poll_at=min(now + delay, updated.deadline_at),
+                    poll_attempts=current.poll_attempts + 1,
+                    lease_until=None,
+                ),
+                event,
+            )
+
+        await self._update(job, decide)

@@ -1,0 +1,44 @@
+"""The service's dependencies, built once by `create_app`'s lifespan and handed to the use cases and to every loop."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable, Mapping
+
+    import httpx
+
+    from service.hub import EventHub
+    from service.metrics import Metrics
+    from service.providers.base import ModelSpec, ProviderAdapter
+    from service.settings import Settings
+    from storage import Store
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Wake-ups from the use cases to the loops, so new work starts now rather than at the loop's next idle check."""
+
+    new_job: asyncio.Event = field(default_factory=asyncio.Event)  # a job was queued: the dispatcher
+    confirm: asyncio.Event = field(default_factory=asyncio.Event)  # a callback asks for a status check: the poller
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything the use cases (`Gateway`, `EventLog`) and the loops share; nothing is added after construction."""
+
+    settings: Settings
+    store: Store
+    adapters: Mapping[str, ProviderAdapter]  # the configured providers, by name
+    models: Mapping[str, ModelSpec]  # every model, by id, whether its provider is configured or not
+    http: httpx.AsyncClient  # the one client every upstream call goes through
+    hub: EventHub  # committed events to this process's stream subscribers
+    clock: Callable[[], float]  # unix time: deadlines, schedules, stored timestamps
+    monotonic: Callable[[], float]  # intervals only (caches, rate limits): never goes back
+    rng: random.Random  # jitter of retries, polls and heartbeats
+    metrics: Metrics
+    signals: Signals = field(default_factory=Signals)
