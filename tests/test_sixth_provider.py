@@ -16,17 +16,19 @@ import msgspec
 import pytest
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
-from service.jobs import Report, Status, encode_job
 
 from sandbox import SANDBOXES, SandboxKnobs, SandboxSpec, sandbox_registry
 from sandbox.common import SandboxApiError, SandboxCore, SandboxTask, json_response, sandbox_app
 from service.app import create_app
 from service.dev import dev_settings
 from service.keys import create_key
+from service.lifecycle import Report
 from service.providers import ADAPTERS, registry
 from service.providers.base import ModelSpec, PollOnlyProvider, Submission, generation_failed, text
 from service.schedule import Backoff
 from service.settings import Settings
+from service.vocabulary import Status
+from service.wire import encode_job
 from storage import JobRecord, create_store
 from tests.harness import Stack, collect_events, serving, url_of
 from tests.ports import bind
@@ -195,7 +197,7 @@ async def test_a_sixth_provider_runs_a_job_from_post_to_sse(tmp_path: Path) -> N
     store = create_store(settings.database_url, encode_job, clock=time.time)
     await store.open()
     try:
-        _, key = await create_key(store, "test")
+        _, key = await create_key(store, "test", now=time.time())
     finally:
         await store.close()
     app = create_app(settings, adapters=WITH_LUMEN)
