@@ -194,19 +194,15 @@ async def test_a_sixth_provider_runs_a_job_from_post_to_sse(tmp_path: Path) -> N
         "REELAY_LUMEN_REGION": "eu",
     }
     settings = Settings.from_env(env, adapters=WITH_LUMEN)
-    store = create_store(settings.database_url, encode_job, clock=time.time)
-    await store.open()
-    try:
-        _, key = await create_key(store, "test", now=time.time())
-    finally:
-        await store.close()
-    app = create_app(settings, adapters=WITH_LUMEN)
+    store = create_store(settings.database_url, encode_job, clock=time.time)  # the app's lifespan opens it
+    app = create_app(settings, adapters=WITH_LUMEN, store=store)
     knobs = SandboxKnobs(processing_after_s=0.2, complete_after_s=0.6)
     async with (
         httpx.AsyncClient(timeout=10) as client,
         serving(LUMEN_SANDBOX.build(knobs), lumen_sock),
         serving(app, reelay_sock),
     ):
+        _, key = await create_key(store, "test", now=time.time())
         running = Stack(
             app=app,
             url=url_of(reelay_sock),
@@ -214,6 +210,7 @@ async def test_a_sixth_provider_runs_a_job_from_post_to_sse(tmp_path: Path) -> N
             client=client,
             sandbox_urls={"lumen": url_of(lumen_sock)},
             settings=settings,
+            store=store,
         )
         models = (await client.get(f"{running.url}/v1/models", headers=running.headers)).json()
         received: list[dict[str, Any]] = []
