@@ -1,4 +1,5 @@
-"""The guard on Reelay's outbound connections to URLs that users give (webhook receivers, result downloads).
+"""The guard on Reelay's connections to URLs it does not choose itself (callers' webhook receivers, and later
+providers' result URLs), so they cannot reach the private network around it.
 
 `check_target` refuses a URL when it is registered; `GuardedTransport` resolves every host name itself at connect
 time, checks each address, and connects only to an address it checked, so DNS cannot rebind between check and use.
@@ -7,6 +8,7 @@ time, checks each address, and connects only to an address it checked, so DNS ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-__all__ = ("IPAddress", "Reason", "Resolver", "GuardedTransport", "TargetRefused", "check_target", "system_resolver")
+__all__ = ("GuardedTransport", "IPAddress", "Reason", "Resolver", "TargetRefused", "check_target", "system_resolver")
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver: TypeAlias = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -112,12 +114,13 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits = _HTTPX_LIMITS,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
-        super().__init__(verify=verify, limits=limits, trust_env=False)
+        ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         # httpx passes no network backend to its pool (encode/httpx#3749): build the same pool with ours.
         if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
             raise RuntimeError("httpx.AsyncHTTPTransport no longer keeps its pool in _pool; the guard cannot apply")
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -143,7 +146,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -167,17 +170,17 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
                 refused.append(refusal)
         if not allowed:
             raise refused[0] if refused else httpcore.ConnectError(f"{host} resolves to no address")
-        failure: httpcore.ConnectError | None = None
-        for address in allowed:  # the next one after an unreachable address, as socket.create_connection does
+
+        async def connect(address: IPAddress) -> httpcore.AsyncNetworkStream:
             remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
-            try:
-                return await self._network.connect_tcp(
-                    str(address), port, timeout=remaining, local_address=local_address, socket_options=socket_options
-                )
-            except httpcore.ConnectError as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
+            return await self._network.connect_tcp(
+                str(address), port, timeout=remaining, local_address=local_address, socket_options=socket_options
+            )
+
+        for address in allowed[:-1]:
+            with contextlib.suppress(httpcore.ConnectError):  # the next address then, as socket.create_connection
+                return await connect(address)
+        return await connect(allowed[-1])
 
     def _refusal(self, host: str, address: IPAddress) -> TargetRefused | None:
         kind = _address_kind(address)
