@@ -257,15 +257,15 @@ def resolving(table: dict[str, list[IPAddress]]) -> Resolver:
 REBOUND = resolving({"receiver.test": [LOOPBACK], "127.0.0.1": [LOOPBACK]})
 
 
-@pytest.mark.parametrize(
-    ("host", "resolve"),
-    [
-        pytest.param("127.0.0.1", egress.system_resolver, id="by-address"),
-        # The transport refuses no name as such: `localhost` is refused for the address the system resolver gives.
-        pytest.param("localhost", egress.system_resolver, id="localhost-by-the-system-resolver"),
-        pytest.param("receiver.test", REBOUND, id="a-name-resolving-to-127.0.0.1"),
-    ],
-)
+LOOPBACK_TARGETS = [
+    pytest.param("127.0.0.1", egress.system_resolver, id="by-address"),
+    # The transport refuses no name as such: `localhost` is refused for the address the system resolver gives.
+    pytest.param("localhost", egress.system_resolver, id="localhost-by-the-system-resolver"),
+    pytest.param("receiver.test", REBOUND, id="a-name-resolving-to-127.0.0.1"),
+]
+
+
+@pytest.mark.parametrize(("host", "resolve"), LOOPBACK_TARGETS)
 async def test_a_loopback_target_is_refused_at_connect_time_and_never_reached(
     receiver: Receiver, host: str, resolve: Resolver
 ) -> None:
@@ -278,14 +278,7 @@ async def test_a_loopback_target_is_refused_at_connect_time_and_never_reached(
     assert receiver.heads == []
 
 
-@pytest.mark.parametrize(
-    ("host", "resolve"),
-    [
-        pytest.param("127.0.0.1", egress.system_resolver, id="by-address"),
-        pytest.param("localhost", egress.system_resolver, id="localhost-by-the-system-resolver"),
-        pytest.param("receiver.test", REBOUND, id="a-name-resolving-to-127.0.0.1"),
-    ],
-)
+@pytest.mark.parametrize(("host", "resolve"), LOOPBACK_TARGETS)
 async def test_allow_private_reaches_a_loopback_target_with_its_own_host_header(
     receiver: Receiver, host: str, resolve: Resolver
 ) -> None:
