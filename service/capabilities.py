@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
+from service.egress import TargetRefused, check_target
 from service.errors import InputRefused, InvalidRequest
 from service.providers.base import ModelSpec, ProviderAdapter
 from service.wire import JobInput
@@ -79,8 +76,6 @@ def capability_record(spec: ModelSpec) -> dict[str, Any]:
 
 URL_FIELDS = ("first_frame", "last_frame", "reference_images", "reference_videos", "reference_audios")
 URL_FORMS = ["https://...", "http://...", "data:..."]
-# Hosts that browsers and curl read as IPv4 although they are not dotted quads (2852039166, 0xa9fea9fe, 169.254.43518).
-_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
 
 
 def check_urls(given: dict[str, Any]) -> None:
@@ -105,45 +100,11 @@ def url_problem(url: str) -> str | None:
     if url[:5].lower() == "data:":
         return None
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return "not a valid URL"
-    if parts.scheme not in ("https", "http"):
-        return f"the scheme {parts.scheme + ':'!r} is not accepted" if parts.scheme else "not an absolute URL"
-    if not host:
-        return "the URL has no host"
-    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always the machine itself
-        return f"the host {host} is a non-public address (loopback)"
-    address = _ip_literal(host)
-    if address is None:
-        return None
-    for kind, flag in (
-        ("unspecified", address.is_unspecified),
-        ("loopback", address.is_loopback),
-        ("link-local", address.is_link_local),
-        ("multicast", address.is_multicast),
-        ("reserved", address.is_reserved),
-    ):
-        if flag:
-            return f"the host {host} is a non-public address ({kind})"
+        check_target(url)
+    except TargetRefused as exc:
+        if exc.reason != "private":  # the provider fetches it, not Reelay: a private host is on its network
+            return exc.message
     return None
-
-
-def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host names literally (IPv4-mapped IPv6 as its IPv4), or None for a name."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if not _NUMERIC_HOST.fullmatch(host):
-            return None
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def check_input(spec: ModelSpec, given: dict[str, Any]) -> None:

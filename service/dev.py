@@ -58,6 +58,8 @@ def dev_settings(
         log_format="console" if "REELAY_LOG_FORMAT" not in os.environ else base.log_format,
         providers=providers,
         callback_grace_seconds=min(base.callback_grace_seconds, 10.0),
+        # The emulators and `reelay listen` answer on loopback, which the webhook guard refuses by default.
+        webhook_allow_private=True,
     )
 
 

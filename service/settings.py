@@ -68,6 +68,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_seconds: float = 120.0
     # `reelay prune` deletes finished jobs, receipts and idempotency keys older than this; 0 keeps everything.
     retention_days: int = 0
+    # Lets caller webhooks reach private and loopback hosts (the guard is service/egress.py).
+    webhook_allow_private: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -121,6 +123,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             shutdown_drain_seconds=reader.number("REELAY_SHUTDOWN_DRAIN_SECONDS", defaults.shutdown_drain_seconds),
             lease_seconds=reader.number("REELAY_LEASE_SECONDS", defaults.lease_seconds),
             retention_days=reader.integer("REELAY_RETENTION_DAYS", defaults.retention_days, low=0),
+            webhook_allow_private=reader.choice("REELAY_WEBHOOK_ALLOW_PRIVATE", "false", ("true", "false")) == "true",
         )
 
     def __post_init__(self) -> None:
