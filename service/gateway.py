@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from reelay_signing import SignatureError
 from service import jobs
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound
@@ -22,7 +23,6 @@ from service.inline import check_inline, restore_inline, split_inline
 from service.metrics import Metrics
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.settings import Settings
-from service.signing import SignatureError
 from storage import (
     IdempotencyClaim,
     IdempotencyConflict,

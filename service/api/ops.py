@@ -15,12 +15,12 @@ from litestar.params import FromPath, PathParameter
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reelay_signing import SignatureError
 from service.api.context import context
 from service.errors import error_response, error_responses
 from service.gateway import WebhookRejected
 from service.health import NotReady, check_ready
 from service.providers import ADAPTERS
-from service.signing import SignatureError
 
 log = structlog.get_logger("reelay.webhooks")
 

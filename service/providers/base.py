@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx
 import msgspec
 
+from reelay_signing.errors import SignatureError
 from service.jobs import PROMPT_MAX_CHARS
 from service.schedule import Backoff
-from service.signing.errors import SignatureError
 
 if TYPE_CHECKING:
     from service.jobs import Report

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
+from reelay_signing import SignatureError
+from reelay_signing.standard import SECRET_PREFIX, verify_headers
 from service.jobs import Report
 from service.providers.base import (
     HttpProvider,
@@ -20,8 +22,6 @@ from service.providers.base import (
     passed_options,
 )
 from service.settings import ConfigError, ProviderSettings
-from service.signing import SignatureError
-from service.signing.standard import SECRET_PREFIX, verify_headers
 from storage import JobRecord
 
 UPSTREAM_MODEL = "seedance-2-mini"

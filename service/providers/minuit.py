@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import msgspec
 import structlog
 
+from reelay_signing import SignatureError
 from service.jobs import Report
 from service.providers.base import (
     NO_VIDEO,
@@ -26,7 +27,6 @@ from service.providers.base import (
     text,
 )
 from service.schedule import Backoff
-from service.signing import SignatureError
 from storage import JobRecord
 
 log = structlog.get_logger("reelay.providers.minuit")

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from reelay_signing import SignatureError, verify_header
 from service.jobs import Report
 from service.providers.base import (
     NO_VIDEO,
@@ -18,7 +19,6 @@ from service.providers.base import (
     generation_failed,
     passed_options,
 )
-from service.signing import SignatureError, verify_header
 from storage import JobRecord
 
 _ASPECTS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")

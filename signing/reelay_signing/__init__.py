@@ -1,11 +1,11 @@
-"""Webhook signature signing and verification, importable on its own: the core needs only the standard library."""
+"""Sign and verify webhook signatures, on the standard library alone (only reelay_signing.litestar needs Litestar)."""
 
 from __future__ import annotations
 
-from service.signing.asgi import SignatureVerificationMiddleware, Verifier
-from service.signing.errors import Reason, SignatureError
-from service.signing.standard import StandardWebhooksScheme, sign_headers, verify_headers
-from service.signing.timestamped import TimestampedScheme, compute_signature, sign_header, verify_header
+from reelay_signing.asgi import SignatureVerificationMiddleware, Verifier
+from reelay_signing.errors import Reason, SignatureError
+from reelay_signing.standard import StandardWebhooksScheme, sign_headers, verify_headers
+from reelay_signing.timestamped import TimestampedScheme, compute_signature, sign_header, verify_header
 
 __all__ = (
     "Reason",

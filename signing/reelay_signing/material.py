@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from service.signing.errors import SignatureError
+from reelay_signing.errors import SignatureError
 
 
 def payload_bytes(payload: object) -> bytes:

@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import SignatureError
 from service import jobs
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
@@ -21,7 +22,6 @@ from service.providers.imini import SPEC, Imini
 from service.sandbox.imini import create_imini_sandbox
 from service.sandbox.knobs import SandboxKnobs
 from service.settings import DEFAULT_BASE_URLS, ProviderSettings
-from service.signing import SignatureError
 from storage import JobRecord
 
 KEY = "sk-imini-sandbox"

@@ -11,6 +11,8 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import SignatureError
+from reelay_signing.standard import sign_headers
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
 from service.providers.base import OutcomeUnknown, PermanentError, TransientError, WebhookNotice
@@ -18,8 +20,6 @@ from service.providers.magnific import MODEL, Magnific
 from service.sandbox.knobs import SandboxKnobs
 from service.sandbox.magnific import create_magnific_sandbox
 from service.settings import ConfigError, ProviderSettings
-from service.signing import SignatureError
-from service.signing.standard import sign_headers
 from storage import JobRecord
 from tests.providers.recording import Answer, Recorder
 from tests.storage.factories import make_job

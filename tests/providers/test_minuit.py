@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import SignatureError
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
 from service.jobs import new_job
@@ -22,7 +23,6 @@ from service.sandbox import SANDBOXES
 from service.sandbox.knobs import SandboxKnobs
 from service.sandbox.minuit import create_minuit_sandbox
 from service.settings import ProviderSettings
-from service.signing import SignatureError
 from storage import JobRecord
 
 BASE_URL = "https://seedance2.lol"
