@@ -199,7 +199,7 @@ def _is_url_or_base64(value: str) -> bool:
 def sign_callback(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
     """`webhook-signature` value: `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{raw_body}")).
 
-    Deliberately independent of `service.signing`, so a bug there cannot be cancelled out by a shared one here.
+    Deliberately independent of `reelay_signing`, so a bug there cannot be cancelled out by a shared one here.
     """
     content = f"{webhook_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode("ascii")

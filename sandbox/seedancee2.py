@@ -219,7 +219,7 @@ def _parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
 def _sign_callback(secret: str, timestamp: int, body: bytes) -> str:
     """`X-Seedancee2-Signature` value: `t=<unix>,v1=hex(HMAC_SHA256(secret, "{t}." + raw_body))`.
 
-    Deliberately independent of `service.signing`, so a bug there cannot be cancelled out by a shared one here.
+    Deliberately independent of `reelay_signing`, so a bug there cannot be cancelled out by a shared one here.
     """
     digest = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"

@@ -1,4 +1,4 @@
-"""The `reelay` command line: serve, dev, keys, migrate, and the operations backup, restore and prune."""
+"""The `reelay` command line: serve, dev, listen, keys, migrate, and the operations backup, restore and prune."""
 
 from __future__ import annotations
 
@@ -111,6 +111,39 @@ def dev(port: int, sandbox_port: int) -> None:
         run(run_dev(port=port, sandbox_port=sandbox_port))
     except (StorageError, ConfigError, OSError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command(
+    "listen",
+    help="Receive Reelay's webhooks on this machine: verify each delivery with the secret and print one line per "
+    "event (time, type, job id, job status, `verified` or the reason it was refused, [webhook-id]). Answers 204 to "
+    "a verified delivery and 401 to any other request, on any path.",
+)
+@click.option("--port", type=int, default=9000, show_default=True, help="Port to receive on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    required=True,
+    help="The webhook secret (whsec_...); give it twice during a rotation, either one verifies.",
+)
+def listen_command(port: int, host: str, secrets: tuple[str, ...]) -> None:
+    from reelay_signing import SignatureError
+    from service.listen import webhook_receiver
+    from service.server import listen, make_server, run, serve_all
+
+    configure_logging("console", "warning")  # the server's own lines would bury the deliveries
+    try:
+        app = webhook_receiver(secrets, report=click.echo)
+    except SignatureError as exc:
+        raise click.BadParameter(exc.message, param_hint="--secret") from None
+    try:
+        server = make_server(app, listen(host, port))
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    ready = f"Ready: receiving on {server.url} (any path), verifying with {len(secrets)} secret(s). Ctrl-C stops."
+    run(serve_all([server], on_started=lambda: click.echo(ready)))
 
 
 @main.command(help="Apply pending database migrations.")

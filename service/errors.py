@@ -29,10 +29,12 @@ Defined where the service cannot be imported, and mapped here too:
   ├── SchemaOutdated                 NotReady schema_outdated (service/health.py)
   ├── IdempotencyConflict            Conflict idempotency_conflict (Gateway.create_job)
   ├── TaskTaken                      a webhook answered 200 "ignored" (Gateway)
+  ├── JobNotFound                    a webhook for a job gone meanwhile (pruned) is "ignored" (Gateway)
   └── any other                      500 internal_error (by the handler)
- SignatureError (service/signing/errors.py)   401 invalid_signature, its `reason` in details (by the handler)
- Litestar's ValidationException 400 invalid_request; its HTTPException keeps its status (405, 413, ...);
- anything else                   500 internal_error, logged with its traceback
+ SignatureError (reelay_signing)     401 invalid_signature, its `reason` in details (by the handler)
+ TargetRefused (service/egress.py)   an httpx.ConnectError: the egress guard refused a non-public target
+ Litestar's ValidationException      400 invalid_request; its HTTPException keeps its status (405, 413, ...)
+ anything else                       500 internal_error, logged with its traceback
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from reelay_signing import SignatureError
 from service import lifecycle
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
@@ -19,7 +20,6 @@ from service.health import check_ready
 from service.ids import new_job_id, new_token
 from service.inline import check_inline, restore_inline, split_inline
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
-from service.signing import SignatureError
 from service.vocabulary import TERMINAL
 from service.wire import JobCreate
 from storage import (

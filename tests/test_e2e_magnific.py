@@ -13,8 +13,8 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing.standard import sign_headers
 from sandbox import SANDBOXES, SandboxKnobs
-from service.signing.standard import sign_headers
 from tests.harness import Stack, collect_events, stack
 
 MODEL = "magnific/seedance-2-mini"

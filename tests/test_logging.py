@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from reelay_signing import sign_header
 from sandbox import SANDBOXES
 from service.ids import split_api_key
 from service.logging import configure_logging
-from service.signing import sign_header
 from tests.harness import stack
 
 pytestmark = pytest.mark.usefixtures("restore_logging")

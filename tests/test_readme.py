@@ -19,10 +19,14 @@ def test_readme_names_nothing_outside_the_repository() -> None:
 
 
 def test_quickstart_installs_reelay_without_the_dev_extras() -> None:
-    assert COMMANDS[0] == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/reelay dev"
+    assert COMMANDS[0] == "python3 -m venv .venv && .venv/bin/pip install -e ./signing -e . && .venv/bin/reelay dev"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
     test_command = COMMANDS[1]
-    assert test_command == ".venv/bin/pip install -e '.[dev]' && .venv/bin/pytest"
+    assert test_command == ".venv/bin/pip install -e ./signing -e '.[dev]' && .venv/bin/pytest"
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_ci_proves_reelay_signing_installs_alone() -> None:
+    assert "bash .ci/signing-alone.sh" in (ROOT / ".ci" / "run").read_text().splitlines()

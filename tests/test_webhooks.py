@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 from structlog.testing import capture_logs
 
+from reelay_signing import sign_header
 from sandbox import SANDBOXES
-from service.signing import sign_header
 from tests.harness import Stack
 
 SECRET = SANDBOXES["seedancee2"].webhook_secret or ""

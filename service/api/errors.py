@@ -16,8 +16,8 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIHeader, OpenAPIResponse, Operation, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
+from reelay_signing import SignatureError
 from service.errors import RateLimited, ReelayError
-from service.signing import SignatureError
 from storage import QueryRejected, StorageUnavailable
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ from litestar.params import FromPath, PathParameter
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reelay_signing import SignatureError
 from service.api.context import context
 from service.api.errors import error_responses
 from service.errors import WebhookRejected
 from service.providers import ADAPTERS
-from service.signing import SignatureError
 
 log = structlog.get_logger("reelay.webhooks")
 

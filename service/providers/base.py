@@ -11,6 +11,7 @@ import httpx
 import msgspec
 import structlog
 
+from reelay_signing.errors import SignatureError
 from service.errors import InputRefused as InputRefused
 from service.errors import OutcomeUnknown as OutcomeUnknown
 from service.errors import PermanentError as PermanentError
@@ -18,7 +19,6 @@ from service.errors import ProviderError as ProviderError
 from service.errors import TransientError as TransientError
 from service.lifecycle import Report
 from service.schedule import Backoff
-from service.signing.errors import SignatureError
 from service.vocabulary import Status
 from service.wire import PROMPT_MAX_CHARS
 

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
+from reelay_signing import SignatureError
+from reelay_signing.standard import SECRET_PREFIX, verify_headers
 from service.errors import ConfigError
 from service.lifecycle import Report
 from service.providers.base import (
@@ -22,8 +24,6 @@ from service.providers.base import (
     text,
 )
 from service.settings import ProviderSettings, provider_variable
-from service.signing import SignatureError
-from service.signing.standard import SECRET_PREFIX, verify_headers
 from service.vocabulary import Status
 from storage import JobRecord
 

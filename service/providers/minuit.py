@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from reelay_signing import SignatureError
 from service.lifecycle import Report
 from service.providers.base import (
     HttpProvider,
@@ -25,7 +26,6 @@ from service.providers.base import (
 )
 from service.schedule import Backoff
 from service.settings import provider_variable
-from service.signing import SignatureError
 from service.vocabulary import Status
 from storage import JobRecord
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from reelay_signing import SignatureError, verify_header
 from service.lifecycle import Report
 from service.providers.base import (
     HttpProvider,
@@ -17,7 +18,6 @@ from service.providers.base import (
     generation_failed,
     passed_options,
 )
-from service.signing import SignatureError, verify_header
 from service.vocabulary import Status
 from storage import JobRecord
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from reelay_signing import sign_header
 from service.keys import create_key, revoke_key
-from service.signing import sign_header
 from tests.harness import Stack, stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import SignatureError
 from sandbox.imini import create_imini_sandbox
 from sandbox.knobs import SandboxKnobs
 from service import lifecycle
@@ -21,7 +22,6 @@ from service.providers import all_models
 from service.providers.base import PermanentError, TransientError
 from service.providers.imini import SPEC, Imini
 from service.settings import ProviderSettings
-from service.signing import SignatureError
 from storage import JobRecord
 
 KEY = "sk-imini-sandbox"

@@ -11,6 +11,8 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import SignatureError
+from reelay_signing.standard import sign_headers
 from sandbox.knobs import SandboxKnobs
 from sandbox.magnific import create_magnific_sandbox
 from service.capabilities import check_for, check_input
@@ -18,8 +20,6 @@ from service.errors import ConfigError, InvalidRequest
 from service.providers.base import OutcomeUnknown, PermanentError, TransientError, WebhookNotice
 from service.providers.magnific import MODEL, Magnific
 from service.settings import ProviderSettings
-from service.signing import SignatureError
-from service.signing.standard import sign_headers
 from storage import JobRecord
 from tests.providers.recording import Answer, Recorder
 from tests.storage.factories import make_job

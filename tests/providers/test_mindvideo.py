@@ -11,6 +11,7 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import SignatureError
 from sandbox.knobs import SandboxKnobs
 from sandbox.mindvideo import create_mindvideo_sandbox
 from service.capabilities import check_for, check_input
@@ -18,7 +19,6 @@ from service.errors import InvalidRequest
 from service.providers.base import OutcomeUnknown, PermanentError, TransientError
 from service.providers.mindvideo import MODEL, MindVideo
 from service.settings import ProviderSettings
-from service.signing import SignatureError
 from storage import JobRecord
 from tests.providers.recording import Answer, Recorder
 from tests.storage.factories import make_job

@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import SignatureError
 from sandbox import SANDBOXES
 from sandbox.knobs import SandboxKnobs
 from sandbox.minuit import create_minuit_sandbox
@@ -22,7 +23,6 @@ from service.providers import ADAPTERS, all_models
 from service.providers.base import ModelSpec, OutcomeUnknown, PermanentError, TransientError
 from service.providers.minuit import Minuit
 from service.settings import ProviderSettings
-from service.signing import SignatureError
 from storage import JobRecord
 
 BASE_URL = "https://seedance2.lol"

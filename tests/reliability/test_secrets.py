@@ -10,10 +10,10 @@ import httpx
 import msgspec
 import pytest
 
+from reelay_signing import sign_header, sign_headers
 from sandbox import SANDBOXES, SandboxKnobs
 from service.ids import split_api_key
 from service.logging import configure_logging
-from service.signing import sign_header, sign_headers
 from tests.harness import stack
 
 MODELS = [

@@ -7,7 +7,7 @@ import hmac
 import math
 from collections.abc import Callable, Iterable, Sequence
 
-from service.signing.errors import SignatureError
+from reelay_signing.errors import SignatureError
 
 
 def payload_bytes(payload: object) -> bytes:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, MutableMapping
 from typing import Any, Final, Protocol, TypeAlias
 
-from service.signing.errors import SignatureError
+from reelay_signing.errors import SignatureError
 
 __all__ = (
     "DEFAULT_MAX_BODY_BYTES",

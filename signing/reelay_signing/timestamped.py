@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeAlias
 
-from service.signing.errors import SignatureError
-from service.signing.material import any_matches, check_timestamp, payload_bytes, secret_keys, text_key
+from reelay_signing.errors import SignatureError
+from reelay_signing.material import any_matches, check_timestamp, payload_bytes, secret_keys, text_key
 
 __all__ = (
     "DEFAULT_TOLERANCE",

@@ -16,9 +16,9 @@ import standardwebhooks
 import uvicorn
 from litestar import Litestar, Request, Response, post
 
-from service.signing import SignatureError, SignatureVerificationMiddleware, TimestampedScheme
-from service.signing.asgi import ASGIApp, Message, Receive, Scope, Send, Verifier
-from service.signing.litestar import LitestarSignatureVerificationMiddleware
+from reelay_signing import SignatureError, SignatureVerificationMiddleware, TimestampedScheme
+from reelay_signing.asgi import ASGIApp, Message, Receive, Scope, Send, Verifier
+from reelay_signing.litestar import LitestarSignatureVerificationMiddleware
 
 NOW = 1_700_000_000
 HEADER = "X-Seedancee2-Signature"

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-
-from service.signing.asgi import (
+from reelay_signing.asgi import (
     DEFAULT_MAX_BODY_BYTES,
     PathFilter,
     Verifier,
@@ -15,6 +12,13 @@ from service.signing.asgi import (
     guard_request,
     path_matcher,
 )
+
+# The package's only third-party import, in this module alone, so `import reelay_signing` needs nothing.
+try:
+    from litestar.enums import ScopeType
+    from litestar.middleware import ASGIMiddleware
+except ImportError as exc:
+    raise ImportError("reelay_signing.litestar needs Litestar: pip install 'reelay-signing[litestar]'") from exc
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Receive, Scope, Send
