@@ -197,33 +197,36 @@ async def test_a_sixth_provider_runs_a_job_from_post_to_sse(tmp_path: Path) -> N
     store = create_store(settings.database_url, encode_job, clock=time.time)  # the app's lifespan opens it
     app = create_app(settings, adapters=WITH_LUMEN, store=store)
     knobs = SandboxKnobs(processing_after_s=0.2, complete_after_s=0.6)
-    async with (
-        httpx.AsyncClient(timeout=10) as client,
-        serving(LUMEN_SANDBOX.build(knobs), lumen_sock),
-        serving(app, reelay_sock),
-    ):
-        _, key = await create_key(store, "test", now=time.time())
-        running = Stack(
-            app=app,
-            url=url_of(reelay_sock),
-            key=key,
-            client=client,
-            sandbox_urls={"lumen": url_of(lumen_sock)},
-            settings=settings,
-            store=store,
-        )
-        models = (await client.get(f"{running.url}/v1/models", headers=running.headers)).json()
-        received: list[dict[str, Any]] = []
-        connected = asyncio.Event()
-        listener = asyncio.create_task(
-            collect_events(running, f"{running.url}/v1/events", "job.succeeded", received, connected)
-        )
-        await connected.wait()
-        job = await running.submit(model="lumen/v1", duration=10)
-        async with asyncio.timeout(15):
-            await listener
-        shown = await running.job(job["id"])
-        creates = await running.sandbox("lumen", "GET", "/_sandbox/creates")
+    try:
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            serving(LUMEN_SANDBOX.build(knobs), lumen_sock),
+            serving(app, reelay_sock),
+        ):
+            _, key = await create_key(store, "test", now=time.time())
+            running = Stack(
+                app=app,
+                url=url_of(reelay_sock),
+                key=key,
+                client=client,
+                sandbox_urls={"lumen": url_of(lumen_sock)},
+                settings=settings,
+                store=store,
+            )
+            models = (await client.get(f"{running.url}/v1/models", headers=running.headers)).json()
+            received: list[dict[str, Any]] = []
+            connected = asyncio.Event()
+            listener = asyncio.create_task(
+                collect_events(running, f"{running.url}/v1/events", "job.succeeded", received, connected)
+            )
+            await connected.wait()
+            job = await running.submit(model="lumen/v1", duration=10)
+            async with asyncio.timeout(15):
+                await listener
+            shown = await running.job(job["id"])
+            creates = await running.sandbox("lumen", "GET", "/_sandbox/creates")
+    finally:
+        await store.close()  # an injected store is the caller's to close
 
     assert "lumen/v1" in {model["id"] for model in models["data"]}
     assert creates["accepted"] == [{"prompt": "a drone shot of waves", "seconds": 10}]
