@@ -18,7 +18,7 @@ from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
 from service.health import check_ready
 from service.ids import new_job_id, new_token
-from service.inline import check_inline, restore_inline, split_inline
+from service.inline import check_inline, has_placeholders, restore_inline, split_inline
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.vocabulary import TERMINAL
 from service.wire import JobCreate
@@ -155,6 +155,8 @@ class Gateway:
 
     async def full_input(self, job: JobRecord) -> dict[str, Any]:
         """The job's input with its data URIs, which only `GET /v1/jobs/{id}` and the upstream create use."""
+        if not has_placeholders(job.input):
+            return job.input  # most jobs: no read
         return restore_inline(job.input, await self._store.inline_data(job.id))
 
     async def list_jobs(

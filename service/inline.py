@@ -87,6 +87,17 @@ def shown_input(input: dict[str, Any]) -> dict[str, Any]:
     return split_inline(input)[0]
 
 
+def has_placeholders(value: Any) -> bool:
+    """Whether a stored input holds placeholders, so that its full view must read the inline data back."""
+    if isinstance(value, str):
+        return value.startswith(PREFIX)
+    if isinstance(value, dict):
+        return any(has_placeholders(item) for item in value.values())
+    if isinstance(value, list):
+        return any(has_placeholders(item) for item in value)
+    return False
+
+
 def restore_inline(input: dict[str, Any], uris: Mapping[str, str]) -> dict[str, Any]:
     """The whole input: each placeholder replaced by the data URI it stands for."""
     if not uris:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
@@ -32,6 +32,10 @@ from service.gateway import Gateway
 from service.vocabulary import STATUSES, TERMINAL
 from service.wire import MAX_METADATA_KEYS, Job, JobCreate, JobList, encode_job
 from storage import ApiKeyRecord, JobFilter, JobRecord
+
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+    from litestar.handlers import BaseRouteHandler
 
 _encode = msgspec.json.Encoder().encode
 _LIST_CHUNK = 20  # jobs of a list page read and sent at a time
@@ -79,11 +83,17 @@ def _strict(body: bytes) -> JobCreate:
         ) from None
 
 
+async def _key_then_query(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The key, then the query, before a body is read; one guard, as Litestar copies the handler for each guard."""
+    await require_api_key(connection, handler)
+    await refuse_unknown_query(connection, handler)
+
+
 class JobController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
     dependencies = {"caller": Provide(authenticate)}
-    guards = [require_api_key, refuse_unknown_query]  # the key is checked before a body or query is read
+    guards = [_key_then_query]
     security = SECURITY
 
     @post(

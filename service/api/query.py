@@ -17,8 +17,11 @@ QUERY_FAMILIES = "query_families"  # handler `opt` key: prefixes such as "metada
 _DECLARED = "_declared_query"  # handler `opt` key: the declared names, derived once per handler
 
 
-def refuse_unknown_query(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """A guard: every query parameter must be one the handler declares (or of a declared family), given once."""
+async def refuse_unknown_query(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """A guard: every query parameter must be one the handler declares (or of a declared family), given once.
+
+    Async, because Litestar runs a sync guard in a worker thread: a thread hop on every request.
+    """
     params = connection.query_params.multi_items()
     if not params:
         return
