@@ -84,6 +84,8 @@ def split_inline(input: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]
 
 def shown_input(input: dict[str, Any]) -> dict[str, Any]:
     """The input as events, SSE frames and list pages show it (also for jobs stored before inline data was split)."""
+    if next(data_uris(input), None) is None:
+        return input  # every job stored since inline data is kept apart: nothing to copy (it runs on each encode)
     return split_inline(input)[0]
 
 
