@@ -29,6 +29,10 @@ class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):
         return bool(self.api_key)
 
 
+# At once, 5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h: 13 attempts over about 78 h.
+DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, *(36000,) * 7)
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "sqlite:///./var/reelay.db"
     public_url: str = "http://127.0.0.1:8000"
@@ -70,6 +74,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_days: int = 0
     # Lets caller webhooks reach private and loopback hosts (the guard is service/egress.py).
     webhook_allow_private: bool = False
+    # Caller webhooks: a 2xx within the timeout is success; each failed attempt waits the next delay of the
+    # schedule (the first entry delays the first attempt); an endpoint failing this long is disabled.
+    webhook_timeout_seconds: float = 15.0
+    webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_endpoint_concurrency: int = 8  # attempts in flight to one receiver, per process
+    webhook_concurrency: int = 1000  # attempts in flight in all, per process
+    webhook_disable_after_seconds: float = 5 * 86400.0
+    webhook_rotation_overlap_seconds: float = 86400.0  # how long a replaced secret keeps signing beside the new one
+    webhook_max_endpoints: int = 50  # endpoints one API key may register
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -124,6 +137,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             lease_seconds=reader.number("REELAY_LEASE_SECONDS", defaults.lease_seconds),
             retention_days=reader.integer("REELAY_RETENTION_DAYS", defaults.retention_days, low=0),
             webhook_allow_private=reader.choice("REELAY_WEBHOOK_ALLOW_PRIVATE", "false", ("true", "false")) == "true",
+            webhook_timeout_seconds=reader.number("REELAY_WEBHOOK_TIMEOUT", defaults.webhook_timeout_seconds),
+            webhook_retry_schedule=reader.delays("REELAY_WEBHOOK_RETRY_SCHEDULE", defaults.webhook_retry_schedule),
+            webhook_endpoint_concurrency=reader.integer(
+                "REELAY_WEBHOOK_ENDPOINT_CONCURRENCY", defaults.webhook_endpoint_concurrency, low=1
+            ),
+            webhook_concurrency=reader.integer("REELAY_WEBHOOK_CONCURRENCY", defaults.webhook_concurrency, low=1),
+            webhook_max_endpoints=reader.integer("REELAY_WEBHOOK_MAX_ENDPOINTS", defaults.webhook_max_endpoints, low=1),
         )
 
     def __post_init__(self) -> None:
@@ -131,6 +151,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 f"REELAY_LEASE_SECONDS ({self.lease_seconds:g}) must exceed REELAY_UPSTREAM_TIMEOUT_SECONDS "
                 f"({self.upstream_timeout_seconds:g}): a lease must outlast the upstream call it covers"
+            )
+        if self.lease_seconds <= 2 * self.webhook_timeout_seconds:
+            raise ConfigError(
+                f"REELAY_LEASE_SECONDS ({self.lease_seconds:g}) must exceed twice REELAY_WEBHOOK_TIMEOUT "
+                f"({self.webhook_timeout_seconds:g}): a claimed delivery may wait for one attempt before its own"
             )
 
     def provider(self, name: str) -> ProviderSettings:
@@ -208,6 +233,22 @@ class _Reader:
             webhook_tolerance_seconds=tolerance,
             options={name: self._env[variable(name)] for name in adapter.extra_settings if variable(name) in self._env},
         )
+
+    def delays(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        """A comma-separated list of delays in seconds (zero or more each), at least one."""
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        delays: list[float] = []
+        for item in raw.split(","):
+            try:
+                delay = float(item.strip())
+            except ValueError:
+                raise ConfigError(f"{name} takes delays in seconds separated by commas, got {item.strip()!r}") from None
+            if not 0 <= delay < float("inf"):
+                raise ConfigError(f"{name}: each delay must be zero or more seconds, got {item.strip()!r}")
+            delays.append(delay)
+        return tuple(delays)
 
     def mapping(self, name: str) -> dict[str, str]:
         raw = self._env.get(name, "").strip()

@@ -14,51 +14,84 @@ from storage.errors import (
 )
 from storage.records import (
     ApiKeyRecord,
+    AttemptRecord,
+    AttemptResult,
     BackupReport,
+    ClaimedDelivery,
     CreateOutcome,
     Declined,
+    DeliveryCounts,
+    DeliveryRecord,
+    DeliveryStatus,
+    DeliveryView,
     DispatchState,
+    EndpointChange,
+    EndpointRecord,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
     PruneCounts,
     Receipt,
+    SigningSecret,
     Stage,
     UpdateOutcome,
     UsageRow,
 )
 
 
-def create_store(database_url: str, encode_job: JobEncoder, *, clock: Clock, sqlite_synchronous: str = "FULL") -> Store:
+def create_store(
+    database_url: str,
+    encode_job: JobEncoder,
+    *,
+    clock: Clock,
+    sqlite_synchronous: str = "FULL",
+    first_delivery_delay: float = 0.0,
+) -> Store:
     """The backend a database URL names: `sqlite:///path`, or `postgresql://...` for several replicas.
 
-    `clock` stamps what the store dates itself (webhook receipts, applied migrations).
+    `clock` stamps what the store dates itself (webhook receipts, applied migrations, deliveries it records);
+    `first_delivery_delay` is how long after its event a caller webhook delivery is first due.
     """
     # Imported here: each backend pulls in its driver, and asyncpg is an optional dependency.
     if database_url.startswith("sqlite:"):
         from storage.sqlite import SqliteStore, sqlite_path
 
-        return SqliteStore(sqlite_path(database_url), encode_job, clock=clock, synchronous=sqlite_synchronous)
+        return SqliteStore(
+            sqlite_path(database_url),
+            encode_job,
+            clock=clock,
+            synchronous=sqlite_synchronous,
+            first_delivery_delay=first_delivery_delay,
+        )
     if database_url.startswith(("postgresql:", "postgres:")):
         try:
             from storage.postgres import PostgresStore
         except ModuleNotFoundError as exc:
             raise ValueError(f"{exc.name} is not installed: pip install 'reelay[postgres]'") from exc
-        return PostgresStore(database_url, encode_job, clock=clock)
+        return PostgresStore(database_url, encode_job, clock=clock, first_delivery_delay=first_delivery_delay)
     raise ValueError(f"unsupported REELAY_DATABASE_URL scheme: {database_url.split(':', 1)[0]!r}")
 
 
 __all__ = [
     "ApiKeyRecord",
+    "AttemptRecord",
+    "AttemptResult",
     "BackupProgress",
     "BackupReport",
+    "ClaimedDelivery",
     "Clock",
     "CreateOutcome",
     "Decide",
     "Decision",
     "Declined",
+    "DeliveryCounts",
+    "DeliveryRecord",
+    "DeliveryStatus",
+    "DeliveryView",
     "DispatchState",
+    "EndpointChange",
+    "EndpointRecord",
     "EventRecord",
     "IdempotencyClaim",
     "IdempotencyConflict",
@@ -69,6 +102,7 @@ __all__ = [
     "QueryRejected",
     "Receipt",
     "SchemaOutdated",
+    "SigningSecret",
     "Stage",
     "StorageError",
     "StorageUnavailable",

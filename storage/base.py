@@ -8,15 +8,23 @@ from typing import Protocol, runtime_checkable
 
 from storage.records import (
     ApiKeyRecord,
+    AttemptResult,
     BackupReport,
+    ClaimedDelivery,
     CreateOutcome,
     Declined,
+    DeliveryCounts,
+    DeliveryRecord,
+    DeliveryView,
+    EndpointChange,
+    EndpointRecord,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
     PruneCounts,
     Receipt,
+    SigningSecret,
     UpdateOutcome,
     UsageRow,
 )
@@ -118,7 +126,8 @@ class Store(Protocol):
         """Lease submitted, unfinished jobs whose status check is due."""
 
     async def release_leases(self) -> int:
-        """Drop the leases this store holds, so they can be claimed again at once; return how many.
+        """Drop the leases this store holds (jobs' and deliveries'), so they can be claimed again at once;
+        return how many.
 
         A single-process store (SQLite) holds every lease and drops them all. A store shared by several
         processes (PostgreSQL) drops only those this instance claimed: other workers' leases stay until they
@@ -152,10 +161,98 @@ class Store(Protocol):
         """Delete what is older than the ISO-8601 UTC timestamp `before`, and count it.
 
         That is: finished jobs (stage TERMINAL) whose `completed_at` is older, with all their events;
-        webhook receipts received before it; idempotency keys created before it. Unfinished jobs and
+        webhook receipts received before it; idempotency keys created before it; the caller webhook deliveries
+        (and attempts) of the jobs it deletes, and `webhook.test` deliveries created before it. Unfinished jobs and
         the events of kept jobs are never deleted. Each transaction removes at most `batch_size` jobs
         (or rows), so other writers wait for one batch at most, never for the whole pass.
         """
+
+
+    # -- caller webhooks -----------------------------------------------------------------------
+    #
+    # Deliveries are recorded by the job writes themselves: each event a job write logs gets, in the same
+    # transaction, one pending delivery for the job's `webhook_url` (when the event's type is in the job's
+    # `webhook_events`) and one per enabled endpoint of the job's key whose `events` match (`wants`), due
+    # `first_delivery_delay` seconds (given to `create_store`, 0 by default) after the store's clock reads at the
+    # write. The event's `deliveries` counts them. Delivery ids are made by the store: "msg_" + 26 characters,
+    # increasing with creation time, so they sort in creation order.
+
+    async def webhook_secret(self, api_key_id: str, *, new_secret: str) -> SigningSecret:
+        """The key's signing secret for per-job webhooks; stores `new_secret` first if the key has none yet."""
+
+    async def rotate_webhook_secret(
+        self, api_key_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> SigningSecret:
+        """Make `new_secret` the key's secret; the one it replaces keeps signing for `overlap_seconds`."""
+
+    async def create_endpoint(self, endpoint: EndpointRecord, *, max_per_key: int) -> bool:
+        """Store a new endpoint; False, storing nothing, when the key has `max_per_key` endpoints already."""
+
+    async def list_endpoints(self, api_key_id: str) -> list[EndpointRecord]:
+        """A key's endpoints, oldest first."""
+
+    async def get_endpoint(self, api_key_id: str, endpoint_id: str) -> EndpointRecord | None:
+        """One of a key's endpoints."""
+
+    async def update_endpoint(
+        self, api_key_id: str, endpoint_id: str, change: EndpointChange, *, now: float
+    ) -> EndpointRecord | None:
+        """Apply a PATCH; None if the key has no such endpoint. Disabling it (by request: reason "by_request")
+        fails its pending deliveries in the same transaction."""
+
+    async def delete_endpoint(self, api_key_id: str, endpoint_id: str, *, now: float) -> bool:
+        """Delete an endpoint and fail its pending deliveries; its deliveries and attempts stay readable."""
+
+    async def rotate_endpoint_secret(
+        self, api_key_id: str, endpoint_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> EndpointRecord | None:
+        """Give an endpoint a new secret; the old one keeps signing for `overlap_seconds`."""
+
+    async def create_test_delivery(self, endpoint: EndpointRecord, payload: bytes, *, now: float) -> DeliveryRecord:
+        """Record a pending `webhook.test` delivery to the endpoint, due now, whose body is `payload`."""
+
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_seconds: float, *, per_target: int, busy: dict[str, int]
+    ) -> list[ClaimedDelivery]:
+        """Lease up to `limit` pending deliveries due at `now`, oldest due first, at most `per_target` to one
+        target, minus what the caller already has in flight to it (`busy`: target -> deliveries in flight);
+        a target with nothing left is skipped entirely, so one slow receiver's backlog never hides another's.
+        Deliveries of a disabled endpoint are never claimed. On a shared database, rows another worker is
+        claiming are skipped, never waited for (SKIP LOCKED), and each lease records this store instance."""
+
+    async def finish_attempts(self, results: list[AttemptResult], *, disable_after_seconds: float) -> list[str]:
+        """Log each attempt and move its delivery on, in one transaction; return the endpoint ids this disabled.
+
+        Per result: the attempt is appended; the delivery's `attempts` and `round_attempts` grow by one, its
+        status, `next_attempt_at` and `last_status` are set, and its lease is dropped. Its endpoint, if it has
+        one: a success clears `failing_since`; a failure sets it if unset, and when it is older than
+        `disable_after_seconds` at the attempt's time the endpoint is disabled as "failing"; `disable_endpoint`
+        disables it with that reason. Disabling an endpoint fails its other pending deliveries.
+        A result for a delivery that is no longer pending (resent, deleted) still logs its attempt.
+        """
+
+    async def job_deliveries(self, api_key_id: str, job_id: str) -> list[DeliveryView]:
+        """Every delivery of one of the key's jobs with its attempts, oldest first."""
+
+    async def endpoint_deliveries(
+        self, api_key_id: str, endpoint_id: str, *, status: str | None, limit: int, before_id: str | None = None
+    ) -> list[DeliveryView]:
+        """An endpoint's deliveries with their attempts, newest first, starting strictly before `before_id`."""
+
+    async def get_delivery(self, api_key_id: str, delivery_id: str) -> DeliveryView | None:
+        """One of the key's deliveries with its attempts."""
+
+    async def resend_delivery(self, api_key_id: str, delivery_id: str, *, now: float) -> DeliveryRecord | None:
+        """Make a delivery pending again, due now, with a fresh retry schedule (`round_attempts` 0) and the
+        same id; None if the key has no such delivery. Its earlier attempts stay in the log."""
+
+    async def recover_deliveries(
+        self, api_key_id: str, endpoint_id: str, *, since: str, until: str, now: float
+    ) -> int:
+        """Resend (as `resend_delivery`) every failed delivery of the endpoint created in [since, until)."""
+
+    async def delivery_counts(self) -> DeliveryCounts:
+        """Pending deliveries and disabled endpoints in the whole database (cheap: index-only counts)."""
 
 
 @runtime_checkable

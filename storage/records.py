@@ -59,10 +59,23 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     next_poll_at: float | None = None
     poll_attempts: int = 0
     lease_until: float | None = None
+    webhook_url: str | None = None  # the caller's receiver for this job's events (checked by the service)
+    webhook_events: list[str] | None = None  # event types sent to `webhook_url`; None when there is no URL
 
 
 # How every backend lays a JobRecord out in its `jobs` table: set once at insert, then rewritten on each update.
-JOB_FIXED_COLUMNS = ("id", "api_key_id", "model", "provider", "input", "metadata", "callback_token", "created_at")
+JOB_FIXED_COLUMNS = (
+    "id",
+    "api_key_id",
+    "model",
+    "provider",
+    "input",
+    "metadata",
+    "callback_token",
+    "created_at",
+    "webhook_url",
+    "webhook_events",
+)
 JOB_MUTABLE_COLUMNS = (
     "status",
     "stage",
@@ -91,6 +104,7 @@ class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     created_at: str
     job: bytes
+    deliveries: int = 0  # caller webhook deliveries recorded with it (the deliverer is woken when there are)
 
 
 class IdempotencyClaim(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,6 +187,7 @@ class PruneCounts(msgspec.Struct, frozen=True, kw_only=True):
     events: int = 0
     webhook_receipts: int = 0
     idempotency_keys: int = 0
+    deliveries: int = 0  # caller webhook deliveries (with their attempts) of pruned jobs, and old test deliveries
 
 
 class BackupReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,3 +198,147 @@ class BackupReport(msgspec.Struct, frozen=True, kw_only=True):
     jobs: int
     events: int
     schema_version: int
+
+
+# -- caller webhooks ---------------------------------------------------------------------------
+
+
+class DeliveryStatus:
+    """Where a delivery stands. `pending` is waiting for its next attempt (or is being sent); `succeeded` got a
+    2xx; `failed` ran out of attempts, or its endpoint was disabled or deleted (a resend makes it pending again)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ALL = (PENDING, SUCCEEDED, FAILED)
+
+
+class SigningSecret(msgspec.Struct, frozen=True, kw_only=True):
+    """A signing secret (`whsec_…`) and, for a while after a rotation, the one it replaced."""
+
+    secret: str
+    previous: str | None = None
+    previous_expires_at: float | None = None  # unix time; the previous secret signs beside `secret` until then
+
+    def signing(self, now: float) -> tuple[str, ...]:
+        """The secrets a delivery attempted at `now` is signed with: the current one, and the previous one
+        during its overlap."""
+        if self.previous is not None and self.previous_expires_at is not None and now < self.previous_expires_at:
+            return (self.secret, self.previous)
+        return (self.secret,)
+
+    def rotated(self, new_secret: str, now: float, overlap_seconds: float) -> SigningSecret:
+        return SigningSecret(secret=new_secret, previous=self.secret, previous_expires_at=now + overlap_seconds)
+
+
+class EndpointRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A key's webhook endpoint: every event of the key's jobs whose type its `events` match is delivered to it.
+
+    `events` holds event types, or "*" for every type.
+    """
+
+    id: str
+    api_key_id: str
+    url: str
+    events: list[str]
+    description: str
+    signing: SigningSecret
+    created_at: str
+    updated_at: str
+    disabled: bool = False
+    disabled_reason: str | None = None  # "gone" (a 410), "failing" (5 days of failures), "by_request", None
+    failing_since: float | None = None  # unix time of the first failed attempt since the last success
+
+    def wants(self, event_type: str) -> bool:
+        return "*" in self.events or event_type in self.events
+
+
+class EndpointChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A PATCH of an endpoint: None leaves a field as it is. Disabling fails its pending deliveries; enabling
+    clears `disabled_reason` and `failing_since`."""
+
+    url: str | None = None
+    events: list[str] | None = None
+    description: str | None = None
+    disabled: bool | None = None
+
+
+class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One message to one receiver. Its `id` is the `webhook-id` of every attempt, so receivers dedupe on it.
+
+    Either `endpoint_id` is set (a key's endpoint: sent to the endpoint's current URL with its secret), or
+    it is None (a job's `webhook_url`: sent to `url` with the key's secret). `target` groups deliveries that go
+    to one receiver, for the per-receiver concurrency cap: the endpoint id, or "url:" + the job's URL.
+    `event_id` names the logged event whose SSE data the body carries; a `webhook.test` has none and keeps its
+    body in `payload` instead.
+    """
+
+    id: str
+    api_key_id: str
+    target: str
+    url: str
+    event_type: str
+    status: str
+    created_at: str
+    updated_at: str
+    job_id: str | None = None
+    endpoint_id: str | None = None
+    event_id: int | None = None
+    payload: bytes | None = None
+    attempts: int = 0  # attempts made in all (the attempt log)
+    round_attempts: int = 0  # attempts since it was created or last resent: the index into the retry schedule
+    next_attempt_at: float | None = None  # unix time; None unless pending
+    last_status: int | None = None  # HTTP status of the last attempt, None if none or a network error
+
+
+class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery leased to one deliverer, with all it needs to send it: where, signed with what, and what.
+
+    `url` is the endpoint's current URL (or the job's `webhook_url`); `signing` is the endpoint's secret (or
+    the key's); `event` is the logged event the body carries (None for a `webhook.test`, which has `payload`).
+    """
+
+    delivery: DeliveryRecord
+    url: str
+    signing: SigningSecret
+    event: EventRecord | None = None
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of a delivery, as the attempt log shows it."""
+
+    delivery_id: str
+    attempted_at: str  # ISO 8601 UTC
+    duration_ms: float
+    status_code: int | None = None  # None when no HTTP response came (network error, timeout, refusal)
+    response_body: str | None = None  # the first 1 KB of the response body, decoded leniently
+    error: str | None = None  # what went wrong, when it did: "timeout after 15 s", "redirect (301) to …", …
+
+
+class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What the deliverer decided after an attempt: the attempt to log and the delivery's next state.
+
+    `status` is SUCCEEDED, FAILED (no more attempts) or PENDING with `next_attempt_at`. `disable_endpoint` names
+    a reason to disable the delivery's endpoint now ("gone" after a 410). `failed_at` is the attempt's unix time:
+    an endpoint failing since more than `disable_after_seconds` before it is disabled as "failing".
+    """
+
+    attempt: AttemptRecord
+    status: str
+    at: float
+    next_attempt_at: float | None = None
+    disable_endpoint: str | None = None
+
+
+class DeliveryView(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery with its attempts, oldest first (what the attempt log APIs show)."""
+
+    delivery: DeliveryRecord
+    attempts: list[AttemptRecord]
+
+
+class DeliveryCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """For the metrics: deliveries waiting to be sent, and endpoints disabled, across the database."""
+
+    pending: int
+    disabled_endpoints: int

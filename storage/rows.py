@@ -21,6 +21,7 @@ EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
 _encoder = msgspec.json.Encoder()
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_meta = msgspec.json.Decoder(dict[str, str]).decode
+_decode_list = msgspec.json.Decoder(list[str]).decode
 
 
 def json_text(value: Any) -> str:
@@ -33,6 +34,7 @@ def iso_timestamp(at: float) -> str:
 
 
 def job_from_row(row: Sequence[Any]) -> JobRecord:
+    # By position (JOB_FIXED_COLUMNS, then JOB_MUTABLE_COLUMNS): this runs for every job read.
     return JobRecord(
         id=row[0],
         api_key_id=row[1],
@@ -42,21 +44,23 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
         metadata=_decode_meta(row[5]),
         callback_token=row[6],
         created_at=row[7],
-        status=row[8],
-        stage=row[9],
-        provider_task_id=row[10],
-        output=None if row[11] is None else _decode_dict(row[11]),
-        error=None if row[12] is None else _decode_dict(row[12]),
-        cost=_decode_dict(row[13]),
-        updated_at=row[14],
-        completed_at=row[15],
-        deadline_at=row[16],
-        dispatch_state=row[17],
-        dispatch_attempts=row[18],
-        next_attempt_at=row[19],
-        next_poll_at=row[20],
-        poll_attempts=row[21],
-        lease_until=row[22],
+        webhook_url=row[8],
+        webhook_events=None if row[9] is None else _decode_list(row[9]),
+        status=row[10],
+        stage=row[11],
+        provider_task_id=row[12],
+        output=None if row[13] is None else _decode_dict(row[13]),
+        error=None if row[14] is None else _decode_dict(row[14]),
+        cost=_decode_dict(row[15]),
+        updated_at=row[16],
+        completed_at=row[17],
+        deadline_at=row[18],
+        dispatch_state=row[19],
+        dispatch_attempts=row[20],
+        next_attempt_at=row[21],
+        next_poll_at=row[22],
+        poll_attempts=row[23],
+        lease_until=row[24],
     )
 
 
@@ -71,6 +75,8 @@ def fixed_values(job: JobRecord) -> list[Any]:
         json_text(job.metadata),
         job.callback_token,
         job.created_at,
+        job.webhook_url,
+        None if job.webhook_events is None else json_text(job.webhook_events),
     ]
 
 

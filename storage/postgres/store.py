@@ -118,8 +118,10 @@ class PostgresStore:
         min_connections: int = 1,
         max_connections: int = 10,
         timeout: float = 30.0,
+        first_delivery_delay: float = 0.0,
     ) -> None:
         self._dsn = dsn
+        self._first_delivery_delay = first_delivery_delay
         self._encode_job = encode_job
         self._clock = clock
         self._min_connections = min_connections

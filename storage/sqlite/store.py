@@ -79,8 +79,17 @@ class SqliteStore:
     prune_pause = 0.05
     """Seconds between prune batches: a writer in another process busy-waits for the lock and needs a gap."""
 
-    def __init__(self, path: str | Path, encode_job: JobEncoder, *, clock: Clock, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        encode_job: JobEncoder,
+        *,
+        clock: Clock,
+        synchronous: str = "FULL",
+        first_delivery_delay: float = 0.0,
+    ) -> None:
         self._path = str(path)
+        self._first_delivery_delay = first_delivery_delay
         self._encode_job = encode_job
         self._clock = clock
         self._synchronous = synchronous
