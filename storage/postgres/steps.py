@@ -10,7 +10,7 @@ import asyncpg  # type: ignore[import-untyped]
 from storage import webhooks
 from storage.base import Clock, JobEncoder
 from storage.errors import TaskTaken
-from storage.postgres.feed import insert_event
+from storage.postgres.feed import insert_event, lock_events
 from storage.records import (
     JOB_FIXED_COLUMNS,
     JOB_MUTABLE_COLUMNS,
@@ -26,6 +26,12 @@ _SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
 _COLUMN_COUNT = len(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
 _INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, _COLUMN_COUNT + 1))})"
 _LEASE_UNTIL = f"${JOB_MUTABLE_COLUMNS.index('lease_until') + 1}"
+# The key's enabled endpoints, read in the round trip that takes the event lock: a LEFT JOIN on the lock's one
+# row, so the lock is taken when there are none (a row of NULLs then).
+_LOCK_AND_ENDPOINTS = (
+    "SELECT e.id, e.url, e.events FROM (SELECT pg_advisory_xact_lock($1)) AS l "
+    "LEFT JOIN webhook_endpoints e ON e.api_key_id = $2 AND NOT e.disabled"
+)
 _UPDATE_JOB = (
     "UPDATE jobs SET "
     + ", ".join(f"{column} = ${n}" for n, column in enumerate(JOB_MUTABLE_COLUMNS, 1))
@@ -51,6 +57,7 @@ class PostgresSteps:
         self.encode_job = encode_job
         self.clock = clock
         self.first_delivery_delay = first_delivery_delay
+        self._events_locked = False
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         row = await self._conn.fetchrow(_SELECT_JOB + " FOR UPDATE" if for_update else _SELECT_JOB, job_id)
@@ -73,7 +80,7 @@ class PostgresSteps:
             raise TaskTaken(job.provider, job.provider_task_id, None) from None
 
     async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
-        return await insert_event(self._conn, job, event_type, snapshot)
+        return await insert_event(self._conn, job, event_type, snapshot, locked=self._events_locked)
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         inserted = await self._conn.fetchval(
@@ -122,8 +129,10 @@ class PostgresSteps:
         )
 
     async def enabled_endpoints(self, api_key_id: str) -> list[Any]:
-        rows: list[Any] = await self._conn.fetch(webhooks.ENABLED_ENDPOINTS, api_key_id)
-        return rows
+        # Called right before insert_event: taking its lock here spares the event's write a round trip.
+        rows = await lock_events(self._conn, _LOCK_AND_ENDPOINTS, api_key_id)
+        self._events_locked = True
+        return [row for row in rows if row[0] is not None]
 
     async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
         await self._conn.executemany(webhooks.INSERT_DELIVERY, [webhooks.delivery_values(d) for d in deliveries])
