@@ -285,8 +285,11 @@ async def rotate_webhook_secret(
 
 
 async def create_endpoint(db: Sql, endpoint: EndpointRecord, max_per_key: int) -> bool:
-    # The key's row lock makes concurrent creates of one key count one after the other.
-    await db.fetch(f"SELECT id FROM api_keys WHERE id = $1{db.lock}", endpoint.api_key_id)
+    # The key's row lock makes concurrent creates of one key count one after the other; NO KEY leaves the
+    # key's jobs free to be created meanwhile (their foreign key checks take KEY SHARE).
+    await db.fetch(
+        f"SELECT id FROM api_keys WHERE id = $1{' FOR NO KEY UPDATE' if db.lock else ''}", endpoint.api_key_id
+    )
     rows = await db.fetch("SELECT count(*) FROM webhook_endpoints WHERE api_key_id = $1", endpoint.api_key_id)
     if rows[0][0] >= max_per_key:
         return False
@@ -453,7 +456,7 @@ async def claim_deliveries(
         # Targets already full are left out here, so the backlog of one never fills the window.
         rows = await db.fetch(
             "SELECT d.id, d.target, d.next_attempt_at FROM webhook_deliveries d "
-            f"LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id "
+            "LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id "
             f"WHERE {_DUE} AND d.target {db.among('$2', negate=True)} "
             f"{later}ORDER BY d.next_attempt_at, d.id LIMIT $3{lock}",
             *params,

@@ -362,6 +362,12 @@ async def test_one_idempotency_key_used_by_two_replicas_at_once_makes_one_job(st
     assert len(await store.events_after(0)) == 10
 
 
+async def test_endpoints_created_on_two_replicas_at_once_never_pass_the_cap(store: Store, replica: Store) -> None:
+    created = await asyncio.gather(*(s.create_endpoint(make_endpoint(), max_per_key=3) for s in (store, replica) * 5))
+    assert created.count(True) == 3
+    assert len(await store.list_endpoints(KEY_A.id)) == 3
+
+
 async def test_updates_from_two_replicas_at_once_are_not_lost(store: Store, replica: Store) -> None:
     job = await create(store)
 
