@@ -51,8 +51,12 @@ class Caller:
     key_id: str
     headers: dict[str, str]
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return await self.s.client.request(method, self.s.url + path, headers=self.headers, **kwargs)
+    async def call(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await self.s.client.request(
+            method, self.s.url + path, headers={**self.headers, **(headers or {})}, **kwargs
+        )
 
     async def endpoint(self, url: str = RECEIVER, **fields: Any) -> dict[str, Any]:
         response = await self.call("POST", ENDPOINTS, json={"url": url, **fields})
