@@ -93,7 +93,7 @@ class Endpoints:
 
     async def create(self, api_key_id: str, url: str, events: list[str], description: str) -> EndpointRecord:
         check_webhook_url(url, allow_private=self._settings.webhook_allow_private)
-        now = to_iso(self._clock())
+        now = to_iso(self._clock(), "microseconds")  # as the store stamps its own changes
         endpoint = EndpointRecord(
             id=new_endpoint_id(),
             api_key_id=api_key_id,
@@ -221,8 +221,13 @@ class Endpoints:
         endpoint = await self.get(api_key_id, endpoint_id)
         if endpoint.disabled:
             raise _disabled(endpoint)
+        # Compared as text with the deliveries' `created_at`, so written as the store writes it (to the microsecond).
         resent = await self._store.recover_deliveries(
-            api_key_id, endpoint_id, since=to_iso(start), until=to_iso(end), now=self._clock()
+            api_key_id,
+            endpoint_id,
+            since=to_iso(start, "microseconds"),
+            until=to_iso(end, "microseconds"),
+            now=self._clock(),
         )
         if resent:
             self._signals.deliveries.set()
