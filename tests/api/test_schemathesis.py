@@ -115,9 +115,9 @@ async def _seed(s: Stack) -> list[str]:
 
 async def _seed_webhooks(s: Stack) -> tuple[list[str], list[str]]:
     """Webhook endpoints with deliveries (a test delivery, and jobs' events), for the `{endpoint_id}` and
-    `{delivery_id}` operations."""
+    `{delivery_id}` operations: the first two for every operation but DELETE, the others for DELETE."""
     endpoints, deliveries = [], []
-    for events in (["*"], ["job.created", "job.failed"]):
+    for events in (["*"], ["job.created", "job.failed"], ["*"], ["*"]):
         body = {"url": "https://receiver.invalid/fuzz", "events": events}
         endpoint = (await s.client.post(f"{s.url}/v1/webhook-endpoints", json=body, headers=s.headers)).json()
         endpoints.append(endpoint["id"])
@@ -144,7 +144,8 @@ def reelay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 tmp, providers=tuple(SANDBOXES), knobs=KNOBS, sse_heartbeat_seconds=60.0, rate_limit_per_second=0.0
             ) as s:
                 KNOWN_IDS["job_id"][:] = await _seed(s)
-                KNOWN_IDS["endpoint_id"][:], KNOWN_IDS["delivery_id"][:] = await _seed_webhooks(s)
+                endpoints, KNOWN_IDS["delivery_id"][:] = await _seed_webhooks(s)
+                KNOWN_IDS["endpoint_id"][:], KNOWN_IDS["deletable_endpoint_id"][:] = endpoints[:2], endpoints[2:]
                 found["running"] = Running(url=s.url, key=s.key)
                 ready.set()
                 await stop.wait()
@@ -194,7 +195,7 @@ CONFIG = SchemathesisConfig.from_dict(
 )
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 # Filled by the `reelay` fixture before the first case is drawn.
-KNOWN_IDS: dict[str, list[str]] = {"job_id": [], "endpoint_id": [], "delivery_id": []}
+KNOWN_IDS: dict[str, list[str]] = {"job_id": [], "endpoint_id": [], "delivery_id": [], "deletable_endpoint_id": []}
 
 
 @schema.hook("flatmap_path_parameters")
@@ -205,11 +206,13 @@ def real_ids(context: HookContext, path_parameters: dict[str, Any] | None) -> st
     if not path_parameters or not names:
         return st.just(path_parameters)
     generated: dict[str, Any] = path_parameters
+    # DELETE gets endpoints of its own, so that the other operations keep theirs to work on.
+    deleting = context.operation is not None and context.operation.method.lower() == "delete"
 
     def pick(index: int) -> dict[str, Any]:  # at draw time: the ids exist once the server runs
         picked = dict(generated)
         for name in names:
-            known = KNOWN_IDS[name]
+            known = KNOWN_IDS["deletable_endpoint_id" if deleting else name]
             if index >= 0 and known:
                 picked[name] = known[index % len(known)]
         return picked
