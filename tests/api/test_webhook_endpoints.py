@@ -2,8 +2,10 @@
 test, resend, recover).
 
 One Reelay serves the module; each test works under an API key of its own, so endpoint caps and lists never mix.
-Receivers are named `*.invalid`: these tests are about the API, not about sending (deliveries stay pending until
-an attempt is made). Attempts are logged through the store's `finish_attempts`, as the deliverer logs them.
+These tests are about the API, not about sending: the receiver is a black hole on loopback (it accepts connections
+and never answers, so an attempt in flight logs nothing while a test runs), and attempts are logged through the
+store's `finish_attempts`, as the deliverer logs them. A second Reelay, without REELAY_WEBHOOK_ALLOW_PRIVATE, checks
+the refusal of private targets.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import base64
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,20 +27,40 @@ from service.keys import create_key
 from service.timestamps import from_iso, to_iso
 from service.vocabulary import EVENT_TYPES
 from storage import AttemptRecord, AttemptResult, DeliveryStatus
-from tests.harness import Stack, stack
+from tests.harness import Stack, stack, url_of
+from tests.ports import bind
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ENDPOINTS = "/v1/webhook-endpoints"
-RECEIVER = "https://receiver.invalid/reelay"
+PUBLIC = "https://receiver.invalid/reelay"
 MAX_ENDPOINTS = 3
 DAY = 86400.0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def s(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    knobs = SandboxKnobs(processing_after_s=30, complete_after_s=60)  # jobs stay running: only job.created is sent
-    async with stack(tmp_path_factory.mktemp("endpoints"), knobs=knobs, webhook_max_endpoints=MAX_ENDPOINTS) as st:
+    knobs = SandboxKnobs(processing_after_s=30, complete_after_s=60)  # jobs stay running
+    black_hole = bind()
+    black_hole.listen(1024)  # the kernel accepts; nobody reads or answers
+    try:
+        async with stack(
+            tmp_path_factory.mktemp("endpoints"),
+            knobs=knobs,
+            webhook_max_endpoints=MAX_ENDPOINTS,
+            webhook_allow_private=True,
+            webhook_timeout_seconds=50.0,  # longer than the module runs: no attempt ends meanwhile
+        ) as st:
+            st.extra["receiver"] = url_of(black_hole) + "/reelay"
+            yield st
+    finally:
+        black_hole.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def strict(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """A Reelay with the default guard: private and loopback receivers refused."""
+    async with stack(tmp_path_factory.mktemp("strict")) as st:
         yield st
 
 
@@ -50,6 +71,7 @@ class Caller:
     s: Stack
     key_id: str
     headers: dict[str, str]
+    receiver: str
 
     async def call(
         self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
@@ -58,8 +80,8 @@ class Caller:
             method, self.s.url + path, headers={**self.headers, **(headers or {})}, **kwargs
         )
 
-    async def endpoint(self, url: str = RECEIVER, **fields: Any) -> dict[str, Any]:
-        response = await self.call("POST", ENDPOINTS, json={"url": url, **fields})
+    async def endpoint(self, url: str | None = None, **fields: Any) -> dict[str, Any]:
+        response = await self.call("POST", ENDPOINTS, json={"url": url or self.receiver, **fields})
         assert response.status_code == 201, response.text
         created: dict[str, Any] = response.json()
         return created
@@ -93,13 +115,13 @@ class Caller:
 @pytest_asyncio.fixture(loop_scope="module")
 async def caller(s: Stack) -> Caller:
     record, key = await create_key(s.store, "webhooks", now=time.time())
-    return Caller(s, record.id, {"Authorization": f"Bearer {key}"})
+    return Caller(s, record.id, {"Authorization": f"Bearer {key}"}, s.extra["receiver"])
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def other(s: Stack) -> Caller:
     record, key = await create_key(s.store, "someone else", now=time.time())
-    return Caller(s, record.id, {"Authorization": f"Bearer {key}"})
+    return Caller(s, record.id, {"Authorization": f"Bearer {key}"}, s.extra["receiver"])
 
 
 async def attempt(s: Stack, delivery_id: str, status: str, code: int | None = 500) -> None:
@@ -170,7 +192,7 @@ async def test_an_endpoint_is_created_with_its_secret_shown_once(caller: Caller)
     assert created["id"].startswith("we_")
     assert len(created["id"]) == 29
     assert is_webhook_secret(created["secret"])
-    assert created["url"] == RECEIVER
+    assert created["url"] == caller.receiver
     assert created["events"] == ["job.succeeded", "job.failed"]  # repeats dropped
     assert (created["description"], created["disabled"], created["disabled_reason"]) == ("prod", False, None)
     shown = (await caller.call("GET", f"{ENDPOINTS}/{created['id']}")).json()
@@ -194,7 +216,7 @@ async def test_more_endpoints_than_the_cap_is_409_too_many_endpoints(caller: Cal
     first = await caller.endpoint()
     for _ in range(MAX_ENDPOINTS - 1):
         await caller.endpoint()
-    error = assert_error(await caller.call("POST", ENDPOINTS, json={"url": RECEIVER}), 409, "too_many_endpoints")
+    error = assert_error(await caller.call("POST", ENDPOINTS, json={"url": PUBLIC}), 409, "too_many_endpoints")
     assert error["details"] == {"max_endpoints": MAX_ENDPOINTS}
     assert (await caller.call("DELETE", f"{ENDPOINTS}/{first['id']}")).status_code == 204
     await caller.endpoint()  # a deleted endpoint frees its place
@@ -213,27 +235,24 @@ async def test_more_endpoints_than_the_cap_is_409_too_many_endpoints(caller: Cal
     ],
 )
 async def test_a_url_reelay_will_not_send_to_is_400_invalid_webhook_url_naming_why(
-    caller: Caller, url: str, reason: str
+    strict: Stack, url: str, reason: str
 ) -> None:
-    error = assert_error(await caller.call("POST", ENDPOINTS, json={"url": url}), 400, "invalid_webhook_url")
+    response = await strict.client.post(strict.url + ENDPOINTS, json={"url": url}, headers=strict.headers)
+    error = assert_error(response, 400, "invalid_webhook_url")
     assert error["details"]["reason"] == reason
     assert error["details"]["field"] == "url"
     assert error["message"].startswith("url: ")
-    assert (await caller.call("GET", ENDPOINTS)).json()["data"] == []
+    assert (await strict.client.get(strict.url + ENDPOINTS, headers=strict.headers)).json()["data"] == []
 
 
-async def test_a_loopback_url_is_accepted_when_private_targets_are_allowed(tmp_path: Path) -> None:
-    async with stack(tmp_path, webhook_allow_private=True) as st:
-        response = await st.client.post(st.url + ENDPOINTS, json={"url": "http://127.0.0.1:9/hook"}, headers=st.headers)
-        assert response.status_code == 201, response.text
-        link_local = {"url": "http://169.254.169.254/latest"}  # cloud metadata stays refused
-        assert_error(
-            await st.client.post(st.url + ENDPOINTS, json=link_local, headers=st.headers), 400, "invalid_webhook_url"
-        )
+async def test_a_loopback_url_is_accepted_when_private_targets_are_allowed(caller: Caller) -> None:
+    assert (await caller.endpoint("http://127.0.0.1:9/hook"))["url"] == "http://127.0.0.1:9/hook"
+    link_local = {"url": "http://169.254.169.254/latest"}  # cloud metadata stays refused
+    assert_error(await caller.call("POST", ENDPOINTS, json=link_local), 400, "invalid_webhook_url")
 
 
 async def test_an_unknown_event_type_is_400_naming_it_and_listing_the_known_ones(caller: Caller) -> None:
-    response = await caller.call("POST", ENDPOINTS, json={"url": RECEIVER, "events": ["job.succeeded", "job.done"]})
+    response = await caller.call("POST", ENDPOINTS, json={"url": PUBLIC, "events": ["job.succeeded", "job.done"]})
     error = assert_error(response, 400, "invalid_request")
     assert "job.done" in error["message"]
     assert error["details"]["value"] == "job.done"
@@ -243,13 +262,13 @@ async def test_an_unknown_event_type_is_400_naming_it_and_listing_the_known_ones
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        pytest.param({"url": RECEIVER, "colour": "blue"}, "colour", id="unknown-field"),
+        pytest.param({"url": PUBLIC, "colour": "blue"}, "colour", id="unknown-field"),
         pytest.param({"events": ["*"]}, "url", id="no-url"),
-        pytest.param({"url": RECEIVER, "events": []}, "events", id="no-events"),
-        pytest.param({"url": RECEIVER, "events": ["*", "job.failed"]}, "events", id="star-and-more"),
-        pytest.param({"url": RECEIVER, "events": "job.failed"}, "events", id="events-not-a-list"),
-        pytest.param({"url": RECEIVER, "events": ["job.failed"] * 21}, "events", id="too-many-events"),
-        pytest.param({"url": RECEIVER, "description": "x" * 501}, "description", id="long-description"),
+        pytest.param({"url": PUBLIC, "events": []}, "events", id="no-events"),
+        pytest.param({"url": PUBLIC, "events": ["*", "job.failed"]}, "events", id="star-and-more"),
+        pytest.param({"url": PUBLIC, "events": "job.failed"}, "events", id="events-not-a-list"),
+        pytest.param({"url": PUBLIC, "events": ["job.failed"] * 21}, "events", id="too-many-events"),
+        pytest.param({"url": PUBLIC, "description": "x" * 501}, "description", id="long-description"),
         pytest.param({"url": "https://receiver.invalid/" + "x" * 2048}, "url", id="long-url"),
         pytest.param({"url": "https://receiver.invalid/a b"}, "url", id="space-in-url"),
         pytest.param({"url": 7}, "url", id="url-not-a-string"),
@@ -262,7 +281,7 @@ async def test_a_bad_endpoint_body_is_400_naming_the_field(caller: Caller, body:
 
 
 async def test_an_endpoint_body_not_declared_as_json_is_415(caller: Caller) -> None:
-    raw = msgspec.json.encode({"url": RECEIVER})
+    raw = msgspec.json.encode({"url": PUBLIC})
     response = await caller.call(
         "POST", ENDPOINTS, content=raw, headers={**caller.headers, "content-type": "text/plain"}
     )
@@ -292,16 +311,18 @@ async def test_a_patch_changes_only_the_fields_it_gives(caller: Caller) -> None:
     assert (changed["url"], changed["description"]) == ("https://other.invalid/x", "after")
 
 
-async def test_a_patch_checks_the_url_and_events_again(caller: Caller) -> None:
-    created = await caller.endpoint()
-    path = f"{ENDPOINTS}/{created['id']}"
-    error = assert_error(
-        await caller.call("PATCH", path, json={"url": "http://127.0.0.1/x"}), 400, "invalid_webhook_url"
-    )
-    assert error["details"]["reason"] == "loopback"
-    assert_error(await caller.call("PATCH", path, json={"events": ["job.nope"]}), 400, "invalid_request")
-    assert_error(await caller.call("PATCH", path, json={"secret": "whsec_mine"}), 400, "invalid_request")
-    assert (await caller.call("GET", path)).json() == {k: v for k, v in created.items() if k != "secret"}
+async def test_a_patch_checks_the_url_and_events_again(strict: Stack) -> None:
+    created = (await strict.client.post(strict.url + ENDPOINTS, json={"url": PUBLIC}, headers=strict.headers)).json()
+    url = f"{strict.url}{ENDPOINTS}/{created['id']}"
+    for change, code in [
+        ({"url": "http://127.0.0.1/x"}, "invalid_webhook_url"),
+        ({"events": ["job.nope"]}, "invalid_request"),
+        ({"secret": "whsec_mine"}, "invalid_request"),
+    ]:
+        error = assert_error(await strict.client.patch(url, json=change, headers=strict.headers), 400, code)
+        assert next(iter(change)) in error["message"]
+    shown = (await strict.client.get(url, headers=strict.headers)).json()
+    assert shown == {k: v for k, v in created.items() if k != "secret"}
 
 
 async def test_disabling_an_endpoint_fails_its_pending_deliveries_and_enabling_clears_the_reason(
@@ -394,7 +415,7 @@ async def test_a_test_delivery_is_recorded_pending_with_its_payload(s: Stack, ca
     assert (delivery["job_id"], delivery["event_id"], delivery["url"], delivery["attempts"]) == (
         None,
         None,
-        RECEIVER,
+        caller.receiver,
         [],
     )
     listed = (await caller.endpoint_deliveries(endpoint["id"], status="pending"))["data"]
@@ -478,7 +499,7 @@ async def test_a_jobs_deliveries_show_each_matching_endpoints_delivery(caller: C
         "pending",
     )
     assert isinstance(delivery["event_id"], int)
-    assert (delivery["url"], delivery["attempts_count"], delivery["attempts"]) == (RECEIVER, 0, [])
+    assert (delivery["url"], delivery["attempts_count"], delivery["attempts"]) == (caller.receiver, 0, [])
     assert (await caller.endpoint_deliveries(ignored["id"]))["data"] == []
 
 
