@@ -19,6 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext, close_revoked_streams
 from service.api.docs import swagger_assets, swagger_plugin
+from service.api.endpoints import WebhookController
 from service.api.errors import handle_exception
 from service.api.events import all_events
 from service.api.jobs import JobController
@@ -27,6 +28,7 @@ from service.api.middleware import RequestContextMiddleware, add_security_header
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.usage import usage
+from service.endpoints import Endpoints
 from service.errors import ConfigError
 from service.events import EventLog
 from service.gateway import Gateway
@@ -118,6 +120,7 @@ def create_app(
             settings=settings,
             gateway=gateway,
             events=EventLog(runtime),
+            endpoints=Endpoints(runtime),
             hub=hub,
             registry=app_metrics.registry,
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock=runtime.monotonic),
@@ -152,7 +155,9 @@ def create_app(
             log.info("reelay.stopped")
 
     api: list[ControllerRouterHandler] = (
-        [] if role == "worker" else [JobController, all_events, list_models, usage, provider_webhook, job_webhook]
+        []
+        if role == "worker"
+        else [JobController, WebhookController, all_events, list_models, usage, provider_webhook, job_webhook]
     )
     app = Litestar(
         # swagger_assets: /schema/swagger's code, served wherever /schema is.

@@ -3,7 +3,6 @@ HTTP layer asks about API keys, models, usage and readiness."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from service import lifecycle
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
 from service.health import check_ready
-from service.ids import new_job_id, new_token
+from service.ids import decode_cursor, encode_cursor, new_job_id, new_token
 from service.inline import check_inline, has_placeholders, restore_inline, split_inline
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
 from service.vocabulary import TERMINAL
@@ -162,10 +161,10 @@ class Gateway:
     async def list_jobs(
         self, api_key_id: str, filters: JobFilter, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
-        before = _decode_cursor(cursor) if cursor else None
+        before = decode_cursor(cursor, "job_") if cursor else None
         found = await self._store.list_jobs(api_key_id, filters, limit=limit + 1, before_id=before)
         page = found[:limit]
-        next_cursor = _encode_cursor(page[-1].id) if len(found) > limit else None
+        next_cursor = encode_cursor(page[-1].id) if len(found) > limit else None
         return page, next_cursor
 
     async def cancel_job(self, api_key_id: str, job_id: str) -> JobRecord:
@@ -318,17 +317,3 @@ class Gateway:
         self._signals.confirm.set()
         log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
         return "confirming"
-
-
-def _encode_cursor(job_id: str) -> str:
-    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("cursor: not a cursor this API returned", details={"field": "cursor"}) from None
-    if not raw.startswith("job_") or len(raw) != 30:
-        raise InvalidRequest("cursor: not a cursor this API returned", details={"field": "cursor"})
-    return raw
