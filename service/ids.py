@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -18,6 +19,11 @@ def new_job_id() -> str:
 def new_token() -> str:
     """An unguessable URL-safe token (256 bits)."""
     return secrets.token_urlsafe(32)
+
+
+def new_webhook_secret() -> str:
+    """A webhook signing secret in the Standard Webhooks form: `whsec_` and base64 of 24 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def new_api_key() -> tuple[str, str, bytes]:
