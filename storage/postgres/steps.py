@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage.base import JobEncoder
+from storage import webhooks
+from storage.base import Clock, JobEncoder
 from storage.errors import TaskTaken
 from storage.postgres.feed import insert_event
-from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, IdempotencyClaim, JobRecord, Receipt
+from storage.records import (
+    JOB_FIXED_COLUMNS,
+    JOB_MUTABLE_COLUMNS,
+    DeliveryRecord,
+    EventRecord,
+    IdempotencyClaim,
+    JobRecord,
+    Receipt,
+)
 from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
 
 _SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
@@ -28,10 +38,19 @@ _UPDATE_JOB = (
 class PostgresSteps:
     """The steps of `storage.writes` on one connection, inside the transaction open on it."""
 
-    def __init__(self, conn: asyncpg.Connection, logged: list[EventRecord], encode_job: JobEncoder) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        logged: list[EventRecord],
+        encode_job: JobEncoder,
+        clock: Clock,
+        first_delivery_delay: float,
+    ) -> None:
         self._conn = conn
         self.logged = logged
         self.encode_job = encode_job
+        self.clock = clock
+        self.first_delivery_delay = first_delivery_delay
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         row = await self._conn.fetchrow(_SELECT_JOB + " FOR UPDATE" if for_update else _SELECT_JOB, job_id)
@@ -101,3 +120,38 @@ class PostgresSteps:
         await self._conn.execute(
             "DELETE FROM webhook_receipts WHERE provider = $1 AND receipt_key = $2", receipt.provider, receipt.key
         )
+
+    async def enabled_endpoints(self, api_key_id: str) -> list[Any]:
+        rows: list[Any] = await self._conn.fetch(webhooks.ENABLED_ENDPOINTS, api_key_id)
+        return rows
+
+    async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
+        await self._conn.executemany(webhooks.INSERT_DELIVERY, [webhooks.delivery_values(d) for d in deliveries])
+
+
+class PostgresSql:
+    """`storage.webhooks.Sql` on one pooled connection (inside a transaction when the operation writes)."""
+
+    lock = " FOR UPDATE"
+
+    def __init__(self, conn: asyncpg.Connection, lease_owner: str) -> None:
+        self._conn = conn
+        self.lease_owner: str | None = lease_owner
+
+    async def fetch(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
+        rows: list[Any] = await self._conn.fetch(sql, *params)
+        return rows
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        status: str = await self._conn.execute(sql, *params)
+        return int(status.rsplit(" ", 1)[-1])  # "UPDATE 3", "INSERT 0 1"
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self._conn.executemany(sql, rows)
+
+    def among(self, placeholder: str, *, negate: bool = False) -> str:
+        return f"<> ALL({placeholder}::text[])" if negate else f"= ANY({placeholder}::text[])"
+
+    def ids(self, values: Iterable[str]) -> Any:
+        return list(values)
