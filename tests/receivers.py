@@ -64,6 +64,8 @@ class Receiver:
         body = bytearray()
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sender went (killed) before its request was whole: nothing arrived
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break

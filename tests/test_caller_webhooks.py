@@ -150,7 +150,7 @@ async def test_webhook_fields_are_checked_at_create(tmp_path: Path) -> None:
         assert refused.status_code == 400
         error = refused.json()["error"]
         assert error["code"] == "invalid_webhook_url"
-        assert error["details"] == {"field": "webhook_url", "reason": "loopback"}
+        assert error["details"] == {"field": "webhook_url", "reason": "loopback", "host": "localhost"}
         assert "REELAY_WEBHOOK_ALLOW_PRIVATE" in error["message"]
         private = (await create(running, webhook_url="http://10.1.2.3/hook")).json()["error"]
         assert (private["code"], private["details"]["reason"]) == ("invalid_webhook_url", "private")

@@ -88,6 +88,7 @@ async def test_sigkill_with_pending_deliveries_then_restart_delivers_each_at_lea
             await asyncio.sleep(1.0)  # attempts have failed meanwhile: the receiver is down
             first.send_signal(signal.SIGKILL)
             first.wait(10)
+        assert "connection refused" in log.read_text()  # the attempt log lines of the first run
 
         receiver = Receiver.scripted()
         async with receiving(receiver, hook_sock):

@@ -96,11 +96,13 @@ class Deliverer:
             counts.cancel()
 
     def _done(self, target: str, task: asyncio.Task[None]) -> None:
+        capped = self._busy[target] >= self.per_target or len(self._inflight) >= self.concurrency
         self._inflight.discard(task)
         self._busy[target] -= 1
         if self._busy[target] <= 0:
             del self._busy[target]
-        self._wake.set()  # a slot is free: its target may have more due
+        if capped:
+            self._wake.set()  # a cap held deliveries back that may be due: claim again now
 
     async def _send(self, claimed: ClaimedDelivery) -> None:
         delivery = claimed.delivery

@@ -157,7 +157,7 @@ async def test_two_workers_on_postgresql_lose_no_delivery_when_one_is_killed_mid
     first = free_ports(3)
     api, worker_1, worker_2 = range(first, first + 3)
     sandbox_sock = bind()  # never served: the jobs stay queued, their job.created deliveries are the work
-    receiver = Receiver.scripted(delay=0.3)  # slow enough that the kill lands with attempts in flight
+    receiver = Receiver.scripted(delay=0.5)  # answers late: the kill lands with every attempt in flight
     async with postgres_server.database() as database_url:
         env = reelay_env(
             tmp_path,
@@ -187,6 +187,9 @@ async def test_two_workers_on_postgresql_lose_no_delivery_when_one_is_killed_mid
             async with receiving(receiver) as hooks, httpx.AsyncClient(timeout=10) as client:
                 for name, port in (("api", api), ("worker-1", worker_1), ("worker-2", worker_2)):
                     await wait_ready(client, f"http://127.0.0.1:{port}", processes[name])
+                # Both workers paused while the jobs are created, then worker 1 alone takes every delivery.
+                for name in ("worker-1", "worker-2"):
+                    processes[name].send_signal(signal.SIGSTOP)
                 job_ids = []
                 for i in range(JOBS):
                     response = await client.post(
@@ -202,8 +205,10 @@ async def test_two_workers_on_postgresql_lose_no_delivery_when_one_is_killed_mid
                     )
                     assert response.status_code == 202, response.text
                     job_ids.append(response.json()["id"])
-                await receiver.wait_for(1)
-                processes["worker-1"].send_signal(signal.SIGKILL)  # mid-delivery
+                processes["worker-1"].send_signal(signal.SIGCONT)
+                await receiver.wait_for(JOBS)
+                processes["worker-1"].send_signal(signal.SIGKILL)  # every attempt sent, none answered yet
+                processes["worker-2"].send_signal(signal.SIGCONT)
                 async with asyncio.timeout(30):
                     for job_id in job_ids:
                         while not (views := await store.job_deliveries(split[0], job_id)) or any(
@@ -214,15 +219,17 @@ async def test_two_workers_on_postgresql_lose_no_delivery_when_one_is_killed_mid
             await store.close()
             for process in processes.values():
                 if process.poll() is None:
+                    process.send_signal(signal.SIGCONT)
                     process.send_signal(signal.SIGTERM)
             for process in processes.values():
                 process.wait(20)
 
     assert processes["worker-1"].returncode == -signal.SIGKILL
     assert processes["worker-2"].returncode == 0
-    # Every job's delivery arrived at least once, always with its one webhook-id.
-    arrived = {got.data["job"]["id"]: set() for got in receiver.got}
+    # Every job's delivery arrived twice (worker 1's attempt, never recorded, then worker 2's once the lease
+    # expired), always with its one webhook-id.
+    arrived: dict[str, list[str]] = {}
     for got in receiver.got:
-        arrived[got.data["job"]["id"]].add(got.headers["webhook-id"])
+        arrived.setdefault(got.data["job"]["id"], []).append(got.headers["webhook-id"])
     assert sorted(arrived) == sorted(job_ids)
-    assert all(len(ids) == 1 for ids in arrived.values())
+    assert all(len(ids) == 2 and len(set(ids)) == 1 for ids in arrived.values()), arrived
