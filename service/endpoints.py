@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
-from service.egress import TargetRefused, check_target
+from service.deliveries import check_events, check_url
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import decode_cursor, encode_cursor, new_endpoint_id, new_webhook_secret
 from service.timestamps import from_iso, to_iso
-from service.vocabulary import EVENT_TYPES
 from storage import DeliveryView, EndpointChange, EndpointRecord, SigningSecret
 
 if TYPE_CHECKING:
@@ -21,43 +20,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("reelay.endpoints")
 
-ALL_EVENTS = "*"
 TEST_EVENT = "webhook.test"
 TEST_MESSAGE = "a test delivery from Reelay"
 RECOVER_MAX_DAYS = 14  # one recover resends at most this range: the retry schedule spans about 3 days
 _RECOVER_MAX = timedelta(days=RECOVER_MAX_DAYS)
-
-
-def check_events(events: list[str], field: str = "events") -> list[str]:
-    """`events` without repeats, if it is `["*"]` or a non-empty list of known event types; else InvalidRequest."""
-    allowed = [*EVENT_TYPES, ALL_EVENTS]
-    if not events:
-        raise InvalidRequest(
-            f'{field}: name at least one event type, or ["*"] for every type',
-            details={"field": field, "allowed": allowed},
-        )
-    for event_type in events:
-        if event_type not in allowed:
-            raise InvalidRequest(
-                f'{field}: unknown event type {event_type!r}; known types: {", ".join(EVENT_TYPES)}, or "*" for all',
-                details={"field": field, "value": event_type, "allowed": allowed},
-            )
-    if ALL_EVENTS in events and len(set(events)) > 1:
-        raise InvalidRequest(
-            f'{field}: "*" already means every event type; give it alone or list the types',
-            details={"field": field, "allowed": allowed},
-        )
-    return list(dict.fromkeys(events))
-
-
-def check_webhook_url(url: str, *, allow_private: bool, field: str = "url") -> None:
-    """A receiver Reelay may send to: http(s) on a public host (or a private one when allowed); else a 400."""
-    try:
-        check_target(url, allow_private=allow_private)
-    except TargetRefused as exc:
-        raise InvalidRequest(
-            f"{field}: {exc.message}", code="invalid_webhook_url", details={"field": field, **exc.details}
-        ) from None
 
 
 class Endpoints:
@@ -92,13 +58,13 @@ class Endpoints:
     # -- endpoints ----------------------------------------------------------------------------
 
     async def create(self, api_key_id: str, url: str, events: list[str], description: str) -> EndpointRecord:
-        check_webhook_url(url, allow_private=self._settings.webhook_allow_private)
+        check_url(url, allow_private=self._settings.webhook_allow_private, field="url")
         now = to_iso(self._clock(), "microseconds")  # as the store stamps its own changes
         endpoint = EndpointRecord(
             id=new_endpoint_id(),
             api_key_id=api_key_id,
             url=url,
-            events=check_events(events),
+            events=check_events(events, field="events"),
             description=description,
             signing=SigningSecret(secret=new_webhook_secret()),
             created_at=now,
@@ -125,9 +91,9 @@ class Endpoints:
 
     async def update(self, api_key_id: str, endpoint_id: str, change: EndpointChange) -> EndpointRecord:
         if change.url is not None:
-            check_webhook_url(change.url, allow_private=self._settings.webhook_allow_private)
+            check_url(change.url, allow_private=self._settings.webhook_allow_private, field="url")
         if change.events is not None:
-            change = msgspec.structs.replace(change, events=check_events(change.events))
+            change = msgspec.structs.replace(change, events=check_events(change.events, field="events"))
         endpoint = await self._store.update_endpoint(api_key_id, endpoint_id, change, now=self._clock())
         if endpoint is None:
             raise NotFound(f"no webhook endpoint {endpoint_id!r}")

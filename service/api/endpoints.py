@@ -16,7 +16,7 @@ from service.api.context import authenticate, context
 from service.api.errors import ApiOperation, error_responses
 from service.api.openapi import SECURITY, text_param
 from service.api.query import key_then_query
-from service.endpoints import ALL_EVENTS, RECOVER_MAX_DAYS
+from service.endpoints import RECOVER_MAX_DAYS
 from service.errors import InvalidRequest
 from service.timestamps import to_iso
 from service.vocabulary import EVENT_TYPES
@@ -40,7 +40,7 @@ EventList = Annotated[
     msgspec.Meta(min_length=1, max_length=MAX_EVENTS),
     schema_doc(
         'the event types to receive, or ["*"] for every type',
-        items={"type": "string", "enum": [*EVENT_TYPES, ALL_EVENTS]},
+        items={"type": "string", "enum": [*EVENT_TYPES, "*"]},
     ),
 ]
 Description = Annotated[str, msgspec.Meta(max_length=500, pattern="^[^\x00]*$", description="for you; never sent")]
@@ -52,7 +52,7 @@ _NO_EXTRA = {"additional_properties": False}
 
 class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: WebhookUrl
-    events: EventList = msgspec.field(default_factory=lambda: [ALL_EVENTS])
+    events: EventList = msgspec.field(default_factory=lambda: ["*"])
     description: Description = ""
 
 

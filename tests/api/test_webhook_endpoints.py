@@ -255,7 +255,7 @@ async def test_an_unknown_event_type_is_400_naming_it_and_listing_the_known_ones
     response = await caller.call("POST", ENDPOINTS, json={"url": PUBLIC, "events": ["job.succeeded", "job.done"]})
     error = assert_error(response, 400, "invalid_request")
     assert "job.done" in error["message"]
-    assert error["details"]["value"] == "job.done"
+    assert error["details"]["unknown"] == ["job.done"]
     assert error["details"]["allowed"] == [*EVENT_TYPES, "*"]
 
 
