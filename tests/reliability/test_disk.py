@@ -31,11 +31,11 @@ def tiny_disk(path: Path, size: str = "8m") -> Iterator[Path]:
 
 def _fill(disk: Path) -> Path:
     junk = disk / "junk"
-    with junk.open("wb") as out:
+    # Unbuffered: a buffered file keeps what the full disk refused and raises again when it is closed.
+    with junk.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError:
             pass
     return junk
