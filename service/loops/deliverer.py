@@ -40,6 +40,7 @@ class Deliverer:
     idle_seconds = 0.5  # how long an idle deliverer waits for a wake-up before it looks again (other replicas' work)
     counts_seconds = 5.0  # how often the pending and disabled gauges are refreshed from the database
     max_batch = 500  # attempts written back in one transaction at most
+    pools = 16  # connection pools the receivers are spread over, by target
 
     def __init__(self, runtime: Runtime, gateway: Gateway, *, resolve: Resolver = system_resolver) -> None:
         settings = runtime.settings
@@ -53,14 +54,20 @@ class Deliverer:
         self.concurrency = settings.webhook_concurrency
         self.disable_after = settings.webhook_disable_after_seconds
         self._wake = runtime.signals.deliveries
-        # Its own client: receivers are not providers, and a black-holed one must never hold a provider's slot.
-        # As many connections as attempts in flight, so no attempt ever waits for the pool.
+        # Its own clients: receivers are not providers, and a black-holed one must never hold a provider's slot.
+        # Each pool allows as many connections as attempts in flight, so no attempt ever waits for one. Receivers
+        # are spread over several pools because httpcore looks at every connection of a pool on each request.
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self.client = httpx.AsyncClient(
-            transport=GuardedTransport(allow_private=settings.webhook_allow_private, resolve=resolve, limits=limits),
-            follow_redirects=False,
-            timeout=httpx.Timeout(self.timeout),
-        )
+        self.clients = [
+            httpx.AsyncClient(
+                transport=GuardedTransport(
+                    allow_private=settings.webhook_allow_private, resolve=resolve, limits=limits
+                ),
+                follow_redirects=False,
+                timeout=httpx.Timeout(self.timeout),
+            )
+            for _ in range(self.pools)
+        ]
         self._inflight: set[asyncio.Task[None]] = set()
         self._busy: Counter[str] = Counter()  # target -> attempts in flight here
         self._results: list[tuple[AttemptResult, str | None]] = []  # with the endpoint id, if any
@@ -96,13 +103,13 @@ class Deliverer:
             counts.cancel()
 
     def _done(self, target: str, task: asyncio.Task[None]) -> None:
-        capped = self._busy[target] >= self.per_target or len(self._inflight) >= self.concurrency
         self._inflight.discard(task)
         self._busy[target] -= 1
         if self._busy[target] <= 0:
             del self._busy[target]
-        if capped:
-            self._wake.set()  # a cap held deliveries back that may be due: claim again now
+        # A slot is free, and a cap may have held due deliveries back: claim again (one claim for every
+        # attempt that ends while the previous claim runs).
+        self._wake.set()
 
     async def _send(self, claimed: ClaimedDelivery) -> None:
         delivery = claimed.delivery
@@ -113,7 +120,8 @@ class Deliverer:
         try:
             payload = deliveries.body(claimed)
             async with asyncio.timeout(self.timeout):  # the whole attempt, however slowly the answer trickles
-                reply = await self._post(claimed.url, payload, deliveries.headers(claimed, payload, at))
+                client = self.clients[hash(delivery.target) % len(self.clients)]
+                reply = await self._post(client, claimed.url, payload, deliveries.headers(claimed, payload, at))
         except asyncio.CancelledError:
             raise  # shutdown: the lease is released and the delivery sent again later
         except Exception as exc:
@@ -140,9 +148,10 @@ class Deliverer:
         self._results.append((result, delivery.endpoint_id))
         self._results_ready.set()
 
-    async def _post(self, url: str, payload: bytes, headers: dict[str, str]) -> Reply:
+    @staticmethod
+    async def _post(client: httpx.AsyncClient, url: str, payload: bytes, headers: dict[str, str]) -> Reply:
         """Send one attempt and read at most the first KB of the answer (a huge body is never read whole)."""
-        async with self.client.stream("POST", url, content=payload, headers=headers) as response:
+        async with client.stream("POST", url, content=payload, headers=headers) as response:
             kept = bytearray()
             async for chunk in response.aiter_raw():
                 kept += chunk
@@ -193,7 +202,7 @@ class Deliverer:
 
     async def drain(self, grace_seconds: float) -> None:
         """Let attempts in flight finish within `grace_seconds` (the rest are cancelled, their leases released by
-        the lifespan), write back every finished one, then close the client."""
+        the lifespan), write back every finished one, then close the clients."""
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace_seconds)
             for task in pending:
@@ -207,4 +216,5 @@ class Deliverer:
             await self._writer
         elif self._results:
             await self._finish(self._results)
-        await self.client.aclose()
+        for client in self.clients:
+            await client.aclose()

@@ -43,6 +43,7 @@ async def test_two_api_replicas_and_two_workers_survive_a_killed_worker(
             REELAY_DATABASE_URL=database_url,
             REELAY_LEASE_SECONDS="3",
             REELAY_UPSTREAM_TIMEOUT_SECONDS="2",
+            REELAY_WEBHOOK_TIMEOUT="1",  # a lease must exceed twice the webhook timeout
             REELAY_CALLBACK_GRACE_SECONDS="2",
             REELAY_SSE_HEARTBEAT_SECONDS="1",
         )
