@@ -11,7 +11,7 @@ from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
-import httpx
+import aiohttp
 import msgspec
 
 from reelay_signing.standard import sign_headers
@@ -176,9 +176,11 @@ def describe_error(exc: BaseException, timeout_seconds: float) -> str:
         hint = f" ({ALLOW_PRIVATE_HINT})" if exc.reason in ("private", "loopback") else ""
         via = "" if exc.host in (None, exc.address) else f" ({exc.host} resolves to it)"
         return f"refused: {kind} address {exc.address}{via}{hint}"
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return f"timeout after {timeout_seconds:g} s"
     for cause in _chain(exc):
+        if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+            cause = cause.certificate_error  # aiohttp's own is an SSLCertVerificationError without its fields
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS: certificate verify failed: {cause.verify_message}"
         if isinstance(cause, ssl.SSLError):
@@ -192,11 +194,13 @@ def describe_error(exc: BaseException, timeout_seconds: float) -> str:
         return f"TLS: {text}"
     if "Connection refused" in text or "Errno 111" in text:
         return "connection refused"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
         return f"connection closed without a complete response: {text}"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve the host: {text}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect: {text}"
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, aiohttp.ClientError):
         return f"network error: {text}"
     return f"{type(exc).__name__}: {text}"
 

@@ -1,8 +1,9 @@
 """The guard on Reelay's connections to URLs it does not choose itself (callers' webhook receivers, and later
 providers' result URLs), so they cannot reach the private network around it.
 
-`check_target` refuses a URL when it is registered; `GuardedTransport` resolves every host name itself at connect
-time, checks each address, and connects only to an address it checked, so DNS cannot rebind between check and use.
+`check_target` refuses a URL when it is registered; at connect time, `GuardedTransport` (httpx) and
+`GuardedResolver` (aiohttp, which sends caller webhooks) resolve every host name themselves, check each address,
+and connect only to an address they checked, so DNS cannot rebind between check and use.
 """
 
 from __future__ import annotations
@@ -17,10 +18,22 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Literal, TypeAlias
 from urllib.parse import urlsplit
 
+import aiohttp
+import aiohttp.abc
 import httpcore
 import httpx
 
-__all__ = ("GuardedTransport", "IPAddress", "Reason", "Resolver", "TargetRefused", "check_target", "system_resolver")
+__all__ = (
+    "GuardedResolver",
+    "GuardedTransport",
+    "IPAddress",
+    "Reason",
+    "Resolver",
+    "TargetRefused",
+    "check_target",
+    "screened",
+    "system_resolver",
+)
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver: TypeAlias = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -160,16 +173,9 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout:g} s") from None
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        allowed: list[IPAddress] = []
-        refused: list[TargetRefused] = []
-        for address in addresses:
-            refusal = self._refusal(host, address)
-            if refusal is None:
-                allowed.append(address)
-            else:
-                refused.append(refusal)
+        allowed = screened(host, addresses, allow_private=self._allow_private)
         if not allowed:
-            raise refused[0] if refused else httpcore.ConnectError(f"{host} resolves to no address")
+            raise httpcore.ConnectError(f"{host} resolves to no address")
 
         async def connect(address: IPAddress) -> httpcore.AsyncNetworkStream:
             remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
@@ -182,17 +188,65 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
                 return await connect(address)
         return await connect(allowed[-1])
 
-    def _refusal(self, host: str, address: IPAddress) -> TargetRefused | None:
-        kind = _address_kind(address)
-        if kind is None or (self._allow_private and kind in _PRIVATE_KINDS):
-            return None
-        resolved = "is" if str(address) == host else f"resolves to {address}, which is"
-        return TargetRefused(
-            kind, f"the host {host} {resolved} a non-public address ({_label(kind)})", host=host, address=str(address)
-        )
-
     async def sleep(self, seconds: float) -> None:
         await self._network.sleep(seconds)
+
+
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """The guard for aiohttp: resolves a name itself and hands aiohttp only the addresses the guard accepts, and
+    aiohttp connects only to what its resolver gives, so DNS cannot rebind between check and use.
+
+    aiohttp never asks a resolver about an IP literal: call `check_target` on each URL before sending to it.
+    """
+
+    def __init__(self, *, allow_private: bool = False, resolve: Resolver = system_resolver) -> None:
+        self._allow_private = allow_private
+        self._resolve = resolve
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        addresses = screened(host, await self._resolve(host, port), allow_private=self._allow_private)
+        if not addresses:
+            raise OSError(f"{host} resolves to no address")  # aiohttp reports it as a DNS error
+        return [
+            {
+                "hostname": host,
+                "host": str(address),
+                "port": port,
+                "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            }
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def screened(host: str, addresses: Iterable[IPAddress], *, allow_private: bool) -> list[IPAddress]:
+    """The addresses of `host` the guard lets a connection go to, in the resolver's order; raise the first
+    refusal when there were addresses but the guard refused every one."""
+    allowed: list[IPAddress] = []
+    refused: list[TargetRefused] = []
+    for address in addresses:
+        kind = _address_kind(address)
+        if kind is None or (allow_private and kind in _PRIVATE_KINDS):
+            allowed.append(address)
+            continue
+        resolved = "is" if str(address) == host else f"resolves to {address}, which is"
+        refused.append(
+            TargetRefused(
+                kind,
+                f"the host {host} {resolved} a non-public address ({_label(kind)})",
+                host=host,
+                address=str(address),
+            )
+        )
+    if refused and not allowed:
+        raise refused[0]
+    return allowed
 
 
 def _ip_literal(host: str) -> IPAddress | None:

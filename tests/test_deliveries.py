@@ -9,15 +9,15 @@ import ssl
 import time
 from pathlib import Path
 
-import httpx
 import msgspec
 import standardwebhooks
 
 from reelay_signing.standard import sign
 from service import deliveries
 from service.deliveries import Reply, decide, describe_error, retry_after_seconds
-from service.egress import GuardedTransport
+from service.egress import Resolver, system_resolver
 from service.hub import sse_frame
+from service.loops.deliverer import WebhookSender
 from storage import ClaimedDelivery, DeliveryRecord, DeliveryStatus, EventRecord, SigningSecret
 from tests.ports import free_ports
 from tests.test_egress import LOOPBACK, certificate, receiving, resolving
@@ -164,13 +164,18 @@ def test_only_the_first_kilobyte_of_the_body_is_kept_and_bad_utf8_is_replaced() 
 # -- the error texts, from real failures --------------------------------------------------------
 
 
-async def error_of(url: str, transport: GuardedTransport | None = None, timeout: float = 5.0) -> str:
-    async with httpx.AsyncClient(transport=transport or GuardedTransport(allow_private=True), timeout=timeout) as c:
-        try:
-            async with asyncio.timeout(timeout):
-                await c.post(url, content=b"{}")
-        except Exception as exc:
-            return describe_error(exc, timeout)
+async def error_of(
+    url: str, *, allow_private: bool = True, resolve: Resolver = system_resolver, timeout: float = 5.0
+) -> str:
+    """What the deliverer's sender writes in the attempt log for a POST to `url`."""
+    sender = WebhookSender(allow_private=allow_private, resolve=resolve, timeout=timeout, connections=4)
+    try:
+        async with asyncio.timeout(timeout):
+            await sender.post(url, b"{}", {"content-type": "application/json"})
+    except Exception as exc:
+        return describe_error(exc, timeout)
+    finally:
+        await sender.close()
     raise AssertionError("the request succeeded")
 
 
@@ -193,18 +198,18 @@ async def test_an_untrusted_certificate_is_a_tls_error(certificate: tuple[Path, 
     cert, key = certificate
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
-    transport = GuardedTransport(allow_private=True, resolve=resolving({"receiver.test": [LOOPBACK]}))
     async with receiving(server_tls) as receiver:
-        error = await error_of(receiver.url("receiver.test", "https"), transport)
+        error = await error_of(receiver.url("receiver.test", "https"), resolve=resolving({"receiver.test": [LOOPBACK]}))
     assert error.startswith("TLS: certificate verify failed: self"), error  # "self-signed certificate"
 
 
 async def test_a_name_resolving_to_loopback_is_refused_naming_the_address_and_the_switch() -> None:
-    transport = GuardedTransport(resolve=resolving({"receiver.test": [LOOPBACK]}))
-    error = await error_of("http://receiver.test:9/hook", transport)
+    error = await error_of(
+        "http://receiver.test:9/hook", allow_private=False, resolve=resolving({"receiver.test": [LOOPBACK]})
+    )
     assert error == (
         "refused: loopback address 127.0.0.1 (receiver.test resolves to it) "
         "(set REELAY_WEBHOOK_ALLOW_PRIVATE=true to allow private and loopback receivers)"
     )
-    link_local = await error_of("http://169.254.169.254/latest", GuardedTransport(allow_private=True))
+    link_local = await error_of("http://169.254.169.254/latest")
     assert link_local == "refused: link-local address 169.254.169.254"

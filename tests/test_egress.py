@@ -32,12 +32,14 @@ LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 def test_the_public_surface() -> None:
     assert set(egress.__all__) == {
+        "GuardedResolver",
         "GuardedTransport",
         "IPAddress",
         "Reason",
         "Resolver",
         "TargetRefused",
         "check_target",
+        "screened",
         "system_resolver",
     }
 

@@ -16,12 +16,12 @@ from collections import Counter
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import structlog
 
 from service import deliveries
 from service.deliveries import BODY_KEPT, Reply
-from service.egress import GuardedTransport, Resolver, system_resolver
+from service.egress import GuardedResolver, Resolver, check_target, system_resolver
 from storage import AttemptResult, ClaimedDelivery, DeliveryStatus, StorageError
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ class Deliverer:
     idle_seconds = 0.5  # how long an idle deliverer waits for a wake-up before it looks again (other replicas' work)
     counts_seconds = 5.0  # how often the pending and disabled gauges are refreshed from the database
     max_batch = 500  # attempts written back in one transaction at most
-    pools = 16  # connection pools the receivers are spread over, by target
 
     def __init__(self, runtime: Runtime, gateway: Gateway, *, resolve: Resolver = system_resolver) -> None:
         settings = runtime.settings
@@ -54,20 +53,14 @@ class Deliverer:
         self.concurrency = settings.webhook_concurrency
         self.disable_after = settings.webhook_disable_after_seconds
         self._wake = runtime.signals.deliveries
-        # Its own clients: receivers are not providers, and a black-holed one must never hold a provider's slot.
-        # Each pool allows as many connections as attempts in flight, so no attempt ever waits for one. Receivers
-        # are spread over several pools because httpcore looks at every connection of a pool on each request.
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self.clients = [
-            httpx.AsyncClient(
-                transport=GuardedTransport(
-                    allow_private=settings.webhook_allow_private, resolve=resolve, limits=limits
-                ),
-                follow_redirects=False,
-                timeout=httpx.Timeout(self.timeout),
-            )
-            for _ in range(self.pools)
-        ]
+        # aiohttp rather than the httpx client the providers' calls use: an attempt costs about a tenth of the CPU
+        # (bench/RESULTS.md), and draining a backlog is bound by it. Its own pool: receivers are not providers.
+        self.sender = WebhookSender(
+            allow_private=settings.webhook_allow_private,
+            resolve=resolve,
+            timeout=self.timeout,
+            connections=self.concurrency,
+        )
         self._inflight: set[asyncio.Task[None]] = set()
         self._busy: Counter[str] = Counter()  # target -> attempts in flight here
         self._results: list[tuple[AttemptResult, str | None]] = []  # with the endpoint id, if any
@@ -120,8 +113,7 @@ class Deliverer:
         try:
             payload = deliveries.body(claimed)
             async with asyncio.timeout(self.timeout):  # the whole attempt, however slowly the answer trickles
-                client = self.clients[hash(delivery.target) % len(self.clients)]
-                reply = await self._post(client, claimed.url, payload, deliveries.headers(claimed, payload, at))
+                reply = await self.sender.post(claimed.url, payload, deliveries.headers(claimed, payload, at))
         except asyncio.CancelledError:
             raise  # shutdown: the lease is released and the delivery sent again later
         except Exception as exc:
@@ -147,22 +139,6 @@ class Deliverer:
         )
         self._results.append((result, delivery.endpoint_id))
         self._results_ready.set()
-
-    @staticmethod
-    async def _post(client: httpx.AsyncClient, url: str, payload: bytes, headers: dict[str, str]) -> Reply:
-        """Send one attempt and read at most the first KB of the answer (a huge body is never read whole)."""
-        async with client.stream("POST", url, content=payload, headers=headers) as response:
-            kept = bytearray()
-            async for chunk in response.aiter_raw():
-                kept += chunk
-                if len(kept) >= BODY_KEPT:
-                    break  # the rest is dropped with the connection
-            return Reply(
-                status_code=response.status_code,
-                body=bytes(kept[:BODY_KEPT]),
-                location=response.headers.get("location"),
-                retry_after=response.headers.get("retry-after"),
-            )
 
     async def _write_results(self) -> None:
         """Write finished attempts back, each batch as many as finished while the previous one was written."""
@@ -202,7 +178,7 @@ class Deliverer:
 
     async def drain(self, grace_seconds: float) -> None:
         """Let attempts in flight finish within `grace_seconds` (the rest are cancelled, their leases released by
-        the lifespan), write back every finished one, then close the clients."""
+        the lifespan), write back every finished one, then close the client."""
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace_seconds)
             for task in pending:
@@ -216,5 +192,46 @@ class Deliverer:
             await self._writer
         elif self._results:
             await self._finish(self._results)
-        for client in self.clients:
-            await client.aclose()
+        await self.sender.close()
+
+
+class WebhookSender:
+    """Sends one attempt to a receiver through the address guard, and keeps the first KB of the answer."""
+
+    def __init__(self, *, allow_private: bool, resolve: Resolver, timeout: float, connections: int) -> None:
+        self._allow_private = allow_private
+        self._resolver = GuardedResolver(allow_private=allow_private, resolve=resolve)
+        self._timeout = timeout
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def post(self, url: str, payload: bytes, headers: dict[str, str]) -> Reply:
+        """POST `payload`; raises what went wrong when no answer came (see `deliveries.describe_error`)."""
+        check_target(url, allow_private=self._allow_private)  # an IP literal never reaches the resolver
+        async with self._client().post(url, data=payload, headers=headers, allow_redirects=False) as response:
+            kept = bytearray()
+            while len(kept) < BODY_KEPT and (chunk := await response.content.read(BODY_KEPT - len(kept))):
+                kept += chunk
+            # Leaving with the body unread closes the connection rather than reading the rest.
+            return Reply(
+                status_code=response.status,
+                body=bytes(kept),
+                location=response.headers.get("location"),
+                retry_after=response.headers.get("retry-after"),
+            )
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # As many connections as attempts in flight, so no attempt ever waits for one.
+                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, resolver=self._resolver),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),  # one receiver's cookies are never sent to another
+                auto_decompress=False,
+                trust_env=False,  # never a proxy: it would resolve names out of the guard's sight
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
