@@ -66,7 +66,7 @@ class Http(asyncio.Protocol):
         self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's subclasses
+        self.transport = cast("asyncio.Transport", transport)  # uvloop's transports are not asyncio's subclasses
         self.open_set.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
