@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import httpx
@@ -19,6 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext, close_revoked_streams
 from service.api.docs import swagger_assets, swagger_plugin
+from service.api.endpoints import WebhookController
 from service.api.errors import handle_exception
 from service.api.events import all_events
 from service.api.jobs import JobController
@@ -27,18 +28,20 @@ from service.api.middleware import RequestContextMiddleware, add_security_header
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.usage import usage
+from service.egress import Resolver, system_resolver
+from service.endpoints import Endpoints
 from service.errors import ConfigError
 from service.events import EventLog
 from service.gateway import Gateway
 from service.hub import EventHub
-from service.loops import Dispatcher, Loop, Poller, Watcher
+from service.loops import Deliverer, Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
 from service.providers.base import ProviderAdapter
 from service.runtime import Runtime
 from service.settings import Settings
 from service.wire import encode_job
-from storage import StorageError, Store, create_store
+from storage import EventRecord, StorageError, Store, create_store
 
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
@@ -64,6 +67,12 @@ def close_streams(app: Litestar) -> None:
         ctx.hub.close_all()
 
 
+def _wake_deliverer(runtime: Runtime, events: Sequence[EventRecord]) -> None:
+    """Store listener: committed events that recorded deliveries wake the deliverer (they are due now)."""
+    if any(event.deliveries for event in events):
+        runtime.signals.deliveries.set()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -72,12 +81,13 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] | None = None,
     role: Role = "all",
+    webhook_resolve: Resolver = system_resolver,
 ) -> Litestar:
     """Build the application for a role. Nothing is opened until the app starts (lifespan).
 
     `api` serves HTTP without background work, `worker` runs the dispatcher and poller and serves only
     the probes and metrics, `all` does both. `adapters` are the providers it knows (their settings come from
-    `settings.providers`).
+    `settings.providers`). `webhook_resolve` resolves the hosts of callers' webhook receivers (tests stand in DNS).
     """
     if role != "all" and settings.database_url.startswith("sqlite"):
         # Events committed in one process never reach another process's SSE subscribers on SQLite.
@@ -90,7 +100,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         the_store = store or create_store(
-            settings.database_url, encode_job, clock=clock or time.time, sqlite_synchronous=settings.sqlite_synchronous
+            settings.database_url,
+            encode_job,
+            clock=clock or time.time,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            first_delivery_delay=settings.webhook_retry_schedule[0],
         )
         await the_store.open()
         if run_workers:
@@ -114,10 +128,12 @@ def create_app(
             metrics=app_metrics,
         )
         gateway = Gateway(runtime)
+        the_store.add_listener(lambda events: _wake_deliverer(runtime, events))
         ctx = app.state.ctx = AppContext(
             settings=settings,
             gateway=gateway,
             events=EventLog(runtime),
+            endpoints=Endpoints(runtime),
             hub=hub,
             registry=app_metrics.registry,
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock=runtime.monotonic),
@@ -127,7 +143,11 @@ def create_app(
         # Every background loop: started here, cancelled on stop, then drained (a new loop joins this list).
         loops: list[Loop] = [Watcher("loop_lag", lambda: watch_loop_lag(app_metrics.loop_lag))]
         if run_workers:
-            loops += [Dispatcher(runtime, gateway), Poller(runtime, gateway)]
+            loops += [
+                Dispatcher(runtime, gateway),
+                Poller(runtime, gateway),
+                Deliverer(runtime, gateway, resolve=webhook_resolve),
+            ]
         if role != "worker":
             loops.append(Watcher("revoked_keys", lambda: close_revoked_streams(ctx)))
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
@@ -152,7 +172,9 @@ def create_app(
             log.info("reelay.stopped")
 
     api: list[ControllerRouterHandler] = (
-        [] if role == "worker" else [JobController, all_events, list_models, usage, provider_webhook, job_webhook]
+        []
+        if role == "worker"
+        else [JobController, WebhookController, all_events, list_models, usage, provider_webhook, job_webhook]
     )
     app = Litestar(
         # swagger_assets: /schema/swagger's code, served wherever /schema is.

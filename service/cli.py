@@ -288,7 +288,8 @@ def restore(source: Path, yes: bool) -> None:
 
 
 @main.command(
-    help="Delete finished jobs (with their events), webhook receipts and idempotency keys older than "
+    help="Delete finished jobs (with their events and webhook deliveries), webhook receipts, idempotency keys and "
+    "test deliveries older than "
     "REELAY_RETENTION_DAYS (or --days). Unfinished jobs are never deleted. Safe while the service runs."
 )
 @click.option(
@@ -308,3 +309,4 @@ def prune(days: int | None, dry_run: bool) -> None:
     click.echo(f"  events:           {counts.events}")
     click.echo(f"  webhook receipts: {counts.webhook_receipts}")
     click.echo(f"  idempotency keys: {counts.idempotency_keys}")
+    click.echo(f"  deliveries:       {counts.deliveries}")

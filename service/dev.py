@@ -12,6 +12,7 @@ import msgspec
 
 from sandbox import SANDBOXES, SandboxKnobs, SandboxSpec
 from service.app import close_streams, create_app
+from service.ids import new_webhook_secret
 from service.keys import create_key
 from service.logging import configure_logging
 from service.providers import ADAPTERS, ProviderRegistry
@@ -87,7 +88,8 @@ async def run_dev(
     store = create_store(settings.database_url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
     await store.open()
     try:
-        _, api_key = await create_key(store, "reelay-dev", now=time.time())
+        key, api_key = await create_key(store, "reelay-dev", now=time.time())
+        webhook_secret = (await store.webhook_secret(key.id, new_secret=new_webhook_secret())).secret
     finally:
         await store.close()
     app = create_app(settings, adapters=adapters)
@@ -110,7 +112,10 @@ async def run_dev(
             f"-H 'Content-Type: application/json' "
             f"""-d '{{"model": "seedancee2/pro", "input": {{"prompt": "waves on black rocks", "duration": 5}}}}'\n"""
             f"Watch events:\n"
-            f"  curl -N {url}/v1/events -H 'Authorization: Bearer {api_key}'\n",
+            f"  curl -N {url}/v1/events -H 'Authorization: Bearer {api_key}'\n"
+            f"Try webhooks: in another shell, start a receiver that verifies and prints each delivery\n"
+            f"  reelay listen --port 9000 --secret {webhook_secret}\n"
+            f'and add "webhook_url": "http://127.0.0.1:9000/" to the job\'s JSON above.\n',
             err=True,
         )
 

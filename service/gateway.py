@@ -3,7 +3,6 @@ HTTP layer asks about API keys, models, usage and readiness."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -13,15 +12,15 @@ import msgspec
 import structlog
 
 from reelay_signing import SignatureError
-from service import lifecycle
+from service import deliveries, lifecycle
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
 from service.health import check_ready
-from service.ids import new_job_id, new_token
+from service.ids import decode_cursor, encode_cursor, new_job_id, new_token, new_webhook_secret
 from service.inline import check_inline, has_placeholders, restore_inline, split_inline
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
-from service.vocabulary import TERMINAL
-from service.wire import JobCreate
+from service.vocabulary import EVENT_TYPES, TERMINAL
+from service.wire import DEFAULT_JOB_WEBHOOK_EVENTS, JobCreate
 from storage import (
     ApiKeyRecord,
     Declined,
@@ -120,6 +119,10 @@ class Gateway:
                 )
             digest = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
             claim = IdempotencyClaim(key=idempotency_key, request_hash=digest)
+        webhook_url, webhook_events = self._job_webhook(request)
+        if webhook_url is not None:
+            # The key's secret exists before any delivery it signs can be recorded.
+            await self._store.webhook_secret(api_key_id, new_secret=new_webhook_secret())
         now = self._clock()
         shown, inline = split_inline(given)
         record = lifecycle.new_job(
@@ -133,6 +136,8 @@ class Gateway:
             callback_token=new_token(),
             now=now,
             timeout=self._settings.job_timeout_seconds,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
         )
         try:
             outcome = await self._store.create_job(record, "job.created", idempotency=claim, inline=inline)
@@ -146,6 +151,22 @@ class Gateway:
             log.info("job.created", job_id=record.id, provider=spec.provider, model=spec.id)
             self._signals.new_job.set()
         return outcome.job, outcome.created
+
+    def _job_webhook(self, request: JobCreate) -> tuple[str | None, list[str] | None]:
+        """The job's checked `webhook_url` and its event types (all known ones for `["*"]`)."""
+        if request.webhook_url is None:
+            if request.webhook_events is not None:
+                raise InvalidRequest(
+                    "webhook_events: only with webhook_url (the key's endpoints have their own `events`)",
+                    details={"field": "webhook_events"},
+                )
+            return None, None
+        url = deliveries.check_url(request.webhook_url, allow_private=self._settings.webhook_allow_private)
+        given = request.webhook_events
+        events = deliveries.check_events(
+            list(DEFAULT_JOB_WEBHOOK_EVENTS) if given is None else given, field="webhook_events"
+        )
+        return url, list(EVENT_TYPES) if events == ["*"] else events
 
     async def get_job(self, api_key_id: str, job_id: str) -> JobRecord:
         job = await self._store.get_job(job_id) if job_id.startswith("job_") else None
@@ -162,10 +183,10 @@ class Gateway:
     async def list_jobs(
         self, api_key_id: str, filters: JobFilter, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
-        before = _decode_cursor(cursor) if cursor else None
+        before = decode_cursor(cursor, "job_") if cursor else None
         found = await self._store.list_jobs(api_key_id, filters, limit=limit + 1, before_id=before)
         page = found[:limit]
-        next_cursor = _encode_cursor(page[-1].id) if len(found) > limit else None
+        next_cursor = encode_cursor(page[-1].id) if len(found) > limit else None
         return page, next_cursor
 
     async def cancel_job(self, api_key_id: str, job_id: str) -> JobRecord:
@@ -318,17 +339,3 @@ class Gateway:
         self._signals.confirm.set()
         log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
         return "confirming"
-
-
-def _encode_cursor(job_id: str) -> str:
-    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("cursor: not a cursor this API returned", details={"field": "cursor"}) from None
-    if not raw.startswith("job_") or len(raw) != 30:
-        raise InvalidRequest("cursor: not a cursor this API returned", details={"field": "cursor"})
-    return raw

@@ -20,15 +20,19 @@ Item = tuple[int, str, bytes] | str
 """(event id, event type, encoded SSE frame), or one of the signals above."""
 
 
-def sse_frame(event: EventRecord) -> bytes:
-    """The wire form of a logged event; built once per event and shared by every subscriber."""
-    data = b'{"id":%d,"type":"%s","created_at":"%s","job":%s}' % (
+def event_data(event: EventRecord) -> bytes:
+    """The event as callers see it: the SSE data line, and the `data` of every webhook delivery of it."""
+    return b'{"id":%d,"type":"%s","created_at":"%s","job":%s}' % (
         event.id,
         event.type.encode(),
         event.created_at.encode(),
         event.job,
     )
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), data)
+
+
+def sse_frame(event: EventRecord) -> bytes:
+    """The wire form of a logged event; built once per event and shared by every subscriber."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event_data(event))
 
 
 class Subscription:

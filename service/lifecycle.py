@@ -45,6 +45,8 @@ def new_job(
     callback_token: str,
     now: float,
     timeout: float,
+    webhook_url: str | None = None,
+    webhook_events: list[str] | None = None,
 ) -> JobRecord:
     stamp = to_iso(now)
     return JobRecord(
@@ -63,6 +65,8 @@ def new_job(
         deadline_at=now + timeout,
         dispatch_state=DispatchState.PENDING,
         next_attempt_at=now,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events if webhook_url is not None else None,
     )
 
 

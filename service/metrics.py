@@ -18,6 +18,10 @@ class Metrics:
     loop_lag: Histogram
     jobs_finished: Counter
     upstream_create: Histogram
+    webhook_deliveries: Counter
+    webhook_attempt_seconds: Histogram
+    webhook_pending: Gauge
+    webhook_endpoints_disabled: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -59,6 +63,29 @@ class Metrics:
                 ["provider", "outcome"],
                 registry=registry,
                 buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            ),
+            webhook_deliveries=Counter(
+                "reelay_webhook_deliveries",
+                "Caller webhook attempts by what they left the delivery: succeeded, retrying or failed",
+                ["outcome"],
+                registry=registry,
+            ),
+            webhook_attempt_seconds=Histogram(
+                "reelay_webhook_attempt_seconds",
+                "Caller webhook attempts: latency by outcome",
+                ["outcome"],
+                registry=registry,
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0),
+            ),
+            webhook_pending=Gauge(
+                "reelay_webhook_pending",
+                "Caller webhook deliveries waiting to be sent, in the whole database (refreshed every few seconds)",
+                registry=registry,
+            ),
+            webhook_endpoints_disabled=Gauge(
+                "reelay_webhook_endpoints_disabled",
+                "Disabled webhook endpoints, in the whole database (refreshed every few seconds)",
+                registry=registry,
             ),
         )
 

@@ -25,6 +25,8 @@ class Signals:
 
     new_job: asyncio.Event = field(default_factory=asyncio.Event)  # a job was queued: the dispatcher
     confirm: asyncio.Event = field(default_factory=asyncio.Event)  # a callback asks for a status check: the poller
+    # Deliveries are due now (an event recorded some, or a test, resend or recover): the deliverer.
+    deliveries: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)

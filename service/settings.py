@@ -70,7 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_drain_seconds: float = 5.0
     # How long a worker holds a claimed job; must outlast an upstream call, so never below the timeout.
     lease_seconds: float = 120.0
-    # `reelay prune` deletes finished jobs, receipts and idempotency keys older than this; 0 keeps everything.
+    # `reelay prune` deletes finished jobs (and their deliveries), receipts, idempotency keys and test deliveries
+    # older than this; 0 keeps everything.
     retention_days: int = 0
     # Lets caller webhooks reach private and loopback hosts (the guard is service/egress.py).
     webhook_allow_private: bool = False

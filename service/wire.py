@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 
 from service.inline import shown_input
-from service.vocabulary import Status
+from service.vocabulary import EVENT_TYPES, Status
 from storage import JobRecord
 
 # A job holds at most this many metadata pairs, so a list request filters on at most as many keys.
@@ -22,6 +22,8 @@ Url = Annotated[
     ),
 ]
 
+# What a job's `webhook_url` receives unless `webhook_events` says otherwise: how the job ended.
+DEFAULT_JOB_WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 PROMPT_MAX_CHARS = 5000  # a model's provider may allow fewer (its `max_prompt_chars`)
 # The public values of the normalized enums; each model accepts a subset (GET /v1/models), anything else is a 400.
 RESOLUTIONS = ("480p", "720p", "1080p")
@@ -85,6 +87,28 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             additional_properties={"type": "string", "maxLength": 500},
         ),
     ] = msgspec.field(default_factory=dict)
+    webhook_url: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=2048,
+                description="a receiver for this job's events: POSTed, signed with the key's webhook secret",
+            ),
+        ]
+        | None
+    ) = None
+    webhook_events: (
+        Annotated[
+            list[str],
+            msgspec.Meta(max_length=len(EVENT_TYPES) + 1),
+            schema_doc(
+                f'event types sent to `webhook_url` (default {list(DEFAULT_JOB_WEBHOOK_EVENTS)}), or ["*"] for all',
+                items={"type": "string", "enum": [*EVENT_TYPES, "*"]},
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Video(msgspec.Struct):

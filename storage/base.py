@@ -167,7 +167,6 @@ class Store(Protocol):
         (or rows), so other writers wait for one batch at most, never for the whole pass.
         """
 
-
     # -- caller webhooks -----------------------------------------------------------------------
     #
     # Deliveries are recorded by the job writes themselves: each event a job write logs gets, in the same
@@ -246,9 +245,7 @@ class Store(Protocol):
         """Make a delivery pending again, due now, with a fresh retry schedule (`round_attempts` 0) and the
         same id; None if the key has no such delivery. Its earlier attempts stay in the log."""
 
-    async def recover_deliveries(
-        self, api_key_id: str, endpoint_id: str, *, since: str, until: str, now: float
-    ) -> int:
+    async def recover_deliveries(self, api_key_id: str, endpoint_id: str, *, since: str, until: str, now: float) -> int:
         """Resend (as `resend_delivery`) every failed delivery of the endpoint created in [since, until)."""
 
     async def delivery_counts(self) -> DeliveryCounts:

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from storage.records import PruneCounts, Stage
 
-PruneBatch = Callable[[], Awaitable[tuple[int, int]]]
-"""Deletes up to one batch of rows in a transaction of its own: (rows deleted, dependent rows deleted)."""
+PruneBatch = Callable[[], Awaitable[tuple[int, PruneCounts]]]
+"""Deletes up to one batch of rows in a transaction of its own: (rows the batch took, what it removed)."""
 
 
 def finished_before(cutoff: str) -> str:
@@ -18,23 +18,28 @@ def finished_before(cutoff: str) -> str:
 
 
 async def prune_in_batches(
-    batch_size: int, pause: float, *, keys: PruneBatch, receipts: PruneBatch, jobs: PruneBatch
+    batch_size: int, pause: float, *, keys: PruneBatch, receipts: PruneBatch, jobs: PruneBatch, tests: PruneBatch
 ) -> PruneCounts:
     """`Store.prune` around one backend's batch deletes: each runs again, after `pause`, while it fills a
-    batch. Keys go before jobs, so that no key is left answering for a job that is gone."""
+    batch. Keys go before jobs, so that no key is left answering for a job that is gone; `tests` removes old
+    `webhook.test` deliveries (the other deliveries go with their jobs)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
 
-    async def drain(batch: PruneBatch) -> tuple[int, int]:
-        rows = dependents = 0
+    async def drain(batch: PruneBatch) -> PruneCounts:
+        total = PruneCounts()
         while True:
-            deleted, also = await batch()
-            rows, dependents = rows + deleted, dependents + also
-            if deleted < batch_size:
-                return rows, dependents
+            rows, counts = await batch()
+            total = added(total, counts)
+            if rows < batch_size:
+                return total
             await asyncio.sleep(pause)
 
-    key_count, _ = await drain(keys)
-    receipt_count, _ = await drain(receipts)
-    job_count, event_count = await drain(jobs)
-    return PruneCounts(jobs=job_count, events=event_count, webhook_receipts=receipt_count, idempotency_keys=key_count)
+    total = PruneCounts()
+    for batch in (keys, receipts, jobs, tests):
+        total = added(total, await drain(batch))
+    return total
+
+
+def added(a: PruneCounts, b: PruneCounts) -> PruneCounts:
+    return PruneCounts(**{f: getattr(a, f) + getattr(b, f) for f in PruneCounts.__struct_fields__})

@@ -3,14 +3,16 @@ through its decide function and webhook receipt. A backend supplies the SQL of e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-from storage.base import Decide, JobEncoder
+from storage import webhooks
+from storage.base import Clock, Decide, JobEncoder
 from storage.errors import IdempotencyConflict, JobNotFound
 from storage.records import (
     CreateOutcome,
     Declined,
+    DeliveryRecord,
     EventRecord,
     IdempotencyClaim,
     JobRecord,
@@ -27,6 +29,12 @@ class WriteSteps(Protocol):
 
     logged: list[EventRecord]
     """The events logged in this transaction so far, announced once it commits."""
+
+    clock: Clock
+    """The store's clock, which dates the deliveries an event makes."""
+
+    first_delivery_delay: float
+    """Seconds after its event a caller webhook delivery is first due."""
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         """One job; with `for_update`, locked against other writers until the transaction ends."""
@@ -54,6 +62,12 @@ class WriteSteps(Protocol):
 
     async def forget_receipt(self, receipt: Receipt) -> None:
         """Remove a receipt recorded earlier in this transaction."""
+
+    async def enabled_endpoints(self, api_key_id: str) -> Sequence[Sequence[Any]]:
+        """The key's enabled webhook endpoints as (id, url, events as JSON): one indexed lookup."""
+
+    async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
+        """Insert pending caller webhook deliveries."""
 
 
 async def create_job(
@@ -117,10 +131,24 @@ async def update_job(
 
 async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> EventRecord:
     """Log an event carrying the job's snapshot; it is announced once the transaction commits."""
-    snapshot = steps.encode_job(job)  # before the insert: PostgreSQL's writers wait for each other from there on
+    # Both before the insert: PostgreSQL's writers wait for each other from there on.
+    snapshot = steps.encode_job(job)
+    endpoints = await steps.enabled_endpoints(job.api_key_id)
     event_id = await steps.insert_event(job, event_type, snapshot)
+    # Its caller webhook deliveries, in the same transaction: an event is never logged without them.
+    deliveries = webhooks.new_deliveries(
+        job, event_type, event_id, endpoints, steps.clock(), steps.first_delivery_delay
+    )
+    if deliveries:
+        await steps.insert_deliveries(deliveries)
     event = EventRecord(
-        id=event_id, job_id=job.id, api_key_id=job.api_key_id, type=event_type, created_at=job.updated_at, job=snapshot
+        id=event_id,
+        job_id=job.id,
+        api_key_id=job.api_key_id,
+        type=event_type,
+        created_at=job.updated_at,
+        job=snapshot,
+        deliveries=len(deliveries),
     )
     steps.logged.append(event)
     return event

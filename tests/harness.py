@@ -22,6 +22,7 @@ from litestar import Litestar
 from sandbox import SANDBOXES, SandboxKnobs
 from service.app import create_app
 from service.dev import emulator_settings
+from service.egress import Resolver, system_resolver
 from service.keys import create_key
 from service.server import ConnectionLimits, make_server
 from service.settings import Settings
@@ -165,9 +166,11 @@ async def stack(
     providers: tuple[str, ...] = ("seedancee2",),
     http_client: httpx.AsyncClient | None = None,
     provider_overrides: dict[str, dict[str, Any]] | None = None,
+    webhook_resolve: Resolver = system_resolver,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    """Emulators on their own ports, then Reelay pointing at them, then an API key."""
+    """Emulators on their own ports, then Reelay pointing at them, then an API key. `webhook_resolve` stands in
+    for DNS for callers' webhook receivers."""
     knobs = knobs or SandboxKnobs(processing_after_s=0.1, complete_after_s=0.4)
     async with httpx.AsyncClient(timeout=10) as client:
         sandbox_socks = {name: bind() for name in providers}
@@ -179,9 +182,13 @@ async def stack(
             )
         settings = make_settings(tmp_path, public_url=url_of(reelay_sock), providers=provider_settings, **overrides)
         store = create_store(
-            settings.database_url, encode_job, clock=time.time, sqlite_synchronous=settings.sqlite_synchronous
+            settings.database_url,
+            encode_job,
+            clock=time.time,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            first_delivery_delay=settings.webhook_retry_schedule[0],
         )
-        app = create_app(settings, http_client=http_client, store=store)
+        app = create_app(settings, http_client=http_client, store=store, webhook_resolve=webhook_resolve)
         sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}
         sandboxes = [(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]
         try:

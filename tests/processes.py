@@ -61,6 +61,14 @@ def reelay_serve(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[by
         process.wait(10)
 
 
+def start_role(env: dict[str, str], role: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`reelay serve --role <role>` on `port`; the caller stops it."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [REELAY, "serve", "--role", role, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 async def wait_ready(client: httpx.AsyncClient, url: str, process: subprocess.Popen[bytes]) -> None:
     async with asyncio.timeout(20):
         while True:

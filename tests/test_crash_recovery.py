@@ -1,5 +1,6 @@
 """Real processes: SIGKILL Reelay while jobs wait for a provider that is down; after a restart every job
-reaches the provider exactly once."""
+reaches the provider exactly once. And while webhook deliveries wait for a receiver that is down: after a restart
+every one arrives."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sandbox import SANDBOXES, SandboxKnobs
 from tests.harness import serving, url_of
 from tests.ports import bind, free_ports
 from tests.processes import create_key, reelay_env, reelay_serve, wait_ready
+from tests.receivers import Receiver, receiving
 
 JOBS = 12
 
@@ -58,3 +60,45 @@ async def test_sigkill_with_queued_jobs_then_restart_submits_each_job_once(tmp_p
                 assert per_job == Counter({job_id: 1 for job_id in job_ids})
                 second.send_signal(signal.SIGTERM)
                 assert second.wait(15) == 0
+
+
+async def test_sigkill_with_pending_deliveries_then_restart_delivers_each_at_least_once(tmp_path: Path) -> None:
+    sandbox_sock, hook_sock, port = bind(), bind(), free_ports(1)  # the receiver's port is bound, not listening
+    env = reelay_env(
+        tmp_path,
+        port,
+        {"seedancee2": url_of(sandbox_sock)},
+        REELAY_WEBHOOK_ALLOW_PRIVATE="true",
+        REELAY_WEBHOOK_RETRY_SCHEDULE=",".join(["0"] + ["0.3"] * 60),
+    )
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {create_key(env)}"}
+    log = tmp_path / "reelay.log"
+    hook = {"webhook_url": f"{url_of(hook_sock)}/h", "webhook_events": ["job.created"]}
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        with reelay_serve(env, log) as first:
+            await wait_ready(client, url, first)
+            job_ids = []
+            for i in range(JOBS):
+                body = {"model": "seedancee2/fast", "input": {"prompt": f"shot {i}", "resolution": "480p"}, **hook}
+                response = await client.post(f"{url}/v1/jobs", headers=headers, json=body)
+                assert response.status_code == 202, response.text
+                job_ids.append(response.json()["id"])
+            await asyncio.sleep(1.0)  # attempts have failed meanwhile: the receiver is down
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        assert "connection refused" in log.read_text()  # the attempt log lines of the first run
+
+        receiver = Receiver.scripted()
+        async with receiving(receiver, hook_sock):
+            with reelay_serve(env, log) as second:
+                await wait_ready(client, url, second)
+                async with asyncio.timeout(30):
+                    while {got.data["job"]["id"] for got in receiver.got} != set(job_ids):
+                        await asyncio.sleep(0.05)
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(15) == 0
+    # One message per job, whatever the number of attempts: receivers dedupe on webhook-id.
+    ids = {got.headers["webhook-id"]: got.data["job"]["id"] for got in receiver.got}
+    assert sorted(ids.values()) == sorted(job_ids)

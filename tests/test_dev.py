@@ -130,3 +130,45 @@ def test_a_port_inside_the_emulators_range_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"--port {port + 2} is one of the emulators' ports {port}-{port + len(SANDBOXES) - 1}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_the_banners_reelay_listen_line_receives_a_jobs_verified_webhook(tmp_path: Path) -> None:
+    async with _reelay_dev(tmp_path) as (url, key, printed):
+        match = re.search(r"\n  reelay listen --port 9000 --secret (whsec_\S+)\n", printed)
+        assert match is not None, printed
+        listen_port = free_ports(1)
+        out = tmp_path / "listen.log"
+        with out.open("wb") as sink:
+            listener = subprocess.Popen(
+                [REELAY, "listen", "--port", str(listen_port), "--secret", match.group(1)],
+                env=_fresh_clone_env(),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                async with asyncio.timeout(10):
+                    while listener.poll() is None:  # until it answers
+                        try:
+                            await client.get(f"http://127.0.0.1:{listen_port}/")
+                            break
+                        except httpx.TransportError:
+                            await asyncio.sleep(0.1)
+                response = await client.post(
+                    f"{url}/v1/jobs",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={
+                        "model": "seedancee2/pro",
+                        "input": {"prompt": "waves on black rocks", "duration": 5},
+                        "webhook_url": f"http://127.0.0.1:{listen_port}/",
+                    },
+                )
+                assert response.status_code == 202, response.text
+                job_id = response.json()["id"]
+            async with asyncio.timeout(15):
+                while not re.search(rf"job\.succeeded\s+{job_id}\s+succeeded\s+verified", out.read_text()):
+                    assert listener.poll() is None, out.read_text()
+                    await asyncio.sleep(0.1)
+        finally:
+            listener.send_signal(signal.SIGINT)
+            listener.wait(10)

@@ -229,21 +229,24 @@ def finish(status: str, at: str) -> Decide:
     return decide
 
 
+TO_HOOK: dict[str, Any] = {"webhook_url": "https://hooks.example/in", "webhook_events": ["job.succeeded", "job.failed"]}
+
+
 async def lay_out_history(db: Path) -> list[str]:
-    """Jobs finished 40 days ago, finished 5 days ago, and started 40 days ago but never finished;
-    an old and a recent idempotency key; an old and a recent webhook receipt. Returns the jobs a 30-day
-    retention keeps."""
+    """Jobs finished 40 days ago, finished 5 days ago (each with a caller webhook delivery of its end), and
+    started 40 days ago but never finished; an old and a recent idempotency key; an old and a recent webhook
+    receipt. Returns the jobs a 30-day retention keeps."""
     now = time.time()
     old, recent = to_iso(now - 40 * DAY), to_iso(now - 5 * DAY)
     async with opened(db) as store:
         await store.create_api_key(KEY_A)
         for i, status in enumerate(("succeeded", "failed", "cancelled")):
-            job = make_job(created_at=old, updated_at=old)
+            job = make_job(created_at=old, updated_at=old, **TO_HOOK)
             claim = IdempotencyClaim(key=f"old-{i}", request_hash="h") if i == 0 else None
             await store.create_job(job, "job.created", idempotency=claim)
             await store.update_job(job.id, lambda j: (replace(j, status="processing"), "job.updated"))
             await store.update_job(job.id, finish(status, old))
-        fresh = make_job(created_at=recent, updated_at=recent)
+        fresh = make_job(created_at=recent, updated_at=recent, **TO_HOOK)
         await store.create_job(fresh, "job.created", idempotency=IdempotencyClaim(key="recent", request_hash="h"))
         await store.update_job(fresh.id, finish("succeeded", recent))
         stuck = make_job(created_at=old, updated_at=old, status="processing", stage=Stage.PROCESSING)
@@ -267,11 +270,13 @@ async def test_prune_removes_exactly_the_old_finished_jobs_and_their_events(tmp_
         reported(result.stdout, "events"),
         reported(result.stdout, "webhook receipts"),
         reported(result.stdout, "idempotency keys"),
-    ) == (3, 9, 1, 1)
+        reported(result.stdout, "deliveries"),
+    ) == (3, 9, 1, 1, 2)
     assert sorted(row[0] for row in query(db, "SELECT id FROM jobs")) == sorted(kept)
     assert sorted(query(db, "SELECT * FROM events")) == sorted(kept_events)
     assert query(db, "SELECT receipt_key FROM webhook_receipts") == [("evt_recent",)]
     assert query(db, "SELECT key FROM idempotency_keys") == [("recent",)]
+    assert query(db, "SELECT job_id FROM webhook_deliveries") == [(kept[0],)]
     again = run(db, "prune", "--days", "30")
     assert reported(again.stdout, "jobs") == reported(again.stdout, "events") == 0
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from service.api.limits import RateLimiter
+    from service.endpoints import Endpoints
     from service.events import EventLog
     from service.gateway import Gateway
     from service.hub import EventHub
@@ -32,11 +33,12 @@ log = structlog.get_logger("reelay.keys")
 
 @dataclass
 class AppContext:
-    """Built once by the lifespan; handlers ask the use cases (`gateway`, `events`), never the store."""
+    """Built once by the lifespan; handlers ask the use cases (`gateway`, `events`, `endpoints`), never the store."""
 
     settings: Settings
     gateway: Gateway
     events: EventLog
+    endpoints: Endpoints
     hub: EventHub
     registry: CollectorRegistry
     limiter: RateLimiter

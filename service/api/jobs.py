@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
@@ -14,8 +14,9 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
-from service.api.context import authenticate, context, require_api_key
-from service.api.errors import ApiOperation, error_responses, schema_details
+from service.api.body import require_json, strict
+from service.api.context import authenticate, context
+from service.api.errors import ApiOperation, error_responses
 from service.api.events import (
     SSE_ERRORS,
     LastEventIdHeader,
@@ -25,17 +26,13 @@ from service.api.events import (
     open_stream,
 )
 from service.api.openapi import SECURITY, text_param
-from service.api.query import QUERY_FAMILIES, refuse_unknown_query
+from service.api.query import QUERY_FAMILIES, key_then_query
 from service.api.sse import EventStream
-from service.errors import InvalidRequest, UnsupportedMediaType
+from service.errors import InvalidRequest
 from service.gateway import Gateway
 from service.vocabulary import STATUSES, TERMINAL
 from service.wire import MAX_METADATA_KEYS, Job, JobCreate, JobList, encode_job
 from storage import ApiKeyRecord, JobFilter, JobRecord
-
-if TYPE_CHECKING:
-    from litestar.connection import ASGIConnection
-    from litestar.handlers import BaseRouteHandler
 
 _encode = msgspec.json.Encoder().encode
 _LIST_CHUNK = 20  # jobs of a list page read and sent at a time
@@ -61,39 +58,14 @@ def _json(body: bytes, status: int = 200) -> Response[Any]:
     return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
-def _require_json(request: Request[Any, Any, Any]) -> None:
-    """A body declared as something other than JSON is refused, even when it happens to parse."""
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType("Content-Type must be application/json", details={"field": "Content-Type"})
-
-
-_decode_job_create = msgspec.json.Decoder(JobCreate).decode
-
-
-def _strict(body: bytes) -> JobCreate:
-    """Litestar converts bodies leniently ("5" -> 5, "true" -> True); the API's types are strict."""
-    try:
-        return _decode_job_create(body)
-    except msgspec.ValidationError as exc:
-        message, _, where = str(exc).partition(" - at `$")
-        key = where.rstrip("`").lstrip(".") or "data"
-        raise InvalidRequest(
-            f"{key}: {message}", details=schema_details([{"key": key, "message": message, "source": "body"}])
-        ) from None
-
-
-async def _key_then_query(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """The key, then the query, before a body is read; one guard, as Litestar copies the handler for each guard."""
-    await require_api_key(connection, handler)
-    await refuse_unknown_query(connection, handler)
+_decode_job_create = msgspec.json.Decoder(JobCreate)
 
 
 class JobController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
     dependencies = {"caller": Provide(authenticate)}
-    guards = [_key_then_query]
+    guards = [key_then_query]
     security = SECURITY
 
     @post(
@@ -132,9 +104,9 @@ class JobController(Controller):
         """Accept a job (202). With `Idempotency-Key`, a repeat of the same request returns the original
         job (200) and a different request with the same key is refused (409)."""
         # `data` is what Litestar validated leniently (and documents the body); the job is built from a strict pass.
-        _require_json(request)
+        require_json(request)
         job, created = await context(request).gateway.create_job(
-            caller.id, _strict(await request.body()), idempotency_key
+            caller.id, strict(_decode_job_create, await request.body()), idempotency_key
         )
         return _json(encode_job(job), 202 if created else 200)
 

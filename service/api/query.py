@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from service.api.context import require_api_key
 from service.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
 
 QUERY_FAMILIES = "query_families"  # handler `opt` key: prefixes such as "metadata." whose every name is accepted
 _DECLARED = "_declared_query"  # handler `opt` key: the declared names, derived once per handler
+
+
+async def key_then_query(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The key, then the query, before a body is read; one guard, as Litestar copies the handler for each guard."""
+    await require_api_key(connection, handler)
+    await refuse_unknown_query(connection, handler)
 
 
 async def refuse_unknown_query(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -57,9 +57,10 @@ def sign(payload: bytes | str, secret: str | bytes, *, msg_id: str, timestamp: i
     return _signature(_key(secret), _signed_prefix(msg_id, timestamp), payload_bytes(payload))
 
 
-def sign_headers(payload: bytes | str, secret: str | bytes, *, msg_id: str, timestamp: int) -> dict[str, str]:
-    """Return the three Standard Webhooks headers for ``payload``."""
-    return _headers([_key(secret)], msg_id, timestamp, payload_bytes(payload))
+def sign_headers(payload: bytes | str, secret: Secrets, *, msg_id: str, timestamp: int) -> dict[str, str]:
+    """Return the three Standard Webhooks headers for ``payload``: one ``v1,`` signature per secret (several
+    during a rotation, so a receiver holding either secret verifies)."""
+    return _headers(secret_keys(secret, _key), msg_id, timestamp, payload_bytes(payload))
 
 
 def verify_headers(

@@ -345,6 +345,21 @@ def test_any_secret_may_match_any_signature() -> None:
     assert verify_headers(b"p", both, new, now=NOW) == "m"
 
 
+def test_sign_headers_with_several_secrets_gives_one_v1_entry_each_and_each_verifies_alone() -> None:
+    new, old = "whsec_" + base64.b64encode(b"new-key").decode(), "whsec_" + base64.b64encode(b"old-key").decode()
+    body, now = b'{"a":1}', int(time.time())
+    both = sign_headers(body, [new, old], msg_id="msg_1", timestamp=now)
+    by_new, by_old = (sign(body, secret, msg_id="msg_1", timestamp=now) for secret in (new, old))
+    assert both["webhook-signature"] == f"{by_new} {by_old}"
+    assert sign_headers(body, (new,), msg_id="msg_1", timestamp=now) == sign_headers(
+        body, new, msg_id="msg_1", timestamp=now
+    )
+    for secret in (new, old):  # a receiver holding only one of them, with the reference library
+        assert standardwebhooks.Webhook(secret).verify(body, both, json_parse=False) is None
+    with pytest.raises(SignatureError):
+        sign_headers(b"p", [], msg_id="m", timestamp=now)
+
+
 @pytest.mark.parametrize(("offset", "reason"), [(-301, "timestamp_too_old"), (301, "timestamp_in_future")])
 def test_timestamp_outside_tolerance_is_refused(offset: int, reason: str) -> None:
     headers = sign_headers(b"p", SECRET, msg_id="m", timestamp=NOW + offset)

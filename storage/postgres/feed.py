@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -35,11 +36,21 @@ _NO_UPPER_BOUND = 2**63 - 1
 _FEED_BATCH = 500
 
 
-async def insert_event(conn: asyncpg.Connection, job: JobRecord, event_type: str, snapshot: bytes) -> int:
-    """Insert an event in the transaction open on `conn`, holding the event lock until it commits; its id is
-    notified at commit. Returns the id."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOCK)
+async def insert_event(
+    conn: asyncpg.Connection, job: JobRecord, event_type: str, snapshot: bytes, *, locked: bool = False
+) -> int:
+    """Insert an event in the transaction open on `conn`, holding the event lock until it commits (`locked`:
+    `lock_events` took it already); its id is notified at commit. Returns the id."""
+    if not locked:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOCK)
     return int(await conn.fetchval(_INSERT_EVENT, job.id, job.api_key_id, event_type, job.updated_at, snapshot))
+
+
+async def lock_events(conn: asyncpg.Connection, sql: str, *params: Any) -> list[asyncpg.Record]:
+    """Take the event lock for the transaction open on `conn`, in one round trip with the query `sql`, whose
+    rows it returns; its first placeholder binds the lock's key, so `$2` is the first of `params`."""
+    rows: list[asyncpg.Record] = await conn.fetch(sql, _EVENT_LOCK, *params)
+    return rows
 
 
 class EventFeed:

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage.base import JobEncoder
+from storage import webhooks
+from storage.base import Clock, JobEncoder
 from storage.errors import TaskTaken
-from storage.postgres.feed import insert_event
-from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, IdempotencyClaim, JobRecord, Receipt
+from storage.postgres.feed import insert_event, lock_events
+from storage.records import (
+    JOB_FIXED_COLUMNS,
+    JOB_MUTABLE_COLUMNS,
+    DeliveryRecord,
+    EventRecord,
+    IdempotencyClaim,
+    JobRecord,
+    Receipt,
+)
 from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
 
 _SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
 _COLUMN_COUNT = len(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
 _INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, _COLUMN_COUNT + 1))})"
 _LEASE_UNTIL = f"${JOB_MUTABLE_COLUMNS.index('lease_until') + 1}"
+# The key's enabled endpoints, read in the round trip that takes the event lock: a LEFT JOIN on the lock's one
+# row, so the lock is taken when there are none (a row of NULLs then).
+_LOCK_AND_ENDPOINTS = (
+    "SELECT e.id, e.url, e.events FROM (SELECT pg_advisory_xact_lock($1)) AS l "
+    "LEFT JOIN webhook_endpoints e ON e.api_key_id = $2 AND NOT e.disabled"
+)
 _UPDATE_JOB = (
     "UPDATE jobs SET "
     + ", ".join(f"{column} = ${n}" for n, column in enumerate(JOB_MUTABLE_COLUMNS, 1))
@@ -28,10 +44,20 @@ _UPDATE_JOB = (
 class PostgresSteps:
     """The steps of `storage.writes` on one connection, inside the transaction open on it."""
 
-    def __init__(self, conn: asyncpg.Connection, logged: list[EventRecord], encode_job: JobEncoder) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        logged: list[EventRecord],
+        encode_job: JobEncoder,
+        clock: Clock,
+        first_delivery_delay: float,
+    ) -> None:
         self._conn = conn
         self.logged = logged
         self.encode_job = encode_job
+        self.clock = clock
+        self.first_delivery_delay = first_delivery_delay
+        self._events_locked = False
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         row = await self._conn.fetchrow(_SELECT_JOB + " FOR UPDATE" if for_update else _SELECT_JOB, job_id)
@@ -54,7 +80,7 @@ class PostgresSteps:
             raise TaskTaken(job.provider, job.provider_task_id, None) from None
 
     async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
-        return await insert_event(self._conn, job, event_type, snapshot)
+        return await insert_event(self._conn, job, event_type, snapshot, locked=self._events_locked)
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         inserted = await self._conn.fetchval(
@@ -101,3 +127,40 @@ class PostgresSteps:
         await self._conn.execute(
             "DELETE FROM webhook_receipts WHERE provider = $1 AND receipt_key = $2", receipt.provider, receipt.key
         )
+
+    async def enabled_endpoints(self, api_key_id: str) -> list[Any]:
+        # Called right before insert_event: taking its lock here spares the event's write a round trip.
+        rows = await lock_events(self._conn, _LOCK_AND_ENDPOINTS, api_key_id)
+        self._events_locked = True
+        return [row for row in rows if row[0] is not None]
+
+    async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
+        await self._conn.executemany(webhooks.INSERT_DELIVERY, [webhooks.delivery_values(d) for d in deliveries])
+
+
+class PostgresSql:
+    """`storage.webhooks.Sql` on one pooled connection (inside a transaction when the operation writes)."""
+
+    lock = " FOR UPDATE"
+
+    def __init__(self, conn: asyncpg.Connection, lease_owner: str) -> None:
+        self._conn = conn
+        self.lease_owner: str | None = lease_owner
+
+    async def fetch(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
+        rows: list[Any] = await self._conn.fetch(sql, *params)
+        return rows
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        status: str = await self._conn.execute(sql, *params)
+        return int(status.rsplit(" ", 1)[-1])  # "UPDATE 3", "INSERT 0 1"
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self._conn.executemany(sql, rows)
+
+    def among(self, placeholder: str, *, negate: bool = False) -> str:
+        return f"<> ALL({placeholder}::text[])" if negate else f"= ANY({placeholder}::text[])"
+
+    def ids(self, values: Iterable[str]) -> Any:
+        return list(values)

@@ -10,29 +10,37 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage import migrations, writes
+from storage import migrations, webhooks, writes
 from storage.base import Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageUnavailable, TaskTaken
 from storage.leases import due_for_dispatch, due_for_poll
 from storage.postgres.errors import translated
 from storage.postgres.feed import EventFeed
-from storage.postgres.steps import PostgresSteps
+from storage.postgres.steps import PostgresSql, PostgresSteps
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
+    AttemptResult,
+    ClaimedDelivery,
     CreateOutcome,
+    DeliveryCounts,
+    DeliveryRecord,
+    DeliveryView,
+    EndpointChange,
+    EndpointRecord,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
     PruneCounts,
     Receipt,
+    SigningSecret,
     UpdateOutcome,
     UsageRow,
 )
@@ -67,6 +75,11 @@ _COST_SUMS = ", ".join(
     for field in COST_FIELDS
 )
 _FINISHED_BEFORE = finished_before("$1")
+_TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="$1")
+_RELEASE_DELIVERIES = webhooks.release_sql("$1")
+_DELETE_ATTEMPTS = "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE {where})"
+T = TypeVar("T")
+Hook = Callable[[webhooks.Sql], Coroutine[Any, Any, T]]
 _PRUNE_KEYS = (
     "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN "
     "(SELECT api_key_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
@@ -260,9 +273,19 @@ class PostgresStore:
         logged: list[EventRecord] = []
         async with self._connection() as conn:
             async with conn.transaction():
-                yield PostgresSteps(conn, logged, self._encode_job)
+                yield PostgresSteps(conn, logged, self._encode_job, self._clock, self._first_delivery_delay)
             if logged and self._feed is not None:
                 await self._feed.committed(conn, logged)
+
+    async def _hook(self, operation: Hook[T]) -> T:
+        """Run a shared webhook operation (storage.webhooks) in one transaction."""
+        async with self._connection() as conn, conn.transaction():
+            return await operation(PostgresSql(conn, self.lease_owner))
+
+    async def _look(self, read: Hook[T]) -> T:
+        """Run a shared webhook read (storage.webhooks) on a pooled connection."""
+        async with self._connection() as conn:
+            return await read(PostgresSql(conn, self.lease_owner))
 
     async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         async with self._connection() as conn:
@@ -384,7 +407,8 @@ class PostgresStore:
                 "WHERE lease_owner = $1 AND lease_until IS NOT NULL",
                 self.lease_owner,
             )
-        return _row_count(status)
+            deliveries = await conn.execute(_RELEASE_DELIVERIES, self.lease_owner)
+        return _row_count(status) + _row_count(deliveries)
 
     # -- events and usage --------------------------------------------------------------------
 
@@ -446,18 +470,31 @@ class PostgresStore:
             f"SELECT (SELECT count(*) FROM jobs WHERE {_FINISHED_BEFORE}), "
             f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
             "(SELECT count(*) FROM webhook_receipts WHERE received_at < $1), "
-            "(SELECT count(*) FROM idempotency_keys WHERE created_at < $1)",
+            "(SELECT count(*) FROM idempotency_keys WHERE created_at < $1), "
+            "(SELECT count(*) FROM webhook_deliveries WHERE job_id IN "
+            f"(SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
+            f"(SELECT count(*) FROM webhook_deliveries WHERE {_TESTS_BEFORE})",
             before,
         )
-        jobs, events, receipts, keys = rows[0]
-        return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
+        jobs, events, receipts, keys, deliveries, tests = rows[0]
+        return PruneCounts(
+            jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys, deliveries=deliveries + tests
+        )
 
     async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
-        async def rows(sql: str) -> tuple[int, int]:
+        async def rows(sql: str) -> int:
             async with self._connection() as conn:
-                return _row_count(await conn.execute(sql, before, batch_size)), 0
+                return _row_count(await conn.execute(sql, before, batch_size))
 
-        async def jobs() -> tuple[int, int]:
+        async def keys() -> tuple[int, PruneCounts]:
+            removed = await rows(_PRUNE_KEYS)
+            return removed, PruneCounts(idempotency_keys=removed)
+
+        async def receipts() -> tuple[int, PruneCounts]:
+            removed = await rows(_PRUNE_RECEIPTS)
+            return removed, PruneCounts(webhook_receipts=removed)
+
+        async def jobs() -> tuple[int, PruneCounts]:
             async with self._connection() as conn, conn.transaction():
                 # SKIP LOCKED: a prune running in another replica takes other jobs instead of waiting.
                 found = await conn.fetch(
@@ -465,14 +502,103 @@ class PostgresStore:
                 )
                 ids = [row[0] for row in found]
                 if not ids:
-                    return 0, 0
+                    return 0, PruneCounts()
                 events = _row_count(await conn.execute("DELETE FROM events WHERE job_id = ANY($1::text[])", ids))
-                return _row_count(await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", ids)), events
+                of_jobs = "job_id = ANY($1::text[])"
+                await conn.execute(_DELETE_ATTEMPTS.format(where=of_jobs), ids)
+                deliveries = _row_count(await conn.execute(f"DELETE FROM webhook_deliveries WHERE {of_jobs}", ids))
+                removed = _row_count(await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", ids))
+                return removed, PruneCounts(jobs=removed, events=events, deliveries=deliveries)
+
+        async def tests() -> tuple[int, PruneCounts]:
+            async with self._connection() as conn, conn.transaction():
+                found = await conn.fetch(
+                    f"SELECT id FROM webhook_deliveries WHERE {_TESTS_BEFORE} ORDER BY created_at LIMIT $2 "
+                    "FOR UPDATE SKIP LOCKED",
+                    before,
+                    batch_size,
+                )
+                ids = [row[0] for row in found]
+                await conn.execute(_DELETE_ATTEMPTS.format(where="id = ANY($1::text[])"), ids)
+                removed = _row_count(
+                    await conn.execute("DELETE FROM webhook_deliveries WHERE id = ANY($1::text[])", ids)
+                )
+                return removed, PruneCounts(deliveries=removed)
 
         return await prune_in_batches(
-            batch_size,
-            self.prune_pause,
-            keys=lambda: rows(_PRUNE_KEYS),
-            receipts=lambda: rows(_PRUNE_RECEIPTS),
-            jobs=jobs,
+            batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests
         )
+
+    # -- caller webhooks ---------------------------------------------------------------------
+
+    async def webhook_secret(self, api_key_id: str, *, new_secret: str) -> SigningSecret:
+        # Read first: every job created with a webhook_url asks, and nearly always the secret exists.
+        found = await self._look(lambda db: webhooks.read_webhook_secret(db, api_key_id))
+        if found is not None:
+            return found
+        return await self._hook(lambda db: webhooks.webhook_secret(db, api_key_id, new_secret))
+
+    async def rotate_webhook_secret(
+        self, api_key_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> SigningSecret:
+        return await self._hook(
+            lambda db: webhooks.rotate_webhook_secret(db, api_key_id, new_secret, now, overlap_seconds)
+        )
+
+    async def create_endpoint(self, endpoint: EndpointRecord, *, max_per_key: int) -> bool:
+        return await self._hook(lambda db: webhooks.create_endpoint(db, endpoint, max_per_key))
+
+    async def list_endpoints(self, api_key_id: str) -> list[EndpointRecord]:
+        return await self._look(lambda db: webhooks.list_endpoints(db, api_key_id))
+
+    async def get_endpoint(self, api_key_id: str, endpoint_id: str) -> EndpointRecord | None:
+        return await self._look(lambda db: webhooks.get_endpoint(db, api_key_id, endpoint_id))
+
+    async def update_endpoint(
+        self, api_key_id: str, endpoint_id: str, change: EndpointChange, *, now: float
+    ) -> EndpointRecord | None:
+        return await self._hook(lambda db: webhooks.update_endpoint(db, api_key_id, endpoint_id, change, now))
+
+    async def delete_endpoint(self, api_key_id: str, endpoint_id: str, *, now: float) -> bool:
+        return await self._hook(lambda db: webhooks.delete_endpoint(db, api_key_id, endpoint_id, now))
+
+    async def rotate_endpoint_secret(
+        self, api_key_id: str, endpoint_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> EndpointRecord | None:
+        return await self._hook(
+            lambda db: webhooks.rotate_endpoint_secret(db, api_key_id, endpoint_id, new_secret, now, overlap_seconds)
+        )
+
+    async def create_test_delivery(self, endpoint: EndpointRecord, payload: bytes, *, now: float) -> DeliveryRecord:
+        return await self._hook(lambda db: webhooks.create_test_delivery(db, endpoint, payload, now))
+
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_seconds: float, *, per_target: int, busy: dict[str, int]
+    ) -> list[ClaimedDelivery]:
+        return await self._hook(lambda db: webhooks.claim_deliveries(db, now, limit, lease_seconds, per_target, busy))
+
+    async def finish_attempts(self, results: list[AttemptResult], *, disable_after_seconds: float) -> list[str]:
+        now = self._clock()
+        return await self._hook(lambda db: webhooks.finish_attempts(db, results, disable_after_seconds, now))
+
+    async def job_deliveries(self, api_key_id: str, job_id: str) -> list[DeliveryView]:
+        return await self._look(lambda db: webhooks.job_deliveries(db, api_key_id, job_id))
+
+    async def endpoint_deliveries(
+        self, api_key_id: str, endpoint_id: str, *, status: str | None, limit: int, before_id: str | None = None
+    ) -> list[DeliveryView]:
+        return await self._look(
+            lambda db: webhooks.endpoint_deliveries(db, api_key_id, endpoint_id, status, limit, before_id)
+        )
+
+    async def get_delivery(self, api_key_id: str, delivery_id: str) -> DeliveryView | None:
+        return await self._look(lambda db: webhooks.get_delivery(db, api_key_id, delivery_id))
+
+    async def resend_delivery(self, api_key_id: str, delivery_id: str, *, now: float) -> DeliveryRecord | None:
+        return await self._hook(lambda db: webhooks.resend_delivery(db, api_key_id, delivery_id, now))
+
+    async def recover_deliveries(self, api_key_id: str, endpoint_id: str, *, since: str, until: str, now: float) -> int:
+        return await self._hook(lambda db: webhooks.recover_deliveries(db, api_key_id, endpoint_id, since, until, now))
+
+    async def delivery_counts(self) -> DeliveryCounts:
+        return await self._look(webhooks.delivery_counts)

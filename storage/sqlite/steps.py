@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any, TypeVar
 
-from storage.base import JobEncoder
+import aiosqlite
+
+from storage import webhooks
+from storage.base import Clock, JobEncoder
 from storage.errors import TaskTaken
-from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, IdempotencyClaim, JobRecord, Receipt
+from storage.records import (
+    JOB_FIXED_COLUMNS,
+    JOB_MUTABLE_COLUMNS,
+    DeliveryRecord,
+    EventRecord,
+    IdempotencyClaim,
+    JobRecord,
+    Receipt,
+)
 from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
 
 T = TypeVar("T")
@@ -18,6 +31,16 @@ _INSERT_JOB = (
     f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * len(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS))})"
 )
 _UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in JOB_MUTABLE_COLUMNS) + " WHERE id = ?"
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@lru_cache(maxsize=256)
+def sqlite_dialect(sql: str) -> str:
+    """Shared SQL (storage.webhooks) as SQLite takes it: `$n` placeholders become `?n`."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+_ENABLED_ENDPOINTS = sqlite_dialect(webhooks.ENABLED_ENDPOINTS)
 
 
 def run_to_end(write: Coroutine[Any, Any, T]) -> T:
@@ -37,10 +60,19 @@ class SqliteSteps:
     The methods are coroutines only to share one write logic with PostgreSQL: none of them awaits anything.
     """
 
-    def __init__(self, db: sqlite3.Connection, logged: list[EventRecord], encode_job: JobEncoder) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        logged: list[EventRecord],
+        encode_job: JobEncoder,
+        clock: Clock,
+        first_delivery_delay: float,
+    ) -> None:
         self._db = db
         self.logged = logged
         self.encode_job = encode_job
+        self.clock = clock
+        self.first_delivery_delay = first_delivery_delay
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         # No row lock needed: the writer's transaction excludes every other writer.
@@ -101,6 +133,12 @@ class SqliteSteps:
             "DELETE FROM webhook_receipts WHERE provider = ? AND receipt_key = ?", (receipt.provider, receipt.key)
         )
 
+    async def enabled_endpoints(self, api_key_id: str) -> list[Any]:
+        return self._db.execute(_ENABLED_ENDPOINTS, (api_key_id,)).fetchall()
+
+    async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
+        await webhooks.insert_deliveries(SqliteSql(self._db), deliveries)
+
     def _task_owner(self, job: JobRecord) -> str | None:
         """The other job that holds the provider task id `job` names, if any."""
         row = self._db.execute(
@@ -108,3 +146,44 @@ class SqliteSteps:
             (job.provider, job.provider_task_id, job.id),
         ).fetchone()
         return None if row is None else str(row[0])
+
+
+class _IdLists:
+    """Lists of ids travel as one JSON text, read back with json_each."""
+
+    def among(self, placeholder: str, *, negate: bool = False) -> str:
+        return f"{'NOT ' if negate else ''}IN (SELECT value FROM json_each({placeholder}))"
+
+    def ids(self, values: Iterable[str]) -> Any:
+        return json_text(list(values))
+
+
+class SqliteReader(_IdLists):
+    """`storage.webhooks.Reader` on the store's reading connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
+        return list(await self._conn.execute_fetchall(sqlite_dialect(sql), params))
+
+
+class SqliteSql(_IdLists):
+    """`storage.webhooks.Sql` on the writer's sqlite3 connection, inside its transaction, on its thread: like
+    the write steps, its coroutines never suspend."""
+
+    lock = ""  # the writer's transaction excludes every other writer
+    lease_owner: str | None = None
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
+        return self._db.execute(sqlite_dialect(sql), params).fetchall()
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        return self._db.execute(sqlite_dialect(sql), params).rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._db.executemany(sqlite_dialect(sql), rows)

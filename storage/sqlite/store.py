@@ -13,21 +13,29 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from storage import migrations, writes
+from storage import migrations, webhooks, writes
 from storage.base import BackupProgress, Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageError, StorageUnavailable
 from storage.leases import due_for_dispatch, due_for_poll
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
+    AttemptResult,
     BackupReport,
+    ClaimedDelivery,
     CreateOutcome,
+    DeliveryCounts,
+    DeliveryRecord,
+    DeliveryView,
+    EndpointChange,
+    EndpointRecord,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
     PruneCounts,
     Receipt,
+    SigningSecret,
     UpdateOutcome,
     UsageRow,
 )
@@ -43,7 +51,7 @@ from storage.rows import (
 )
 from storage.sqlite import backup
 from storage.sqlite.errors import translated
-from storage.sqlite.steps import SqliteSteps, run_to_end
+from storage.sqlite.steps import SqliteReader, SqliteSql, SqliteSteps, run_to_end
 from storage.sqlite.writer import GroupCommitWriter
 
 log = logging.getLogger("reelay.storage")
@@ -57,6 +65,10 @@ _COST_SUMS = ", ".join(
     for field in COST_FIELDS
 )
 _FINISHED_BEFORE = finished_before("?")
+_TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="?")
+_RELEASE_DELIVERIES = webhooks.release_sql(None)
+Hook = Callable[[webhooks.Sql], Coroutine[Any, Any, T]]
+Look = Callable[[webhooks.Reader], Coroutine[Any, Any, T]]
 
 
 def sqlite_path(url: str) -> str:
@@ -189,9 +201,21 @@ class SqliteStore:
         """Run a shared write (storage.writes) with SQLite's steps, in the writer's next group commit."""
 
         def work(db: sqlite3.Connection, logged: list[EventRecord]) -> T:
-            return run_to_end(write(SqliteSteps(db, logged, self._encode_job)))
+            return run_to_end(write(SqliteSteps(db, logged, self._encode_job, self._clock, self._first_delivery_delay)))
 
         return await self._writer.run(work)
+
+    async def _hook(self, write: Hook[T]) -> T:
+        """Run a shared webhook write (storage.webhooks) on the writer's thread, in one hop and one transaction."""
+        return await self._writer.run(lambda db, _: run_to_end(write(SqliteSql(db))))
+
+    async def _look(self, read: Look[T]) -> T:
+        """Run a shared webhook read (storage.webhooks) on the reading connection."""
+        reader = self._reader
+        if reader is None:
+            raise StorageUnavailable("store is not open")
+        with translated():
+            return await read(SqliteReader(reader))
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[sqlite3.Row]:
         reader = self._reader
@@ -314,7 +338,8 @@ class SqliteStore:
     async def release_leases(self) -> int:
         async with self._writer.transaction() as conn:
             cursor = await conn.execute("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
-            return cursor.rowcount
+            deliveries = await conn.execute(_RELEASE_DELIVERIES)
+            return cursor.rowcount + deliveries.rowcount
 
     # -- events and usage --------------------------------------------------------------------
 
@@ -378,41 +403,131 @@ class SqliteStore:
             f"SELECT (SELECT count(*) FROM jobs WHERE {_FINISHED_BEFORE}), "
             f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
             "(SELECT count(*) FROM webhook_receipts WHERE received_at < ?), "
-            "(SELECT count(*) FROM idempotency_keys WHERE created_at < ?)",
-            (before,) * 4,
+            "(SELECT count(*) FROM idempotency_keys WHERE created_at < ?), "
+            "(SELECT count(*) FROM webhook_deliveries WHERE job_id IN "
+            f"(SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
+            f"(SELECT count(*) FROM webhook_deliveries WHERE {_TESTS_BEFORE})",
+            (before,) * 6,
         )
-        jobs, events, receipts, keys = next(iter(rows))
-        return PruneCounts(jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys)
+        jobs, events, receipts, keys, deliveries, tests = next(iter(rows))
+        return PruneCounts(
+            jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys, deliveries=deliveries + tests
+        )
 
     async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
-        async def rows(table: str, column: str) -> tuple[int, int]:
+        async def rows(table: str, column: str) -> int:
             async with self._writer.transaction() as conn:
                 cursor = await conn.execute(
                     f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
                     (before, batch_size),
                 )
-                return cursor.rowcount, 0
+                return cursor.rowcount
 
-        async def jobs() -> tuple[int, int]:
+        async def keys() -> tuple[int, PruneCounts]:
+            removed = await rows("idempotency_keys", "created_at")
+            return removed, PruneCounts(idempotency_keys=removed)
+
+        async def receipts() -> tuple[int, PruneCounts]:
+            removed = await rows("webhook_receipts", "received_at")
+            return removed, PruneCounts(webhook_receipts=removed)
+
+        async def jobs() -> tuple[int, PruneCounts]:
             async with self._writer.transaction() as conn:
                 found = await conn.execute_fetchall(
                     f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
                 )
                 ids = [row[0] for row in found]
                 if not ids:
-                    return 0, 0
+                    return 0, PruneCounts()
                 marks = ", ".join("?" * len(ids))
                 events = (await conn.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)).rowcount
+                deliveries = await _delete_deliveries(conn, f"job_id IN ({marks})", ids)
                 await conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
-                return len(ids), events
+                return len(ids), PruneCounts(jobs=len(ids), events=events, deliveries=deliveries)
+
+        async def tests() -> tuple[int, PruneCounts]:
+            async with self._writer.transaction() as conn:
+                where = f"id IN (SELECT id FROM webhook_deliveries WHERE {_TESTS_BEFORE} ORDER BY created_at LIMIT ?)"
+                removed = await _delete_deliveries(conn, where, (before, batch_size))
+                return removed, PruneCounts(deliveries=removed)
 
         return await prune_in_batches(
-            batch_size,
-            self.prune_pause,
-            keys=lambda: rows("idempotency_keys", "created_at"),
-            receipts=lambda: rows("webhook_receipts", "received_at"),
-            jobs=jobs,
+            batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests
         )
+
+    # -- caller webhooks ---------------------------------------------------------------------
+
+    async def webhook_secret(self, api_key_id: str, *, new_secret: str) -> SigningSecret:
+        # Read first: every job created with a webhook_url asks, and nearly always the secret exists.
+        found = await self._look(lambda db: webhooks.read_webhook_secret(db, api_key_id))
+        if found is not None:
+            return found
+        return await self._hook(lambda db: webhooks.webhook_secret(db, api_key_id, new_secret))
+
+    async def rotate_webhook_secret(
+        self, api_key_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> SigningSecret:
+        return await self._hook(
+            lambda db: webhooks.rotate_webhook_secret(db, api_key_id, new_secret, now, overlap_seconds)
+        )
+
+    async def create_endpoint(self, endpoint: EndpointRecord, *, max_per_key: int) -> bool:
+        return await self._hook(lambda db: webhooks.create_endpoint(db, endpoint, max_per_key))
+
+    async def list_endpoints(self, api_key_id: str) -> list[EndpointRecord]:
+        return await self._look(lambda db: webhooks.list_endpoints(db, api_key_id))
+
+    async def get_endpoint(self, api_key_id: str, endpoint_id: str) -> EndpointRecord | None:
+        return await self._look(lambda db: webhooks.get_endpoint(db, api_key_id, endpoint_id))
+
+    async def update_endpoint(
+        self, api_key_id: str, endpoint_id: str, change: EndpointChange, *, now: float
+    ) -> EndpointRecord | None:
+        return await self._hook(lambda db: webhooks.update_endpoint(db, api_key_id, endpoint_id, change, now))
+
+    async def delete_endpoint(self, api_key_id: str, endpoint_id: str, *, now: float) -> bool:
+        return await self._hook(lambda db: webhooks.delete_endpoint(db, api_key_id, endpoint_id, now))
+
+    async def rotate_endpoint_secret(
+        self, api_key_id: str, endpoint_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> EndpointRecord | None:
+        return await self._hook(
+            lambda db: webhooks.rotate_endpoint_secret(db, api_key_id, endpoint_id, new_secret, now, overlap_seconds)
+        )
+
+    async def create_test_delivery(self, endpoint: EndpointRecord, payload: bytes, *, now: float) -> DeliveryRecord:
+        return await self._hook(lambda db: webhooks.create_test_delivery(db, endpoint, payload, now))
+
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_seconds: float, *, per_target: int, busy: dict[str, int]
+    ) -> list[ClaimedDelivery]:
+        return await self._hook(lambda db: webhooks.claim_deliveries(db, now, limit, lease_seconds, per_target, busy))
+
+    async def finish_attempts(self, results: list[AttemptResult], *, disable_after_seconds: float) -> list[str]:
+        now = self._clock()
+        return await self._hook(lambda db: webhooks.finish_attempts(db, results, disable_after_seconds, now))
+
+    async def job_deliveries(self, api_key_id: str, job_id: str) -> list[DeliveryView]:
+        return await self._look(lambda db: webhooks.job_deliveries(db, api_key_id, job_id))
+
+    async def endpoint_deliveries(
+        self, api_key_id: str, endpoint_id: str, *, status: str | None, limit: int, before_id: str | None = None
+    ) -> list[DeliveryView]:
+        return await self._look(
+            lambda db: webhooks.endpoint_deliveries(db, api_key_id, endpoint_id, status, limit, before_id)
+        )
+
+    async def get_delivery(self, api_key_id: str, delivery_id: str) -> DeliveryView | None:
+        return await self._look(lambda db: webhooks.get_delivery(db, api_key_id, delivery_id))
+
+    async def resend_delivery(self, api_key_id: str, delivery_id: str, *, now: float) -> DeliveryRecord | None:
+        return await self._hook(lambda db: webhooks.resend_delivery(db, api_key_id, delivery_id, now))
+
+    async def recover_deliveries(self, api_key_id: str, endpoint_id: str, *, since: str, until: str, now: float) -> int:
+        return await self._hook(lambda db: webhooks.recover_deliveries(db, api_key_id, endpoint_id, since, until, now))
+
+    async def delivery_counts(self) -> DeliveryCounts:
+        return await self._look(webhooks.delivery_counts)
 
     # -- backup and restore ------------------------------------------------------------------
 
@@ -426,6 +541,15 @@ class SqliteStore:
             raise StorageError("close the store before restoring into its database")
         newest = migrations.newest("sqlite")
         return await backup.restore(Path(source), Path(self._path), progress, newest=newest)
+
+
+async def _delete_deliveries(conn: aiosqlite.Connection, where: str, params: Iterable[Any]) -> int:
+    """Delete the deliveries `where` selects, with their attempts; returns how many deliveries."""
+    params = tuple(params)
+    await conn.execute(
+        f"DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE {where})", params
+    )
+    return (await conn.execute(f"DELETE FROM webhook_deliveries WHERE {where}", params)).rowcount
 
 
 class _DecimalSum:

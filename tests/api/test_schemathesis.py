@@ -113,6 +113,22 @@ async def _seed(s: Stack) -> list[str]:
     return [*ids, cancelled, *running]
 
 
+async def _seed_webhooks(s: Stack) -> tuple[list[str], list[str]]:
+    """Webhook endpoints with deliveries (a test delivery, and jobs' events), for the `{endpoint_id}` and
+    `{delivery_id}` operations: the first two for every operation but DELETE, the others for DELETE."""
+    endpoints, deliveries = [], []
+    for events in (["*"], ["job.created", "job.failed"], ["*"], ["*"]):
+        body = {"url": "https://receiver.invalid/fuzz", "events": events}
+        endpoint = (await s.client.post(f"{s.url}/v1/webhook-endpoints", json=body, headers=s.headers)).json()
+        endpoints.append(endpoint["id"])
+        test = await s.client.post(f"{s.url}/v1/webhook-endpoints/{endpoint['id']}/test", headers=s.headers)
+        deliveries.append(test.json()["id"])
+    job = await s.submit("seedancee2/pro", resolution="480p")
+    found = await s.client.get(f"{s.url}/v1/jobs/{job['id']}/deliveries", headers=s.headers)
+    deliveries += [d["id"] for d in found.json()["data"]]
+    return endpoints, deliveries
+
+
 @pytest.fixture(scope="module")
 def reelay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """Reelay and the five emulators, served by an event loop in a background thread."""
@@ -127,7 +143,9 @@ def reelay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             async with stack(
                 tmp, providers=tuple(SANDBOXES), knobs=KNOBS, sse_heartbeat_seconds=60.0, rate_limit_per_second=0.0
             ) as s:
-                KNOWN_JOB_IDS[:] = await _seed(s)
+                KNOWN_IDS["job_id"][:] = await _seed(s)
+                endpoints, KNOWN_IDS["delivery_id"][:] = await _seed_webhooks(s)
+                KNOWN_IDS["endpoint_id"][:], KNOWN_IDS["deletable_endpoint_id"][:] = endpoints[:2], endpoints[2:]
                 found["running"] = Running(url=s.url, key=s.key)
                 ready.set()
                 await stop.wait()
@@ -176,20 +194,28 @@ CONFIG = SchemathesisConfig.from_dict(
     }
 )
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
-KNOWN_JOB_IDS: list[str] = []  # filled by the `reelay` fixture before the first case is drawn
+# Filled by the `reelay` fixture before the first case is drawn.
+KNOWN_IDS: dict[str, list[str]] = {"job_id": [], "endpoint_id": [], "delivery_id": [], "deletable_endpoint_id": []}
 
 
 @schema.hook("flatmap_path_parameters")
-def real_job_ids(context: HookContext, path_parameters: dict[str, Any] | None) -> st.SearchStrategy[Any]:
-    """`{job_id}` is a generated string or, as often, a job this API key really has (in any status)."""
-    if not path_parameters or "job_id" not in path_parameters:
+def real_ids(context: HookContext, path_parameters: dict[str, Any] | None) -> st.SearchStrategy[Any]:
+    """`{job_id}`, `{endpoint_id}` and `{delivery_id}` are generated strings or, as often, ones this API key really
+    has (a job in any status, a webhook endpoint, a delivery)."""
+    names = [name for name in KNOWN_IDS if name in (path_parameters or {})]
+    if not path_parameters or not names:
         return st.just(path_parameters)
     generated: dict[str, Any] = path_parameters
+    # DELETE gets endpoints of its own, so that the other operations keep theirs to work on.
+    deleting = context.operation is not None and context.operation.method.lower() == "delete"
 
     def pick(index: int) -> dict[str, Any]:  # at draw time: the ids exist once the server runs
-        if index < 0 or not KNOWN_JOB_IDS:
-            return generated
-        return {**generated, "job_id": KNOWN_JOB_IDS[index % len(KNOWN_JOB_IDS)]}
+        picked = dict(generated)
+        for name in names:
+            known = KNOWN_IDS["deletable_endpoint_id" if deleting else name]
+            if index >= 0 and known:
+                picked[name] = known[index % len(known)]
+        return picked
 
     return st.integers(-1, 1 << 16).map(pick)
 
@@ -288,10 +314,10 @@ def test_every_error_is_documented_in_the_error_shape(reelay: Running) -> None:
                 assert operation["security"] == [{"bearer": []}, {"apiKey": []}], where
                 assert {"401", "429", "503"} <= set(responses), where
                 assert responses["429"]["headers"]["Retry-After"]["required"] is True, where
-            if "{job_id}" in path and path.startswith("/v1/"):
+            if any(f"{{{name}}}" in path for name in KNOWN_IDS) and path.startswith("/v1/"):
                 assert "404" in responses, where
-            if method == "post":
-                assert "413" in responses or path.endswith("/cancel"), where
+            if method in {"post", "patch"}:
+                assert "413" in responses or "requestBody" not in operation, where
             for parameter in operation.get("parameters", []):
                 if parameter["in"] in {"query", "header"}:
                     assert "oneOf" not in parameter["schema"], f"{where} {parameter['name']}: never null"

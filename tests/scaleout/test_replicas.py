@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,20 +16,17 @@ from typing import Any
 import httpx
 
 from sandbox import SANDBOXES, SandboxKnobs
+from service.ids import split_api_key
+from service.wire import encode_job
+from storage import create_store
 from tests import pg
 from tests.harness import serving, url_of
 from tests.ports import bind, free_ports
-from tests.processes import REELAY, create_key, reelay_env, wait_ready
+from tests.processes import REELAY, create_key, reelay_env, start_role, wait_ready
+from tests.receivers import Receiver, receiving
 
 JOBS = 30
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def _start(env: dict[str, str], role: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [REELAY, "serve", "--role", role, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 async def test_two_api_replicas_and_two_workers_survive_a_killed_worker(
@@ -56,10 +54,10 @@ async def test_two_api_replicas_and_two_workers_survive_a_killed_worker(
             SandboxKnobs(latency_s=0.3, processing_after_s=0.2, complete_after_s=1.0, failure_rate=0.2, seed=7)
         )
         processes = {
-            "api-a": _start(env, "api", api_a, log),
-            "api-b": _start(env, "api", api_b, log),
-            "worker-1": _start(env, "worker", worker_1, log),
-            "worker-2": _start(env, "worker", worker_2, log),
+            "api-a": start_role(env, "api", api_a, log),
+            "api-b": start_role(env, "api", api_b, log),
+            "worker-1": start_role(env, "worker", worker_1, log),
+            "worker-2": start_role(env, "worker", worker_2, log),
         }
         a, b = f"http://127.0.0.1:{api_a}", f"http://127.0.0.1:{api_b}"
         received: list[dict[str, Any]] = []
@@ -151,3 +149,87 @@ async def test_two_api_replicas_and_two_workers_survive_a_killed_worker(
         assert types[0] == "job.created"
         assert types[-1] == f"job.{finals[job_id]['status']}"
         assert sum(t in {"job.succeeded", "job.failed"} for t in types) == 1
+
+
+async def test_two_workers_on_postgresql_lose_no_delivery_when_one_is_killed_mid_delivery(
+    postgres_server: pg.PostgresServer, tmp_path: Path
+) -> None:
+    first = free_ports(3)
+    api, worker_1, worker_2 = range(first, first + 3)
+    sandbox_sock = bind()  # never served: the jobs stay queued, their job.created deliveries are the work
+    receiver = Receiver.scripted(delay=0.5)  # answers late: the kill lands with every attempt in flight
+    async with postgres_server.database() as database_url:
+        env = reelay_env(
+            tmp_path,
+            api,
+            {"seedancee2": url_of(sandbox_sock)},
+            REELAY_DATABASE_URL=database_url,
+            REELAY_LEASE_SECONDS="3",
+            REELAY_UPSTREAM_TIMEOUT_SECONDS="1",
+            REELAY_WEBHOOK_TIMEOUT="1",
+            REELAY_WEBHOOK_ALLOW_PRIVATE="true",
+            REELAY_WEBHOOK_RETRY_SCHEDULE="0,0.2,0.2,0.2,0.2,0.2,0.2,0.2,0.2,0.2",
+        )
+        subprocess.run([REELAY, "migrate"], env=env, check=True, capture_output=True)
+        key = create_key(env)
+        split = split_api_key(key)
+        assert split is not None
+        headers = {"Authorization": f"Bearer {key}"}
+        log = tmp_path / "replicas.log"
+        processes = {
+            "api": start_role(env, "api", api, log),
+            "worker-1": start_role(env, "worker", worker_1, log),
+            "worker-2": start_role(env, "worker", worker_2, log),
+        }
+        store = create_store(database_url, encode_job, clock=time.time)
+        await store.open()
+        try:
+            async with receiving(receiver) as hooks, httpx.AsyncClient(timeout=10) as client:
+                for name, port in (("api", api), ("worker-1", worker_1), ("worker-2", worker_2)):
+                    await wait_ready(client, f"http://127.0.0.1:{port}", processes[name])
+                # Both workers paused while the jobs are created, then worker 1 alone takes every delivery.
+                for name in ("worker-1", "worker-2"):
+                    processes[name].send_signal(signal.SIGSTOP)
+                job_ids = []
+                for i in range(JOBS):
+                    response = await client.post(
+                        f"http://127.0.0.1:{api}/v1/jobs",
+                        headers=headers,
+                        json={
+                            "model": "seedancee2/fast",
+                            "input": {"prompt": f"shot {i}", "resolution": "480p"},
+                            # One receiver per job: no per-receiver cap holds them back, all are in flight at once.
+                            "webhook_url": f"{hooks}/{i}",
+                            "webhook_events": ["job.created"],
+                        },
+                    )
+                    assert response.status_code == 202, response.text
+                    job_ids.append(response.json()["id"])
+                processes["worker-1"].send_signal(signal.SIGCONT)
+                await receiver.wait_for(JOBS)
+                processes["worker-1"].send_signal(signal.SIGKILL)  # every attempt sent, none answered yet
+                processes["worker-2"].send_signal(signal.SIGCONT)
+                async with asyncio.timeout(30):
+                    for job_id in job_ids:
+                        while not (views := await store.job_deliveries(split[0], job_id)) or any(
+                            v.delivery.status != "succeeded" for v in views
+                        ):
+                            await asyncio.sleep(0.1)
+        finally:
+            await store.close()
+            for process in processes.values():
+                if process.poll() is None:
+                    process.send_signal(signal.SIGCONT)
+                    process.send_signal(signal.SIGTERM)
+            for process in processes.values():
+                process.wait(20)
+
+    assert processes["worker-1"].returncode == -signal.SIGKILL
+    assert processes["worker-2"].returncode == 0
+    # Every job's delivery arrived twice (worker 1's attempt, never recorded, then worker 2's once the lease
+    # expired), always with its one webhook-id.
+    arrived: dict[str, list[str]] = {}
+    for got in receiver.got:
+        arrived.setdefault(got.data["job"]["id"], []).append(got.headers["webhook-id"])
+    assert sorted(arrived) == sorted(job_ids)
+    assert all(len(ids) == 2 and len(set(ids)) == 1 for ids in arrived.values()), arrived

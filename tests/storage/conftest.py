@@ -28,9 +28,11 @@ class Backend:
     private_columns: dict[str, set[str]] = {}
     """Columns a backend keeps beyond the fields of the records, by table."""
 
-    def new_store(self, encode_job: JobEncoder = encode_snapshot, clock: Clock = time.time) -> Store:
+    def new_store(
+        self, encode_job: JobEncoder = encode_snapshot, clock: Clock = time.time, first_delivery_delay: float = 0.0
+    ) -> Store:
         """A new, unopened store on this database."""
-        return create_store(self.url, encode_job, clock=clock)
+        return create_store(self.url, encode_job, clock=clock, first_delivery_delay=first_delivery_delay)
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run SQL on a connection of its own, outside any store, and commit."""
@@ -72,7 +74,7 @@ class SqliteBackend(Backend):
 class PostgresBackend(Backend):
     name = "postgresql"
     # Replicas share the jobs table, so a lease records which store instance holds it.
-    private_columns = {"jobs": {"lease_owner"}}
+    private_columns = {"jobs": {"lease_owner"}, "webhook_deliveries": {"lease_owner"}}
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from ulid import ULID
 
-from storage import ApiKeyRecord, JobRecord, Stage
+from storage import ApiKeyRecord, EndpointRecord, JobRecord, SigningSecret, Stage
 
 KEY_A = ApiKeyRecord(id="key_a", name="alpha", secret_hash=b"\x00hash-a", created_at="2025-06-01T00:00:00.000Z")
 KEY_B = ApiKeyRecord(id="key_b", name="beta", secret_hash=b"\x00hash-b", created_at="2025-06-01T00:00:01.000Z")
@@ -45,3 +45,18 @@ def make_job(**changes: Any) -> JobRecord:
         deadline_at=1_750_000_000.0,
     )
     return msgspec.structs.replace(job, **changes)
+
+
+def make_endpoint(**changes: Any) -> EndpointRecord:
+    """An endpoint of KEY_A taking every event, with a fresh id; `changes` override any field."""
+    endpoint = EndpointRecord(
+        id="we_" + str(ULID.from_timestamp(next(_clock_ms))),
+        api_key_id=KEY_A.id,
+        url="https://hooks.example/in",
+        events=["*"],
+        description="",
+        signing=SigningSecret(secret="whsec_endpoint"),
+        created_at="2025-06-01T00:00:00.000Z",
+        updated_at="2025-06-01T00:00:00.000Z",
+    )
+    return msgspec.structs.replace(endpoint, **changes)

@@ -12,6 +12,10 @@ import msgspec
 import pytest
 
 from storage import (
+    AttemptRecord,
+    AttemptResult,
+    DeliveryStatus,
+    EndpointChange,
     IdempotencyClaim,
     JobRecord,
     Receipt,
@@ -25,7 +29,7 @@ from storage import (
 from storage.base import Decision
 from storage.postgres import PostgresStore
 from tests.storage.conftest import Backend
-from tests.storage.factories import KEY_A, encode_snapshot, make_job
+from tests.storage.factories import KEY_A, encode_snapshot, make_endpoint, make_job
 from tests.storage.test_contract import Recorder, create, to_status
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -273,6 +277,77 @@ async def test_a_lease_given_back_by_an_update_names_no_owner(backend: Backend, 
     assert await store.release_leases() == 0
 
 
+async def test_two_replicas_claiming_deliveries_at_once_never_take_the_same_one(
+    backend: Backend, store: Store, replica: Store
+) -> None:
+    endpoints = [make_endpoint() for _ in range(3)]
+    for made in endpoints:
+        assert await store.create_endpoint(made, max_per_key=10)
+    made_ids = {(await store.create_test_delivery(endpoints[i % 3], b"{}", now=NOW - i)).id for i in range(60)}
+    taken: dict[str, str] = {}
+    while True:
+        claims = [s.claim_deliveries(NOW, 7, 30.0, per_target=4, busy={}) for s in (store, replica) * 3]
+        results = await asyncio.gather(*claims)
+        if not any(results):
+            break
+        for i, claimed in enumerate(results):
+            for c in claimed:
+                assert c.delivery.id not in taken, f"{c.delivery.id} claimed twice"
+                taken[c.delivery.id] = owner((store, replica)[i % 2])
+    assert set(taken) == made_ids
+    assert set(taken.values()) == {owner(store), owner(replica)}
+    rows = await backend.execute("SELECT id, lease_owner FROM webhook_deliveries")
+    assert dict(rows) == taken
+
+
+async def test_release_leases_leaves_other_replicas_delivery_leases_alone(store: Store, replica: Store) -> None:
+    made = make_endpoint()
+    await store.create_endpoint(made, max_per_key=10)
+    mine = await store.create_test_delivery(made, b"{}", now=NOW - 1)
+    theirs = await store.create_test_delivery(made, b"{}", now=NOW)
+    assert [c.delivery.id for c in await store.claim_deliveries(NOW, 1, 30.0, per_target=8, busy={})] == [mine.id]
+    assert [c.delivery.id for c in await replica.claim_deliveries(NOW, 1, 30.0, per_target=8, busy={})] == [theirs.id]
+    assert await store.release_leases() == 1
+    assert [c.delivery.id for c in await replica.claim_deliveries(NOW, 10, 30.0, per_target=8, busy={})] == [mine.id]
+
+
+async def test_finishing_attempts_and_disabling_endpoints_on_two_replicas_at_once_never_deadlocks(
+    store: Store, replica: Store
+) -> None:
+    endpoints = [make_endpoint() for _ in range(2)]
+    for made in endpoints:
+        await store.create_endpoint(made, max_per_key=10)
+    for _ in range(10):
+        for made in endpoints:
+            for _ in range(4):
+                await store.create_test_delivery(made, b"{}", now=NOW)
+        claimed = await store.claim_deliveries(NOW, 100, 30.0, per_target=100, busy={})
+        results = [
+            AttemptResult(
+                attempt=AttemptRecord(
+                    delivery_id=c.delivery.id, attempted_at="2025-06-15T15:06:40Z", duration_ms=1.0, status_code=500
+                ),
+                status=DeliveryStatus.PENDING,
+                at=NOW,
+                next_attempt_at=NOW + 60,
+            )
+            for c in claimed
+        ]
+        # Each replica finishes half, in opposite endpoint orders, while the endpoints are switched off and on.
+        await asyncio.gather(
+            store.finish_attempts(results[::2], disable_after_seconds=3600),
+            replica.finish_attempts(results[1::2][::-1], disable_after_seconds=3600),
+            *(
+                s.update_endpoint(KEY_A.id, made.id, EndpointChange(disabled=on), now=NOW)
+                for s, made, on in ((store, endpoints[0], True), (replica, endpoints[1], True))
+            ),
+        )
+        for made in endpoints:
+            await store.update_endpoint(KEY_A.id, made.id, EndpointChange(disabled=False), now=NOW)
+    views = await store.endpoint_deliveries(KEY_A.id, endpoints[0].id, status=None, limit=100)
+    assert sum(v.delivery.attempts for v in views) == 40
+
+
 # -- races between replicas --------------------------------------------------------------------
 
 
@@ -285,6 +360,12 @@ async def test_one_idempotency_key_used_by_two_replicas_at_once_makes_one_job(st
         assert [o.created for o in outcomes].count(True) == 1
         assert len({o.job.id for o in outcomes}) == 1
     assert len(await store.events_after(0)) == 10
+
+
+async def test_endpoints_created_on_two_replicas_at_once_never_pass_the_cap(store: Store, replica: Store) -> None:
+    created = await asyncio.gather(*(s.create_endpoint(make_endpoint(), max_per_key=3) for s in (store, replica) * 5))
+    assert created.count(True) == 3
+    assert len(await store.list_endpoints(KEY_A.id)) == 3
 
 
 async def test_updates_from_two_replicas_at_once_are_not_lost(store: Store, replica: Store) -> None:

@@ -55,6 +55,8 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHER
 CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (job_id, id) WHERE job_id IS NOT NULL;
 CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, status, id)
     WHERE endpoint_id IS NOT NULL;
+-- webhook.test deliveries (the only ones without a job), for the prune of old ones.
+CREATE INDEX webhook_deliveries_tests ON webhook_deliveries (created_at) WHERE job_id IS NULL;
 
 CREATE TABLE webhook_attempts (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
