@@ -1,19 +1,21 @@
 """`python -m bench`: every phase in one run on loopback, then bench/results.json, bench/RESULTS.md, README.
 
 Phases (see bench/RESULTS.md): a ceiling, b webhooks, c submissions, d SSE memory/latency/broadcast/stalls,
-e SSE churn, f reconnect storm, g cross-replica latency on PostgreSQL.
+e SSE churn, f reconnect storm, g cross-replica latency on PostgreSQL, h caller webhook latency, h2 the same with
+black-holed receivers, h3 a caller webhook backlog's drain.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import http_phases, replicas, report, sse_phases
+from bench import delivery_phases, http_phases, replicas, report, sse_phases
 from bench.common import ROOT, say
 
 RESULTS_JSON = ROOT / "bench" / "results.json"
@@ -22,7 +24,16 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 # wrk must never run out of seeded jobs in phase b (a repeat would be a cheap duplicate): seed for this rate.
 EXPECTED_WEBHOOK_RATE = 4000
-ALL_PHASES = "abcdefg"
+ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3"
+
+
+def phase_names(text: str) -> set[str]:
+    """`abcdefg`, `h,h2,h3` or both mixed: a letter, with the digits that follow it."""
+    names = set(re.findall(r"[a-z]\d*", text.lower()))
+    unknown = names - set(ALL_PHASES.split(","))
+    if unknown:
+        raise SystemExit(f"unknown phases {sorted(unknown)}; the phases are {ALL_PHASES}")
+    return names
 
 
 def main() -> None:
@@ -34,7 +45,7 @@ def main() -> None:
         "--no-write", action="store_true", help="print only (implied by --profile or a subset of --phases)"
     )
     args = parser.parse_args()
-    phases = set(args.phases)
+    phases = phase_names(args.phases)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
@@ -56,6 +67,10 @@ def main() -> None:
             results.update(sse_phases.run(work))
         if "g" in phases:
             results["g"] = replicas.run(work)
+        if phases & {"h", "h2"}:
+            results.update(delivery_phases.latency(work, black_holes="h2" in phases))
+        if "h3" in phases:
+            results["h3"] = delivery_phases.drain(work)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = report.targets(results)
 
@@ -66,7 +81,7 @@ def main() -> None:
     say(f"\nfinished in {results['wall_seconds'] / 60:.1f} min")
     if args.no_write:
         return
-    if phases != set(ALL_PHASES) or args.profile:
+    if phases != set(ALL_PHASES.split(",")) or args.profile:
         say("results not written: only a run of every phase, without --profile, replaces the published ones")
         return
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")

@@ -134,6 +134,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if g:
         value = f"p50 {g['latency_p50_ms']:.2f} ms, p99 {g['latency_p99_ms']:.2f} ms"
         row("g", "cross-replica webhook -> subscriber (PostgreSQL)", value, "p99 <= 20 ms", g["latency_p99_ms"] <= 20)
+    h = results.get("h")
+    if h:
+        value = f"p50 {h['latency_p50_ms']:.2f} ms, p99 {h['latency_p99_ms']:.2f} ms"
+        what = f"provider webhook -> caller's endpoint, {h['endpoints']} endpoints, {h['webhook_rate']}/s"
+        row("h", what, value, "p99 <= 20 ms", h["latency_p99_ms"] <= 20)
+    h2 = results.get("h2")
+    if h2 and h:
+        value = (
+            f"healthy p99 {h2['latency_p99_ms']:.2f} ms ({h2['p99_vs_h']:.2f} x h), "
+            f"max {h2['latency_max_ms']:.0f} ms, {h2['late']} later than 1 s"
+        )
+        what = f"same, {h2['black_holed']} of the {h2['endpoints']} endpoints black-holed"
+        met = h2["p99_vs_h"] <= 1.5 and h2["late"] == 0
+        row("h2", what, value, "p99 <= 1.5 x h, none > 1 s", met)
+    h3 = results.get("h3")
+    if h3:
+        value = f"{h3['per_second']:,.0f}/s, server RSS {h3['rss_growth_mib'] * 1.048576:+.1f} MB"  # MiB -> MB
+        what = f"drain {h3['deliveries']:,} deliveries after a receiver outage"
+        met = h3["per_second"] >= 2000 and h3["rss_growth_mib"] * 1.048576 <= 50
+        row("h3", what, value, ">= 2,000/s, RSS <= +50 MB", met)
     return rows
 
 
@@ -147,7 +167,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def generator_table(results: dict[str, Any]) -> str:
     lines = ["| Phase | Load generator CPU | Server CPU | Host CPU stolen by the hypervisor |", "|---|---|---|---|"]
-    for phase in ("a", "b", "b_normal", "c", "d", "f", "g"):
+    for phase in ("a", "b", "b_normal", "c", "d", "f", "g", "h", "h2", "h3"):
         got = results.get(phase)
         if got and "generator_cpu_pct" in got:
             client = "wrk, 1 thread" if phase in ("a", "b", "b_normal", "c") else "asyncio client"

@@ -107,29 +107,34 @@ class Database:
 
     async def submitted_jobs(self, key: Key, count: int) -> list[SeededJob]:
         """Jobs Seedancee2 has accepted and not yet finished: each can take one completed callback."""
+        return (await self.submitted_jobs_each([key], count))[key.id]
+
+    async def submitted_jobs_each(self, keys: list[Key], count: int) -> dict[str, list[SeededJob]]:
+        """`count` such jobs for each key, by key id, through one store."""
         store = create_store(self.url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
         await store.open()
         now = time.time()
-        made = []
+        made: dict[str, list[SeededJob]] = {key.id: [] for key in keys}
         try:
-            for _ in range(count):
-                job = new_job(
-                    job_id=new_job_id(),
-                    api_key_id=key.id,
-                    model=MODEL,
-                    provider="seedancee2",
-                    input={"prompt": "bench", "duration": 5},
-                    metadata={},
-                    cost={"credits_estimate": 50},
-                    callback_token=new_token(),
-                    now=now,
-                    timeout=86_400,
-                )
-                task_id = "tsk_" + new_token()[:20]
-                moved = submitted(job, provider_task_id=task_id, cost=None, now=now, next_poll_at=now + 86_400)
-                assert moved is not None
-                await store.create_job(moved[0], "job.submitted")
-                made.append(SeededJob(job.id, task_id))
+            for key in keys:
+                for _ in range(count):
+                    job = new_job(
+                        job_id=new_job_id(),
+                        api_key_id=key.id,
+                        model=MODEL,
+                        provider="seedancee2",
+                        input={"prompt": "bench", "duration": 5},
+                        metadata={},
+                        cost={"credits_estimate": 50},
+                        callback_token=new_token(),
+                        now=now,
+                        timeout=86_400,
+                    )
+                    task_id = "tsk_" + new_token()[:20]
+                    moved = submitted(job, provider_task_id=task_id, cost=None, now=now, next_poll_at=now + 86_400)
+                    assert moved is not None
+                    await store.create_job(moved[0], "job.submitted")
+                    made[key.id].append(SeededJob(job.id, task_id))
         finally:
             await store.close()
         return made
