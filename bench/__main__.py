@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--phases", default=ALL_PHASES, help=f"which phases to run (default: {ALL_PHASES})")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of each wrk phase")
-    parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b and c here")
+    parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b, c and h3 here")
     parser.add_argument(
         "--no-write", action="store_true", help="print only (implied by --profile or a subset of --phases)"
     )
@@ -70,7 +70,7 @@ def main() -> None:
         if phases & {"h", "h2"}:
             results.update(delivery_phases.latency(work, black_holes="h2" in phases))
         if "h3" in phases:
-            results["h3"] = delivery_phases.drain(work)
+            results["h3"] = delivery_phases.drain(work, args.profile / "h3-drain.txt" if args.profile else None)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = report.targets(results)
 

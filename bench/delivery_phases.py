@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from bench.common import BIN, CpuMeter, Process, cpu_seconds, http, ms, percentile, rss_bytes, say, spawn
+from bench.load import py_spy
 from bench.receiver import Arrival
 from bench.sse import Sender, paced
 from bench.target import Database, Key, SeededJob, reelay, reelay_env, webhook_request
@@ -50,6 +51,7 @@ DRAIN_RETRIES = 119  # 1 s apart: a delivery could fail for about 2 min before i
 DRAIN_SCHEDULE = ",".join(["0", *["1"] * DRAIN_RETRIES])
 PRODUCE_CONNECTIONS = 32
 DRAIN_TIMEOUT = 600.0  # a drain slower than 84/s stops the run: a slow drain is a result, a stuck one is not
+PROFILE_SECONDS = 15  # of the drain, sampled by py-spy with --profile
 EVENTS = ["job.succeeded"]
 
 
@@ -211,7 +213,7 @@ async def _sent(sending: Coroutine[Any, Any, tuple[dict[str, float], list[int]]]
 # -- h3: backlog drain ---------------------------------------------------------------------------
 
 
-def drain(work: Path) -> dict[str, Any]:
+def drain(work: Path, profile: Path | None = None) -> dict[str, Any]:
     database = Database(f"sqlite:///{work / 'drain.db'}")
     started = time.perf_counter()
     (key,) = asyncio.run(database.keys(1))
@@ -224,10 +226,12 @@ def drain(work: Path) -> dict[str, Any]:
         REELAY_WEBHOOK_RETRY_SCHEDULE=DRAIN_SCHEDULE,
     )
     with reelay(env, work / "reelay-drain.log") as server, receiver(work / "receiver-drain.log") as rx:
-        return asyncio.run(_drain(server, rx, key, jobs))
+        return asyncio.run(_drain(server, rx, key, jobs, profile))
 
 
-async def _drain(server: Process, rx: Receiver, key: Key, jobs: list[SeededJob]) -> dict[str, Any]:
+async def _drain(
+    server: Process, rx: Receiver, key: Key, jobs: list[SeededJob], profile: Path | None
+) -> dict[str, Any]:
     await register(server.port, [key] * DRAIN_ENDPOINTS, [rx.url(i) for i in range(DRAIN_ENDPOINTS)])
     sender = Sender(server.port)
     warm, jobs = jobs[0], jobs[1:]
@@ -251,11 +255,14 @@ async def _drain(server: Process, rx: Receiver, key: Key, jobs: list[SeededJob])
     meter = CpuMeter(server.pid)
     rx_cpu = cpu_seconds(rx.pid)
     up_at = time.perf_counter()
+    spy = None if profile is None else py_spy(server.pid, profile, PROFILE_SECONDS)
     await rx.up()
     await rx.wait_delivered(before + backlog, DRAIN_TIMEOUT, f"the {backlog:,} deliveries of the backlog")
     cpu = meter.read()
     receiver_cpu = 100 * (cpu_seconds(rx.pid) - rx_cpu) / (time.perf_counter() - up_at)
     peak.stop()
+    if spy is not None:
+        spy.wait(30)
     rss_after = rss_bytes(server.pid)
 
     seen: set[str] = set()

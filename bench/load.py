@@ -71,7 +71,7 @@ def run_wrk(
     steal = HostSteal()
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    spy = _py_spy(server_pid, profile, duration) if profile and server_pid else None
+    spy = py_spy(server_pid, profile, duration) if profile and server_pid else None
     _, status, usage = os.wait4(process.pid, 0)
     if spy is not None:
         spy.wait(30)
@@ -105,7 +105,7 @@ def run_wrk(
     return result
 
 
-def _py_spy(pid: int, out: Path, duration: float) -> subprocess.Popen[bytes]:
+def py_spy(pid: int, out: Path, duration: float) -> subprocess.Popen[bytes]:
     command = [str(BIN / "py-spy"), "record", "-p", str(pid), "-d", str(max(1, int(duration) - 1))]
     command += ["-r", "200", "--format", "raw", "-o", str(out), "--nonblocking"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

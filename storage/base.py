@@ -211,13 +211,24 @@ class Store(Protocol):
         """Record a pending `webhook.test` delivery to the endpoint, due now, whose body is `payload`."""
 
     async def claim_deliveries(
-        self, now: float, limit: int, lease_seconds: float, *, per_target: int, busy: dict[str, int]
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        per_target: int,
+        busy: dict[str, int],
+        explore: bool = True,
     ) -> list[ClaimedDelivery]:
         """Lease up to `limit` pending deliveries due at `now`, oldest due first, at most `per_target` to one
-        target, minus what the caller already has in flight to it (`busy`: target -> deliveries in flight);
-        a target with nothing left is skipped entirely, so one slow receiver's backlog never hides another's.
+        target, minus what the caller already has in flight to it (`busy`: target -> deliveries in flight).
         Deliveries of a disabled endpoint are never claimed. On a shared database, rows another worker is
-        claiming are skipped, never waited for (SKIP LOCKED), and each lease records this store instance."""
+        claiming are skipped, never waited for (SKIP LOCKED), and each lease records this store instance.
+
+        With `explore`, a target with no room left is skipped entirely in the search, so one slow receiver's
+        backlog never hides another's; that search may read the whole backlog of the full ones. Without it,
+        only the oldest due deliveries are read (a few windows' worth): cheap, for a claim made because a slot
+        of a known receiver came free."""
 
     async def finish_attempts(self, results: list[AttemptResult], *, disable_after_seconds: float) -> list[str]:
         """Log each attempt and move its delivery on, in one transaction; return the endpoint ids this disabled.

@@ -421,28 +421,32 @@ _CLAIM_ROUNDS = 4
 """Most candidate windows one claim reads: a window whose rows went to targets it filled is followed by the next."""
 
 _MIN_WINDOW = 64
-"""Fewest candidates one window reads. A window is a few targets' worth (4 × per_target), not `limit`: with one
+"""Fewest candidates one window reads. A window is a few targets' worth (4 x per_target), not `limit`: with one
 busy receiver, a window of `limit` rows read and sorted ~1,000 rows to keep 8 (a third of a drain's CPU)."""
 
 _DUE = (
     f"d.status = '{DeliveryStatus.PENDING}' AND d.next_attempt_at <= $1 AND (d.lease_until IS NULL OR "
-    "d.lease_until <= $1) AND (d.endpoint_id IS NULL AND EXISTS (SELECT 1 FROM webhook_secrets s WHERE "
-    "s.api_key_id = d.api_key_id) OR NOT e.disabled)"
+    "d.lease_until <= $1)"
 )
-"""Deliveries that may be sent at $1: due, unleased, and with a secret to sign them (a disabled or deleted
-endpoint's never)."""
+"""Deliveries due at $1 and unleased. Read from the covering index webhook_deliveries_due alone: no join per row,
+as a claim may step over a full receiver's whole backlog (a join there cost half a drain's CPU)."""
+
+_SENDABLE = "coalesce(e.secret, s.secret) IS NOT NULL AND (d.endpoint_id IS NULL OR NOT e.disabled)"
+"""A claimed delivery can be signed and its endpoint takes it. Never false in practice: disabling or deleting an
+endpoint fails its pending deliveries, and a job's URL gets its key's secret first; but a race (a resend as the
+endpoint is disabled) must fail the delivery, not lease it again forever."""
 
 _CLAIMED = (
     f"SELECT {_D}, coalesce(e.url, d.url), coalesce(e.secret, s.secret), coalesce(e.previous, s.previous), "
     f"coalesce(e.previous_expires_at, s.previous_expires_at), {_EV} FROM webhook_deliveries d "
     "LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id "
     "LEFT JOIN webhook_secrets s ON d.endpoint_id IS NULL AND s.api_key_id = d.api_key_id "
-    "LEFT JOIN events ev ON ev.id = d.event_id WHERE d.id {among}"
+    "LEFT JOIN events ev ON ev.id = d.event_id WHERE d.id {among} AND " + _SENDABLE
 )
 
 
 async def claim_deliveries(
-    db: Sql, now: float, limit: int, lease_seconds: float, per_target: int, busy: dict[str, int]
+    db: Sql, now: float, limit: int, lease_seconds: float, per_target: int, busy: dict[str, int], explore: bool
 ) -> list[ClaimedDelivery]:
     in_flight = dict(busy)
     full = {target for target, count in in_flight.items() if count >= per_target}
@@ -453,15 +457,14 @@ async def claim_deliveries(
     for _ in range(_CLAIM_ROUNDS):
         if limit <= len(picked):
             break
-        params: list[Any] = [now, db.ids(full), window]
+        # Exploring, targets already full are left out here, so the backlog of one never fills the window.
+        params: list[Any] = [now, db.ids(full if explore else ()), window]
         later = ""
         if after is not None:
             later = "AND (d.next_attempt_at > $4 OR d.next_attempt_at = $4 AND d.id > $5) "
             params.extend(after)
-        # Targets already full are left out here, so the backlog of one never fills the window.
         rows = await db.fetch(
             "SELECT d.id, d.target, d.next_attempt_at FROM webhook_deliveries d "
-            "LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id "
             f"WHERE {_DUE} AND d.target {db.among('$2', negate=True)} "
             f"{later}ORDER BY d.next_attempt_at, d.id LIMIT $3{lock}",
             *params,
@@ -488,6 +491,14 @@ async def claim_deliveries(
     )
     rows = await db.fetch(_CLAIMED.format(among=db.among("$1")), ids)
     claimed = [_claimed_from_row(row) for row in rows]
+    unsendable = picked.keys() - {c.delivery.id for c in claimed}
+    if unsendable:
+        await db.execute(
+            f"UPDATE webhook_deliveries SET status = '{DeliveryStatus.FAILED}', next_attempt_at = NULL, "
+            f"lease_until = NULL, updated_at = $1 WHERE id {db.among('$2')}",
+            iso_timestamp(now),
+            db.ids(unsendable),
+        )
     return sorted(claimed, key=lambda c: picked[c.delivery.id])
 
 

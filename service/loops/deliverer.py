@@ -9,7 +9,6 @@ written. A delivery whose attempt is never written back (a crash) is claimed aga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections import Counter
@@ -38,6 +37,7 @@ class Deliverer:
 
     name = "deliver"
     idle_seconds = 0.5  # how long an idle deliverer waits for a wake-up before it looks again (other replicas' work)
+    explore_seconds = 0.25  # a receiver hidden behind full ones' backlogs waits at most about this long
     counts_seconds = 5.0  # how often the pending and disabled gauges are refreshed from the database
     max_batch = 500  # attempts written back in one transaction at most
 
@@ -61,6 +61,8 @@ class Deliverer:
             timeout=self.timeout,
             connections=self.concurrency,
         )
+        self._freed = asyncio.Event()  # an attempt ended: its receiver has room again
+        self._explored = -float("inf")  # monotonic time of the last claim that searched past full receivers
         self._inflight: set[asyncio.Task[None]] = set()
         self._busy: Counter[str] = Counter()  # target -> attempts in flight here
         self._results: list[tuple[AttemptResult, str | None]] = []  # with the endpoint id, if any
@@ -76,10 +78,21 @@ class Deliverer:
                 free = self.concurrency - len(self._inflight)
                 claimed: list[ClaimedDelivery] = []
                 if free > 0:
+                    # A claim for a freed slot reads only the oldest due deliveries. One after new deliveries, or
+                    # now and then, searches past the full receivers' backlogs for anyone else's.
+                    explore = self._wake.is_set() or time.monotonic() - self._explored >= self.explore_seconds
+                    if explore:
+                        self._explored = time.monotonic()
                     self._wake.clear()  # before the claim: a wake-up during it is not lost
+                    self._freed.clear()
                     try:
                         claimed = await self.store.claim_deliveries(
-                            self.clock(), free, self.lease_seconds, per_target=self.per_target, busy=dict(self._busy)
+                            self.clock(),
+                            free,
+                            self.lease_seconds,
+                            per_target=self.per_target,
+                            busy=dict(self._busy),
+                            explore=explore,
                         )
                     except StorageError as exc:
                         log.error("deliver.claim_failed", error=str(exc))
@@ -90,10 +103,18 @@ class Deliverer:
                     task.add_done_callback(functools.partial(self._done, item.delivery.target))
                 if claimed and len(claimed) == free:
                     continue  # there may be more due right now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_seconds)
+                await self._next_wake()
         finally:
             counts.cancel()
+
+    async def _next_wake(self) -> None:
+        """Wait for new deliveries, a freed slot, or `idle_seconds`, whichever comes first."""
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._freed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.idle_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _done(self, target: str, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -102,7 +123,7 @@ class Deliverer:
             del self._busy[target]
         # A slot is free, and a cap may have held due deliveries back: claim again (one claim for every
         # attempt that ends while the previous claim runs).
-        self._wake.set()
+        self._freed.set()
 
     async def _send(self, claimed: ClaimedDelivery) -> None:
         delivery = claimed.delivery

@@ -499,9 +499,18 @@ class SqliteStore:
         return await self._hook(lambda db: webhooks.create_test_delivery(db, endpoint, payload, now))
 
     async def claim_deliveries(
-        self, now: float, limit: int, lease_seconds: float, *, per_target: int, busy: dict[str, int]
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        per_target: int,
+        busy: dict[str, int],
+        explore: bool = True,
     ) -> list[ClaimedDelivery]:
-        return await self._hook(lambda db: webhooks.claim_deliveries(db, now, limit, lease_seconds, per_target, busy))
+        return await self._hook(
+            lambda db: webhooks.claim_deliveries(db, now, limit, lease_seconds, per_target, busy, explore)
+        )
 
     async def finish_attempts(self, results: list[AttemptResult], *, disable_after_seconds: float) -> list[str]:
         now = self._clock()

@@ -98,9 +98,9 @@ def result(
 
 
 async def claim(
-    store: Store, *, limit: int = 100, per_target: int = 100, busy: dict[str, int] | None = None
+    store: Store, *, limit: int = 100, per_target: int = 100, busy: dict[str, int] | None = None, now: float = NOW
 ) -> list[str]:
-    claimed = await store.claim_deliveries(NOW, limit, 60.0, per_target=per_target, busy=busy or {})
+    claimed = await store.claim_deliveries(now, limit, 60.0, per_target=per_target, busy=busy or {})
     return [c.delivery.id for c in claimed]
 
 
@@ -385,14 +385,17 @@ async def test_a_claim_counts_what_is_in_flight_and_skips_a_full_receiver_entire
     assert await claim(store, limit=5, per_target=2, busy={slow.id: 1}) == [backlog[0].id]
 
 
-async def test_a_disabled_endpoints_deliveries_are_never_claimed(store: Store) -> None:
+async def test_a_disabled_endpoints_deliveries_are_never_claimed_and_one_resent_in_a_race_fails(store: Store) -> None:
     made = await endpoint(store)
     await store.create_test_delivery(made, b"{}", now=NOW)
     await store.update_endpoint(KEY_A.id, made.id, EndpointChange(disabled=True), now=NOW)
-    await store.resend_delivery(
-        KEY_A.id, (await store.endpoint_deliveries(KEY_A.id, made.id, status=None, limit=1))[0].delivery.id, now=NOW
-    )
+    delivery_id = (await store.endpoint_deliveries(KEY_A.id, made.id, status=None, limit=1))[0].delivery.id
+    await store.resend_delivery(KEY_A.id, delivery_id, now=NOW)  # as the API would, had it checked just before
     assert await claim(store) == []
+    view = await store.get_delivery(KEY_A.id, delivery_id)
+    assert view is not None
+    assert view.delivery.status == FAILED  # not pending, leased again and again
+    assert await claim(store, now=NOW + 10_000) == []
 
 
 async def test_release_leases_makes_claimed_deliveries_claimable_at_once(store: Store) -> None:

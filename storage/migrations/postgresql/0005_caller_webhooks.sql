@@ -51,7 +51,9 @@ CREATE TABLE webhook_deliveries (
     lease_owner     text COLLATE "C"
 );
 
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+-- Covering: a claim reads due, unleased deliveries of the receivers that have room from this index alone.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at, id, target, lease_until)
+    WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (job_id, id) WHERE job_id IS NOT NULL;
 CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, status, id)
     WHERE endpoint_id IS NOT NULL;
