@@ -204,3 +204,35 @@ async def test_a_black_holed_receiver_does_not_delay_a_healthy_ones_deliveries(t
         assert hole.connections == running.settings.webhook_endpoint_concurrency  # held: never answered
     late = {g.data["job"]["id"]: g.at - sent[g.data["job"]["id"]] for g in got}
     assert max(late.values()) < 1.0, late
+
+
+async def test_after_a_rotation_a_delivery_verifies_with_either_secret_and_shows_in_the_log_metrics_and_api(
+    tmp_path: Path, capfd: Any
+) -> None:
+    receiver = Receiver.scripted()
+    async with receiving(receiver) as hooks, stack(tmp_path, webhook_allow_private=True) as running:
+        api = f"{running.url}/v1/webhook-secret"
+        old = (await running.client.get(api, headers=running.headers)).json()["secret"]
+        rotated = (await running.client.post(f"{api}/rotate", headers=running.headers)).json()
+        new = rotated["secret"]
+        job_id = await create_job(running, webhook_url=f"{hooks}/h")
+        [got] = await receiver.wait_for(1)
+        await settled(running, job_id)
+        listed = await running.client.get(f"{running.url}/v1/jobs/{job_id}/deliveries", headers=running.headers)
+        metrics = (await running.client.get(f"{running.url}/metrics")).text
+    assert old != new
+    assert rotated["previous_secret_expires_at"] is not None
+    assert len(got.headers["webhook-signature"].split(" ")) == 2  # v1,<new> v1,<old>
+    for secret in (old, new):  # a receiver that has either secret accepts it
+        assert standardwebhooks.Webhook(secret).verify(got.body, got.headers)["type"] == "job.succeeded"
+    [delivery] = listed.json()["data"]
+    assert delivery["id"] == got.headers["webhook-id"]
+    assert delivery["status"] == "succeeded"
+    assert [a["status_code"] for a in delivery["attempts"]] == [200]
+    assert 'reelay_webhook_deliveries_total{outcome="succeeded"} 1.0' in metrics
+    assert 'reelay_webhook_attempt_seconds_count{outcome="succeeded"} 1.0' in metrics
+    logged = capfd.readouterr().out
+    assert logged.count("webhook.attempt") == 1
+    assert old not in logged
+    assert new not in logged
+    assert '"data":' not in logged  # nor the body
