@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -690,3 +690,96 @@ def release_sql(owner_placeholder: str | None) -> str:
 TESTS_BEFORE = "job_id IS NULL AND created_at < {cutoff}"
 """SQL for the `webhook.test` deliveries a prune removes (the only ones without a job), by the index
 webhook_deliveries_tests."""
+
+
+# -- the Store's webhook methods, for both backends ------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class WebhookMethods:
+    """The Store's caller-webhook methods, the same on both backends: each runs one function of this module
+    through the backend's `_hook` (a write, in one transaction) or `_look` (a read)."""
+
+    async def _hook(self, operation: Callable[[Sql], Coroutine[Any, Any, _T]]) -> _T:
+        raise NotImplementedError
+
+    async def _look(self, read: Callable[[Reader], Coroutine[Any, Any, _T]]) -> _T:
+        raise NotImplementedError
+
+    _clock: Callable[[], float]  # the store's clock
+
+    async def webhook_secret(self, api_key_id: str, *, new_secret: str) -> SigningSecret:
+        # Read first: every job created with a webhook_url asks, and nearly always the secret exists.
+        found = await self._look(lambda db: read_webhook_secret(db, api_key_id))
+        if found is not None:
+            return found
+        return await self._hook(lambda db: webhook_secret(db, api_key_id, new_secret))
+
+    async def rotate_webhook_secret(
+        self, api_key_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> SigningSecret:
+        return await self._hook(lambda db: rotate_webhook_secret(db, api_key_id, new_secret, now, overlap_seconds))
+
+    async def create_endpoint(self, endpoint: EndpointRecord, *, max_per_key: int) -> bool:
+        return await self._hook(lambda db: create_endpoint(db, endpoint, max_per_key))
+
+    async def list_endpoints(self, api_key_id: str) -> list[EndpointRecord]:
+        return await self._look(lambda db: list_endpoints(db, api_key_id))
+
+    async def get_endpoint(self, api_key_id: str, endpoint_id: str) -> EndpointRecord | None:
+        return await self._look(lambda db: get_endpoint(db, api_key_id, endpoint_id))
+
+    async def update_endpoint(
+        self, api_key_id: str, endpoint_id: str, change: EndpointChange, *, now: float
+    ) -> EndpointRecord | None:
+        return await self._hook(lambda db: update_endpoint(db, api_key_id, endpoint_id, change, now))
+
+    async def delete_endpoint(self, api_key_id: str, endpoint_id: str, *, now: float) -> bool:
+        return await self._hook(lambda db: delete_endpoint(db, api_key_id, endpoint_id, now))
+
+    async def rotate_endpoint_secret(
+        self, api_key_id: str, endpoint_id: str, *, new_secret: str, now: float, overlap_seconds: float
+    ) -> EndpointRecord | None:
+        return await self._hook(
+            lambda db: rotate_endpoint_secret(db, api_key_id, endpoint_id, new_secret, now, overlap_seconds)
+        )
+
+    async def create_test_delivery(self, endpoint: EndpointRecord, payload: bytes, *, now: float) -> DeliveryRecord:
+        return await self._hook(lambda db: create_test_delivery(db, endpoint, payload, now))
+
+    async def claim_deliveries(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        per_target: int,
+        busy: dict[str, int],
+        explore: bool = True,
+    ) -> list[ClaimedDelivery]:
+        return await self._hook(lambda db: claim_deliveries(db, now, limit, lease_seconds, per_target, busy, explore))
+
+    async def finish_attempts(self, results: list[AttemptResult], *, disable_after_seconds: float) -> list[str]:
+        now = self._clock()
+        return await self._hook(lambda db: finish_attempts(db, results, disable_after_seconds, now))
+
+    async def job_deliveries(self, api_key_id: str, job_id: str) -> list[DeliveryView]:
+        return await self._look(lambda db: job_deliveries(db, api_key_id, job_id))
+
+    async def endpoint_deliveries(
+        self, api_key_id: str, endpoint_id: str, *, status: str | None, limit: int, before_id: str | None = None
+    ) -> list[DeliveryView]:
+        return await self._look(lambda db: endpoint_deliveries(db, api_key_id, endpoint_id, status, limit, before_id))
+
+    async def get_delivery(self, api_key_id: str, delivery_id: str) -> DeliveryView | None:
+        return await self._look(lambda db: get_delivery(db, api_key_id, delivery_id))
+
+    async def resend_delivery(self, api_key_id: str, delivery_id: str, *, now: float) -> DeliveryRecord | None:
+        return await self._hook(lambda db: resend_delivery(db, api_key_id, delivery_id, now))
+
+    async def recover_deliveries(self, api_key_id: str, endpoint_id: str, *, since: str, until: str, now: float) -> int:
+        return await self._hook(lambda db: recover_deliveries(db, api_key_id, endpoint_id, since, until, now))
+
+    async def delivery_counts(self) -> DeliveryCounts:
+        return await self._look(delivery_counts)

@@ -20,22 +20,14 @@ from storage.leases import due_for_dispatch, due_for_poll
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
-    AttemptResult,
     BackupReport,
-    ClaimedDelivery,
     CreateOutcome,
-    DeliveryCounts,
-    DeliveryRecord,
-    DeliveryView,
-    EndpointChange,
-    EndpointRecord,
     EventRecord,
     IdempotencyClaim,
     JobFilter,
     JobRecord,
     PruneCounts,
     Receipt,
-    SigningSecret,
     UpdateOutcome,
     UsageRow,
 )
@@ -81,7 +73,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-class SqliteStore:
+class SqliteStore(webhooks.WebhookMethods):
     """The storage contract on one SQLite file.
 
     Writes go through one connection (GroupCommitWriter), so commit order is event-id order and listeners
@@ -454,89 +446,6 @@ class SqliteStore:
         return await prune_in_batches(
             batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests
         )
-
-    # -- caller webhooks ---------------------------------------------------------------------
-
-    async def webhook_secret(self, api_key_id: str, *, new_secret: str) -> SigningSecret:
-        # Read first: every job created with a webhook_url asks, and nearly always the secret exists.
-        found = await self._look(lambda db: webhooks.read_webhook_secret(db, api_key_id))
-        if found is not None:
-            return found
-        return await self._hook(lambda db: webhooks.webhook_secret(db, api_key_id, new_secret))
-
-    async def rotate_webhook_secret(
-        self, api_key_id: str, *, new_secret: str, now: float, overlap_seconds: float
-    ) -> SigningSecret:
-        return await self._hook(
-            lambda db: webhooks.rotate_webhook_secret(db, api_key_id, new_secret, now, overlap_seconds)
-        )
-
-    async def create_endpoint(self, endpoint: EndpointRecord, *, max_per_key: int) -> bool:
-        return await self._hook(lambda db: webhooks.create_endpoint(db, endpoint, max_per_key))
-
-    async def list_endpoints(self, api_key_id: str) -> list[EndpointRecord]:
-        return await self._look(lambda db: webhooks.list_endpoints(db, api_key_id))
-
-    async def get_endpoint(self, api_key_id: str, endpoint_id: str) -> EndpointRecord | None:
-        return await self._look(lambda db: webhooks.get_endpoint(db, api_key_id, endpoint_id))
-
-    async def update_endpoint(
-        self, api_key_id: str, endpoint_id: str, change: EndpointChange, *, now: float
-    ) -> EndpointRecord | None:
-        return await self._hook(lambda db: webhooks.update_endpoint(db, api_key_id, endpoint_id, change, now))
-
-    async def delete_endpoint(self, api_key_id: str, endpoint_id: str, *, now: float) -> bool:
-        return await self._hook(lambda db: webhooks.delete_endpoint(db, api_key_id, endpoint_id, now))
-
-    async def rotate_endpoint_secret(
-        self, api_key_id: str, endpoint_id: str, *, new_secret: str, now: float, overlap_seconds: float
-    ) -> EndpointRecord | None:
-        return await self._hook(
-            lambda db: webhooks.rotate_endpoint_secret(db, api_key_id, endpoint_id, new_secret, now, overlap_seconds)
-        )
-
-    async def create_test_delivery(self, endpoint: EndpointRecord, payload: bytes, *, now: float) -> DeliveryRecord:
-        return await self._hook(lambda db: webhooks.create_test_delivery(db, endpoint, payload, now))
-
-    async def claim_deliveries(
-        self,
-        now: float,
-        limit: int,
-        lease_seconds: float,
-        *,
-        per_target: int,
-        busy: dict[str, int],
-        explore: bool = True,
-    ) -> list[ClaimedDelivery]:
-        return await self._hook(
-            lambda db: webhooks.claim_deliveries(db, now, limit, lease_seconds, per_target, busy, explore)
-        )
-
-    async def finish_attempts(self, results: list[AttemptResult], *, disable_after_seconds: float) -> list[str]:
-        now = self._clock()
-        return await self._hook(lambda db: webhooks.finish_attempts(db, results, disable_after_seconds, now))
-
-    async def job_deliveries(self, api_key_id: str, job_id: str) -> list[DeliveryView]:
-        return await self._look(lambda db: webhooks.job_deliveries(db, api_key_id, job_id))
-
-    async def endpoint_deliveries(
-        self, api_key_id: str, endpoint_id: str, *, status: str | None, limit: int, before_id: str | None = None
-    ) -> list[DeliveryView]:
-        return await self._look(
-            lambda db: webhooks.endpoint_deliveries(db, api_key_id, endpoint_id, status, limit, before_id)
-        )
-
-    async def get_delivery(self, api_key_id: str, delivery_id: str) -> DeliveryView | None:
-        return await self._look(lambda db: webhooks.get_delivery(db, api_key_id, delivery_id))
-
-    async def resend_delivery(self, api_key_id: str, delivery_id: str, *, now: float) -> DeliveryRecord | None:
-        return await self._hook(lambda db: webhooks.resend_delivery(db, api_key_id, delivery_id, now))
-
-    async def recover_deliveries(self, api_key_id: str, endpoint_id: str, *, since: str, until: str, now: float) -> int:
-        return await self._hook(lambda db: webhooks.recover_deliveries(db, api_key_id, endpoint_id, since, until, now))
-
-    async def delivery_counts(self) -> DeliveryCounts:
-        return await self._look(webhooks.delivery_counts)
 
     # -- backup and restore ------------------------------------------------------------------
 
