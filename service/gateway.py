@@ -360,7 +360,8 @@ def _check_seconds(seconds: int | None, field: str, limit: float) -> int:
     most = int(limit)
     if seconds is None or not 1 <= seconds <= most:
         raise InvalidRequest(
-            f"{field}: must be a whole number of seconds from 1 to {most}", details={"field": field, "min": 1, "max": most}
+            f"{field}: must be a whole number of seconds from 1 to {most}",
+            details={"field": field, "min": 1, "max": most},
         )
     return seconds
 

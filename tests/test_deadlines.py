@@ -66,7 +66,8 @@ async def test_a_submitted_job_fails_with_timeout_at_its_deadline_not_at_its_nex
         accepted = await running.accepted(job["id"])
         # Uncapped, the next check would be the callback grace (120 s) or imini's first poll (1.6-2.4 s) away.
         record = await running.store.get_job(job["id"])
-        assert record is not None and record.next_poll_at is not None
+        assert record is not None
+        assert record.next_poll_at is not None
         assert record.next_poll_at <= record.deadline_at
         done = await _timed_out(running, job["id"])
     assert done["provider_task_id"] == accepted["provider_task_id"]  # it failed waiting on the provider
@@ -228,3 +229,18 @@ def test_a_request_without_a_deadline_hashes_as_before_so_held_keys_still_match(
         idempotency_hash(msgspec.json.decode(bare, type=JobCreate), None)
         == "3e4c95b92197980f07445ff5aba65b83dfe5e7b570390ba68e532b2d155016f8"
     )
+
+
+async def test_openapi_documents_deadline_seconds_and_the_cancel_after_header(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=QUICK) as running:
+        schema = (await running.client.get(f"{running.url}/schema/openapi.json")).json()
+    create = schema["paths"]["/v1/jobs"]["post"]
+    [header] = [p for p in create["parameters"] if p["name"] == "Cancel-After"]
+    assert header["in"] == "header"
+    assert header["schema"]["pattern"] == "^[0-9]+$"
+    assert "timeout" in header["description"]
+    ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    field = schema["components"]["schemas"][ref]["properties"]["deadline_seconds"]
+    assert field["minimum"] == 1
+    assert {"type": "integer"} in field["oneOf"]
+    assert "Cancel-After" in field["description"]
