@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ log = structlog.get_logger("reelay.gateway")
 _OTHER_PROVIDER = "other_provider"  # the job is another provider's: no job of this one has that id
 _OTHER_TASK = "other_task"  # the job belongs to another upstream task
 _UNCONFIRMED = "unconfirmed"  # the provider's status endpoint must confirm the callback before it changes anything
+_WHOLE_SECONDS = re.compile(r"[0-9]{1,12}")  # a `Cancel-After` value; longer ones are out of range anyway
 
 
 class Gateway:
@@ -104,12 +106,18 @@ class Gateway:
     # -- jobs --------------------------------------------------------------------------------
 
     async def create_job(
-        self, api_key_id: str, request: JobCreate, idempotency_key: str | None
+        self, api_key_id: str, request: JobCreate, idempotency_key: str | None, cancel_after: str | None = None
     ) -> tuple[JobRecord, bool]:
         spec, adapter = self.resolve_model(request.model)
         given: dict[str, Any] = msgspec.to_builtins(request.input)
         check_inline(given, self._settings.max_inline_bytes)
         check_for(spec, adapter, given)
+        limit = self._settings.job_timeout_seconds
+        header_seconds = None if cancel_after is None else _whole_seconds(cancel_after, limit)
+        if request.deadline_seconds is not None:
+            _check_seconds(request.deadline_seconds, "deadline_seconds", limit)
+        # Both bound the job: the smaller wins (a client library's default header cannot lengthen the body's).
+        timeout = min((s for s in (request.deadline_seconds, header_seconds) if s is not None), default=limit)
         claim = None
         if idempotency_key is not None:
             if not (1 <= len(idempotency_key) <= 255 and idempotency_key.isascii() and idempotency_key.isprintable()):
@@ -117,7 +125,7 @@ class Gateway:
                     "Idempotency-Key must be 1 to 255 printable ASCII characters",
                     details={"field": "Idempotency-Key"},
                 )
-            digest = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
+            digest = idempotency_hash(request, header_seconds)
             claim = IdempotencyClaim(key=idempotency_key, request_hash=digest)
         webhook_url, webhook_events = self._job_webhook(request)
         if webhook_url is not None:
@@ -135,7 +143,7 @@ class Gateway:
             cost=adapter.estimate(spec, given),
             callback_token=new_token(),
             now=now,
-            timeout=self._settings.job_timeout_seconds,
+            timeout=timeout,
             webhook_url=webhook_url,
             webhook_events=webhook_events,
         )
@@ -339,3 +347,30 @@ class Gateway:
         self._signals.confirm.set()
         log.info("webhook.received", provider=provider, job_id=job_id, result="confirming", status=notice.report.status)
         return "confirming"
+
+
+def _whole_seconds(header: str, limit: float) -> int:
+    """The `Cancel-After` header's seconds, checked like `deadline_seconds`."""
+    text = header.strip()
+    return _check_seconds(int(text) if _WHOLE_SECONDS.fullmatch(text) else None, "Cancel-After", limit)
+
+
+def _check_seconds(seconds: int | None, field: str, limit: float) -> int:
+    """A job deadline in whole seconds, from 1 to the operator's REELAY_JOB_TIMEOUT_SECONDS; else a 400."""
+    most = int(limit)
+    if seconds is None or not 1 <= seconds <= most:
+        raise InvalidRequest(
+            f"{field}: must be a whole number of seconds from 1 to {most}",
+            details={"field": field, "min": 1, "max": most},
+        )
+    return seconds
+
+
+def idempotency_hash(request: JobCreate, cancel_after: int | None) -> str:
+    """What an Idempotency-Key is held with: the body, and `Cancel-After`, which changes the job as much."""
+    body: dict[str, Any] = msgspec.to_builtins(request)
+    if body["deadline_seconds"] is None:
+        del body["deadline_seconds"]  # a body without it hashes as it did before the field existed
+    if cancel_after is not None:
+        body["Cancel-After"] = cancel_after  # not a body field name, so it cannot collide with one
+    return hashlib.sha256(msgspec.json.encode(body)).hexdigest()

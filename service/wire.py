@@ -109,6 +109,19 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ]
         | None
     ) = None
+    # Last, and left out of the idempotency hash when absent, so keys stored before it existed still match.
+    deadline_seconds: (
+        Annotated[
+            int,
+            schema_doc(
+                "fail the job with `timeout` if it has not finished this many seconds after it was created: "
+                "1 to the operator's REELAY_JOB_TIMEOUT_SECONDS (the default deadline); with a `Cancel-After` "
+                "header too, the smaller wins",
+                minimum=1,
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Video(msgspec.Struct):

@@ -51,6 +51,18 @@ IdempotencyKey = Annotated[
         ),
     ),
 ]
+CancelAfter = Annotated[
+    str | None,  # checked by the gateway, so a malformed value is the same 400 as an out-of-range one
+    HeaderParameter(
+        name="Cancel-After",
+        required=False,
+        **text_param(
+            "whole seconds: the job fails with `timeout` if it has not finished by then (as `deadline_seconds`; "
+            "with both, the smaller wins)",
+            pattern=r"^[0-9]+$",
+        ),
+    ),
+]
 _JOB_RESPONSES = error_responses(400, 401, 404, 429, 503)
 
 
@@ -87,7 +99,9 @@ class JobController(Controller):
                 415,
                 429,
                 503,
-                described={409: "Idempotency-Key already used with a different body (`idempotency_conflict`)"},
+                described={
+                    409: "Idempotency-Key already used with a different body or `Cancel-After` (`idempotency_conflict`)"
+                },
             ),
         },
         operation_class=ApiOperation,
@@ -100,13 +114,14 @@ class JobController(Controller):
         ],
         caller: NamedDependency[ApiKeyRecord],
         idempotency_key: IdempotencyKey = None,
+        cancel_after: CancelAfter = None,
     ) -> Response[Job]:
         """Accept a job (202). With `Idempotency-Key`, a repeat of the same request returns the original
         job (200) and a different request with the same key is refused (409)."""
         # `data` is what Litestar validated leniently (and documents the body); the job is built from a strict pass.
         require_json(request)
         job, created = await context(request).gateway.create_job(
-            caller.id, strict(_decode_job_create, await request.body()), idempotency_key
+            caller.id, strict(_decode_job_create, await request.body()), idempotency_key, cancel_after
         )
         return _json(encode_job(job), 202 if created else 200)
 

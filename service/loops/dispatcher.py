@@ -3,6 +3,7 @@ resolved before anything is sent again, and transient failures are retried with 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +80,16 @@ class Dispatcher(LeasedLoop):
             return  # cancelled or completed meanwhile
         # Only the create carries the data URIs; the job written back below does not.
         sent = msgspec.structs.replace(job, input=full_input)
+        # A create still unanswered at the deadline is not waited for: the job fails then, not when it answers.
+        deadline = asyncio.timeout(max(job.deadline_at - self.clock(), 0.0))
         try:
-            submission = await self._create(sent, spec, adapter)
+            async with deadline:
+                submission = await self._create(sent, spec, adapter)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            message = "the provider had not answered the create by the job's deadline (it may still run the task)"
+            await self._fail(job, "timeout", message)
         except PermanentError as exc:
             await self._fail(job, "provider_rejected", exc.message, exc.provider_code)
         except OutcomeUnknown as exc:

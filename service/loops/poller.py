@@ -45,9 +45,16 @@ class Poller(LeasedLoop):
             return
         report = None
         retry_after = None
+        # A status check still waiting (for a slot or an answer) at the deadline is dropped: the job fails then.
+        deadline = asyncio.timeout(max(job.deadline_at - now, 0.0))
         try:
-            async with self._caps[job.provider]:
+            async with deadline, self._caps[job.provider]:
                 report = await adapter.fetch(job.provider_task_id)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            await self._fail(job, "timeout", "the provider did not finish the job before its deadline")
+            return
         except PermanentError as exc:
             await self._fail(job, "provider_error", exc.message, exc.provider_code)
             return
