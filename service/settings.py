@@ -145,6 +145,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             webhook_concurrency=reader.integer("REELAY_WEBHOOK_CONCURRENCY", defaults.webhook_concurrency, low=1),
             webhook_max_endpoints=reader.integer("REELAY_WEBHOOK_MAX_ENDPOINTS", defaults.webhook_max_endpoints, low=1),
+            webhook_disable_after_seconds=reader.number(
+                "REELAY_WEBHOOK_DISABLE_AFTER_SECONDS", defaults.webhook_disable_after_seconds
+            ),
+            webhook_rotation_overlap_seconds=reader.number(
+                "REELAY_WEBHOOK_ROTATION_OVERLAP_SECONDS", defaults.webhook_rotation_overlap_seconds, allow_zero=True
+            ),
         )
 
     def __post_init__(self) -> None:

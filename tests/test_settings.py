@@ -33,9 +33,15 @@ def test_variables_are_read() -> None:
             "REELAY_WEBHOOK_TOLERANCE_SECONDS": "60",
             "REELAY_MINUIT_MODERATION": "disabled",
             "REELAY_MODEL_ALIASES": "seedance-2-fast=seedancee2/fast, cheap=seedancee2/mini",
+            "REELAY_WEBHOOK_RETRY_SCHEDULE": "0, 10,60",
+            "REELAY_WEBHOOK_DISABLE_AFTER_SECONDS": "86400",
+            "REELAY_WEBHOOK_ROTATION_OVERLAP_SECONDS": "0",
         },
         adapters=ADAPTERS,
     )
+    assert settings.webhook_retry_schedule == (0, 10, 60)
+    assert settings.webhook_disable_after_seconds == 86400
+    assert settings.webhook_rotation_overlap_seconds == 0
     assert settings.port == 9000
     assert settings.public_url == "https://reelay.example.com"
     assert settings.log_format == "console"
@@ -59,6 +65,9 @@ def test_variables_are_read() -> None:
         ("REELAY_SQLITE_SYNCHRONOUS", "OFF", "REELAY_SQLITE_SYNCHRONOUS must be one of FULL, NORMAL"),
         ("REELAY_MAX_HEADER_BYTES", "100", "REELAY_MAX_HEADER_BYTES must be at least 1024"),
         ("REELAY_KEEPALIVE_TIMEOUT_SECONDS", "2.5", "REELAY_KEEPALIVE_TIMEOUT_SECONDS must be an integer"),
+        ("REELAY_WEBHOOK_RETRY_SCHEDULE", "0,5m", "REELAY_WEBHOOK_RETRY_SCHEDULE takes delays in seconds"),
+        ("REELAY_WEBHOOK_RETRY_SCHEDULE", "0,-5", "REELAY_WEBHOOK_RETRY_SCHEDULE: each delay must be zero or more"),
+        ("REELAY_WEBHOOK_DISABLE_AFTER_SECONDS", "0", "REELAY_WEBHOOK_DISABLE_AFTER_SECONDS must be positive"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
