@@ -316,24 +316,18 @@ async def get_endpoint(db: Reader, api_key_id: str, endpoint_id: str, *, lock: s
     return next((endpoint_from_row(row) for row in rows), None)
 
 
+_ENDPOINT_MUTABLE = tuple(c for c in _ENDPOINT_FIELDS if c not in ("id", "api_key_id", "created_at"))
+_SAVE_ENDPOINT = (
+    "UPDATE webhook_endpoints SET "
+    + ", ".join(f"{column} = ${n}" for n, column in enumerate(_ENDPOINT_MUTABLE, 1))
+    + f" WHERE id = ${len(_ENDPOINT_MUTABLE) + 1}"
+)
+
+
 async def _save_endpoint(db: Sql, e: EndpointRecord) -> None:
-    s = e.signing
-    await db.execute(
-        "UPDATE webhook_endpoints SET url = $1, events = $2, description = $3, secret = $4, previous = $5, "
-        "previous_expires_at = $6, disabled = $7, disabled_reason = $8, failing_since = $9, updated_at = $10 "
-        "WHERE id = $11",
-        e.url,
-        json_text(e.events),
-        e.description,
-        s.secret,
-        s.previous,
-        s.previous_expires_at,
-        e.disabled,
-        e.disabled_reason,
-        e.failing_since,
-        e.updated_at,
-        e.id,
-    )
+    """Write an endpoint's every column but those fixed at creation (the values `_endpoint_values` gives)."""
+    values = dict(zip(_ENDPOINT_FIELDS, _endpoint_values(e), strict=True))
+    await db.execute(_SAVE_ENDPOINT, *(values[c] for c in _ENDPOINT_MUTABLE), e.id)
 
 
 def _fail_pending_sql(db: Sql) -> str:
