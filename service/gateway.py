@@ -20,7 +20,7 @@ from service.health import check_ready
 from service.ids import decode_cursor, encode_cursor, new_job_id, new_token, new_webhook_secret
 from service.inline import check_inline, has_placeholders, restore_inline, split_inline
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
-from service.vocabulary import EVENT_TYPES, TERMINAL
+from service.vocabulary import TERMINAL
 from service.wire import DEFAULT_JOB_WEBHOOK_EVENTS, JobCreate
 from storage import (
     ApiKeyRecord,
@@ -161,7 +161,7 @@ class Gateway:
         return outcome.job, outcome.created
 
     def _job_webhook(self, request: JobCreate) -> tuple[str | None, list[str] | None]:
-        """The job's checked `webhook_url` and its event types (all known ones for `["*"]`)."""
+        """The job's checked `webhook_url` and its event filter (`["*"]` takes every type, as for endpoints)."""
         if request.webhook_url is None:
             if request.webhook_events is not None:
                 raise InvalidRequest(
@@ -174,7 +174,7 @@ class Gateway:
         events = deliveries.check_events(
             list(DEFAULT_JOB_WEBHOOK_EVENTS) if given is None else given, field="webhook_events"
         )
-        return url, list(EVENT_TYPES) if events == ["*"] else events
+        return url, events
 
     async def get_job(self, api_key_id: str, job_id: str) -> JobRecord:
         job = await self._store.get_job(job_id) if job_id.startswith("job_") else None

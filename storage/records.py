@@ -250,7 +250,12 @@ class EndpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     failing_since: float | None = None  # unix time of the first failed attempt since the last success
 
     def wants(self, event_type: str) -> bool:
-        return "*" in self.events or event_type in self.events
+        return takes(self.events, event_type)
+
+
+def takes(events: Sequence[str], event_type: str) -> bool:
+    """Whether an event filter (event types, or "*" for every type) takes `event_type`."""
+    return "*" in events or event_type in events
 
 
 class EndpointChange(msgspec.Struct, frozen=True, kw_only=True):

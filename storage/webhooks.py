@@ -26,6 +26,7 @@ from storage.records import (
     EndpointRecord,
     JobRecord,
     SigningSecret,
+    takes,
 )
 from storage.rows import EVENT_COLUMNS, event_from_row, iso_timestamp, json_text
 
@@ -214,12 +215,10 @@ def new_deliveries(
     """The deliveries an event of `job` makes: to the job's `webhook_url` if its `webhook_events` take the type,
     and to each of the key's enabled endpoints (id, url, events as JSON) whose events match."""
     targets: list[tuple[str, str, str | None]] = []
-    events = job.webhook_events or ()
-    if job.webhook_url is not None and ("*" in events or event_type in events):
+    if job.webhook_url is not None and takes(job.webhook_events or (), event_type):
         targets.append(("url:" + job.webhook_url, job.webhook_url, None))
     for endpoint_id, url, wanted in endpoints:
-        types = _decode_list(wanted)
-        if "*" in types or event_type in types:
+        if takes(_decode_list(wanted), event_type):
             targets.append((endpoint_id, url, endpoint_id))
     stamp = iso_timestamp(now)
     return [
