@@ -21,7 +21,19 @@ Item = tuple[int, str, bytes] | str
 
 
 def event_data(event: EventRecord) -> bytes:
-    """The event as callers see it: the SSE data line, and the `data` of every webhook delivery of it."""
+    """The event as callers see it: the SSE data line, and the `data` of every webhook delivery of it.
+
+    An event with a detail object (job.rerouted's move, budget.threshold's figures) carries it as `detail`;
+    a budget.threshold event's `job` is null.
+    """
+    if event.detail is not None:
+        return b'{"id":%d,"type":"%s","created_at":"%s","job":%s,"detail":%s}' % (
+            event.id,
+            event.type.encode(),
+            event.created_at.encode(),
+            event.job,
+            event.detail,
+        )
     return b'{"id":%d,"type":"%s","created_at":"%s","job":%s}' % (
         event.id,
         event.type.encode(),

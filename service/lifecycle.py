@@ -47,12 +47,20 @@ def new_job(
     timeout: float,
     webhook_url: str | None = None,
     webhook_events: list[str] | None = None,
+    routed_model: str | None = None,
+    reservation: dict[str, Any] | None = None,
 ) -> JobRecord:
+    """A queued job; `model` is what the caller asked for, `routed_model` the model id it goes to first (on a
+    route, its first candidate; else `model`)."""
     stamp = to_iso(now)
+    served = routed_model or model
     return JobRecord(
         id=job_id,
         api_key_id=api_key_id,
         model=model,
+        routed_model=served,
+        attempts=[{"model": served, "provider": provider, "started_at": stamp}],
+        reservation=reservation,
         provider=provider,
         status="queued",
         stage=Stage.QUEUED,
@@ -83,6 +91,7 @@ def submitted(
             job,
             stage=Stage.SUBMITTED,
             provider_task_id=provider_task_id,
+            attempts=with_task(job.attempts, provider_task_id),
             cost={**job.cost, **(cost or {})},
             updated_at=to_iso(now),
             dispatch_state=DispatchState.DONE,
@@ -103,6 +112,7 @@ def reported(job: JobRecord, report: Report, *, now: float) -> tuple[JobRecord, 
     changes: dict[str, Any] = {"stage": target, "status": report.status, "updated_at": to_iso(now)}
     if report.provider_task_id and not job.provider_task_id:
         changes["provider_task_id"] = report.provider_task_id
+        changes["attempts"] = with_task(job.attempts, report.provider_task_id)
     if report.cost:
         changes["cost"] = {**job.cost, **report.cost}
     if target == Stage.TERMINAL:
@@ -149,3 +159,10 @@ def rescheduled(job: JobRecord, **changes: Any) -> tuple[JobRecord, str | None] 
     if job.stage == Stage.TERMINAL:
         return None
     return msgspec.structs.replace(job, **changes), None
+
+
+def with_task(attempts: list[dict[str, Any]], provider_task_id: str) -> list[dict[str, Any]]:
+    """The attempts with the current one's provider task id set (a job's attempts are never changed in place)."""
+    if not attempts:
+        return attempts
+    return [*attempts[:-1], {**attempts[-1], "provider_task_id": provider_task_id}]

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.circuits import AlwaysClosed, ProviderHealth
+
 if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Mapping
@@ -44,3 +46,5 @@ class Runtime:
     rng: random.Random  # jitter of retries, polls and heartbeats
     metrics: Metrics
     signals: Signals = field(default_factory=Signals)
+    # Circuit breakers per provider: the dispatcher asks before each create and reports its outcome.
+    health: ProviderHealth = field(default_factory=AlwaysClosed)

@@ -8,7 +8,16 @@ Status = Literal["queued", "processing", "succeeded", "failed", "cancelled"]
 STATUSES: Final[tuple[Status, ...]] = get_args(Status)
 TERMINAL: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
 
-EventType = Literal["job.created", "job.submitted", "job.processing", "job.succeeded", "job.failed", "job.cancelled"]
+EventType = Literal[
+    "job.created",
+    "job.submitted",
+    "job.processing",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "job.rerouted",  # a route moved the job to its next candidate (detail: from, to, reason)
+    "budget.threshold",  # a key's budget crossed 80 % or 100 % (no job; detail: the budget's figures)
+]
 EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
 # A job's stream ends with the event of its terminal status.
 TERMINAL_EVENTS: Final[frozenset[str]] = frozenset(f"job.{status}" for status in TERMINAL)

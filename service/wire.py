@@ -149,11 +149,31 @@ class Cost(msgspec.Struct):
     usd_charged: float | None
 
 
+class Attempt(msgspec.Struct, omit_defaults=True):
+    """One candidate a job was put on: by a route's failover, or the one model of a plain job."""
+
+    model: str
+    provider: str
+    started_at: _Timestamp
+    provider_task_id: str | None = None
+    left: Annotated[
+        str | None,
+        schema_doc(
+            "why the job left this candidate (absent while it is on it): rejected, unavailable, circuit_open, "
+            "not_configured, not_created or generation_failed"
+        ),
+    ] = None
+    left_at: _Timestamp | None = None
+    error: JobError | None = None
+    cost: dict[str, Any] | None = None
+
+
 class Job(msgspec.Struct):
     """A job as callers see it (fields may be added, never renamed). The schema of what `job_view` emits."""
 
     id: str
-    model: str
+    model: Annotated[str, schema_doc("the model id or route id the job was created with")]
+    routed_model: Annotated[str, schema_doc("the model id the job is on: its route's current candidate, or `model`")]
     provider: str
     status: Status
     input: Annotated[
@@ -171,6 +191,7 @@ class Job(msgspec.Struct):
     created_at: _Timestamp
     updated_at: _Timestamp
     completed_at: _Timestamp | None
+    attempts: list[Attempt]
 
 
 class JobList(msgspec.Struct):
@@ -189,6 +210,7 @@ def job_view(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> 
     return {
         "id": record.id,
         "model": record.model,
+        "routed_model": record.served_model,
         "provider": record.provider,
         "status": record.status,
         "input": shown_input(record.input) if full_input is None else full_input,
@@ -206,6 +228,7 @@ def job_view(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> 
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "completed_at": record.completed_at,
+        "attempts": record.attempts,
     }
 
 

@@ -61,6 +61,58 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     lease_until: float | None = None
     webhook_url: str | None = None  # the caller's receiver for this job's events (checked by the service)
     webhook_events: list[str] | None = None  # event types sent to `webhook_url`; None when there is no URL
+    # Routes: `model` is what the caller asked for (a route id or a model id); `routed_model` is the model id the
+    # job is on now (its `provider`'s); None only in rows written before routes existed, read as `model`.
+    routed_model: str | None = None
+    # Every candidate the job was put on, oldest first, each an `Attempt` as plain data (see `Attempt`).
+    attempts: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # What the key's budget holds for this job (a `Reservation` as plain data); None when the key has no budget.
+    reservation: dict[str, Any] | None = None
+
+    @property
+    def served_model(self) -> str:
+        """The model id the job is on now: its candidate on a route, else its model."""
+        return self.routed_model or self.model
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One candidate a job was put on (stored in `JobRecord.attempts` as plain data, shown as is in the job).
+
+    `left` says why the job left it (None while the job is on it): one of `LEFT_REASONS`. `cost` is what the
+    provider said the task cost, for a candidate left after it accepted (only with a route's `retry_failed`).
+    """
+
+    model: str
+    provider: str
+    started_at: str
+    provider_task_id: str | None = None
+    left: str | None = None
+    left_at: str | None = None
+    error: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
+
+
+# Why a job left a candidate (`Attempt.left`, and `reason` of its job.rerouted event).
+LEFT_REASONS = (
+    "rejected",  # the provider refused the create (a 4xx: bad input for it, no credits, unauthorized)
+    "unavailable",  # REELAY_ROUTE_TRANSIENT_ATTEMPTS transient failures in a row (429, 5xx, connection errors)
+    "circuit_open",  # the provider's circuit was open when the job was to be sent
+    "not_configured",  # the provider has no API key here
+    "not_created",  # the create's answer was lost, and the provider's lookup proved no task exists
+    "generation_failed",  # the provider failed the generation after accepting it (only with `retry_failed`)
+)
+
+
+class Reservation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a key's budget holds for a job: per unit, an exact decimal as a string (JSON has no decimal type).
+
+    `period` names the budget period the job was created in ("total", "day:2026-12-06", "month:2026-12"); the
+    job is settled against that period even after it ends. A unit is absent when the budget has no limit in it.
+    """
+
+    period: str
+    usd: str | None = None
+    credits: str | None = None
 
 
 # How every backend lays a JobRecord out in its `jobs` table: set once at insert, then rewritten on each update.
@@ -68,15 +120,18 @@ JOB_FIXED_COLUMNS = (
     "id",
     "api_key_id",
     "model",
-    "provider",
     "input",
     "metadata",
     "callback_token",
     "created_at",
     "webhook_url",
     "webhook_events",
+    "reservation",
 )
 JOB_MUTABLE_COLUMNS = (
+    "provider",  # a route moves a job from one candidate's provider to the next
+    "routed_model",
+    "attempts",
     "status",
     "stage",
     "provider_task_id",
@@ -104,6 +159,9 @@ class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     created_at: str
     job: bytes
+    # A JSON object that events of some types carry beside (or, for budget.threshold, instead of) the job:
+    # job.rerouted's {"from", "to", "reason"}; budget.threshold's budget figures. None for the others.
+    detail: bytes | None = None
     deliveries: int = 0  # caller webhook deliveries recorded with it (the deliverer is woken when there are)
 
 

@@ -16,12 +16,13 @@ import msgspec
 from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, JobRecord
 
 JOB_COLUMNS = ", ".join(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
-EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job"
+EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job, detail"
 
 _encoder = msgspec.json.Encoder()
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_meta = msgspec.json.Decoder(dict[str, str]).decode
 _decode_list = msgspec.json.Decoder(list[str]).decode
+_decode_attempts = msgspec.json.Decoder(list[dict[str, Any]]).decode
 
 
 def json_text(value: Any) -> str:
@@ -39,28 +40,31 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
         id=row[0],
         api_key_id=row[1],
         model=row[2],
-        provider=row[3],
-        input=_decode_dict(row[4]),
-        metadata=_decode_meta(row[5]),
-        callback_token=row[6],
-        created_at=row[7],
-        webhook_url=row[8],
-        webhook_events=None if row[9] is None else _decode_list(row[9]),
-        status=row[10],
-        stage=row[11],
-        provider_task_id=row[12],
-        output=None if row[13] is None else _decode_dict(row[13]),
-        error=None if row[14] is None else _decode_dict(row[14]),
-        cost=_decode_dict(row[15]),
-        updated_at=row[16],
-        completed_at=row[17],
-        deadline_at=row[18],
-        dispatch_state=row[19],
-        dispatch_attempts=row[20],
-        next_attempt_at=row[21],
-        next_poll_at=row[22],
-        poll_attempts=row[23],
-        lease_until=row[24],
+        input=_decode_dict(row[3]),
+        metadata=_decode_meta(row[4]),
+        callback_token=row[5],
+        created_at=row[6],
+        webhook_url=row[7],
+        webhook_events=None if row[8] is None else _decode_list(row[8]),
+        reservation=None if row[9] is None else _decode_dict(row[9]),
+        provider=row[10],
+        routed_model=row[11],
+        attempts=[] if row[12] is None else _decode_attempts(row[12]),
+        status=row[13],
+        stage=row[14],
+        provider_task_id=row[15],
+        output=None if row[16] is None else _decode_dict(row[16]),
+        error=None if row[17] is None else _decode_dict(row[17]),
+        cost=_decode_dict(row[18]),
+        updated_at=row[19],
+        completed_at=row[20],
+        deadline_at=row[21],
+        dispatch_state=row[22],
+        dispatch_attempts=row[23],
+        next_attempt_at=row[24],
+        next_poll_at=row[25],
+        poll_attempts=row[26],
+        lease_until=row[27],
     )
 
 
@@ -70,19 +74,22 @@ def fixed_values(job: JobRecord) -> list[Any]:
         job.id,
         job.api_key_id,
         job.model,
-        job.provider,
         json_text(job.input),
         json_text(job.metadata),
         job.callback_token,
         job.created_at,
         job.webhook_url,
         None if job.webhook_events is None else json_text(job.webhook_events),
+        None if job.reservation is None else json_text(job.reservation),
     ]
 
 
 def mutable_values(job: JobRecord) -> list[Any]:
     """Values of `JOB_MUTABLE_COLUMNS`, in order."""
     return [
+        job.provider,
+        job.routed_model,
+        json_text(job.attempts) if job.attempts else None,
         job.status,
         job.stage,
         job.provider_task_id,
@@ -102,7 +109,9 @@ def mutable_values(job: JobRecord) -> list[Any]:
 
 
 def event_from_row(row: Sequence[Any]) -> EventRecord:
-    return EventRecord(id=row[0], job_id=row[1], api_key_id=row[2], type=row[3], created_at=row[4], job=row[5])
+    return EventRecord(
+        id=row[0], job_id=row[1], api_key_id=row[2], type=row[3], created_at=row[4], job=row[5], detail=row[6]
+    )
 
 
 def inline_from_row(row: Sequence[Any] | None) -> dict[str, str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
+
 from storage import webhooks
 from storage.base import Clock, Decide, JobEncoder
 from storage.errors import IdempotencyConflict, JobNotFound
@@ -45,8 +47,8 @@ class WriteSteps(Protocol):
     async def save_job(self, job: JobRecord) -> None:
         """Write a job's mutable columns. Raises TaskTaken when its provider task id is another job's."""
 
-    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
-        """Insert an event of `job`, dated `job.updated_at`; returns its id."""
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes, detail: bytes | None) -> int:
+        """Insert an event of `job`, dated `job.updated_at`, with its detail object if it has one; returns its id."""
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         """Record an idempotency key for `job`; False, writing nothing, when the key is held already."""
@@ -134,7 +136,8 @@ async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> E
     # Both before the insert: PostgreSQL's writers wait for each other from there on.
     snapshot = steps.encode_job(job)
     endpoints = await steps.enabled_endpoints(job.api_key_id)
-    event_id = await steps.insert_event(job, event_type, snapshot)
+    detail = event_detail(job, event_type)
+    event_id = await steps.insert_event(job, event_type, snapshot, detail)
     # Its caller webhook deliveries, in the same transaction: an event is never logged without them.
     deliveries = webhooks.new_deliveries(
         job, event_type, event_id, endpoints, steps.clock(), steps.first_delivery_delay
@@ -148,7 +151,20 @@ async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> E
         type=event_type,
         created_at=job.updated_at,
         job=snapshot,
+        detail=detail,
         deliveries=len(deliveries),
     )
     steps.logged.append(event)
     return event
+
+
+def event_detail(job: JobRecord, event_type: str) -> bytes | None:
+    """The detail object an event of the job carries: job.rerouted's move, read from the job's last two attempts
+    (the one it left, and the one it is on now); None for the other job events."""
+    if event_type != "job.rerouted" or len(job.attempts) < 2:
+        return None
+    left, now = job.attempts[-2], job.attempts[-1]
+    return _encode({"from": left["model"], "to": now["model"], "reason": left.get("left")})
+
+
+_encode = msgspec.json.Encoder().encode

@@ -88,8 +88,8 @@ def test_failure_carries_code_message_and_provider_code() -> None:
 def test_public_view_has_the_documented_fields() -> None:
     view = job_view(_job())
     assert list(view) == [
-        "id", "model", "provider", "status", "input", "metadata", "provider_task_id",
-        "output", "error", "cost", "created_at", "updated_at", "completed_at",
+        "id", "model", "routed_model", "provider", "status", "input", "metadata", "provider_task_id",
+        "output", "error", "cost", "created_at", "updated_at", "completed_at", "attempts",
     ]  # fmt: skip
     assert view["cost"] == {"credits_estimate": 100, "usd_estimate": None, "credits_charged": None, "usd_charged": None}
     assert view["created_at"].endswith("Z")

@@ -42,12 +42,17 @@ class Dispatcher(LeasedLoop):
     async def handle(self, job: JobRecord) -> None:
         now = self.clock()
         adapter = self.runtime.adapters.get(job.provider)
-        spec = self.runtime.models.get(job.model)
+        spec = self.runtime.models.get(job.served_model)
         if adapter is None or spec is None:
             await self._fail(job, "provider_unavailable", f"provider {job.provider} is not configured")
             return
         if now >= job.deadline_at:
             await self._fail(job, "timeout", "the job was not accepted by the provider before its deadline")
+            return
+        admission = await self.runtime.health.admit(job.provider, now)
+        if not admission.allowed:
+            # The provider's circuit is open: the job waits in the queue, unsent, and is not failed for it.
+            await self._wait(job, admission.retry_at if admission.retry_at is not None else now + 1.0)
             return
         if job.dispatch_state == DispatchState.SENDING:
             # An earlier create may have reached the provider; find out before sending again.
@@ -110,16 +115,28 @@ class Dispatcher(LeasedLoop):
         """The upstream create, its latency observed by provider and outcome."""
         started = time.perf_counter()
         outcome = "interrupted"  # unless set below: the task was cancelled (shutdown)
+        error: Exception | None = None
         try:
             submission = await adapter.submit(job, spec, self.gateway.callback_url(job, adapter))
             outcome = "accepted"
             return submission
         except Exception as exc:
             outcome = _create_outcome(exc)
+            error = exc
             raise
         finally:
+            latency = time.perf_counter() - started
             histogram = self.runtime.metrics.upstream_create
-            histogram.labels(provider=job.provider, outcome=outcome).observe(time.perf_counter() - started)
+            histogram.labels(provider=job.provider, outcome=outcome).observe(latency)
+            if outcome != "interrupted":
+                await self.runtime.health.record(
+                    job.provider,
+                    ok=error is None,
+                    counts=error is not None and _speaks_of_provider(error),
+                    latency=latency,
+                    error=None if error is None else str(error)[:500],
+                    now=self.clock(),
+                )
 
     async def _submitted(self, job: JobRecord, task_id: str, cost: dict[str, Any] | None, callbacks: bool) -> None:
         now = self.clock()
@@ -132,6 +149,11 @@ class Dispatcher(LeasedLoop):
                 j, provider_task_id=task_id, cost=cost, now=now, next_poll_at=min(now + first_poll, j.deadline_at)
             ),
         )
+
+    async def _wait(self, job: JobRecord, until: float) -> None:
+        """Put the job back in the queue until `until` (capped at its deadline) without counting an attempt."""
+        next_at = min(until, job.deadline_at)
+        await self._update(job, lambda j: lifecycle.rescheduled(j, next_attempt_at=next_at, lease_until=None))
 
     async def _retry(self, job: JobRecord, exc: Exception, *, maybe_sent: bool) -> None:
         now = self.clock()
@@ -151,3 +173,14 @@ def _create_outcome(exc: Exception) -> str:
     if isinstance(exc, OutcomeUnknown):
         return "unknown"
     return "retryable" if isinstance(exc, TransientError) else "bad_answer"
+
+
+# Refusals that are about the provider account rather than the job's input.
+_ACCOUNT_REFUSALS = frozenset({401, 402, 403})
+
+
+def _speaks_of_provider(exc: Exception) -> bool:
+    """Whether a failed create says something about the provider's health (so it counts towards its circuit)."""
+    if isinstance(exc, PermanentError):
+        return exc.status in _ACCOUNT_REFUSALS
+    return True  # transient errors, lost answers, timeouts, unreadable answers

@@ -27,7 +27,7 @@ _EVENT_LOCK = 0x5245454C41590001
 
 # One round trip while the event lock is held: insert, then NOTIFY the new id (delivered at commit).
 _INSERT_EVENT = (
-    "WITH e AS (INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES ($1, $2, $3, $4, $5) "
+    "WITH e AS (INSERT INTO events (job_id, api_key_id, type, created_at, job, detail) VALUES ($1, $2, $3, $4, $5, $6) "
     f"RETURNING id) SELECT id, pg_notify('{CHANNEL}', id::text) FROM e"
 )
 # xmin names the transaction that inserted a row (events are never updated): it groups events by commit.
@@ -37,13 +37,19 @@ _FEED_BATCH = 500
 
 
 async def insert_event(
-    conn: asyncpg.Connection, job: JobRecord, event_type: str, snapshot: bytes, *, locked: bool = False
+    conn: asyncpg.Connection,
+    job: JobRecord,
+    event_type: str,
+    snapshot: bytes,
+    detail: bytes | None = None,
+    *,
+    locked: bool = False,
 ) -> int:
     """Insert an event in the transaction open on `conn`, holding the event lock until it commits (`locked`:
     `lock_events` took it already); its id is notified at commit. Returns the id."""
     if not locked:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOCK)
-    return int(await conn.fetchval(_INSERT_EVENT, job.id, job.api_key_id, event_type, job.updated_at, snapshot))
+    return int(await conn.fetchval(_INSERT_EVENT, job.id, job.api_key_id, event_type, job.updated_at, snapshot, detail))
 
 
 async def lock_events(conn: asyncpg.Connection, sql: str, *params: Any) -> list[asyncpg.Record]:

@@ -79,8 +79,8 @@ class PostgresSteps:
             # The failed statement aborted the transaction: the store reads the task's holder after the rollback.
             raise TaskTaken(job.provider, job.provider_task_id, None) from None
 
-    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
-        return await insert_event(self._conn, job, event_type, snapshot, locked=self._events_locked)
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes, detail: bytes | None) -> int:
+        return await insert_event(self._conn, job, event_type, snapshot, detail, locked=self._events_locked)
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         inserted = await self._conn.fetchval(

@@ -93,10 +93,10 @@ class SqliteSteps:
                 raise
             raise TaskTaken(job.provider, job.provider_task_id, owner) from None
 
-    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes) -> int:
+    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes, detail: bytes | None) -> int:
         cursor = self._db.execute(
-            "INSERT INTO events (job_id, api_key_id, type, created_at, job) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.api_key_id, event_type, job.updated_at, snapshot),
+            "INSERT INTO events (job_id, api_key_id, type, created_at, job, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (job.id, job.api_key_id, event_type, job.updated_at, snapshot, detail),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
