@@ -63,14 +63,25 @@ class CreateClock:
             await self.app(scope, receive, send)
             return
         at = time.monotonic()
+        # Read the whole body first: an emulator that refuses a create (a knob, a bad key) never reads it.
         chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
         status = 0
 
         async def receiving() -> Any:
-            message = await receive()
-            if message["type"] == "http.request":
-                chunks.append(message.get("body", b""))
-            return message
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
         async def sending(message: Any) -> None:
             nonlocal status
@@ -79,7 +90,7 @@ class CreateClock:
             await send(message)
 
         await self.app(scope, receiving, sending)
-        self.creates.append(Create(job_of(dict(scope["headers"]), b"".join(chunks)), at, status))
+        self.creates.append(Create(job_of(dict(scope["headers"]), body), at, status))
 
 
 if __name__ == "__main__":
