@@ -2,7 +2,8 @@
 
 Phases (see bench/RESULTS.md): a ceiling, b webhooks, c submissions, d SSE memory/latency/broadcast/stalls,
 e SSE churn, f reconnect storm, g cross-replica latency on PostgreSQL, h caller webhook latency, h2 the same with
-black-holed receivers, h3 a caller webhook backlog's drain.
+black-holed receivers, h3 a caller webhook backlog's drain, i dispatch latency (202 -> the provider has the create),
+i2 failover latency (a route's first candidate refuses -> the second has the create).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery_phases, http_phases, replicas, report, sse_phases
+from bench import delivery_phases, dispatch_phases, http_phases, replicas, report, sse_phases
 from bench.common import ROOT, say
 
 RESULTS_JSON = ROOT / "bench" / "results.json"
@@ -24,7 +25,7 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 # wrk must never run out of seeded jobs in phase b (a repeat would be a cheap duplicate): seed for this rate.
 EXPECTED_WEBHOOK_RATE = 4000
-ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3"
+ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3,i,i2"
 
 
 def phase_names(text: str) -> set[str]:
@@ -71,6 +72,10 @@ def main() -> None:
             results.update(delivery_phases.latency(work, black_holes="h2" in phases))
         if "h3" in phases:
             results["h3"] = delivery_phases.drain(work, args.profile / "h3-drain.txt" if args.profile else None)
+        if "i" in phases:
+            results["i"] = dispatch_phases.dispatch(work)
+        if "i2" in phases:
+            results["i2"] = dispatch_phases.failover(work)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = report.targets(results)
 

@@ -154,6 +154,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         what = f"drain {h3['deliveries']:,} deliveries after a receiver outage"
         met = h3["per_second"] >= 2000 and h3["rss_growth_mib"] * 1.048576 <= 50
         row("h3", what, value, ">= 2,000/s, RSS <= +50 MB", met)
+    i = results.get("i")
+    if i:
+        value = f"p50 {i['latency_p50_ms']:.2f} ms, p99 {i['latency_p99_ms']:.2f} ms"
+        what = f"POST /v1/jobs 202 -> the provider has the create, {i['job_rate']}/s"
+        row("i", what, value, "p99 <= 20 ms", i["latency_p99_ms"] <= 20)
+    i2 = results.get("i2")
+    if i2:
+        value = f"p50 {i2['latency_p50_ms']:.1f} ms, p99 {i2['latency_p99_ms']:.1f} ms"
+        value += f", max {i2['latency_max_ms']:.0f} ms"
+        what = f"route failover: first candidate refuses -> the second has the create, {i2['job_rate']}/s"
+        row("i2", what, value, "p99 <= 1 s", i2["latency_p99_ms"] <= 1000)
     return rows
 
 
@@ -167,7 +178,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def generator_table(results: dict[str, Any]) -> str:
     lines = ["| Phase | Load generator CPU | Server CPU | Host CPU stolen by the hypervisor |", "|---|---|---|---|"]
-    for phase in ("a", "b", "b_normal", "c", "d", "f", "g", "h", "h2", "h3"):
+    for phase in ("a", "b", "b_normal", "c", "d", "f", "g", "h", "h2", "h3", "i", "i2"):
         got = results.get(phase)
         if got and "generator_cpu_pct" in got:
             client = "wrk, 1 thread" if phase in ("a", "b", "b_normal", "c") else "asyncio client"

@@ -175,6 +175,10 @@ class Sender:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def send(self, request: bytes) -> int:
+        return (await self.exchange(request))[0]
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request; its status and body once answered."""
         now = time.monotonic()
         while self._idle:
             reader, writer, since = self._idle.pop()
@@ -190,10 +194,9 @@ class Sender:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
-        if length:
-            await reader.readexactly(length)
+        body = await reader.readexactly(length) if length else b""
         self._idle.append((reader, writer, time.monotonic()))
-        return int(head.split(b" ", 2)[1])
+        return int(head.split(b" ", 2)[1]), body
 
     def close(self) -> None:
         for _, writer, _ in self._idle:

@@ -165,8 +165,9 @@ def reelay(env: dict[str, str], log: Path, role: str = "all") -> Iterator[Proces
 
 
 @contextmanager
-def upstream(log: Path) -> Iterator[Process]:
-    """The Seedancee2 emulator in its own process; tasks never finish during a run, so it sends no callbacks."""
+def upstream(log: Path, provider: str = "seedancee2") -> Iterator[Process]:
+    """A provider's emulator in its own process; tasks never finish during a run, so it sends no callbacks."""
     port = free_ports(1)
-    with spawn([str(BIN / "python"), "-m", "bench.upstream", str(port)], dict(os.environ), log, port) as process:
+    command = [str(BIN / "python"), "-m", "bench.upstream", str(port), provider]
+    with spawn(command, dict(os.environ), log, port) as process:
         yield process

@@ -241,6 +241,14 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
         """The provider's 5xx, raised while the `burst_5xx` knob lasts."""
 
     @abstractmethod
+    def refusal(self) -> Exception:
+        """The provider's documented 400 for a bad request, raised for every create under `refuse_creates`."""
+
+    @abstractmethod
+    def out_of_credits(self) -> Exception:
+        """The provider's out-of-balance error, raised for every create under `insufficient_credits`."""
+
+    @abstractmethod
     def not_found(self, task_id: str) -> Exception:
         """The provider's 404 for a task that does not exist or belongs to another key."""
 
@@ -291,7 +299,7 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
     # -- API gate and tasks -----------------------------------------------------------------------------
 
     async def gate(self, request: Request[Any, Any, Any], *, create: bool = False) -> str:
-        """Apply latency and bursts, then authenticate; return the caller's API key.
+        """Apply latency, rate limits and bursts, then authenticate, then a create's refusals; return the API key.
 
         `create=True` counts the call as a create attempt before the gate, so tests can see attempts that were
         rate limited or rejected.
@@ -301,11 +309,22 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
         knobs = self.chaos.knobs
         if knobs.latency_s > 0:
             await asyncio.sleep(knobs.latency_s)
-        if self.chaos.take_429():
+        if knobs.rate_limit or self.chaos.take_429():
             raise self.rate_limited()
         if self.chaos.take_5xx():
             raise self.server_error()
-        return self.authenticate(request.headers)
+        owner = self.authenticate(request.headers)
+        if create and knobs.refuse_creates:
+            raise self.refusal()
+        if create and knobs.insufficient_credits:
+            raise self.out_of_credits()
+        return owner
+
+    async def hold(self) -> None:
+        """Hold a create's answer for `hang_s`; called once its task exists, so a caller that gives up lost it."""
+        hang_s = self.chaos.knobs.hang_s
+        if hang_s > 0:
+            await asyncio.sleep(hang_s)
 
     def schedule(self) -> Schedule:
         """A new task's timeline from the current knobs."""

@@ -291,6 +291,13 @@ class _IminiSandbox(SandboxCore[_Task, Outcome]):
         # [A] No Retry-After header is documented; imini's own client waits at least 5 s.
         return SandboxApiError(429, "Too many requests. Please retry later.", code="RATE_LIMITED")
 
+    def refusal(self) -> SandboxApiError:
+        return _invalid("Invalid request parameters (sandbox: refuse_creates).")
+
+    def out_of_credits(self) -> SandboxApiError:
+        # The documented balance error is a 403 (errors.md: "Forbidden or quota exhausted"), as `task_quota` gives.
+        return SandboxApiError(403, "Insufficient credits. Please top up.", code="INSUFFICIENT_CREDITS")
+
     def server_error(self) -> SandboxApiError:
         return SandboxApiError(500, "Internal server error.", code="INTERNAL_ERROR")
 
@@ -381,6 +388,7 @@ def create_imini_sandbox(
     async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
         owner = await sandbox.gate(request, create=True)
         task = sandbox.create(owner, await request.body())
+        await sandbox.hold()
         created = CreatedTask(
             task_id=task.id, model=MODEL, created_at=iso(task.created_at), request_id=str(uuid.uuid4())
         )

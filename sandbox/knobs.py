@@ -37,6 +37,16 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             events may instead swap their order; each one documents its choice.
         burst_429: The next N provider API calls answer 429, with `Retry-After: 1` where the provider sends one.
         burst_5xx: The next N provider API calls answer the provider's server error (500; Minuit's is 502).
+        refuse_creates: Every create answers the provider's documented refusal of a bad request (a 400 in its own
+            error body), after authentication, without making a task.
+        insufficient_credits: Every create answers the provider's out-of-balance error (Seedancee2 402
+            `insufficient_credits`, Minuit 402 `quota_exhausted`, imini 403 `INSUFFICIENT_CREDITS`; each emulator's
+            `out_of_credits` says which, and what it chose where its provider documents none). Checked after
+            `refuse_creates`, as a provider validates a request before it bills it.
+        rate_limit: Every provider API call answers the provider's 429 (with `Retry-After` where it sends one)
+            while set; unlike `burst_429` it never runs out.
+        hang_s: A create makes its task, then holds its answer this long: a caller whose timeout is shorter sees a
+            lost answer while the task exists (and runs, and is billed).
         seed: Seed for the random source, so that a test run is reproducible.
     """
 
@@ -49,12 +59,16 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     out_of_order_rate: float = 0.0
     burst_429: int = 0
     burst_5xx: int = 0
+    refuse_creates: bool = False
+    insufficient_credits: bool = False
+    rate_limit: bool = False
+    hang_s: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
         # Checked here rather than with Meta constraints so direct construction is validated too;
         # msgspec turns this ValueError into a ValidationError when decoding a request body.
-        for name in ("latency_s", "processing_after_s", "complete_after_s"):
+        for name in ("latency_s", "processing_after_s", "complete_after_s", "hang_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in _RATE_FIELDS:

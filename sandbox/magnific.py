@@ -270,6 +270,15 @@ class _MagnificSandbox(SandboxCore[_Task, Outcome]):
         # Magnific publishes no rate-limit headers, so unlike the knob's default no Retry-After is sent.
         return SandboxApiError(429, "Rate limit exceeded")
 
+    def refusal(self) -> InvalidParams:
+        # The documented 400 for invalid parameters (problem+json, flat as in the doc's example).
+        return _invalid("body", "Your request has invalid parameters (sandbox: refuse_creates)")
+
+    def out_of_credits(self) -> SandboxApiError:
+        # Assumption: Magnific documents no balance error; closest is its documented `{"message"}` error body,
+        # sent with 402 as the other resellers' balance errors are (a 4xx refusal, never retried).
+        return SandboxApiError(402, "Insufficient credits. Please top up your organisation balance.")
+
     def server_error(self) -> SandboxApiError:
         return SandboxApiError(500, "Internal Server Error")
 
@@ -430,6 +439,7 @@ def create_magnific_sandbox(
     async def create_task(request: Request[Any, Any, Any]) -> Response[bytes]:
         owner = await sandbox.gate(request, create=True)
         task = sandbox.create(owner, CREATE_PATHS[request.url.path], await request.body())
+        await sandbox.hold()
         return json_response(DataEnvelope(CreatedTask(generated=[], task_id=task.id, status="CREATED")))
 
     # One status path for both resolutions: `-720p/{id}` does not exist (trap 33).

@@ -264,6 +264,14 @@ class _MindVideoSandbox(SandboxCore[_Task, Outcome]):
         # 429 is not documented by MindVideo; the code is the emulator's choice.
         return SandboxApiError(429, "Too many requests.", code="rate_limited", headers={"Retry-After": "1"})
 
+    def refusal(self) -> SandboxApiError:
+        # Assumption: MindVideo documents no error body; its schema refusal is this emulator's `invalid_request`.
+        return _invalid("Input does not match the model schema (sandbox: refuse_creates).")
+
+    def out_of_credits(self) -> SandboxApiError:
+        # Assumption: no balance error is documented; the reference expects 402/403 with a JSON `error`: 402 here.
+        return SandboxApiError(402, "Insufficient balance. Please top up.", code="insufficient_credits")
+
     def server_error(self) -> SandboxApiError:
         return SandboxApiError(500, "Internal server error.", code="internal_error")
 
@@ -368,6 +376,7 @@ def create_mindvideo_sandbox(
     async def create_task(request: Request[Any, Any, Any]) -> Response[bytes]:
         owner = await sandbox.gate(request, create=True)
         task, replayed = sandbox.create(owner, await request.body(), request.headers.get("idempotency-key"))
+        await sandbox.hold()
         created = CreatedTask(
             # Each request has its own id; a replay answers with the original task as it is now.
             request_id=_new_id("req") if replayed else task.request_id,

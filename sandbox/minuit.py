@@ -341,6 +341,13 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
         # Minuit documents no 429; the code is the emulator's choice (Vidu says TooManyRequests).
         return SandboxApiError(429, "Too many requests.", code="rate_limited", headers={"Retry-After": "1"})
 
+    def refusal(self) -> SandboxApiError:
+        return _invalid("The request body is malformed or missing required input (sandbox: refuse_creates).")
+
+    def out_of_credits(self) -> SandboxApiError:
+        # The doc's own example body; the `quota_credits` argument reaches the same answer by spending.
+        return SandboxApiError(402, "Quota exhausted", code="quota_exhausted")
+
     def server_error(self) -> SandboxApiError:
         # 502 upstream_error is the only server error Minuit documents.
         return SandboxApiError(502, "The generation service failed the task. Retry later.", code="upstream_error")
@@ -499,6 +506,7 @@ def create_minuit_sandbox(
     async def create(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
         owner = await sandbox.gate(request, create=True)
         task, quota = sandbox.create(owner, path, await request.body())
+        await sandbox.hold()
         return json_response(CreatedTask(task_id=task.id, state="queueing", quota=quota))
 
     @post("/ent/v2/text2video", status_code=200)

@@ -164,7 +164,7 @@ def _invalid(message: str) -> SandboxApiError:
 
 
 # The error `type` that goes with each status, as the doc pairs them; 409 and 429 are the emulator's own.
-_ERROR_TYPES = {401: "authentication_error", 409: "sandbox_error", 429: "rate_limit_error"}
+_ERROR_TYPES = {401: "authentication_error", 402: "billing_error", 409: "sandbox_error", 429: "rate_limit_error"}
 
 
 def _error_response(
@@ -341,6 +341,13 @@ class _Seedancee2Sandbox(SandboxCore[_Task, Outcome]):
     def server_error(self) -> SandboxApiError:
         return SandboxApiError(500, "Unexpected server error.", code="internal_error")
 
+    def refusal(self) -> SandboxApiError:
+        return _invalid("Missing or invalid parameters (sandbox: refuse_creates).")
+
+    def out_of_credits(self) -> SandboxApiError:
+        # The doc's own example body, word for word.
+        return SandboxApiError(402, "Your credit balance is too low. Please top up.", code="insufficient_credits")
+
     def not_found(self, task_id: str) -> SandboxApiError:
         return SandboxApiError(404, f"Task {task_id} does not exist.", code="task_not_found")
 
@@ -504,6 +511,7 @@ def create_seedancee2_sandbox(
     async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
         owner = await sandbox.gate(request, create=True)
         task = sandbox.create(owner, await request.body())
+        await sandbox.hold()
         created = CreatedTask(
             id=task.id,
             status="pending",

@@ -28,6 +28,7 @@ from service.api.middleware import RequestContextMiddleware, add_security_header
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.usage import usage
+from service.circuits import AlwaysClosed, ProviderHealth
 from service.egress import Resolver, system_resolver
 from service.endpoints import Endpoints
 from service.errors import ConfigError
@@ -82,12 +83,14 @@ def create_app(
     clock: Callable[[], float] | None = None,
     role: Role = "all",
     webhook_resolve: Resolver = system_resolver,
+    health: ProviderHealth | None = None,
 ) -> Litestar:
     """Build the application for a role. Nothing is opened until the app starts (lifespan).
 
     `api` serves HTTP without background work, `worker` runs the dispatcher and poller and serves only
     the probes and metrics, `all` does both. `adapters` are the providers it knows (their settings come from
-    `settings.providers`). `webhook_resolve` resolves the hosts of callers' webhook receivers (tests stand in DNS).
+    `settings.providers`). `webhook_resolve` resolves the hosts of callers' webhook receivers (tests stand in DNS);
+    `health`, when given, stands in for provider health (tests of what an open circuit does).
     """
     if role != "all" and settings.database_url.startswith("sqlite"):
         # Events committed in one process never reach another process's SSE subscribers on SQLite.
@@ -126,6 +129,7 @@ def create_app(
             monotonic=time.monotonic,
             rng=random.Random(),
             metrics=app_metrics,
+            health=health or AlwaysClosed(),
         )
         gateway = Gateway(runtime)
         the_store.add_listener(lambda events: _wake_deliverer(runtime, events))

@@ -16,6 +16,7 @@ from service.ids import new_webhook_secret
 from service.keys import create_key
 from service.logging import configure_logging
 from service.providers import ADAPTERS, ProviderRegistry
+from service.routes import Route
 from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
 from service.wire import encode_job
@@ -23,6 +24,13 @@ from storage import create_store
 
 # Quick enough to watch a job finish, slow enough to see it pass through each status.
 DEV_KNOBS = SandboxKnobs(processing_after_s=1.0, complete_after_s=4.0)
+# The example route `reelay dev` ships unless REELAY_ROUTES or REELAY_ROUTES_FILE sets routes: one model, two
+# resellers (candidates whose provider is not registered are left out).
+EXAMPLE_ROUTE = Route(
+    id="seedance-2.0-fast",
+    strategy="priority",
+    candidates=("seedancee2/fast", "mindvideo/doubao-seedance-2-0-fast"),
+)
 
 
 def emulator_settings(spec: SandboxSpec, base_url: str) -> ProviderSettings:
@@ -51,8 +59,15 @@ def dev_settings(
         # An option set in the environment wins over the emulator's.
         options = {**emulated.options, **base.provider(spec.provider).options}
         providers[spec.provider] = msgspec.structs.replace(emulated, options=options)
+    routes = base.routes
+    if not any(os.environ.get(name) for name in ("REELAY_ROUTES", "REELAY_ROUTES_FILE")):
+        models = {spec.id for adapter in adapters.values() for spec in adapter.models}
+        candidates = tuple(c for c in EXAMPLE_ROUTE.candidates if c in models)
+        if candidates:
+            routes = {EXAMPLE_ROUTE.id: msgspec.structs.replace(EXAMPLE_ROUTE, candidates=candidates)}
     return msgspec.structs.replace(
         base,
+        routes=routes,
         public_url=f"http://127.0.0.1:{port}",
         host="127.0.0.1",
         port=port,
@@ -99,6 +114,15 @@ async def run_dev(
 
     def announce() -> None:
         url = settings.public_url
+        post = f"curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json'"
+        prompt = "waves on black rocks"
+        route = next(iter(settings.routes.values()), None)
+        on_route = (
+            ""
+            if route is None
+            else f"Submit a job to the route {route.id} ({', then '.join(route.candidates)}, if the first refuses):\n"
+            f"""  {post} -d '{{"model": "{route.id}", "input": {{"prompt": "{prompt}"}}}}'\n"""
+        )
         click.echo(
             f"\nReelay dev is ready on {url} (database {settings.database})\n"
             f"Sandbox emulators: {', '.join(f'{n} :{sandbox_port + i}' for i, n in enumerate(sandboxes))}\n\n"
@@ -108,9 +132,8 @@ async def run_dev(
             f"Manage keys with reelay keys list, reelay keys create --name NAME, reelay keys revoke ID\n"
             f"  (run from this folder: they use this same database)\n\n"
             f"Submit a job:\n"
-            f"  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {api_key}' "
-            f"-H 'Content-Type: application/json' "
-            f"""-d '{{"model": "seedancee2/pro", "input": {{"prompt": "waves on black rocks", "duration": 5}}}}'\n"""
+            f"""  {post} -d '{{"model": "seedancee2/pro", "input": {{"prompt": "{prompt}", "duration": 5}}}}'\n"""
+            f"{on_route}"
             f"Watch events:\n"
             f"  curl -N {url}/v1/events -H 'Authorization: Bearer {api_key}'\n"
             f"Try webhooks: in another shell, start a receiver that verifies and prints each delivery\n"

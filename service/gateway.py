@@ -13,13 +13,14 @@ import msgspec
 import structlog
 
 from reelay_signing import SignatureError
-from service import deliveries, lifecycle
+from service import deliveries, lifecycle, routes
 from service.capabilities import check_for
 from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
 from service.health import check_ready
 from service.ids import decode_cursor, encode_cursor, new_job_id, new_token, new_webhook_secret
 from service.inline import check_inline, has_placeholders, restore_inline, split_inline
 from service.providers.base import ModelSpec, ProviderAdapter, WebhookNotice
+from service.routes import Route
 from service.vocabulary import TERMINAL
 from service.wire import DEFAULT_JOB_WEBHOOK_EVENTS, JobCreate
 from storage import (
@@ -63,13 +64,28 @@ class Gateway:
 
     # -- models ------------------------------------------------------------------------------
 
+    def plan(self, model_id: str, given: dict[str, Any]) -> tuple[str, list[tuple[ModelSpec, ProviderAdapter]]]:
+        """The job's model id (an alias resolved) and its candidates, in the order it goes to them: for a route, the
+        candidates that are configured and can serve `given` (a 400 naming each refusal when none can); for a
+        model id, that model alone (its 400s as they always were)."""
+        model_id = self._settings.model_aliases.get(model_id, model_id)
+        route = self._settings.routes.get(model_id)
+        if route is None:
+            spec, adapter = self.resolve_model(model_id)
+            check_for(spec, adapter, given)
+            return spec.id, [(spec, adapter)]
+        candidates, refused = routes.plan(route, self._models, self._adapters, given)
+        if not candidates:
+            raise routes.no_candidate(route, refused)
+        return route.id, candidates
+
     def resolve_model(self, model_id: str) -> tuple[ModelSpec, ProviderAdapter]:
         model_id = self._settings.model_aliases.get(model_id, model_id)
         spec = self._models.get(model_id)
         if spec is None:
             raise InvalidRequest(
                 f"model: unknown model {model_id!r}; GET /v1/models lists the model ids",
-                details={"field": "model", "allowed": sorted(self._models)},
+                details={"field": "model", "allowed": sorted([*self._models, *self._settings.routes])},
             )
         adapter = self._adapters.get(spec.provider)
         if adapter is None:
@@ -90,6 +106,13 @@ class Gateway:
         """Every model, and whether its provider is configured here."""
         return [(spec, spec.provider in self._adapters) for spec in self._models.values()]
 
+    def list_routes(self) -> list[tuple[Route, list[tuple[ModelSpec, bool]]]]:
+        """Every route, with each candidate and whether its provider is configured here."""
+        return [
+            (route, [(self._models[c], self._models[c].provider in self._adapters) for c in route.candidates])
+            for route in self._settings.routes.values()
+        ]
+
     # -- keys, usage, readiness --------------------------------------------------------------
 
     async def api_key(self, key_id: str) -> ApiKeyRecord | None:
@@ -108,10 +131,10 @@ class Gateway:
     async def create_job(
         self, api_key_id: str, request: JobCreate, idempotency_key: str | None, cancel_after: str | None = None
     ) -> tuple[JobRecord, bool]:
-        spec, adapter = self.resolve_model(request.model)
         given: dict[str, Any] = msgspec.to_builtins(request.input)
         check_inline(given, self._settings.max_inline_bytes)
-        check_for(spec, adapter, given)
+        model_id, candidates = self.plan(request.model, given)
+        spec, adapter = candidates[0]
         limit = self._settings.job_timeout_seconds
         header_seconds = None if cancel_after is None else _whole_seconds(cancel_after, limit)
         if request.deadline_seconds is not None:
@@ -136,7 +159,8 @@ class Gateway:
         record = lifecycle.new_job(
             job_id=new_job_id(),
             api_key_id=api_key_id,
-            model=spec.id,
+            model=model_id,
+            routed_model=spec.id,
             provider=spec.provider,
             input=shown,
             metadata=dict(request.metadata),
@@ -156,7 +180,7 @@ class Gateway:
                 details={"job_id": exc.job_id},
             ) from None
         if outcome.created:
-            log.info("job.created", job_id=record.id, provider=spec.provider, model=spec.id)
+            log.info("job.created", job_id=record.id, provider=spec.provider, model=model_id, routed_model=spec.id)
             self._signals.new_job.set()
         return outcome.job, outcome.created
 
@@ -224,6 +248,8 @@ class Gateway:
         if outcome.event is not None:
             job = outcome.job
             fields: dict[str, Any] = {"job_id": job.id, "provider": job.provider, "model": job.model}
+            if outcome.event.detail is not None:  # job.rerouted's from, to and reason
+                fields.update(msgspec.json.decode(outcome.event.detail))
             if job.error:
                 fields["error_code"] = job.error.get("code")
                 fields["reason"] = str(job.error.get("message", ""))[:500]

@@ -6,13 +6,16 @@ status is final; each accepted change names the event that the store logs in the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from service.timestamps import to_iso
 from service.vocabulary import Status
 from storage import DispatchState, JobRecord, Stage
+
+if TYPE_CHECKING:
+    from service.providers.base import ModelSpec
 
 _STAGE_OF: dict[str, Stage] = {
     "queued": Stage.SUBMITTED,
@@ -166,3 +169,46 @@ def with_task(attempts: list[dict[str, Any]], provider_task_id: str) -> list[dic
     if not attempts:
         return attempts
     return [*attempts[:-1], {**attempts[-1], "provider_task_id": provider_task_id}]
+
+
+def answer_lost(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The attempts with the current one marked: a create to it was sent and its answer lost (it may have a task)."""
+    if not attempts or attempts[-1].get("answer_lost"):
+        return attempts
+    return [*attempts[:-1], {**attempts[-1], "answer_lost": True}]
+
+
+def rerouted(
+    job: JobRecord,
+    *,
+    to_spec: ModelSpec,
+    reason: str,
+    error: dict[str, Any] | None,
+    cost: dict[str, Any],
+    now: float,
+) -> tuple[JobRecord, str | None] | None:
+    """Move a job on a route from its current candidate to `to_spec`, whose estimate is `cost`, to be sent there
+    now; None once it has been accepted or has ended (a cancel or a deadline got there first)."""
+    if job.stage != Stage.QUEUED or not job.attempts:
+        return None
+    stamp = to_iso(now)
+    left = {**job.attempts[-1], "left": reason, "left_at": stamp}
+    if error is not None:
+        left["error"] = error
+    arrived = {"model": to_spec.id, "provider": to_spec.provider, "started_at": stamp}
+    return (
+        msgspec.structs.replace(
+            job,
+            attempts=[*job.attempts[:-1], left, arrived],
+            routed_model=to_spec.id,
+            provider=to_spec.provider,
+            provider_task_id=None,
+            cost=cost,  # the job's reservation, if it has one, is apart and stays as it is
+            updated_at=stamp,
+            dispatch_state=DispatchState.PENDING,
+            dispatch_attempts=0,
+            next_attempt_at=now,
+            lease_until=None,
+        ),
+        "job.rerouted",
+    )

@@ -18,6 +18,7 @@ class Metrics:
     loop_lag: Histogram
     jobs_finished: Counter
     upstream_create: Histogram
+    route_failovers: Counter
     webhook_deliveries: Counter
     webhook_attempt_seconds: Histogram
     webhook_pending: Gauge
@@ -63,6 +64,12 @@ class Metrics:
                 ["provider", "outcome"],
                 registry=registry,
                 buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            ),
+            route_failovers=Counter(
+                "reelay_route_failovers",
+                "Jobs moved from one candidate of a route to the next, by route and why the candidate was left",
+                ["route", "reason"],
+                registry=registry,
             ),
             webhook_deliveries=Counter(
                 "reelay_webhook_deliveries",

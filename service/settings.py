@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from service.errors import ConfigError
+from service.routes import Route, parse_routes
 
 if TYPE_CHECKING:
     from service.providers import ProviderRegistry
@@ -44,6 +45,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # missing here is not configured.
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     model_aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    # Route ids (REELAY_ROUTES or REELAY_ROUTES_FILE), each naming its candidate model ids.
+    routes: dict[str, Route] = msgspec.field(default_factory=dict)
+    # On a route, a candidate is left after this many transient create failures in a row (429, 5xx, connection).
+    route_transient_attempts: int = 3
     dispatch_concurrency: int = 8
     poll_concurrency: int = 8
     job_timeout_seconds: float = 3600.0
@@ -94,6 +99,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         defaults = cls()
         tolerance = reader.integer("REELAY_WEBHOOK_TOLERANCE_SECONDS", defaults.webhook_tolerance_seconds, low=1)
         providers = {name: reader.provider(adapter, tolerance) for name, adapter in adapters.items()}
+        aliases = reader.mapping("REELAY_MODEL_ALIASES")
+        models = {spec.id: spec for adapter in adapters.values() for spec in adapter.models}
         return cls(
             database_url=reader.text("REELAY_DATABASE_URL", defaults.database_url),
             public_url=reader.text("REELAY_PUBLIC_URL", defaults.public_url).rstrip("/"),
@@ -104,7 +111,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "REELAY_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error", "critical")
             ),
             providers=providers,
-            model_aliases=reader.mapping("REELAY_MODEL_ALIASES"),
+            model_aliases=aliases,
+            routes=reader.routes(models, aliases),
+            route_transient_attempts=reader.integer(
+                "REELAY_ROUTE_TRANSIENT_ATTEMPTS", defaults.route_transient_attempts, low=1
+            ),
             dispatch_concurrency=reader.integer("REELAY_DISPATCH_CONCURRENCY", defaults.dispatch_concurrency, low=1),
             poll_concurrency=reader.integer("REELAY_POLL_CONCURRENCY", defaults.poll_concurrency, low=1),
             job_timeout_seconds=reader.number("REELAY_JOB_TIMEOUT_SECONDS", defaults.job_timeout_seconds),
@@ -256,6 +267,21 @@ class _Reader:
                 raise ConfigError(f"{name}: each delay must be zero or more seconds, got {item.strip()!r}")
             delays.append(delay)
         return tuple(delays)
+
+    def routes(self, models: Mapping[str, object], aliases: Mapping[str, str]) -> dict[str, Route]:
+        """REELAY_ROUTES (JSON), or the JSON file REELAY_ROUTES_FILE names; not both."""
+        raw = self._env.get("REELAY_ROUTES", "").strip()
+        path = self._env.get("REELAY_ROUTES_FILE", "").strip()
+        if raw and path:
+            raise ConfigError("REELAY_ROUTES and REELAY_ROUTES_FILE are both set; set one of them")
+        if path:
+            try:
+                with open(path, encoding="utf-8") as file:
+                    raw = file.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"REELAY_ROUTES_FILE: cannot read {path}: {exc}") from None
+            return parse_routes(raw, f"REELAY_ROUTES_FILE ({path})", models, aliases)
+        return parse_routes(raw, "REELAY_ROUTES", models, aliases) if raw else {}
 
     def mapping(self, name: str) -> dict[str, str]:
         raw = self._env.get(name, "").strip()

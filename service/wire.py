@@ -166,6 +166,13 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     left_at: _Timestamp | None = None
     error: JobError | None = None
     cost: dict[str, Any] | None = None
+    answer_lost: Annotated[
+        bool,
+        schema_doc(
+            "a create to this candidate was sent and its answer lost: the job leaves it only where the provider "
+            "proves no task exists (README, Routes and failover)"
+        ),
+    ] = False
 
 
 class Job(msgspec.Struct):

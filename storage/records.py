@@ -90,6 +90,7 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     left_at: str | None = None
     error: dict[str, Any] | None = None
     cost: dict[str, Any] | None = None
+    answer_lost: bool = False  # a create's answer was lost here: left only where the provider proves no task
 
 
 # Why a job left a candidate (`Attempt.left`, and `reason` of its job.rerouted event).

@@ -21,6 +21,7 @@ from litestar import Litestar
 
 from sandbox import SANDBOXES, SandboxKnobs
 from service.app import create_app
+from service.circuits import ProviderHealth
 from service.dev import emulator_settings
 from service.egress import Resolver, system_resolver
 from service.keys import create_key
@@ -167,10 +168,11 @@ async def stack(
     http_client: httpx.AsyncClient | None = None,
     provider_overrides: dict[str, dict[str, Any]] | None = None,
     webhook_resolve: Resolver = system_resolver,
+    health: ProviderHealth | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Emulators on their own ports, then Reelay pointing at them, then an API key. `webhook_resolve` stands in
-    for DNS for callers' webhook receivers."""
+    for DNS for callers' webhook receivers; `health` for provider health."""
     knobs = knobs or SandboxKnobs(processing_after_s=0.1, complete_after_s=0.4)
     async with httpx.AsyncClient(timeout=10) as client:
         sandbox_socks = {name: bind() for name in providers}
@@ -188,7 +190,7 @@ async def stack(
             sqlite_synchronous=settings.sqlite_synchronous,
             first_delivery_delay=settings.webhook_retry_schedule[0],
         )
-        app = create_app(settings, http_client=http_client, store=store, webhook_resolve=webhook_resolve)
+        app = create_app(settings, http_client=http_client, store=store, webhook_resolve=webhook_resolve, health=health)
         sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}
         sandboxes = [(a, sandbox_socks[n]) for n, a in sandbox_apps.items()]
         try:

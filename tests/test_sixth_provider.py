@@ -124,6 +124,12 @@ class _LumenSandbox(SandboxCore[_Render, Outcome]):
     def server_error(self) -> SandboxApiError:
         return SandboxApiError(500, "render farm down")
 
+    def refusal(self) -> SandboxApiError:
+        return SandboxApiError(400, "bad render request")
+
+    def out_of_credits(self) -> SandboxApiError:
+        return SandboxApiError(402, "no render minutes left")
+
     def not_found(self, task_id: str) -> SandboxApiError:
         return SandboxApiError(404, f"no render {task_id}")
 

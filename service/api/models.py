@@ -1,8 +1,9 @@
-"""`/v1/models`: every model id with its capabilities, price, and whether its provider is configured here."""
+"""`/v1/models`: every model id with its capabilities, price, and whether its provider is configured here; and every
+route with its candidates and the union of their capabilities."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get
@@ -14,6 +15,8 @@ from service.api.openapi import SECURITY
 from service.api.query import refuse_unknown_query
 from service.capabilities import capability_record
 from service.providers.base import ModelSpec
+from service.routes import Route, capability_union
+from service.wire import schema_doc
 from storage import ApiKeyRecord
 
 
@@ -25,8 +28,29 @@ class ModelInfo(msgspec.Struct):
     price: dict[str, Any] | None
 
 
+class RouteCandidate(msgspec.Struct):
+    model: str
+    provider: str
+    available: Annotated[bool, schema_doc("whether its provider is configured here")]
+
+
+class RouteInfo(msgspec.Struct):
+    id: str
+    strategy: Annotated[str, schema_doc("priority (the listed order) or cheapest (by the job's estimate)")]
+    candidates: list[RouteCandidate]
+    retry_failed: bool
+    capabilities: Annotated[
+        dict[str, Any],
+        schema_doc(
+            "what at least one candidate offers: durations, resolutions, aspect_ratios, inputs, max_reference_* "
+            "and audio; a job goes to the candidates that can serve it"
+        ),
+    ]
+
+
 class ModelList(msgspec.Struct):
     data: list[ModelInfo]
+    routes: Annotated[list[RouteInfo], schema_doc("route ids, usable as `model`: each names its candidates")]
 
 
 def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
@@ -36,6 +60,16 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
         available=available,
         capabilities=capability_record(spec),
         price=None if spec.price is None else msgspec.to_builtins(spec.price),
+    )
+
+
+def route_info(route: Route, candidates: list[tuple[ModelSpec, bool]]) -> RouteInfo:
+    return RouteInfo(
+        id=route.id,
+        strategy=route.strategy,
+        candidates=[RouteCandidate(model=s.id, provider=s.provider, available=a) for s, a in candidates],
+        retry_failed=route.retry_failed,
+        capabilities=capability_union([spec for spec, _ in candidates]),
     )
 
 
@@ -50,4 +84,8 @@ def model_info(spec: ModelSpec, available: bool) -> ModelInfo:
     operation_class=ApiOperation,
 )
 async def list_models(request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord]) -> ModelList:
-    return ModelList(data=[model_info(spec, available) for spec, available in context(request).gateway.list_models()])
+    gateway = context(request).gateway
+    return ModelList(
+        data=[model_info(spec, available) for spec, available in gateway.list_models()],
+        routes=[route_info(route, candidates) for route, candidates in gateway.list_routes()],
+    )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from service import lifecycle
+from service import lifecycle, routes
 from service.errors import OutcomeUnknown, PermanentError, ProviderError, TransientError
 from service.loops.leased import LeasedLoop
 from service.schedule import Backoff
@@ -43,16 +43,23 @@ class Dispatcher(LeasedLoop):
         now = self.clock()
         adapter = self.runtime.adapters.get(job.provider)
         spec = self.runtime.models.get(job.served_model)
+        # No create of this job can have reached its provider: on a route it may move to the next candidate.
+        unsent = job.dispatch_state != DispatchState.SENDING and not _answer_lost(job)
         if adapter is None or spec is None:
-            await self._fail(job, "provider_unavailable", f"provider {job.provider} is not configured")
+            message = f"provider {job.provider} is not configured"
+            if not (unsent and await self._reroute(job, "not_configured", _error("provider_unavailable", message))):
+                await self._fail(job, "provider_unavailable", message)
             return
         if now >= job.deadline_at:
             await self._fail(job, "timeout", "the job was not accepted by the provider before its deadline")
             return
         admission = await self.runtime.health.admit(job.provider, now)
         if not admission.allowed:
-            # The provider's circuit is open: the job waits in the queue, unsent, and is not failed for it.
-            await self._wait(job, admission.retry_at if admission.retry_at is not None else now + 1.0)
+            # The provider's circuit is open: the job goes to the next candidate of its route, or waits in the
+            # queue, unsent, and is not failed for it.
+            message = f"the circuit of provider {job.provider} is open"
+            if not (unsent and await self._reroute(job, "circuit_open", _error("circuit_open", message))):
+                await self._wait(job, admission.retry_at if admission.retry_at is not None else now + 1.0)
             return
         if job.dispatch_state == DispatchState.SENDING:
             # An earlier create may have reached the provider; find out before sending again.
@@ -66,6 +73,11 @@ class Dispatcher(LeasedLoop):
                     log.info("dispatch.recovered", provider_task_id=found.provider_task_id)
                     await self._submitted(job, found.provider_task_id, found.cost, spec.callbacks)
                     return
+                # The provider shows no task: the lost create counts as one transient failure of this candidate.
+                if job.dispatch_attempts >= self.runtime.settings.route_transient_attempts:
+                    message = f"{job.dispatch_attempts} creates failed; the last answer was lost and no task exists"
+                    if await self._reroute(job, "not_created", _error("provider_unavailable", message)):
+                        return
             elif adapter.unknown_outcome != "idempotency":
                 await self._fail(
                     job,
@@ -96,15 +108,30 @@ class Dispatcher(LeasedLoop):
             message = "the provider had not answered the create by the job's deadline (it may still run the task)"
             await self._fail(job, "timeout", message)
         except PermanentError as exc:
-            await self._fail(job, "provider_rejected", exc.message, exc.provider_code)
+            # A refusal is an answer: nothing was created (after a lost answer, only a lookup that found no task
+            # or an idempotent replay can have led here, and the replay's refusal proves there is none).
+            refusal = _error("provider_rejected", exc.message, exc.provider_code)
+            if not await self._reroute(job, "rejected", refusal):
+                await self._fail(job, "provider_rejected", exc.message, exc.provider_code)
         except OutcomeUnknown as exc:
             await self._retry(job, exc, maybe_sent=True)
         except TransientError as exc:
             if exc.give_up_after is not None and job.dispatch_attempts >= exc.give_up_after:
                 message = f"{exc} (on {job.dispatch_attempts} attempts, so taken as a refusal)"
-                await self._fail(job, "provider_rejected", message, exc.provider_code)
-            else:
+                refusal = _error("provider_rejected", message, exc.provider_code)
+                if _answer_lost(job) or not await self._reroute(job, "rejected", refusal):
+                    await self._fail(job, "provider_rejected", message, exc.provider_code)
+            elif (
+                exc.maybe_sent
+                or _answer_lost(job)  # after a lost answer only a proof moves it: it retries here until the deadline
+                or job.dispatch_attempts < self.runtime.settings.route_transient_attempts
+            ):
                 await self._retry(job, exc, maybe_sent=exc.maybe_sent)
+            else:
+                message = f"{exc} (on {job.dispatch_attempts} attempts in a row)"
+                unavailable = _error("provider_unavailable", message, exc.provider_code)
+                if not await self._reroute(job, "unavailable", unavailable):
+                    await self._retry(job, exc, maybe_sent=False)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("dispatch.bad_answer", error=str(exc))
             await self._retry(job, exc, maybe_sent=True)
@@ -150,6 +177,32 @@ class Dispatcher(LeasedLoop):
             ),
         )
 
+    async def _reroute(self, job: JobRecord, reason: str, error: dict[str, Any]) -> bool:
+        """Move a job on a route to its next candidate, to be sent at once; False when it has none (a model id, or
+        every candidate tried or unable to take it), and the job goes on as a job on a model id would."""
+        route = self.runtime.settings.routes.get(job.model)
+        if route is None or self.clock() >= job.deadline_at:  # the deadline stops failover
+            return False
+        given = await self.gateway.full_input(job)
+        tried = frozenset(attempt["model"] for attempt in job.attempts)
+        # Under a budget, only candidates priced in each unit the reservation holds.
+        units = tuple(unit for unit in ("usd", "credits") if (job.reservation or {}).get(unit) is not None)
+        candidates, _ = routes.plan(
+            route, self.runtime.models, self.runtime.adapters, given, skip=tried, priced_in=units
+        )
+        if not candidates:
+            return False
+        spec, adapter = candidates[0]
+        now = self.clock()
+        cost = adapter.estimate(spec, given)
+        outcome = await self.gateway.update_job(
+            job.id, lambda j: lifecycle.rerouted(j, to_spec=spec, reason=reason, error=error, cost=cost, now=now)
+        )
+        if outcome.event is not None:
+            self.runtime.metrics.route_failovers.labels(route=route.id, reason=reason).inc()
+            self.runtime.signals.new_job.set()  # its create goes out now, not at the loop's next idle check
+        return True  # moved, or ended meanwhile (a cancel): either way nothing more to do with it here
+
     async def _wait(self, job: JobRecord, until: float) -> None:
         """Put the job back in the queue until `until` (capped at its deadline) without counting an attempt."""
         next_at = min(until, job.deadline_at)
@@ -163,8 +216,28 @@ class Dispatcher(LeasedLoop):
         log.warning("dispatch.retrying", error=str(exc), delay=round(delay, 2), attempt=job.dispatch_attempts)
         next_at = min(now + delay, job.deadline_at)  # at the deadline the job fails with `timeout`
         await self._update(
-            job, lambda j: lifecycle.rescheduled(j, dispatch_state=state, next_attempt_at=next_at, lease_until=None)
+            job,
+            lambda j: lifecycle.rescheduled(
+                j,
+                dispatch_state=state,
+                next_attempt_at=next_at,
+                lease_until=None,
+                attempts=lifecycle.answer_lost(j.attempts) if maybe_sent else j.attempts,
+            ),
         )
+
+
+def _answer_lost(job: JobRecord) -> bool:
+    """Whether a create to the job's current candidate was sent and its answer lost (it may have made a task)."""
+    return bool(job.attempts and job.attempts[-1].get("answer_lost"))
+
+
+def _error(code: str, message: str, provider_code: str | None = None) -> dict[str, Any]:
+    """Why a candidate was left, shaped as a job error."""
+    error = {"code": code, "message": message}
+    if provider_code is not None:
+        error["provider_code"] = provider_code
+    return error
 
 
 def _create_outcome(exc: Exception) -> str:

@@ -1,0 +1,379 @@
+"""Routes over real HTTP against the emulators: a job on a route goes to the first candidate that can serve it, and
+moves to the next only while no provider can have accepted it (never paying twice); GET /v1/models lists routes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sandbox import SandboxKnobs
+from service.circuits import ADMITTED, Admission
+from service.routes import Route
+from tests.harness import LoseFirstCreateAnswer, Stack, collect_events, stack
+from tests.ports import free_ports
+from tests.processes import REELAY, reelay_env
+
+QUICK = SandboxKnobs(processing_after_s=0.05, complete_after_s=0.2)
+FAST = "seedancee2/fast"  # lookup after a lost answer
+MINI = "seedancee2/mini"
+MINDVIDEO = "mindvideo/doubao-seedance-2-0-fast"  # idempotency key after a lost answer
+IMINI = "imini/doubao/seedance-2.0"  # neither: a lost answer fails the job
+MAGNIFIC = "magnific/seedance-2-mini"
+CREATE_PATHS = {"seedancee2": "/v1/videos/generations", "mindvideo": "/api/v1/tasks", "imini": "/v1/videos/generate"}
+WRONG_KEY = {"seedancee2": {"api_key": "sk_seedancee2_live_wrong"}}  # every create answers 401: a refusal
+
+
+def _route(*candidates: str, strategy: str = "priority", route_id: str = "sd2") -> dict[str, Route]:
+    return {route_id: Route(id=route_id, strategy=strategy, candidates=candidates)}  # type: ignore[arg-type]
+
+
+async def _creates(running: Stack, provider: str) -> dict[str, Any]:
+    creates: dict[str, Any] = await running.sandbox(provider, "GET", "/_sandbox/creates")
+    return creates
+
+
+async def _finished(running: Stack, job_id: str, timeout: float = 15) -> dict[str, Any]:
+    return await running.wait_for(job_id, {"succeeded", "failed", "cancelled"}, timeout=timeout)
+
+
+def _left(job: dict[str, Any]) -> list[str | None]:
+    return [attempt.get("left") for attempt in job["attempts"]]
+
+
+class DropCreatesUnsent(httpx.AsyncHTTPTransport):
+    """Loses the first `count` creates to `path` before they reach the provider, as a connection that dies while
+    sending would: the caller cannot tell that from a lost answer."""
+
+    def __init__(self, path: str, count: int = 1_000_000) -> None:
+        super().__init__()
+        self.path = path
+        self.count = count
+        self.dropped = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == self.path and self.dropped < self.count:
+            self.dropped += 1
+            raise httpx.ReadError("connection reset while sending", request=request)
+        return await super().handle_async_request(request)
+
+
+class OpenCircuit:
+    """Provider health with `provider`'s circuit open for good: a stand-in for the interface, not the breaker."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.asked: list[str] = []
+
+    async def admit(self, provider: str, now: float) -> Admission:
+        self.asked.append(provider)
+        return Admission(allowed=False, retry_at=now + 60) if provider == self.provider else ADMITTED
+
+    async def record(
+        self, provider: str, *, ok: bool, counts: bool, latency: float, error: str | None, now: float
+    ) -> None:
+        return None
+
+
+# -- failover ---------------------------------------------------------------------------------------------------
+
+
+async def test_a_route_whose_first_candidate_refuses_ends_succeeded_on_the_second(tmp_path: Path) -> None:
+    async with stack(
+        tmp_path,
+        knobs=QUICK,
+        providers=("seedancee2", "mindvideo"),
+        provider_overrides=WRONG_KEY,
+        routes=_route(FAST, MINDVIDEO),
+    ) as running:
+        created = await running.submit("sd2")
+        assert (created["model"], created["routed_model"], created["provider"]) == ("sd2", FAST, "seedancee2")
+        frames: list[dict[str, Any]] = []
+        await asyncio.wait_for(
+            collect_events(running, f"{running.url}/v1/jobs/{created['id']}/events", "job.succeeded", frames), 15
+        )
+        done = await running.job(created["id"])
+        metrics = (await running.client.get(f"{running.url}/metrics")).text
+        refused, served = await _creates(running, "seedancee2"), await _creates(running, "mindvideo")
+    assert done["status"] == "succeeded"
+    assert (done["model"], done["routed_model"], done["provider"]) == ("sd2", MINDVIDEO, "mindvideo")
+    first, second = done["attempts"]
+    assert (first["model"], first["provider"], first["left"]) == (FAST, "seedancee2", "rejected")
+    assert first["error"]["code"] == "provider_rejected"
+    assert first["error"]["provider_code"] == "invalid_api_key"
+    assert first.get("provider_task_id") is None
+    assert (second["model"], second["provider"], second.get("left")) == (MINDVIDEO, "mindvideo", None)
+    assert second["provider_task_id"] == done["provider_task_id"]
+    assert [f["type"] for f in frames].count("job.rerouted") == 1
+    [moved] = [f for f in frames if f["type"] == "job.rerouted"]
+    assert moved["detail"] == {"from": FAST, "to": MINDVIDEO, "reason": "rejected"}
+    assert moved["job"]["routed_model"] == MINDVIDEO
+    assert (refused["attempts"], len(refused["accepted"])) == (1, 0)
+    assert len(served["accepted"]) == 1
+    assert 'reelay_route_failovers_total{reason="rejected",route="sd2"} 1.0' in metrics
+
+
+async def test_a_route_with_no_next_candidate_fails_as_a_job_on_a_model_id_does(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=QUICK, provider_overrides=WRONG_KEY, routes=_route(FAST)) as running:
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"])
+        events = await running.event_types(created["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "provider_rejected"
+    assert _left(done) == [None]
+    assert "job.rerouted" not in events
+
+
+async def test_a_lost_answer_at_a_provider_without_idempotency_or_lookup_is_never_rerouted(tmp_path: Path) -> None:
+    transport = LoseFirstCreateAnswer(CREATE_PATHS["imini"])
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        stack(
+            tmp_path,
+            knobs=QUICK,
+            providers=("imini", "mindvideo"),
+            http_client=client,
+            routes=_route(IMINI, MINDVIDEO),
+        ) as running,
+    ):
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"])
+        paid, other = await _creates(running, "imini"), await _creates(running, "mindvideo")
+        events = await running.event_types(created["id"])
+    assert transport.lost == 1
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "submit_outcome_unknown"
+    assert done["routed_model"] == IMINI
+    assert [a.get("answer_lost") for a in done["attempts"]] == [True]
+    assert len(paid["accepted"]) == 1  # imini has the task (and may bill it)...
+    assert other["attempts"] == 0  # ...so nothing was sent anywhere else
+    assert "job.rerouted" not in events
+
+
+async def test_a_lost_answer_the_lookup_finds_is_adopted_not_rerouted(tmp_path: Path) -> None:
+    transport = LoseFirstCreateAnswer(CREATE_PATHS["seedancee2"])
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        stack(
+            tmp_path,
+            knobs=QUICK,
+            providers=("seedancee2", "mindvideo"),
+            http_client=client,
+            routes=_route(FAST, MINDVIDEO),
+            route_transient_attempts=1,
+        ) as running,
+    ):
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"], timeout=20)
+        found, other = await _creates(running, "seedancee2"), await _creates(running, "mindvideo")
+    assert done["status"] == "succeeded"
+    assert done["routed_model"] == FAST
+    assert [(a.get("left"), a.get("answer_lost")) for a in done["attempts"]] == [(None, True)]
+    assert [a["id"] for a in found["accepted"]] == [done["provider_task_id"]]
+    assert other["attempts"] == 0
+
+
+async def test_lost_answers_at_a_lookup_provider_move_the_job_once_the_lookup_proves_no_task(tmp_path: Path) -> None:
+    transport = DropCreatesUnsent(CREATE_PATHS["seedancee2"])
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        stack(
+            tmp_path,
+            knobs=QUICK,
+            providers=("seedancee2", "mindvideo"),
+            http_client=client,
+            routes=_route(FAST, MINDVIDEO),
+            route_transient_attempts=2,
+        ) as running,
+    ):
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"], timeout=20)
+        nothing, served = await _creates(running, "seedancee2"), await _creates(running, "mindvideo")
+    assert transport.dropped == 2  # two lost creates, each followed by a lookup that found no task
+    assert done["status"] == "succeeded"
+    first, _ = done["attempts"]
+    assert (first["left"], first["answer_lost"]) == ("not_created", True)
+    assert nothing["attempts"] == 0
+    assert len(served["accepted"]) == 1
+
+
+async def test_transient_failures_in_a_row_move_the_job_after_the_setting(tmp_path: Path) -> None:
+    async with stack(
+        tmp_path,
+        knobs=QUICK,
+        providers=("seedancee2", "mindvideo"),
+        routes=_route(FAST, MINDVIDEO),
+        route_transient_attempts=2,
+    ) as running:
+        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json={"burst_5xx": 1000, "complete_after_s": 1})
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"], timeout=20)
+        failing = await _creates(running, "seedancee2")
+    assert done["status"] == "succeeded"
+    assert done["routed_model"] == MINDVIDEO
+    first, _ = done["attempts"]
+    assert first["left"] == "unavailable"
+    assert first["error"]["code"] == "provider_unavailable"
+    assert "on 2 attempts in a row" in first["error"]["message"]
+    assert failing["attempts"] == 2
+
+
+async def test_transient_failures_after_a_lost_answer_never_move_the_job(tmp_path: Path) -> None:
+    # MindVideo's replay with the same Idempotency-Key may still find the lost create's task: it is never left.
+    transport = DropCreatesUnsent(CREATE_PATHS["mindvideo"], count=1)
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        stack(
+            tmp_path,
+            knobs=QUICK,
+            providers=("seedancee2", "mindvideo"),
+            http_client=client,
+            routes=_route(MINDVIDEO, FAST),
+            route_transient_attempts=2,
+        ) as running,
+    ):
+        await running.sandbox("mindvideo", "PUT", "/_sandbox/knobs", json={"burst_5xx": 1000})
+        response = await running.client.post(
+            f"{running.url}/v1/jobs",
+            json={"model": "sd2", "input": {"prompt": "waves"}, "deadline_seconds": 4},
+            headers=running.headers,
+        )
+        done = await _finished(running, response.json()["id"])
+        retried, other = await _creates(running, "mindvideo"), await _creates(running, "seedancee2")
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "timeout"
+    assert [(a.get("left"), a.get("answer_lost")) for a in done["attempts"]] == [(None, True)]
+    # A lost create and a 500 at least: the route's 2 transient failures, and still on MindVideo.
+    assert transport.dropped + retried["attempts"] >= 2
+    assert other["attempts"] == 0
+
+
+async def test_an_open_circuit_sends_the_job_to_the_next_candidate_unsent(tmp_path: Path) -> None:
+    health = OpenCircuit("seedancee2")
+    async with stack(
+        tmp_path,
+        knobs=QUICK,
+        providers=("seedancee2", "mindvideo"),
+        routes=_route(FAST, MINDVIDEO),
+        health=health,
+    ) as running:
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"])
+        unsent = await _creates(running, "seedancee2")
+    assert done["status"] == "succeeded"
+    assert done["routed_model"] == MINDVIDEO
+    first, _ = done["attempts"]
+    assert (first["left"], first["error"]["code"]) == ("circuit_open", "circuit_open")
+    assert unsent["attempts"] == 0
+    assert health.asked[:2] == ["seedancee2", "mindvideo"]
+
+
+async def test_a_job_on_a_model_id_waits_for_an_open_circuit_and_is_not_rerouted(tmp_path: Path) -> None:
+    async with stack(
+        tmp_path, knobs=QUICK, providers=("seedancee2", "mindvideo"), health=OpenCircuit("seedancee2")
+    ) as running:
+        created = await running.submit(FAST)
+        await asyncio.sleep(0.5)  # the dispatcher has had it (and put it back)
+        job = await running.job(created["id"])
+        record = await running.store.get_job(created["id"])
+    assert job["status"] == "queued"
+    assert _left(job) == [None]
+    assert record is not None
+    assert record.dispatch_attempts == 0
+
+
+# -- create ----------------------------------------------------------------------------------------------------
+
+
+async def test_a_job_no_candidate_can_serve_is_a_400_naming_each_candidates_refusal(tmp_path: Path) -> None:
+    async with stack(
+        tmp_path, knobs=QUICK, providers=("seedancee2", "magnific"), routes=_route(FAST, MAGNIFIC, MINDVIDEO)
+    ) as running:
+        response = await running.client.post(
+            f"{running.url}/v1/jobs",
+            json={"model": "sd2", "input": {"prompt": "waves", "duration": 7, "resolution": "1080p"}},
+            headers=running.headers,
+        )
+        served = await running.client.post(
+            f"{running.url}/v1/jobs",
+            json={"model": "sd2", "input": {"prompt": "waves", "duration": 7}},
+            headers=running.headers,
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    refusals = error["details"]["candidates"]
+    assert list(refusals) == [FAST, MAGNIFIC, MINDVIDEO]
+    assert refusals[FAST].startswith("input.resolution: '1080p' is not offered")
+    assert refusals[MAGNIFIC].startswith("input.duration: 7 s is not offered")
+    assert refusals[MINDVIDEO] == "provider mindvideo is not configured"
+    assert error["details"]["route"] == "sd2"
+    for model_id, refusal in refusals.items():
+        assert f"{model_id}: {refusal}" in error["message"]
+    # Duration 7 is one only Seedancee2 offers: the job starts there, Magnific is not in its plan.
+    assert served.status_code == 202, served.text
+    assert served.json()["routed_model"] == FAST
+
+
+async def test_cheapest_picks_the_candidate_with_the_lower_estimate(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=QUICK, routes=_route(FAST, MINI, strategy="cheapest")) as running:
+        created = await running.submit("sd2", resolution="720p")
+        done = await _finished(running, created["id"])
+        accepted = (await _creates(running, "seedancee2"))["accepted"]
+    assert created["routed_model"] == MINI
+    assert created["cost"]["credits_estimate"] == 50  # mini 10 credits/s at 720p, fast 16
+    assert done["status"] == "succeeded"
+    assert [a["body"]["model"] for a in accepted] == ["mini"]
+
+
+async def test_get_models_lists_routes_with_their_candidates_and_capability_union(tmp_path: Path) -> None:
+    async with stack(
+        tmp_path,
+        knobs=QUICK,
+        routes=_route(FAST, MAGNIFIC),
+        model_aliases={"cheap-video": "sd2"},
+    ) as running:
+        listed = (await running.client.get(f"{running.url}/v1/models", headers=running.headers)).json()
+        aliased = await running.submit("cheap-video")
+    assert {m["id"] for m in listed["data"]} >= {FAST, MAGNIFIC}  # models as they were
+    assert "sd2" not in {m["id"] for m in listed["data"]}
+    [route] = listed["routes"]
+    assert route["id"] == "sd2"
+    assert route["strategy"] == "priority"
+    assert route["retry_failed"] is False
+    assert route["candidates"] == [
+        {"model": FAST, "provider": "seedancee2", "available": True},
+        {"model": MAGNIFIC, "provider": "magnific", "available": False},
+    ]
+    capabilities = route["capabilities"]
+    assert capabilities["durations"] == list(range(4, 16))
+    assert capabilities["resolutions"] == ["480p", "720p"]
+    assert "9:21" in capabilities["aspect_ratios"]  # Magnific's alone
+    assert "adaptive" in capabilities["aspect_ratios"]  # Seedancee2's alone
+    assert capabilities["max_reference_images"] == 9
+    assert capabilities["audio"] is True
+    assert (aliased["model"], aliased["routed_model"]) == ("sd2", FAST)
+
+
+# -- configuration -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ('{"sd2": {"strategy": "priority", "candidates": ["seedancee2/nope"]}}', "unknown candidate model id"),
+        ('{"sd/2": {"strategy": "priority", "candidates": ["seedancee2/fast"]}}', "has no '/'"),
+    ],
+)
+def test_a_bad_route_stops_the_start_with_one_line(tmp_path: Path, routes: str, message: str) -> None:
+    port = free_ports(1)
+    env = reelay_env(tmp_path, port, {}, REELAY_ROUTES=routes)
+    result = subprocess.run([REELAY, "serve"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: REELAY_ROUTES: route ")
+    assert message in line
