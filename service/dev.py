@@ -120,7 +120,7 @@ async def run_dev(
         on_route = (
             ""
             if route is None
-            else f"Submit a job to the route {route.id} ({', then '.join(route.candidates)}, if the first refuses):\n"
+            else f"Submit a job to the route {route.id} (it fails over in order: {' → '.join(route.candidates)}):\n"
             f"""  {post} -d '{{"model": "{route.id}", "input": {{"prompt": "{prompt}"}}}}'\n"""
         )
         click.echo(

@@ -15,8 +15,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from sandbox import SANDBOXES
+from service.dev import dev_settings
 from service.ids import split_api_key
 from tests.ports import bind, free_ports
 
@@ -85,6 +87,23 @@ async def test_reelay_dev_prints_an_export_key_line_and_runs_a_job_to_success(tm
             elapsed = asyncio.get_running_loop().time() - started
         assert [e["type"] for e in events] == ["job.created", "job.submitted", "job.succeeded"]
         assert elapsed < 10
+
+
+async def test_reelay_dev_ships_an_example_route_and_its_banners_curl_creates_a_job_on_it(tmp_path: Path) -> None:
+    async with _reelay_dev(tmp_path) as (url, key, printed):
+        [curl] = re.findall(r"^  (curl .*seedance-2\.0-fast.*)$", printed, re.MULTILINE)
+        created = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30, check=True)
+        job = json.loads(created.stdout)
+        async with httpx.AsyncClient(timeout=10) as client:
+            models = (await client.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})).json()
+    assert (
+        "route seedance-2.0-fast (it fails over in order: seedancee2/fast → mindvideo/doubao-seedance-2-0-fast)"
+        in printed
+    )
+    assert (job["model"], job["routed_model"]) == ("seedance-2.0-fast", "seedancee2/fast")
+    [route] = models["routes"]
+    assert [c["model"] for c in route["candidates"]] == ["seedancee2/fast", "mindvideo/doubao-seedance-2-0-fast"]
+    assert all(c["available"] for c in route["candidates"])
 
 
 async def test_reelay_keys_list_shows_the_key_reelay_dev_printed_and_a_created_key_works_against_it(
@@ -172,3 +191,10 @@ async def test_the_banners_reelay_listen_line_receives_a_jobs_verified_webhook(t
         finally:
             listener.send_signal(signal.SIGINT)
             listener.wait(10)
+
+
+def test_reelay_dev_ships_no_example_route_when_routes_are_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REELAY_ROUTES", '{"mine": {"strategy": "cheapest", "candidates": ["seedancee2/mini"]}}')
+    assert list(dev_settings(8000, 8001).routes) == ["mine"]
+    monkeypatch.delenv("REELAY_ROUTES")
+    assert list(dev_settings(8000, 8001).routes) == ["seedance-2.0-fast"]

@@ -82,14 +82,17 @@ class OpenCircuit:
 # -- failover ---------------------------------------------------------------------------------------------------
 
 
-async def test_a_route_whose_first_candidate_refuses_ends_succeeded_on_the_second(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("knob", "provider_code"),
+    [("refuse_creates", "invalid_request"), ("insufficient_credits", "insufficient_credits")],
+)
+async def test_a_route_whose_first_candidate_refuses_ends_succeeded_on_the_second(
+    tmp_path: Path, knob: str, provider_code: str
+) -> None:
     async with stack(
-        tmp_path,
-        knobs=QUICK,
-        providers=("seedancee2", "mindvideo"),
-        provider_overrides=WRONG_KEY,
-        routes=_route(FAST, MINDVIDEO),
+        tmp_path, knobs=QUICK, providers=("seedancee2", "mindvideo"), routes=_route(FAST, MINDVIDEO)
     ) as running:
+        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json={knob: True})
         created = await running.submit("sd2")
         assert (created["model"], created["routed_model"], created["provider"]) == ("sd2", FAST, "seedancee2")
         frames: list[dict[str, Any]] = []
@@ -104,7 +107,7 @@ async def test_a_route_whose_first_candidate_refuses_ends_succeeded_on_the_secon
     first, second = done["attempts"]
     assert (first["model"], first["provider"], first["left"]) == (FAST, "seedancee2", "rejected")
     assert first["error"]["code"] == "provider_rejected"
-    assert first["error"]["provider_code"] == "invalid_api_key"
+    assert first["error"]["provider_code"] == provider_code
     assert first.get("provider_task_id") is None
     assert (second["model"], second["provider"], second.get("left")) == (MINDVIDEO, "mindvideo", None)
     assert second["provider_task_id"] == done["provider_task_id"]
@@ -119,7 +122,7 @@ async def test_a_route_whose_first_candidate_refuses_ends_succeeded_on_the_secon
 
 async def test_a_route_with_no_next_candidate_fails_as_a_job_on_a_model_id_does(tmp_path: Path) -> None:
     async with stack(tmp_path, knobs=QUICK, provider_overrides=WRONG_KEY, routes=_route(FAST)) as running:
-        created = await running.submit("sd2")
+        created = await running.submit("sd2")  # every create answers 401 invalid_api_key
         done = await _finished(running, created["id"])
         events = await running.event_types(created["id"])
     assert done["status"] == "failed"
@@ -129,22 +132,19 @@ async def test_a_route_with_no_next_candidate_fails_as_a_job_on_a_model_id_does(
 
 
 async def test_a_lost_answer_at_a_provider_without_idempotency_or_lookup_is_never_rerouted(tmp_path: Path) -> None:
-    transport = LoseFirstCreateAnswer(CREATE_PATHS["imini"])
-    async with (
-        httpx.AsyncClient(transport=transport) as client,
-        stack(
-            tmp_path,
-            knobs=QUICK,
-            providers=("imini", "mindvideo"),
-            http_client=client,
-            routes=_route(IMINI, MINDVIDEO),
-        ) as running,
-    ):
+    # imini makes the task, then holds its answer past Reelay's upstream timeout: the answer is lost.
+    async with stack(
+        tmp_path,
+        knobs=QUICK,
+        providers=("imini", "mindvideo"),
+        routes=_route(IMINI, MINDVIDEO),
+        upstream_timeout_seconds=0.5,
+    ) as running:
+        await running.sandbox("imini", "PUT", "/_sandbox/knobs", json={"hang_s": 3})
         created = await running.submit("sd2")
         done = await _finished(running, created["id"])
         paid, other = await _creates(running, "imini"), await _creates(running, "mindvideo")
         events = await running.event_types(created["id"])
-    assert transport.lost == 1
     assert done["status"] == "failed"
     assert done["error"]["code"] == "submit_outcome_unknown"
     assert done["routed_model"] == IMINI
@@ -201,7 +201,10 @@ async def test_lost_answers_at_a_lookup_provider_move_the_job_once_the_lookup_pr
     assert len(served["accepted"]) == 1
 
 
-async def test_transient_failures_in_a_row_move_the_job_after_the_setting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("failing", [{"burst_5xx": 1000}, {"rate_limit": True}])
+async def test_transient_failures_in_a_row_move_the_job_after_the_setting(
+    tmp_path: Path, failing: dict[str, Any]
+) -> None:
     async with stack(
         tmp_path,
         knobs=QUICK,
@@ -209,7 +212,7 @@ async def test_transient_failures_in_a_row_move_the_job_after_the_setting(tmp_pa
         routes=_route(FAST, MINDVIDEO),
         route_transient_attempts=2,
     ) as running:
-        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json={"burst_5xx": 1000, "complete_after_s": 1})
+        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json=failing)
         created = await running.submit("sd2")
         done = await _finished(running, created["id"], timeout=20)
         failing = await _creates(running, "seedancee2")
@@ -250,6 +253,32 @@ async def test_transient_failures_after_a_lost_answer_never_move_the_job(tmp_pat
     # A lost create and a 500 at least: the route's 2 transient failures, and still on MindVideo.
     assert transport.dropped + retried["attempts"] >= 2
     assert other["attempts"] == 0
+
+
+async def test_an_idempotent_replay_the_provider_refuses_moves_the_job_after_a_lost_answer(tmp_path: Path) -> None:
+    # The first create to MindVideo is lost; its replay with the same Idempotency-Key is refused: no task exists.
+    transport = DropCreatesUnsent(CREATE_PATHS["mindvideo"], count=1)
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        stack(
+            tmp_path,
+            knobs=QUICK,
+            providers=("seedancee2", "mindvideo"),
+            http_client=client,
+            routes=_route(MINDVIDEO, FAST),
+        ) as running,
+    ):
+        await running.sandbox("mindvideo", "PUT", "/_sandbox/knobs", json={"refuse_creates": True})
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"], timeout=20)
+        refused, served = await _creates(running, "mindvideo"), await _creates(running, "seedancee2")
+    assert transport.dropped == 1
+    assert done["status"] == "succeeded"
+    assert done["routed_model"] == FAST
+    first, _ = done["attempts"]
+    assert (first["left"], first["answer_lost"]) == ("rejected", True)
+    assert (refused["attempts"], len(refused["accepted"])) == (1, 0)
+    assert len(served["accepted"]) == 1
 
 
 async def test_an_open_circuit_sends_the_job_to_the_next_candidate_unsent(tmp_path: Path) -> None:
