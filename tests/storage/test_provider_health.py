@@ -23,19 +23,13 @@ async def fail(store: Store, times: int, *, at: float = NOW, owner: str = "a") -
         )
 
 
-async def circuit(store: Store, provider: str = "seedancee2") -> object:
-    return next((row for row in await store.provider_health() if row.provider == provider), None)
-
-
 async def test_no_row_until_a_failure_is_counted(store: Store) -> None:
     assert await store.provider_health() == []
 
 
 async def test_consecutive_failures_open_the_circuit_at_the_threshold(store: Store) -> None:
     await fail(store, 2)
-    row = await store.record_provider_outcome(
-        "seedancee2", failed=False, owner="a", error=None, now=NOW, policy=POLICY
-    )
+    row = await store.record_provider_outcome("seedancee2", failed=False, owner="a", error=None, now=NOW, policy=POLICY)
     assert (row.state, row.failures) == (CLOSED, 0)  # a success in between restarts the count
     await fail(store, 2)
     assert [(r.state, r.failures) for r in await store.provider_health()] == [(CLOSED, 2)]
@@ -112,7 +106,8 @@ async def test_jobs_in_flight_counts_unfinished_jobs_by_provider(store: Store) -
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_jobs_in_flight_reads_its_index(backend: Backend, store: Store) -> None:
-    plan = await backend.execute("EXPLAIN QUERY PLAN SELECT provider, count(*) FROM jobs WHERE stage < 3 GROUP BY provider")
+    query = "SELECT provider, count(*) FROM jobs WHERE stage < 3 GROUP BY provider"  # the store's
+    plan = await backend.execute(f"EXPLAIN QUERY PLAN {query}")
     assert any("jobs_in_flight" in str(step) for step in plan), plan
 
 
