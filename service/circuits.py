@@ -213,8 +213,8 @@ class Circuits:
         """Read every circuit unless a read started at most `max_age` seconds before this call (one read at a time)."""
         asked = self._monotonic()
         async with self._lock:
-            if self._read_at >= asked - max_age:
-                return  # another caller read them while this one waited
+            if asked - self._read_at < max_age or self._read_at > asked:
+                return  # recent enough, or another caller read them while this one waited
             self._read_at = self._monotonic()
             try:
                 rows = await self._store.provider_health()
