@@ -27,8 +27,9 @@ from service.api.limits import RateLimiter
 from service.api.middleware import RequestContextMiddleware, add_security_headers
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
+from service.api.providers import list_providers
 from service.api.usage import usage
-from service.circuits import AlwaysClosed, ProviderHealth
+from service.circuits import Circuits, ProviderHealth
 from service.egress import Resolver, system_resolver
 from service.endpoints import Endpoints
 from service.errors import ConfigError
@@ -39,10 +40,11 @@ from service.loops import Deliverer, Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
 from service.providers.base import ProviderAdapter
-from service.runtime import Runtime
+from service.runtime import Runtime, Signals
 from service.settings import Settings
 from service.wire import encode_job
 from storage import EventRecord, StorageError, Store, create_store
+from storage.health import CircuitPolicy
 
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
@@ -118,18 +120,35 @@ def create_app(
         )
         hub = EventHub(settings.sse_queue_size)
         the_store.add_listener(hub.publish)
+        signals = Signals()
+        models = all_models(adapters)
+        circuits = health or Circuits(
+            the_store,
+            CircuitPolicy(
+                threshold=settings.circuit_failures,
+                cooldown=settings.circuit_cooldown_seconds,
+                max_cooldown=settings.circuit_max_cooldown_seconds,
+            ),
+            # A probe outlasts its create; a probe whose process died is taken again after this.
+            probe_lease_seconds=settings.upstream_timeout_seconds + 5.0,
+            wake=signals.new_job.set,
+            metrics=app_metrics,
+            monotonic=time.monotonic,
+            providers=sorted({spec.provider for spec in models.values()}),
+        )
         runtime = Runtime(
             settings=settings,
             store=the_store,
             adapters=enabled_adapters(settings, client, adapters),
-            models=all_models(adapters),
+            models=models,
             http=client,
             hub=hub,
             clock=clock or time.time,  # the one place the wall clock is chosen
             monotonic=time.monotonic,
             rng=random.Random(),
             metrics=app_metrics,
-            health=health or AlwaysClosed(),
+            signals=signals,
+            health=circuits,
         )
         gateway = Gateway(runtime)
         the_store.add_listener(lambda events: _wake_deliverer(runtime, events))
@@ -178,7 +197,16 @@ def create_app(
     api: list[ControllerRouterHandler] = (
         []
         if role == "worker"
-        else [JobController, WebhookController, all_events, list_models, usage, provider_webhook, job_webhook]
+        else [
+            JobController,
+            WebhookController,
+            all_events,
+            list_models,
+            list_providers,
+            usage,
+            provider_webhook,
+            job_webhook,
+        ]
     )
     app = Litestar(
         # swagger_assets: /schema/swagger's code, served wherever /schema is.

@@ -15,6 +15,7 @@ import structlog
 from reelay_signing import SignatureError
 from service import deliveries, lifecycle, routes
 from service.capabilities import check_for
+from service.circuits import ProviderView
 from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
 from service.health import check_ready
 from service.ids import decode_cursor, encode_cursor, new_job_id, new_token, new_webhook_secret
@@ -61,6 +62,7 @@ class Gateway:
         self._clock = runtime.clock
         self._metrics = runtime.metrics
         self._signals = runtime.signals
+        self._health = runtime.health
 
     # -- models ------------------------------------------------------------------------------
 
@@ -125,6 +127,13 @@ class Gateway:
     async def check_ready(self) -> None:
         """Raise NotReady unless the database can take jobs."""
         await check_ready(self._store, self._settings)
+
+    async def providers(self) -> list[tuple[str, bool, ProviderView, int]]:
+        """Every provider: whether it is configured here, its health, and its unfinished jobs in the database."""
+        views = await self._health.view(self._clock())
+        in_flight = await self._store.jobs_in_flight()
+        names = sorted({spec.provider for spec in self._models.values()} | set(self._adapters))
+        return [(n, n in self._adapters, views.get(n, ProviderView()), in_flight.get(n, 0)) for n in names]
 
     # -- jobs --------------------------------------------------------------------------------
 

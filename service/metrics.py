@@ -23,6 +23,8 @@ class Metrics:
     webhook_attempt_seconds: Histogram
     webhook_pending: Gauge
     webhook_endpoints_disabled: Gauge
+    provider_circuit_state: Gauge
+    provider_create_errors: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -92,6 +94,19 @@ class Metrics:
             webhook_endpoints_disabled=Gauge(
                 "reelay_webhook_endpoints_disabled",
                 "Disabled webhook endpoints, in the whole database (refreshed every few seconds)",
+                registry=registry,
+            ),
+            provider_circuit_state=Gauge(
+                "reelay_provider_circuit_state",
+                "Each provider's circuit as this process last read it: 0 closed, 1 half-open (probing), 2 open",
+                ["provider"],
+                registry=registry,
+            ),
+            provider_create_errors=Counter(
+                "reelay_provider_create_errors",
+                "Failed creates that count against the provider's circuit (5xx, 429, connection errors, timeouts, "
+                "lost answers, account refusals), by provider",
+                ["provider"],
                 registry=registry,
             ),
         )

@@ -89,6 +89,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_disable_after_seconds: float = 5 * 86400.0
     webhook_rotation_overlap_seconds: float = 86400.0  # how long a replaced secret keeps signing beside the new one
     webhook_max_endpoints: int = 50  # endpoints one API key may register
+    # Provider circuits: this many consecutive counted create failures open a provider's circuit for the cool-down;
+    # each failed half-open probe doubles it, up to the cap.
+    circuit_failures: int = 5
+    circuit_cooldown_seconds: float = 30.0
+    circuit_max_cooldown_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -162,6 +167,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             webhook_rotation_overlap_seconds=reader.number(
                 "REELAY_WEBHOOK_ROTATION_OVERLAP_SECONDS", defaults.webhook_rotation_overlap_seconds, allow_zero=True
             ),
+            circuit_failures=reader.integer("REELAY_CIRCUIT_FAILURES", defaults.circuit_failures, low=1),
+            circuit_cooldown_seconds=reader.number(
+                "REELAY_CIRCUIT_COOLDOWN_SECONDS", defaults.circuit_cooldown_seconds
+            ),
+            circuit_max_cooldown_seconds=reader.number(
+                "REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS", defaults.circuit_max_cooldown_seconds
+            ),
         )
 
     def __post_init__(self) -> None:
@@ -174,6 +186,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 f"REELAY_LEASE_SECONDS ({self.lease_seconds:g}) must exceed twice REELAY_WEBHOOK_TIMEOUT "
                 f"({self.webhook_timeout_seconds:g}): a claimed delivery may wait for one attempt before its own"
+            )
+        if self.circuit_max_cooldown_seconds < self.circuit_cooldown_seconds:
+            raise ConfigError(
+                f"REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS ({self.circuit_max_cooldown_seconds:g}) must be at least "
+                f"REELAY_CIRCUIT_COOLDOWN_SECONDS ({self.circuit_cooldown_seconds:g})"
             )
 
     def provider(self, name: str) -> ProviderSettings:

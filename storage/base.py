@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from storage.health import CircuitPolicy, ProviderHealthRecord
 from storage.records import (
     ApiKeyRecord,
     AttemptResult,
@@ -261,6 +262,27 @@ class Store(Protocol):
 
     async def delivery_counts(self) -> DeliveryCounts:
         """Pending deliveries and disabled endpoints in the whole database (cheap: index-only counts)."""
+
+    # -- provider health -----------------------------------------------------------------------
+    #
+    # One circuit per provider (storage.health), shared by every process on the database: no row is a closed
+    # circuit with no failures. `owner` names the process asking (its probe is recognised by it).
+
+    async def provider_health(self) -> list[ProviderHealthRecord]:
+        """Every provider's circuit that has a row, by provider name."""
+
+    async def record_provider_outcome(
+        self, provider: str, *, failed: bool, owner: str, error: str | None, now: float, policy: CircuitPolicy
+    ) -> ProviderHealthRecord:
+        """Apply one create's outcome atomically (see `storage.health.after_outcome`) and return the new state.
+        `failed`: a failure that counts against the provider; otherwise the create closes the circuit."""
+
+    async def claim_provider_probe(self, provider: str, *, owner: str, now: float, lease_seconds: float) -> bool:
+        """Take the half-open probe: True for exactly one caller, whichever process, once the circuit is open past
+        its cool-down, or its last probe's lease (`lease_seconds` from the claim) ran out."""
+
+    async def jobs_in_flight(self) -> dict[str, int]:
+        """Unfinished jobs (not terminal) per provider, from an index."""
 
 
 @runtime_checkable

@@ -122,3 +122,27 @@ def test_only_the_providers_of_the_registry_given_are_read() -> None:
     assert set(settings.providers) == {"seedancee2"}
     assert settings.provider("seedancee2").enabled
     assert not settings.provider("minuit").enabled
+
+
+def test_circuit_settings_are_read_and_checked() -> None:
+    defaults = Settings.from_env({}, adapters=ADAPTERS)
+    assert (defaults.circuit_failures, defaults.circuit_cooldown_seconds, defaults.circuit_max_cooldown_seconds) == (
+        5,
+        30.0,
+        600.0,
+    )
+    env = {
+        "REELAY_CIRCUIT_FAILURES": "2",
+        "REELAY_CIRCUIT_COOLDOWN_SECONDS": "0.5",
+        "REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS": "4",
+    }
+    settings = Settings.from_env(env, adapters=ADAPTERS)
+    assert (settings.circuit_failures, settings.circuit_cooldown_seconds, settings.circuit_max_cooldown_seconds) == (
+        2,
+        0.5,
+        4.0,
+    )
+    with pytest.raises(ConfigError, match="REELAY_CIRCUIT_FAILURES must be at least 1"):
+        Settings.from_env({"REELAY_CIRCUIT_FAILURES": "0"}, adapters=ADAPTERS)
+    with pytest.raises(ConfigError, match=r"REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS \(10\) must be at least"):
+        Settings.from_env({"REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS": "10"}, adapters=ADAPTERS)

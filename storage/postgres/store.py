@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage import migrations, webhooks, writes
+from storage import health, migrations, webhooks, writes
 from storage.base import Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageUnavailable, TaskTaken
 from storage.leases import due_for_dispatch, due_for_poll
@@ -98,7 +98,7 @@ class _Params:
         return f"${len(self.values)}"
 
 
-class PostgresStore(webhooks.WebhookMethods):
+class PostgresStore(webhooks.WebhookMethods, health.HealthMethods):
     """The storage contract on a PostgreSQL database that several processes may share.
 
     Jobs are leased with `FOR UPDATE SKIP LOCKED`, so two workers never hold the same job; each lease records

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from storage import migrations, webhooks, writes
+from storage import health, migrations, webhooks, writes
 from storage.base import BackupProgress, Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageError, StorageUnavailable
 from storage.leases import due_for_dispatch, due_for_poll
@@ -73,7 +73,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-class SqliteStore(webhooks.WebhookMethods):
+class SqliteStore(webhooks.WebhookMethods, health.HealthMethods):
     """The storage contract on one SQLite file.
 
     Writes go through one connection (GroupCommitWriter), so commit order is event-id order and listeners

@@ -35,6 +35,7 @@ from storage import (
     migrations,
 )
 from storage.base import Decide, Decision
+from storage.health import ProviderHealthRecord
 from tests.storage.conftest import Backend
 from tests.storage.factories import KEY_A, KEY_B, encode_snapshot, make_job
 
@@ -105,6 +106,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_endpoints": field_names(EndpointRecord) - {"signing"} | field_names(SigningSecret),
         "webhook_deliveries": field_names(DeliveryRecord) | {"lease_until"},
         "webhook_attempts": {"id"} | field_names(AttemptRecord),
+        "provider_health": field_names(ProviderHealthRecord),
     }
     for table, columns in backend.private_columns.items():
         expected[table] = expected[table] | columns
@@ -125,6 +127,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_deliveries_by_endpoint",
         "webhook_deliveries_tests",
         "webhook_attempts_by_delivery",
+        "jobs_in_flight",
     }
 
 
