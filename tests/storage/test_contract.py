@@ -11,6 +11,7 @@ import pytest
 
 from storage import (
     ApiKeyRecord,
+    BudgetTotals,
     AttemptRecord,
     CreateOutcome,
     Declined,
@@ -105,6 +106,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_endpoints": field_names(EndpointRecord) - {"signing"} | field_names(SigningSecret),
         "webhook_deliveries": field_names(DeliveryRecord) | {"lease_until"},
         "webhook_attempts": {"id"} | field_names(AttemptRecord),
+        "budget_periods": field_names(BudgetTotals),
     }
     for table, columns in backend.private_columns.items():
         expected[table] = expected[table] | columns
