@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_disable_after_seconds: float = 5 * 86400.0
     webhook_rotation_overlap_seconds: float = 86400.0  # how long a replaced secret keeps signing beside the new one
     webhook_max_endpoints: int = 50  # endpoints one API key may register
+    # Under a budget, a model without a price in the budget's unit is refused unless this allows it (it then
+    # reserves 0 and counts what the provider reports charging).
+    budget_allow_unpriced: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -151,6 +154,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             webhook_rotation_overlap_seconds=reader.number(
                 "REELAY_WEBHOOK_ROTATION_OVERLAP_SECONDS", defaults.webhook_rotation_overlap_seconds, allow_zero=True
             ),
+            budget_allow_unpriced=reader.choice("REELAY_BUDGET_ALLOW_UNPRICED", "false", ("true", "false")) == "true",
         )
 
     def __post_init__(self) -> None:

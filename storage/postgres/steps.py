@@ -9,19 +9,19 @@ import asyncpg  # type: ignore[import-untyped]
 
 from storage import webhooks
 from storage.base import Clock, JobEncoder
+from storage.budgets import Limits
 from storage.errors import TaskTaken
 from storage.postgres.feed import insert_event, lock_events
 from storage.records import (
     JOB_FIXED_COLUMNS,
-    BudgetTotals,
     JOB_MUTABLE_COLUMNS,
+    BudgetTotals,
     DeliveryRecord,
     EventRecord,
     IdempotencyClaim,
     JobRecord,
     Receipt,
 )
-from storage.budgets import Limits
 from storage.rows import (
     JOB_COLUMNS,
     LOCK_BUDGET,

@@ -12,18 +12,18 @@ import aiosqlite
 
 from storage import webhooks
 from storage.base import Clock, JobEncoder
+from storage.budgets import Limits
 from storage.errors import TaskTaken
 from storage.records import (
     JOB_FIXED_COLUMNS,
-    BudgetTotals,
     JOB_MUTABLE_COLUMNS,
+    BudgetTotals,
     DeliveryRecord,
     EventRecord,
     IdempotencyClaim,
     JobRecord,
     Receipt,
 )
-from storage.budgets import Limits
 from storage.rows import (
     JOB_COLUMNS,
     LOCK_BUDGET,
@@ -158,7 +158,9 @@ class SqliteSteps:
 
     async def lock_budget(self, api_key_id: str, period: str) -> tuple[BudgetTotals, Limits]:
         # No row lock needed: the writer's transaction excludes every other writer.
-        self._db.execute("INSERT OR IGNORE INTO budget_periods (api_key_id, period) VALUES (?, ?)", (api_key_id, period))
+        self._db.execute(
+            "INSERT OR IGNORE INTO budget_periods (api_key_id, period) VALUES (?, ?)", (api_key_id, period)
+        )
         row = self._db.execute(_LOCK_BUDGET, (api_key_id, period)).fetchone()
         return budget_from_row(row, api_key_id, period), budget_limits(row[6], row[7])
 

@@ -229,7 +229,9 @@ class SqliteStore(webhooks.WebhookMethods):
 
     async def create_api_key(self, key: ApiKeyRecord) -> None:
         async with self._writer.transaction() as conn:
-            await conn.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", key_values(key, str))
+            await conn.execute(
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", key_values(key, str)
+            )
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         rows = await self._read(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", [key_id])
