@@ -139,7 +139,14 @@ def parse_amount(text: str, what: str) -> Decimal | None:
         raise ValueError(f"{what} takes a number such as 25 or 12.50 (or none), got {text!r}") from None
     if not value.is_finite() or value < 0:
         raise ValueError(f"{what} must be a finite number of zero or more, got {text!r}")
+    # Bounded so that every backend holds it exactly, and sums of it stay exact.
+    if value >= _MOST or value != value.quantize(_FINEST):
+        raise ValueError(f"{what} takes at most 15 digits before the point and 12 after, got {text!r}")
     return value
+
+
+_MOST = Decimal(10) ** 15
+_FINEST = Decimal(10) ** -12
 
 
 def budget_fields(

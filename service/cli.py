@@ -238,19 +238,16 @@ def keys_update(
         raise click.BadParameter(str(exc)) from None
     if budget_usd is None and budget_credits is None and budget_period is None:
         raise click.UsageError("nothing to change: give --budget-usd, --budget-credits or --budget-period")
-    try:
-        record = _with_store(
-            _database_settings(),
-            lambda store: update_budget(
-                store,
-                key_id,
-                usd=usd if budget_usd is not None else ...,
-                credits=credits if budget_credits is not None else ...,
-                period=budget_period,
-            ),
-        )
-    except click.ClickException as exc:
-        raise click.UsageError(exc.message) from None  # the budget given cannot be set (a period without a limit)
+    record = _with_store(
+        _database_settings(),
+        lambda store: update_budget(
+            store,
+            key_id,
+            usd=usd if budget_usd is not None else ...,
+            credits=credits if budget_credits is not None else ...,
+            period=budget_period,
+        ),
+    )
     if record is None:
         click.echo(f"no key with id {key_id}", err=True)
         sys.exit(1)
