@@ -11,8 +11,8 @@ import pytest
 
 from storage import (
     ApiKeyRecord,
-    BudgetTotals,
     AttemptRecord,
+    BudgetTotals,
     CreateOutcome,
     Declined,
     DeliveryRecord,
