@@ -151,8 +151,12 @@ async def test_200_concurrent_creates_on_two_postgresql_replicas_accept_exactly_
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
             for process in processes:
-                process.wait(20)
-    assert statuses == {202: 50, 402: 150}, log.read_text()[-2000:]
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()  # a failing run may leave many jobs in flight: let its assertion be seen
+                    process.wait(10)
+    assert statuses == {202: 50, 402: 150}, (statuses, log.read_text()[-2000:])
     assert len(by_replica) == 2  # both replicas took some: the limit held across them
     assert usage["budget"]["reserved"]["credits"] == 2500
 
