@@ -6,19 +6,21 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
 
+from service.budgets import budget_fields, describe, parse_amount
 from service.errors import ConfigError
 from service.logging import configure_logging
 from service.providers import ADAPTERS
 from service.settings import Settings
 from service.timestamps import to_iso
 from service.wire import encode_job
-from storage import BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
+from storage import ApiKeyRecord, BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -162,28 +164,116 @@ def keys() -> None:
     pass
 
 
+def _amount(option: str) -> Callable[[click.Context, click.Parameter, str | None], Decimal | None]:
+    """A click callback reading a budget limit (a decimal, or "none"): a bad one is a usage error (exit 2)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
+        if value is None:
+            return None
+        try:
+            return parse_amount(value, option)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return parse
+
+
+_PERIOD = click.Choice(["day", "month", "total"])
+_PERIOD_HELP = "The budget's period, in UTC (default total: one limit for the key's whole life)."
+
+
 @keys.command("create", help="Create a key; it is shown once and stored only as a hash.")
 @click.option("--name", required=True, help="Who or what the key is for.")
+@click.option(
+    "--budget-usd", callback=_amount("--budget-usd"), metavar="AMOUNT", help="Most USD its jobs may cost per period."
+)
+@click.option(
+    "--budget-credits",
+    callback=_amount("--budget-credits"),
+    metavar="AMOUNT",
+    help="Most provider credits its jobs may cost per period.",
+)
+@click.option("--budget-period", type=_PERIOD, default=None, help=_PERIOD_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def keys_create(name: str, as_json: bool) -> None:
+def keys_create(
+    name: str, budget_usd: Decimal | None, budget_credits: Decimal | None, budget_period: str | None, as_json: bool
+) -> None:
     from service.keys import create_key
 
-    record, full_key = _with_store(_database_settings(), lambda store: create_key(store, name, now=time.time()))
+    try:
+        usd, credits, period = budget_fields(budget_usd, budget_credits, budget_period)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    record, full_key = _with_store(
+        _database_settings(),
+        lambda store: create_key(store, name, now=time.time(), budget_usd=usd, budget_credits=credits, period=period),
+    )
     if as_json:
-        click.echo(msgspec.json.encode({"id": record.id, "name": record.name, "key": full_key}).decode())
+        shown = {"id": record.id, "name": record.name, "key": full_key, **_budget_json(record)}
+        click.echo(msgspec.json.encode(shown).decode())
     else:
-        click.echo(f"id:   {record.id}\nname: {record.name}\nkey:  {full_key}")
+        click.echo(f"id:     {record.id}\nname:   {record.name}\nkey:    {full_key}\nbudget: {describe(record)}")
         click.echo("Store the key now: it is not shown again.", err=True)
 
 
-@keys.command("list", help="List keys (never their secrets).")
+@keys.command(
+    "update",
+    help="Change a key's budget: a limit's AMOUNT, or none to remove it; the options not given stay as they are. "
+    "What its jobs already spent and reserved in the current period still counts.",
+)
+@click.argument("key_id")
+@click.option("--budget-usd", metavar="AMOUNT|none", help="Most USD its jobs may cost per period, or none.")
+@click.option("--budget-credits", metavar="AMOUNT|none", help="Most provider credits per period, or none.")
+@click.option("--budget-period", type=_PERIOD, default=None, help=_PERIOD_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def keys_update(
+    key_id: str, budget_usd: str | None, budget_credits: str | None, budget_period: str | None, as_json: bool
+) -> None:
+    from service.keys import update_budget
+
+    try:
+        usd = None if budget_usd is None else parse_amount(budget_usd, "--budget-usd")
+        credits = None if budget_credits is None else parse_amount(budget_credits, "--budget-credits")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if budget_usd is None and budget_credits is None and budget_period is None:
+        raise click.UsageError("nothing to change: give --budget-usd, --budget-credits or --budget-period")
+    record = _with_store(
+        _database_settings(),
+        lambda store: update_budget(
+            store,
+            key_id,
+            usd=usd if budget_usd is not None else ...,
+            credits=credits if budget_credits is not None else ...,
+            period=budget_period,
+        ),
+    )
+    if record is None:
+        click.echo(f"no key with id {key_id}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(msgspec.json.encode({"id": record.id, "name": record.name, **_budget_json(record)}).decode())
+    else:
+        click.echo(f"{record.id}: {describe(record)}")
+
+
+def _budget_json(record: ApiKeyRecord) -> dict[str, Any]:
+    """A key's budget fields for --json output: limits as strings with their exact digits."""
+    return {
+        "budget_usd": None if record.budget_usd is None else str(record.budget_usd),
+        "budget_credits": None if record.budget_credits is None else str(record.budget_credits),
+        "budget_period": record.budget_period,
+    }
+
+
+@keys.command("list", help="List keys (never their secrets), with their budgets.")
 def keys_list() -> None:
     records = _with_store(_database_settings(), lambda store: store.list_api_keys())
     if not records:
         click.echo("no keys; create one with `reelay keys create --name NAME`")
     for record in records:
         state = f"revoked {record.revoked_at}" if record.revoked_at else "active"
-        click.echo(f"{record.id}  {record.name:<24} created {record.created_at}  {state}")
+        click.echo(f"{record.id}  {record.name:<24} created {record.created_at}  {state}  {describe(record)}")
 
 
 @keys.command("revoke", help="Revoke a key by its id (see `reelay keys list`).")

@@ -5,6 +5,7 @@ ServiceError
  │    ├── InvalidRequest        400 invalid_request / invalid_last_event_id
  │    │    └── WebhookRejected  400 invalid_request: a verified webhook whose body cannot be read
  │    ├── Unauthorized          401 unauthorized
+ │    ├── PaymentRequired       402 budget_exhausted: the key's budget cannot take the job's estimate
  │    ├── NotFound              404 not_found
  │    ├── RequestTimeout        408 request_timeout
  │    ├── Conflict              409 conflict / idempotency_conflict / job_finished
@@ -29,6 +30,7 @@ Defined where the service cannot be imported, and mapped here too:
   ├── SchemaOutdated                 NotReady schema_outdated (service/health.py)
   ├── IdempotencyConflict            Conflict idempotency_conflict (Gateway.create_job)
   ├── TaskTaken                      a webhook answered 200 "ignored" (Gateway)
+  ├── OverBudget                     PaymentRequired budget_exhausted (Gateway.create_job)
   ├── JobNotFound                    a webhook for a job gone meanwhile (pruned) is "ignored" (Gateway)
   └── any other                      500 internal_error (by the handler)
  SignatureError (reelay_signing)     401 invalid_signature, its `reason` in details (by the handler)
@@ -73,6 +75,11 @@ class WebhookRejected(InvalidRequest):
 class Unauthorized(ReelayError):
     status_code = 401
     code = "unauthorized"
+
+
+class PaymentRequired(ReelayError):
+    status_code = 402
+    code = "budget_exhausted"
 
 
 class NotFound(ReelayError):

@@ -13,7 +13,7 @@ import msgspec
 import structlog
 
 from reelay_signing import SignatureError
-from service import deliveries, lifecycle, routes
+from service import budgets, deliveries, lifecycle, routes
 from service.capabilities import check_for
 from service.circuits import ProviderView
 from service.errors import Conflict, InvalidRequest, NotFound, WebhookRejected
@@ -32,12 +32,14 @@ from storage import (
     JobFilter,
     JobNotFound,
     JobRecord,
+    OverBudget,
     Receipt,
     TaskTaken,
     UpdateOutcome,
     UsageRow,
 )
 from storage.base import Decide, Decision
+from storage.budgets import period_key
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -138,12 +140,20 @@ class Gateway:
     # -- jobs --------------------------------------------------------------------------------
 
     async def create_job(
-        self, api_key_id: str, request: JobCreate, idempotency_key: str | None, cancel_after: str | None = None
+        self,
+        api_key_id: str,
+        request: JobCreate,
+        idempotency_key: str | None,
+        cancel_after: str | None = None,
+        *,
+        caller: ApiKeyRecord | None = None,
     ) -> tuple[JobRecord, bool]:
+        """`caller` is the key's record, whose budget (if any) the job reserves in."""
         given: dict[str, Any] = msgspec.to_builtins(request.input)
         check_inline(given, self._settings.max_inline_bytes)
         model_id, candidates = self.plan(request.model, given)
-        spec, adapter = candidates[0]
+        plan, reservation = self._budgeted(caller, candidates, given)
+        spec, adapter = plan[0]
         limit = self._settings.job_timeout_seconds
         header_seconds = None if cancel_after is None else _whole_seconds(cancel_after, limit)
         if request.deadline_seconds is not None:
@@ -179,6 +189,7 @@ class Gateway:
             timeout=timeout,
             webhook_url=webhook_url,
             webhook_events=webhook_events,
+            reservation=reservation,
         )
         try:
             outcome = await self._store.create_job(record, "job.created", idempotency=claim, inline=inline)
@@ -188,10 +199,33 @@ class Gateway:
                 code="idempotency_conflict",
                 details={"job_id": exc.job_id},
             ) from None
+        except OverBudget as exc:
+            log.info("budget.exhausted", api_key_id=api_key_id, unit=exc.unit, period=exc.period, model=spec.id)
+            raise budgets.refused(exc) from None
         if outcome.created:
             log.info("job.created", job_id=record.id, provider=spec.provider, model=model_id, routed_model=spec.id)
             self._signals.new_job.set()
         return outcome.job, outcome.created
+
+    def _budgeted(
+        self, caller: ApiKeyRecord | None, plan: list[tuple[ModelSpec, ProviderAdapter]], given: dict[str, Any]
+    ) -> tuple[list[tuple[ModelSpec, ProviderAdapter]], dict[str, Any] | None]:
+        """The plan's candidates the caller's budget lets the job use, and what the job reserves (None: no budget);
+        the store holds the reservation, or refuses it, in the create's transaction."""
+        if caller is None or not caller.has_budget:
+            return plan, None
+        priced = [((spec, adapter), adapter.estimate(spec, given), spec.id) for spec, adapter in plan]
+        return budgets.plan_under_budget(
+            caller, priced, allow_unpriced=self._settings.budget_allow_unpriced, now=self._clock()
+        )
+
+    async def budget(self, api_key_id: str) -> budgets.BudgetStatus | None:
+        """The key's budget in its current period, read afresh (the key cache may be behind); None without one."""
+        key = await self._store.get_api_key(api_key_id)
+        if key is None or not key.has_budget:
+            return None
+        totals = await self._store.budget_totals(key.id, period_key(key.budget_period or "total", self._clock()))
+        return budgets.status(key, totals)
 
     def _job_webhook(self, request: JobCreate) -> tuple[str | None, list[str] | None]:
         """The job's checked `webhook_url` and its event filter (`["*"]` takes every type, as for endpoints)."""

@@ -94,6 +94,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     circuit_failures: int = 5
     circuit_cooldown_seconds: float = 30.0
     circuit_max_cooldown_seconds: float = 600.0
+    # Under a budget, a model without a price in the budget's unit is refused unless this allows it (it then
+    # reserves 0 and counts what the provider reports charging).
+    budget_allow_unpriced: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -174,6 +177,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             circuit_max_cooldown_seconds=reader.number(
                 "REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS", defaults.circuit_max_cooldown_seconds
             ),
+            budget_allow_unpriced=reader.choice("REELAY_BUDGET_ALLOW_UNPRICED", "false", ("true", "false")) == "true",
         )
 
     def __post_init__(self) -> None:

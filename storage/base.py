@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -11,6 +12,7 @@ from storage.records import (
     ApiKeyRecord,
     AttemptResult,
     BackupReport,
+    BudgetTotals,
     ClaimedDelivery,
     CreateOutcome,
     Declined,
@@ -82,6 +84,15 @@ class Store(Protocol):
     async def revoke_api_key(self, key_id: str, at: str) -> bool:
         """Revoke a key; False if it does not exist or was already revoked."""
 
+    async def set_api_key_budget(
+        self, key_id: str, *, usd: Decimal | None, credits: Decimal | None, period: str | None
+    ) -> bool:
+        """Replace a key's budget limits and period (None: no limit); False if there is no such key."""
+
+    async def budget_totals(self, api_key_id: str, period: str) -> BudgetTotals:
+        """A key's running totals in a budget period ("total", "day:2026-12-06", "month:2026-12"); zeros when
+        no job counted in it yet."""
+
     async def create_job(
         self,
         job: JobRecord,
@@ -91,6 +102,11 @@ class Store(Protocol):
         inline: Mapping[str, str] | None = None,
     ) -> CreateOutcome:
         """Insert a job and its first event, or return the job an idempotency key already made.
+
+        A job with a `reservation` holds it in its key's budget period in the same transaction, which also reads
+        the key's limits: OverBudget, writing nothing, when a limited unit cannot take it (every create of the key
+        in that period waits for this one, in any process); budget.threshold events are logged when spent +
+        reserved reaches 80 or 100 % of a limit. A replay of an idempotency key reserves nothing.
 
         `inline` is the job's inline data (by the names its input uses for it), stored once apart from the job:
         no job read, list or event carries it; only `inline_data` reads it back.
@@ -114,6 +130,8 @@ class Store(Protocol):
     async def update_job(self, job_id: str, decide: Decide, *, receipt: Receipt | None = None) -> UpdateOutcome:
         """Atomically read a job, let `decide` compute its next state, write it and log its event.
 
+        The write that makes a job with a reservation terminal settles it in the same transaction: the reservation
+        leaves its period's `reserved`, and `spent` gains what the job cost (storage.budgets.charge).
         With a receipt, a webhook already recorded is reported as duplicate and nothing changes;
         otherwise the receipt is recorded in the same transaction, unless `decide` declines. The store stamps
         the receipt with its clock. Raises JobNotFound when there is no such job, and TaskTaken, writing

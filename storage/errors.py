@@ -6,10 +6,13 @@ StorageError
  ├── SchemaOutdated         migrations are missing
  ├── IdempotencyConflict    the key was used before with a different request
  ├── JobNotFound            no job has the id a write names
- └── TaskTaken              a job was given a provider task id that another job holds
+ ├── TaskTaken              a job was given a provider task id that another job holds
+ └── OverBudget             a new job's reservation would pass its key's budget; nothing was written
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 
 class StorageError(Exception):
@@ -53,3 +56,18 @@ class TaskTaken(StorageError):
         self.provider = provider
         self.provider_task_id = provider_task_id
         self.owner_job_id = owner_job_id
+
+
+class OverBudget(StorageError):
+    """A new job's estimate would take its key past a budget limit in `unit`; the job was not created."""
+
+    def __init__(
+        self, *, unit: str, limit: Decimal, spent: Decimal, reserved: Decimal, estimate: Decimal, period: str
+    ) -> None:
+        super().__init__(f"the {unit} budget of period {period} cannot take {estimate} more")
+        self.unit = unit
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.estimate = estimate
+        self.period = period

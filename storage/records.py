@@ -33,6 +33,19 @@ class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     secret_hash: bytes
     created_at: str
     revoked_at: str | None = None
+    # A budget: a limit per unit (None: no limit in it) for each period; `budget_period` is "day", "month" or
+    # "total" (UTC periods), None when the key has no limit.
+    budget_usd: Decimal | None = None
+    budget_credits: Decimal | None = None
+    budget_period: str | None = None
+
+    def limits(self) -> dict[str, Decimal | None]:
+        """The key's limit in each budget unit."""
+        return {"usd": self.budget_usd, "credits": self.budget_credits}
+
+    @property
+    def has_budget(self) -> bool:
+        return self.budget_usd is not None or self.budget_credits is not None
 
 
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +127,36 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     period: str
     usd: str | None = None
     credits: str | None = None
+
+
+BUDGET_UNITS = ("usd", "credits")
+BUDGET_PERIODS = ("day", "month", "total")
+
+
+class BudgetTotals(msgspec.Struct, frozen=True, kw_only=True):
+    """A key's running totals in one budget period (its `budget_periods` row): what unfinished jobs hold
+    (`reserved_*`), what finished ones cost (`spent_*`), and the highest threshold (0, 80 or 100 %) announced."""
+
+    api_key_id: str
+    period: str
+    reserved_usd: Decimal = Decimal(0)
+    spent_usd: Decimal = Decimal(0)
+    reserved_credits: Decimal = Decimal(0)
+    spent_credits: Decimal = Decimal(0)
+    alerted_usd: int = 0
+    alerted_credits: int = 0
+
+    def reserved(self, unit: str) -> Decimal:
+        value: Decimal = getattr(self, f"reserved_{unit}")
+        return value
+
+    def spent(self, unit: str) -> Decimal:
+        value: Decimal = getattr(self, f"spent_{unit}")
+        return value
+
+    def alerted(self, unit: str) -> int:
+        value: int = getattr(self, f"alerted_{unit}")
+        return value
 
 
 # How every backend lays a JobRecord out in its `jobs` table: set once at insert, then rewritten on each update.

@@ -17,6 +17,10 @@ def finished_before(cutoff: str) -> str:
     return f"stage = {int(Stage.TERMINAL)} AND completed_at < {cutoff}"
 
 
+KEY_EVENTS_BEFORE = "job_id = '' AND created_at < {cutoff}"
+"""SQL for the events of a key alone (budget.threshold) a prune removes: logged before `cutoff`."""
+
+
 async def prune_in_batches(
     batch_size: int, pause: float, *, keys: PruneBatch, receipts: PruneBatch, jobs: PruneBatch, tests: PruneBatch
 ) -> PruneCounts:

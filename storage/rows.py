@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, EventRecord, JobRecord
+from storage.records import JOB_FIXED_COLUMNS, JOB_MUTABLE_COLUMNS, ApiKeyRecord, BudgetTotals, EventRecord, JobRecord
 
 JOB_COLUMNS = ", ".join(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
 EVENT_COLUMNS = "id, job_id, api_key_id, type, created_at, job, detail"
@@ -129,3 +130,74 @@ def last_within(sizes: Iterable[Sequence[Any]], max_bytes: int) -> int | None:
             break
         last = event_id
     return last
+
+
+# -- API keys and budgets ----------------------------------------------------------------------
+
+KEY_COLUMNS = "id, name, secret_hash, created_at, revoked_at, budget_usd, budget_credits, budget_period"
+_BUDGET_FIELDS = ("reserved_usd", "spent_usd", "reserved_credits", "spent_credits", "alerted_usd", "alerted_credits")
+# A period's totals and the key's limits, by the period's primary key ($1 key id, $2 period).
+LOCK_BUDGET = (
+    f"SELECT {', '.join('b.' + f for f in _BUDGET_FIELDS)}, k.budget_usd, k.budget_credits "
+    "FROM budget_periods b JOIN api_keys k ON k.id = b.api_key_id WHERE b.api_key_id = $1 AND b.period = $2"
+)
+SAVE_BUDGET = (
+    f"UPDATE budget_periods SET {', '.join(f'{f} = ${n}' for n, f in enumerate(_BUDGET_FIELDS, 3))} "
+    "WHERE api_key_id = $1 AND period = $2"
+)
+SELECT_BUDGET = f"SELECT {', '.join(_BUDGET_FIELDS)} FROM budget_periods WHERE api_key_id = $1 AND period = $2"
+
+
+def _money(value: Any) -> Decimal | None:
+    """A stored amount: exact text (SQLite) or numeric (PostgreSQL), never a float."""
+    return None if value is None else Decimal(value)
+
+
+def key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row[0],
+        name=row[1],
+        secret_hash=bytes(row[2]),
+        created_at=row[3],
+        revoked_at=row[4],
+        budget_usd=_money(row[5]),
+        budget_credits=_money(row[6]),
+        budget_period=row[7],
+    )
+
+
+def key_values(key: ApiKeyRecord, money: Any) -> list[Any]:
+    """Values of KEY_COLUMNS, each amount passed through `money` (str for SQLite's text)."""
+    amounts = [None if v is None else money(v) for v in (key.budget_usd, key.budget_credits)]
+    return [key.id, key.name, key.secret_hash, key.created_at, key.revoked_at, *amounts, key.budget_period]
+
+
+def budget_from_row(row: Sequence[Any] | None, api_key_id: str, period: str) -> BudgetTotals:
+    """A period's totals from the first six columns of a LOCK_BUDGET or SELECT_BUDGET row; zeros for no row."""
+    if row is None:
+        return BudgetTotals(api_key_id=api_key_id, period=period)
+    return BudgetTotals(
+        api_key_id=api_key_id,
+        period=period,
+        reserved_usd=Decimal(row[0]),
+        spent_usd=Decimal(row[1]),
+        reserved_credits=Decimal(row[2]),
+        spent_credits=Decimal(row[3]),
+        alerted_usd=int(row[4]),
+        alerted_credits=int(row[5]),
+    )
+
+
+def budget_limits(usd: Any, credits: Any) -> dict[str, Decimal | None]:
+    return {"usd": _money(usd), "credits": _money(credits)}
+
+
+def budget_values(totals: BudgetTotals, money: Any) -> list[Any]:
+    """SAVE_BUDGET's values, each amount passed through `money`."""
+    return [
+        totals.api_key_id,
+        totals.period,
+        *(money(getattr(totals, f)) for f in _BUDGET_FIELDS[:4]),
+        totals.alerted_usd,
+        totals.alerted_credits,
+    ]

@@ -217,6 +217,32 @@ def new_deliveries(
     targets: list[tuple[str, str, str | None]] = []
     if job.webhook_url is not None and takes(job.webhook_events or (), event_type):
         targets.append(("url:" + job.webhook_url, job.webhook_url, None))
+    return _deliveries(job.api_key_id, job.id, event_type, event_id, targets, endpoints, now, first_delay)
+
+
+def key_deliveries(
+    api_key_id: str,
+    event_type: str,
+    event_id: int,
+    endpoints: Iterable[Sequence[Any]],
+    now: float,
+    first_delay: float,
+) -> list[DeliveryRecord]:
+    """The deliveries an event of the key alone (budget.threshold) makes: to each of the key's enabled endpoints
+    whose events match. No job, so no job's `webhook_url`; `job_id` is None, so `prune` removes them by age."""
+    return _deliveries(api_key_id, None, event_type, event_id, [], endpoints, now, first_delay)
+
+
+def _deliveries(
+    api_key_id: str,
+    job_id: str | None,
+    event_type: str,
+    event_id: int,
+    targets: list[tuple[str, str, str | None]],
+    endpoints: Iterable[Sequence[Any]],
+    now: float,
+    first_delay: float,
+) -> list[DeliveryRecord]:
     for endpoint_id, url, wanted in endpoints:
         if takes(_decode_list(wanted), event_type):
             targets.append((endpoint_id, url, endpoint_id))
@@ -224,14 +250,14 @@ def new_deliveries(
     return [
         DeliveryRecord(
             id=new_delivery_id(now),
-            api_key_id=job.api_key_id,
+            api_key_id=api_key_id,
             target=target,
             url=url,
             event_type=event_type,
             status=DeliveryStatus.PENDING,
             created_at=stamp,
             updated_at=stamp,
-            job_id=job.id,
+            job_id=job_id,
             endpoint_id=endpoint_id,
             event_id=event_id,
             next_attempt_at=now + first_delay,

@@ -3,15 +3,16 @@ through its decide function and webhook receipt. A backend supplies the SQL of e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
-from storage import webhooks
+from storage import budgets, webhooks
 from storage.base import Clock, Decide, JobEncoder
 from storage.errors import IdempotencyConflict, JobNotFound
 from storage.records import (
+    BudgetTotals,
     CreateOutcome,
     Declined,
     DeliveryRecord,
@@ -19,8 +20,12 @@ from storage.records import (
     IdempotencyClaim,
     JobRecord,
     Receipt,
+    Stage,
     UpdateOutcome,
 )
+
+BUDGET_THRESHOLD = "budget.threshold"
+BudgetChange = Callable[[BudgetTotals, budgets.Limits], BudgetTotals]
 
 
 class WriteSteps(Protocol):
@@ -47,8 +52,11 @@ class WriteSteps(Protocol):
     async def save_job(self, job: JobRecord) -> None:
         """Write a job's mutable columns. Raises TaskTaken when its provider task id is another job's."""
 
-    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes, detail: bytes | None) -> int:
-        """Insert an event of `job`, dated `job.updated_at`, with its detail object if it has one; returns its id."""
+    async def insert_event(
+        self, job_id: str, api_key_id: str, created_at: str, event_type: str, snapshot: bytes, detail: bytes | None
+    ) -> int:
+        """Insert an event (of a job, or of the key alone with job id ""), with its detail object if it has one;
+        returns its id."""
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         """Record an idempotency key for `job`; False, writing nothing, when the key is held already."""
@@ -71,6 +79,13 @@ class WriteSteps(Protocol):
     async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
         """Insert pending caller webhook deliveries."""
 
+    async def lock_budget(self, api_key_id: str, period: str) -> tuple[BudgetTotals, budgets.Limits]:
+        """The key's totals in a budget period (a row of zeros inserted first if it has none), locked against
+        every other writer until the transaction ends, with the key's limits as stored now."""
+
+    async def save_budget(self, totals: BudgetTotals) -> None:
+        """Write a budget period's totals back."""
+
 
 async def create_job(
     steps: WriteSteps,
@@ -83,10 +98,24 @@ async def create_job(
     if idempotency is not None:
         existing = await _claim_key(steps, job, idempotency)
         if existing is not None:
-            return CreateOutcome(job=existing, created=False)
+            return CreateOutcome(job=existing, created=False)  # a replay reserves nothing
+    alerts: list[bytes] = []
+    if job.reservation is not None:
+        reservation = job.reservation
+        alerts = await _budget(steps, job, lambda totals, limits: budgets.reserve(totals, limits, reservation))
     await steps.insert_job(job, inline)
     event = await _append_event(steps, job, event_type)
+    await _announce(steps, job.api_key_id, job.created_at, alerts)
     return CreateOutcome(job=job, created=True, event=event)
+
+
+async def _budget(steps: WriteSteps, job: JobRecord, change: BudgetChange) -> list[bytes]:
+    """Apply `change` (a reservation, a settlement) to the totals of the job's budget period, held locked for the
+    rest of the transaction; returns the details of the budget.threshold events it makes. Raises OverBudget."""
+    totals, limits = await steps.lock_budget(job.api_key_id, (job.reservation or {})["period"])
+    totals, alerts = budgets.announce(change(totals, limits), limits)
+    await steps.save_budget(totals)
+    return alerts
 
 
 async def _claim_key(steps: WriteSteps, job: JobRecord, claim: IdempotencyClaim) -> JobRecord | None:
@@ -127,7 +156,12 @@ async def update_job(
         return UpdateOutcome(job=current)
     job, event_type = decision
     await steps.save_job(job)
+    alerts: list[bytes] = []
+    if job.reservation is not None and job.stage == Stage.TERMINAL and current.stage != Stage.TERMINAL:
+        # Settled with the terminal write itself: a job's reservation never outlives it, nor is released twice.
+        alerts = await _budget(steps, job, lambda totals, _: budgets.settle(totals, job))
     event = None if event_type is None else await _append_event(steps, job, event_type)
+    await _announce(steps, job.api_key_id, job.updated_at, alerts)
     return UpdateOutcome(job=job, event=event, changed=True)
 
 
@@ -137,7 +171,7 @@ async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> E
     snapshot = steps.encode_job(job)
     endpoints = await steps.enabled_endpoints(job.api_key_id)
     detail = event_detail(job, event_type)
-    event_id = await steps.insert_event(job, event_type, snapshot, detail)
+    event_id = await steps.insert_event(job.id, job.api_key_id, job.updated_at, event_type, snapshot, detail)
     # Its caller webhook deliveries, in the same transaction: an event is never logged without them.
     deliveries = webhooks.new_deliveries(
         job, event_type, event_id, endpoints, steps.clock(), steps.first_delivery_delay
@@ -156,6 +190,31 @@ async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> E
     )
     steps.logged.append(event)
     return event
+
+
+async def _announce(steps: WriteSteps, api_key_id: str, at: str, alerts: list[bytes]) -> None:
+    """Log a budget.threshold event per detail: an event of the key alone (job id "", job snapshot null), which its
+    SSE stream and its endpoints that take the type get, never a job's stream or `webhook_url`."""
+    for detail in alerts:
+        endpoints = await steps.enabled_endpoints(api_key_id)
+        event_id = await steps.insert_event("", api_key_id, at, BUDGET_THRESHOLD, b"null", detail)
+        deliveries = webhooks.key_deliveries(
+            api_key_id, BUDGET_THRESHOLD, event_id, endpoints, steps.clock(), steps.first_delivery_delay
+        )
+        if deliveries:
+            await steps.insert_deliveries(deliveries)
+        steps.logged.append(
+            EventRecord(
+                id=event_id,
+                job_id="",
+                api_key_id=api_key_id,
+                type=BUDGET_THRESHOLD,
+                created_at=at,
+                job=b"null",
+                detail=detail,
+                deliveries=len(deliveries),
+            )
+        )
 
 
 def event_detail(job: JobRecord, event_type: str) -> bytes | None:

@@ -42,6 +42,39 @@ def test_keys_are_shown_once_listed_without_secrets_and_revocable(tmp_path: Path
     assert "no active key" in again.stderr
 
 
+def test_keys_carry_budgets_set_at_create_changed_by_update_and_listed(tmp_path: Path) -> None:
+    created = _run(tmp_path, "keys", "create", "--name", "team", "--budget-usd", "25.50", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert (key["budget_usd"], key["budget_credits"], key["budget_period"]) == ("25.50", None, "total")
+    assert "budget 25.50 usd in total" in _run(tmp_path, "keys", "list").stdout
+    updated = _run(tmp_path, "keys", "update", key["id"], "--budget-credits", "5000", "--budget-period", "month")
+    assert updated.returncode == 0, updated.stderr
+    assert "budget 25.50 usd + 5000 credits per month" in updated.stdout
+    cleared = _run(tmp_path, "keys", "update", key["id"], "--budget-usd", "none", "--json")
+    assert json.loads(cleared.stdout)["budget_usd"] is None
+    assert "budget 5000 credits per month" in _run(tmp_path, "keys", "list").stdout
+    _run(tmp_path, "keys", "update", key["id"], "--budget-credits", "none")
+    assert "no budget" in _run(tmp_path, "keys", "list").stdout
+    assert _run(tmp_path, "keys", "update", "nope", "--budget-usd", "1").returncode == 1
+
+
+def test_bad_budget_numbers_are_usage_errors_without_a_traceback(tmp_path: Path) -> None:
+    for args in (
+        ("keys", "create", "--name", "x", "--budget-usd", "ten"),
+        ("keys", "create", "--name", "x", "--budget-credits", "-5"),
+        ("keys", "create", "--name", "x", "--budget-usd", "NaN"),
+        ("keys", "create", "--name", "x", "--budget-period", "day"),  # a period without a limit
+        ("keys", "update", "key_x", "--budget-usd", "1e999999999999"),
+        ("keys", "update", "key_x"),  # nothing to change
+    ):
+        result = _run(tmp_path, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "--budget-usd" in _run(tmp_path, "keys", "create", "--name", "x", "--budget-usd", "ten").stderr
+    assert "no keys" in _run(tmp_path, "keys", "list").stdout  # nothing was created
+
+
 def test_migrate_creates_the_schema_and_is_repeatable(tmp_path: Path) -> None:
     for _ in range(2):
         result = _run(tmp_path, "migrate")

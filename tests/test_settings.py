@@ -36,12 +36,14 @@ def test_variables_are_read() -> None:
             "REELAY_WEBHOOK_RETRY_SCHEDULE": "0, 10,60",
             "REELAY_WEBHOOK_DISABLE_AFTER_SECONDS": "86400",
             "REELAY_WEBHOOK_ROTATION_OVERLAP_SECONDS": "0",
+            "REELAY_BUDGET_ALLOW_UNPRICED": "TRUE",
         },
         adapters=ADAPTERS,
     )
     assert settings.webhook_retry_schedule == (0, 10, 60)
     assert settings.webhook_disable_after_seconds == 86400
     assert settings.webhook_rotation_overlap_seconds == 0
+    assert settings.budget_allow_unpriced
     assert settings.port == 9000
     assert settings.public_url == "https://reelay.example.com"
     assert settings.log_format == "console"
@@ -68,6 +70,7 @@ def test_variables_are_read() -> None:
         ("REELAY_WEBHOOK_RETRY_SCHEDULE", "0,5m", "REELAY_WEBHOOK_RETRY_SCHEDULE takes delays in seconds"),
         ("REELAY_WEBHOOK_RETRY_SCHEDULE", "0,-5", "REELAY_WEBHOOK_RETRY_SCHEDULE: each delay must be zero or more"),
         ("REELAY_WEBHOOK_DISABLE_AFTER_SECONDS", "0", "REELAY_WEBHOOK_DISABLE_AFTER_SECONDS must be positive"),
+        ("REELAY_BUDGET_ALLOW_UNPRICED", "yes", "REELAY_BUDGET_ALLOW_UNPRICED must be one of true, false"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

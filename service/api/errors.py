@@ -31,9 +31,9 @@ class ErrorBody(msgspec.Struct):
         str,
         msgspec.Meta(
             description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
-            "invalid_signature, not_found, method_not_allowed, request_timeout, conflict, idempotency_conflict, "
-            "job_finished, invalid_webhook_url, too_many_endpoints, endpoint_disabled, endpoint_deleted, "
-            "payload_too_large, headers_too_large, unsupported_media_type, rate_limited, "
+            "invalid_signature, budget_exhausted, not_found, method_not_allowed, request_timeout, conflict, "
+            "idempotency_conflict, job_finished, invalid_webhook_url, too_many_endpoints, endpoint_disabled, "
+            "endpoint_deleted, payload_too_large, headers_too_large, unsupported_media_type, rate_limited, "
             "too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
             examples=["invalid_request"],
         ),
@@ -64,6 +64,11 @@ ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
         "or input the model cannot serve",
     ),
     401: ("unauthorized", "Missing or invalid API key (`Authorization: Bearer <key>` or `x-api-key`)"),
+    402: (
+        "budget_exhausted",
+        "The API key's budget cannot take this job's estimate: `details` has the `unit`, `limit`, `spent`, "
+        "`reserved`, `estimate`, `period` and `resets_at`",
+    ),
     404: ("not_found", "No such job for this API key"),
     409: ("conflict", "Conflict with the job's current state"),
     413: ("payload_too_large", "The request body is larger than the configured limit"),

@@ -94,6 +94,7 @@ class JobController(Controller):
             **error_responses(
                 400,
                 401,
+                402,
                 409,
                 413,
                 415,
@@ -121,7 +122,7 @@ class JobController(Controller):
         # `data` is what Litestar validated leniently (and documents the body); the job is built from a strict pass.
         require_json(request)
         job, created = await context(request).gateway.create_job(
-            caller.id, strict(_decode_job_create, await request.body()), idempotency_key, cancel_after
+            caller.id, strict(_decode_job_create, await request.body()), idempotency_key, cancel_after, caller=caller
         )
         return _json(encode_job(job), 202 if created else 200)
 

@@ -60,12 +60,42 @@ class UsageRange(msgspec.Struct):
     end: Annotated[str, msgspec.Meta(extra_json_schema={"extra": {"format": "date-time"}})] | None
 
 
+# An amount of the key's budget; null in a unit the budget does not limit.
+Amount = Annotated[
+    Decimal | None,
+    schema_doc("an exact decimal; null in a unit the budget does not limit", one_of=None, type=["number", "null"]),
+]
+
+
+class BudgetUnits(msgspec.Struct):
+    usd: Amount = None
+    credits: Amount = None
+
+
+class Budget(msgspec.Struct):
+    """The key's budget in its current period (`reelay keys create|update --budget-*`)."""
+
+    limit_usd: Amount
+    limit_credits: Amount
+    period: Annotated[str, msgspec.Meta(description="day, month or total (UTC periods)")]
+    period_key: Annotated[
+        str, msgspec.Meta(description='the current period: "total", "day:2026-12-06", "month:2026-12"')
+    ]
+    spent: Annotated[BudgetUnits, msgspec.Meta(description="what finished jobs of the period cost, per unit")]
+    reserved: Annotated[BudgetUnits, msgspec.Meta(description="what unfinished jobs of the period hold, per unit")]
+    remaining: Annotated[BudgetUnits, msgspec.Meta(description="limit - spent - reserved (never below 0), per unit")]
+    resets_at: Annotated[str | None, msgspec.Meta(description="when the period ends; null for total")]
+
+
 class Usage(msgspec.Struct):
     range: UsageRange
     total: UsageTotals
     by_status: dict[str, int]
     by_model: dict[str, UsageTotals]
     by_day: dict[str, UsageTotals]
+    budget: Annotated[
+        Budget | None, msgspec.Meta(description="the key's budget now (whatever the range); null without one")
+    ] = None
 
 
 # Money leaves as JSON numbers with the exact decimal digits (Litestar's encoder would write strings).
@@ -104,7 +134,7 @@ async def usage(
     """Jobs created in [`start`, `end`): `start` inclusive, `end` exclusive (ISO 8601 dates or datetimes, UTC).
     Credits and USD are summed separately and exactly: estimates when the job was accepted, charges as the
     provider reported them. A sum is null when no job of the group has that figure, and `jobs_without` counts the
-    jobs each sum leaves out."""
+    jobs each sum leaves out. `budget` is the key's budget in its current period, or null."""
     start_iso, end_iso = _iso_param("start", start), _iso_param("end", end)
     if start_iso is not None and end_iso is not None and end_iso <= start_iso:
         raise InvalidRequest(
@@ -118,12 +148,15 @@ async def usage(
         total.add(row)
         by_model.setdefault(row.model, UsageTotals()).add(row)
         by_day.setdefault(row.day, UsageTotals()).add(row)
+    gateway = context(request).gateway
+    budget = await gateway.budget(caller.id)
     report = Usage(
         range=UsageRange(start=start_iso, end=end_iso),
         total=total,
         by_status=dict(total.by_status),
         by_model=by_model,
         by_day=by_day,
+        budget=None if budget is None else msgspec.convert(msgspec.to_builtins(budget), Budget),
     )
     return Response[Any](_encode_money(report), media_type=MediaType.JSON)  # documented as Usage
 

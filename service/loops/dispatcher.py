@@ -185,8 +185,10 @@ class Dispatcher(LeasedLoop):
             return False
         given = await self.gateway.full_input(job)
         tried = frozenset(attempt["model"] for attempt in job.attempts)
-        # Under a budget, only candidates priced in each unit the reservation holds.
-        units = tuple(unit for unit in ("usd", "credits") if (job.reservation or {}).get(unit) is not None)
+        # Under a budget, only candidates priced in each unit the reservation holds (as at create, unless the
+        # operator allows unpriced models).
+        held = () if self.runtime.settings.budget_allow_unpriced else ("usd", "credits")
+        units = tuple(unit for unit in held if (job.reservation or {}).get(unit) is not None)
         candidates, _ = routes.plan(
             route, self.runtime.models, self.runtime.adapters, given, skip=tried, priced_in=units
         )

@@ -13,7 +13,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from storage.base import EventListener
 from storage.errors import StorageUnavailable
-from storage.records import EventRecord, JobRecord
+from storage.records import EventRecord
 from storage.rows import EVENT_COLUMNS, event_from_row
 
 log = logging.getLogger("reelay.storage")
@@ -38,7 +38,9 @@ _FEED_BATCH = 500
 
 async def insert_event(
     conn: asyncpg.Connection,
-    job: JobRecord,
+    job_id: str,
+    api_key_id: str,
+    created_at: str,
     event_type: str,
     snapshot: bytes,
     detail: bytes | None = None,
@@ -49,7 +51,7 @@ async def insert_event(
     `lock_events` took it already); its id is notified at commit. Returns the id."""
     if not locked:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOCK)
-    return int(await conn.fetchval(_INSERT_EVENT, job.id, job.api_key_id, event_type, job.updated_at, snapshot, detail))
+    return int(await conn.fetchval(_INSERT_EVENT, job_id, api_key_id, event_type, created_at, snapshot, detail))
 
 
 async def lock_events(conn: asyncpg.Connection, sql: str, *params: Any) -> list[asyncpg.Record]:

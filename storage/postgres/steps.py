@@ -9,18 +9,31 @@ import asyncpg  # type: ignore[import-untyped]
 
 from storage import webhooks
 from storage.base import Clock, JobEncoder
+from storage.budgets import Limits
 from storage.errors import TaskTaken
 from storage.postgres.feed import insert_event, lock_events
 from storage.records import (
     JOB_FIXED_COLUMNS,
     JOB_MUTABLE_COLUMNS,
+    BudgetTotals,
     DeliveryRecord,
     EventRecord,
     IdempotencyClaim,
     JobRecord,
     Receipt,
 )
-from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
+from storage.rows import (
+    JOB_COLUMNS,
+    LOCK_BUDGET,
+    SAVE_BUDGET,
+    budget_from_row,
+    budget_limits,
+    budget_values,
+    fixed_values,
+    job_from_row,
+    json_text,
+    mutable_values,
+)
 
 _SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
 _COLUMN_COUNT = len(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
@@ -79,8 +92,12 @@ class PostgresSteps:
             # The failed statement aborted the transaction: the store reads the task's holder after the rollback.
             raise TaskTaken(job.provider, job.provider_task_id, None) from None
 
-    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes, detail: bytes | None) -> int:
-        return await insert_event(self._conn, job, event_type, snapshot, detail, locked=self._events_locked)
+    async def insert_event(
+        self, job_id: str, api_key_id: str, created_at: str, event_type: str, snapshot: bytes, detail: bytes | None
+    ) -> int:
+        return await insert_event(
+            self._conn, job_id, api_key_id, created_at, event_type, snapshot, detail, locked=self._events_locked
+        )
 
     async def insert_key(self, job: JobRecord, claim: IdempotencyClaim) -> bool:
         inserted = await self._conn.fetchval(
@@ -136,6 +153,17 @@ class PostgresSteps:
 
     async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
         await self._conn.executemany(webhooks.INSERT_DELIVERY, [webhooks.delivery_values(d) for d in deliveries])
+
+    async def lock_budget(self, api_key_id: str, period: str) -> tuple[BudgetTotals, Limits]:
+        # Every create and settlement of the key in this period waits here, in any replica, until this one commits.
+        await self._conn.execute(
+            "INSERT INTO budget_periods (api_key_id, period) VALUES ($1, $2) ON CONFLICT DO NOTHING", api_key_id, period
+        )
+        row = await self._conn.fetchrow(LOCK_BUDGET + " FOR UPDATE OF b", api_key_id, period)
+        return budget_from_row(row, api_key_id, period), budget_limits(row[6], row[7])
+
+    async def save_budget(self, totals: BudgetTotals) -> None:
+        await self._conn.execute(SAVE_BUDGET, *budget_values(totals, lambda value: value))
 
 
 class PostgresSql:

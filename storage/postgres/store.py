@@ -12,6 +12,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -26,6 +27,7 @@ from storage.postgres.steps import PostgresSql, PostgresSteps
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
+    BudgetTotals,
     CreateOutcome,
     EventRecord,
     IdempotencyClaim,
@@ -36,15 +38,20 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
-from storage.retention import finished_before, prune_in_batches
+from storage.retention import KEY_EVENTS_BEFORE, finished_before, prune_in_batches
 from storage.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    KEY_COLUMNS,
+    SELECT_BUDGET,
+    budget_from_row,
     event_from_row,
     inline_from_row,
     iso_timestamp,
     job_from_row,
     json_text,
+    key_from_row,
+    key_values,
     last_within,
 )
 
@@ -69,6 +76,8 @@ _COST_SUMS = ", ".join(
 _FINISHED_BEFORE = finished_before("$1")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="$1")
 _RELEASE_DELIVERIES = webhooks.release_sql("$1")
+_KEY_EVENTS_BEFORE = KEY_EVENTS_BEFORE.format(cutoff="$1")
+_PRUNE_KEY_EVENTS = f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_KEY_EVENTS_BEFORE} LIMIT $2)"
 _DELETE_ATTEMPTS = "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE {where})"
 T = TypeVar("T")
 Hook = Callable[[webhooks.Sql], Coroutine[Any, Any, T]]
@@ -289,25 +298,34 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods):
     async def create_api_key(self, key: ApiKeyRecord) -> None:
         async with self._connection() as conn:
             await conn.execute(
-                "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5)",
-                key.id,
-                key.name,
-                key.secret_hash,
-                key.created_at,
-                key.revoked_at,
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                *key_values(key, lambda value: value),
             )
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        rows = await self._fetch(
-            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
-        )
-        return next((ApiKeyRecord(**dict(row.items())) for row in rows), None)
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return next((key_from_row(row) for row in rows), None)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
-        rows = await self._fetch(
-            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id"
-        )
-        return [ApiKeyRecord(**dict(row.items())) for row in rows]
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [key_from_row(row) for row in rows]
+
+    async def set_api_key_budget(
+        self, key_id: str, *, usd: Decimal | None, credits: Decimal | None, period: str | None
+    ) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "UPDATE api_keys SET budget_usd = $1, budget_credits = $2, budget_period = $3 WHERE id = $4",
+                usd,
+                credits,
+                period,
+                key_id,
+            )
+        return _row_count(status) == 1
+
+    async def budget_totals(self, api_key_id: str, period: str) -> BudgetTotals:
+        rows = await self._fetch(SELECT_BUDGET, api_key_id, period)
+        return budget_from_row(next(iter(rows), None), api_key_id, period)
 
     async def revoke_api_key(self, key_id: str, at: str) -> bool:
         async with self._connection() as conn:
@@ -460,7 +478,8 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods):
     async def prunable(self, before: str) -> PruneCounts:
         rows = await self._fetch(
             f"SELECT (SELECT count(*) FROM jobs WHERE {_FINISHED_BEFORE}), "
-            f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
+            f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})) + "
+            f"(SELECT count(*) FROM events WHERE {_KEY_EVENTS_BEFORE}), "
             "(SELECT count(*) FROM webhook_receipts WHERE received_at < $1), "
             "(SELECT count(*) FROM idempotency_keys WHERE created_at < $1), "
             "(SELECT count(*) FROM webhook_deliveries WHERE job_id IN "
@@ -515,7 +534,9 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods):
                 removed = _row_count(
                     await conn.execute("DELETE FROM webhook_deliveries WHERE id = ANY($1::text[])", ids)
                 )
-                return removed, PruneCounts(deliveries=removed)
+                # Events of a key alone (budget.threshold) go by their age, with the deliveries they made.
+                events = _row_count(await conn.execute(_PRUNE_KEY_EVENTS, before, batch_size))
+                return max(removed, events), PruneCounts(deliveries=removed, events=events)
 
         return await prune_in_batches(
             batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests

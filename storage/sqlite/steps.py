@@ -12,17 +12,30 @@ import aiosqlite
 
 from storage import webhooks
 from storage.base import Clock, JobEncoder
+from storage.budgets import Limits
 from storage.errors import TaskTaken
 from storage.records import (
     JOB_FIXED_COLUMNS,
     JOB_MUTABLE_COLUMNS,
+    BudgetTotals,
     DeliveryRecord,
     EventRecord,
     IdempotencyClaim,
     JobRecord,
     Receipt,
 )
-from storage.rows import JOB_COLUMNS, fixed_values, job_from_row, json_text, mutable_values
+from storage.rows import (
+    JOB_COLUMNS,
+    LOCK_BUDGET,
+    SAVE_BUDGET,
+    budget_from_row,
+    budget_limits,
+    budget_values,
+    fixed_values,
+    job_from_row,
+    json_text,
+    mutable_values,
+)
 
 T = TypeVar("T")
 
@@ -41,6 +54,8 @@ def sqlite_dialect(sql: str) -> str:
 
 
 _ENABLED_ENDPOINTS = sqlite_dialect(webhooks.ENABLED_ENDPOINTS)
+_LOCK_BUDGET = sqlite_dialect(LOCK_BUDGET)
+_SAVE_BUDGET = sqlite_dialect(SAVE_BUDGET)
 
 
 def run_to_end(write: Coroutine[Any, Any, T]) -> T:
@@ -93,10 +108,12 @@ class SqliteSteps:
                 raise
             raise TaskTaken(job.provider, job.provider_task_id, owner) from None
 
-    async def insert_event(self, job: JobRecord, event_type: str, snapshot: bytes, detail: bytes | None) -> int:
+    async def insert_event(
+        self, job_id: str, api_key_id: str, created_at: str, event_type: str, snapshot: bytes, detail: bytes | None
+    ) -> int:
         cursor = self._db.execute(
             "INSERT INTO events (job_id, api_key_id, type, created_at, job, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            (job.id, job.api_key_id, event_type, job.updated_at, snapshot, detail),
+            (job_id, api_key_id, event_type, created_at, snapshot, detail),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
@@ -138,6 +155,17 @@ class SqliteSteps:
 
     async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
         await webhooks.insert_deliveries(SqliteSql(self._db), deliveries)
+
+    async def lock_budget(self, api_key_id: str, period: str) -> tuple[BudgetTotals, Limits]:
+        # No row lock needed: the writer's transaction excludes every other writer.
+        self._db.execute(
+            "INSERT OR IGNORE INTO budget_periods (api_key_id, period) VALUES (?, ?)", (api_key_id, period)
+        )
+        row = self._db.execute(_LOCK_BUDGET, (api_key_id, period)).fetchone()
+        return budget_from_row(row, api_key_id, period), budget_limits(row[6], row[7])
+
+    async def save_budget(self, totals: BudgetTotals) -> None:
+        self._db.execute(_SAVE_BUDGET, budget_values(totals, str))
 
     def _task_owner(self, job: JobRecord) -> str | None:
         """The other job that holds the provider task id `job` names, if any."""

@@ -21,6 +21,7 @@ from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
     BackupReport,
+    BudgetTotals,
     CreateOutcome,
     EventRecord,
     IdempotencyClaim,
@@ -31,19 +32,24 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
-from storage.retention import finished_before, prune_in_batches
+from storage.retention import KEY_EVENTS_BEFORE, finished_before, prune_in_batches
 from storage.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    KEY_COLUMNS,
+    SELECT_BUDGET,
+    budget_from_row,
     event_from_row,
     inline_from_row,
     iso_timestamp,
     job_from_row,
+    key_from_row,
+    key_values,
     last_within,
 )
 from storage.sqlite import backup
 from storage.sqlite.errors import translated
-from storage.sqlite.steps import SqliteReader, SqliteSql, SqliteSteps, run_to_end
+from storage.sqlite.steps import SqliteReader, SqliteSql, SqliteSteps, run_to_end, sqlite_dialect
 from storage.sqlite.writer import GroupCommitWriter
 
 log = logging.getLogger("reelay.storage")
@@ -59,6 +65,9 @@ _COST_SUMS = ", ".join(
 _FINISHED_BEFORE = finished_before("?")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="?")
 _RELEASE_DELIVERIES = webhooks.release_sql(None)
+_SELECT_BUDGET = sqlite_dialect(SELECT_BUDGET)
+_KEY_EVENTS_BEFORE = KEY_EVENTS_BEFORE.format(cutoff="?")
+_PRUNE_KEY_EVENTS = f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_KEY_EVENTS_BEFORE} LIMIT ?)"
 Hook = Callable[[webhooks.Sql], Coroutine[Any, Any, T]]
 Look = Callable[[webhooks.Reader], Coroutine[Any, Any, T]]
 
@@ -221,23 +230,30 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods):
     async def create_api_key(self, key: ApiKeyRecord) -> None:
         async with self._writer.transaction() as conn:
             await conn.execute(
-                "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
-                (key.id, key.name, key.secret_hash, key.created_at, key.revoked_at),
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", key_values(key, str)
             )
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        rows = await self._read(
-            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys WHERE id = ?", [key_id]
-        )
-        for row in rows:
-            return ApiKeyRecord(id=row[0], name=row[1], secret_hash=row[2], created_at=row[3], revoked_at=row[4])
-        return None
+        rows = await self._read(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", [key_id])
+        return next((key_from_row(row) for row in rows), None)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
-        rows = await self._read(
-            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at"
-        )
-        return [ApiKeyRecord(id=r[0], name=r[1], secret_hash=r[2], created_at=r[3], revoked_at=r[4]) for r in rows]
+        rows = await self._read(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+        return [key_from_row(row) for row in rows]
+
+    async def set_api_key_budget(
+        self, key_id: str, *, usd: Decimal | None, credits: Decimal | None, period: str | None
+    ) -> bool:
+        async with self._writer.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE api_keys SET budget_usd = ?, budget_credits = ?, budget_period = ? WHERE id = ?",
+                (None if usd is None else str(usd), None if credits is None else str(credits), period, key_id),
+            )
+            return cursor.rowcount == 1
+
+    async def budget_totals(self, api_key_id: str, period: str) -> BudgetTotals:
+        rows = await self._read(_SELECT_BUDGET, (api_key_id, period))
+        return budget_from_row(next(iter(rows), None), api_key_id, period)
 
     async def revoke_api_key(self, key_id: str, at: str) -> bool:
         async with self._writer.transaction() as conn:
@@ -393,13 +409,14 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods):
     async def prunable(self, before: str) -> PruneCounts:
         rows = await self._read(
             f"SELECT (SELECT count(*) FROM jobs WHERE {_FINISHED_BEFORE}), "
-            f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
+            f"(SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM jobs WHERE {_FINISHED_BEFORE})) + "
+            f"(SELECT count(*) FROM events WHERE {_KEY_EVENTS_BEFORE}), "
             "(SELECT count(*) FROM webhook_receipts WHERE received_at < ?), "
             "(SELECT count(*) FROM idempotency_keys WHERE created_at < ?), "
             "(SELECT count(*) FROM webhook_deliveries WHERE job_id IN "
             f"(SELECT id FROM jobs WHERE {_FINISHED_BEFORE})), "
             f"(SELECT count(*) FROM webhook_deliveries WHERE {_TESTS_BEFORE})",
-            (before,) * 6,
+            (before,) * 7,
         )
         jobs, events, receipts, keys, deliveries, tests = next(iter(rows))
         return PruneCounts(
@@ -441,7 +458,9 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods):
             async with self._writer.transaction() as conn:
                 where = f"id IN (SELECT id FROM webhook_deliveries WHERE {_TESTS_BEFORE} ORDER BY created_at LIMIT ?)"
                 removed = await _delete_deliveries(conn, where, (before, batch_size))
-                return removed, PruneCounts(deliveries=removed)
+                # Events of a key alone (budget.threshold) go by their age, with the deliveries they made.
+                events = (await conn.execute(_PRUNE_KEY_EVENTS, (before, batch_size))).rowcount
+                return max(removed, events), PruneCounts(deliveries=removed, events=events)
 
         return await prune_in_batches(
             batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests

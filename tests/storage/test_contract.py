@@ -12,6 +12,7 @@ import pytest
 from storage import (
     ApiKeyRecord,
     AttemptRecord,
+    BudgetTotals,
     CreateOutcome,
     Declined,
     DeliveryRecord,
@@ -107,6 +108,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_deliveries": field_names(DeliveryRecord) | {"lease_until"},
         "webhook_attempts": {"id"} | field_names(AttemptRecord),
         "provider_health": field_names(ProviderHealthRecord),
+        "budget_periods": field_names(BudgetTotals),
     }
     for table, columns in backend.private_columns.items():
         expected[table] = expected[table] | columns
