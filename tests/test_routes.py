@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from sandbox import SandboxKnobs
@@ -406,3 +408,44 @@ def test_a_bad_route_stops_the_start_with_one_line(tmp_path: Path, routes: str, 
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: REELAY_ROUTES: route ")
     assert message in line
+
+
+async def test_an_open_circuit_sends_a_routes_new_jobs_straight_to_the_next_candidate_until_a_probe_closes_it(
+    tmp_path: Path,
+) -> None:
+    # The real breaker (no stand-in): one failed create opens Seedancee2's circuit for longer than the job's backoff.
+    async with stack(
+        tmp_path,
+        knobs=QUICK,
+        providers=("seedancee2", "mindvideo"),
+        routes=_route(FAST, MINDVIDEO),
+        circuit_failures=1,
+        circuit_cooldown_seconds=6.0,
+        route_transient_attempts=5,
+    ) as running:
+        await running.sandbox(
+            "seedancee2", "PUT", "/_sandbox/knobs", json={**msgspec.structs.asdict(QUICK), "burst_5xx": 1}
+        )
+        first = await _finished(running, (await running.submit("sd2"))["id"])
+        # The 500 opened the circuit before the route's five transient attempts ran out: it left as circuit_open.
+        assert _left(first) == ["circuit_open", None]
+        assert first["status"] == "succeeded"
+        seen = (await _creates(running, "seedancee2"))["attempts"]
+        assert seen == 1
+
+        during = await _finished(running, (await running.submit("sd2"))["id"])
+        assert _left(during) == ["circuit_open", None]  # sent straight on: Seedancee2 saw no create of it
+        assert during["provider"] == "mindvideo"
+        assert (await _creates(running, "seedancee2"))["attempts"] == seen
+        listed = await running.client.get(f"{running.url}/v1/providers", headers=running.headers)
+        [health] = [p for p in listed.json()["data"] if p["provider"] == "seedancee2"]
+        assert health["state"] == "open"
+
+        [row] = [r for r in await running.store.provider_health() if r.provider == "seedancee2"]
+        await asyncio.sleep(max(0.0, (row.open_until or 0.0) - time.time()) + 0.1)
+        # The cool-down is over: the next create is the half-open probe, and it succeeds.
+        after = await _finished(running, (await running.submit("sd2"))["id"])
+        listed = await running.client.get(f"{running.url}/v1/providers", headers=running.headers)
+    assert (after["status"], after["provider"], _left(after)) == ("succeeded", "seedancee2", [None])
+    [health] = [p for p in listed.json()["data"] if p["provider"] == "seedancee2"]
+    assert (health["state"], health["failures"]) == ("closed", 0)
