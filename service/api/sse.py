@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
 
     from service.api.limits import KeyLimits
-
     from service.events import EventLog
 
 _REPLAY_PAGE = 500

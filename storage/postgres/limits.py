@@ -63,5 +63,3 @@ class LimitMethods:
 
 def _columns(slots: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [key for key, _ in slots], [slot for _, slot in slots]
-
-

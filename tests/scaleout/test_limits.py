@@ -50,9 +50,11 @@ async def test_the_rate_limit_counts_requests_to_every_replica(
 ) -> None:
     # A burst of 6 and next to no refill: per process, each replica alone would take all 12 requests.
     settings = {"REELAY_RATE_LIMIT_PER_SECOND": "0.01", "REELAY_RATE_LIMIT_BURST": "6"}
-    async with two_replicas(postgres_server, tmp_path, **settings) as (_, urls, headers):
-        async with httpx.AsyncClient(timeout=10) as client:
-            answers = [await client.get(f"{urls['ab'[i % 2]]}/v1/jobs", headers=headers) for i in range(12)]
+    async with (
+        two_replicas(postgres_server, tmp_path, **settings) as (_, urls, headers),
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        answers = [await client.get(f"{urls['ab'[i % 2]]}/v1/jobs", headers=headers) for i in range(12)]
     assert [a.status_code for a in answers] == [200] * 6 + [429] * 6
     for refused in answers[6:]:
         assert refused.json()["error"]["code"] == "rate_limited"

@@ -410,7 +410,8 @@ async def test_two_replicas_spend_one_request_bucket_per_key(store: Store, repli
 async def test_a_request_bucket_refills_at_its_rate(store: Store, replica: Store) -> None:
     assert await shared(store).take_request(KEY_A.id, rate=20.0, burst=1) is None
     wait = await shared(replica).take_request(KEY_A.id, rate=20.0, burst=1)
-    assert wait is not None and 0 < wait <= 0.05
+    assert wait is not None
+    assert 0 < wait <= 0.05
     await asyncio.sleep(wait + 0.01)  # the time the bucket asked for
     assert await shared(replica).take_request(KEY_A.id, rate=20.0, burst=1) is None
 
@@ -427,7 +428,9 @@ async def test_stream_slots_opened_on_two_replicas_at_once_never_pass_the_cap(st
     assert not await shared(store).open_stream_slot(KEY_A.id, "over", cap=3, ttl=30)
 
 
-async def test_a_stream_slot_lapses_after_its_ttl_unless_renewed(backend: Backend, store: Store, replica: Store) -> None:
+async def test_a_stream_slot_lapses_after_its_ttl_unless_renewed(
+    backend: Backend, store: Store, replica: Store
+) -> None:
     assert await shared(store).open_stream_slot(KEY_A.id, "renewed", cap=2, ttl=0.5)
     assert await shared(store).open_stream_slot(KEY_A.id, "dropped", cap=2, ttl=0.5)
     assert not await shared(replica).open_stream_slot(KEY_A.id, "refused", cap=2, ttl=0.5)
