@@ -23,7 +23,7 @@ from service.api.endpoints import WebhookController
 from service.api.errors import handle_exception
 from service.api.events import all_events
 from service.api.jobs import JobController
-from service.api.limits import RateLimiter
+from service.api.limits import key_limits
 from service.api.middleware import RequestContextMiddleware, add_security_headers
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
@@ -159,7 +159,14 @@ def create_app(
             endpoints=Endpoints(runtime),
             hub=hub,
             registry=app_metrics.registry,
-            limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock=runtime.monotonic),
+            limits=key_limits(
+                the_store,
+                rate=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
+                max_streams=settings.sse_max_per_key,
+                ttl=settings.stream_slot_ttl_seconds,
+                clock=runtime.monotonic,
+            ),
             rng=runtime.rng,
             monotonic=runtime.monotonic,
         )
@@ -173,6 +180,7 @@ def create_app(
             ]
         if role != "worker":
             loops.append(Watcher("revoked_keys", lambda: close_revoked_streams(ctx)))
+            loops.append(Watcher("stream_slots", ctx.limits.keep))
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         log.info("reelay.started", providers=sorted(runtime.adapters), database=settings.database_url.split("://")[0])
         try:
@@ -188,6 +196,7 @@ def create_app(
                 await loop.drain(settings.shutdown_drain_seconds)
             with contextlib.suppress(StorageError):
                 await the_store.release_leases()
+            await ctx.limits.close()
             if http_client is None:
                 await client.aclose()
             if store is None:

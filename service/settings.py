@@ -70,6 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_per_second: float = 100.0
     rate_limit_burst: int = 200
     sse_max_per_key: int = 50
+    # PostgreSQL: a stream's slot outlives its replica by at most this (live replicas renew every third of it).
+    stream_slot_ttl_seconds: float = 30.0
     cors_origins: tuple[str, ...] = ()
     min_free_disk_bytes: int = 16 * 1024 * 1024
     shutdown_drain_seconds: float = 5.0
@@ -151,6 +153,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             rate_limit_burst=reader.integer("REELAY_RATE_LIMIT_BURST", defaults.rate_limit_burst, low=1),
             sse_max_per_key=reader.integer("REELAY_SSE_MAX_PER_KEY", defaults.sse_max_per_key, low=1),
+            stream_slot_ttl_seconds=reader.number("REELAY_STREAM_SLOT_TTL_SECONDS", defaults.stream_slot_ttl_seconds),
             cors_origins=tuple(o.strip() for o in env.get("REELAY_CORS_ORIGINS", "").split(",") if o.strip()),
             min_free_disk_bytes=reader.integer("REELAY_MIN_FREE_DISK_BYTES", defaults.min_free_disk_bytes, low=0),
             shutdown_drain_seconds=reader.number("REELAY_SHUTDOWN_DRAIN_SECONDS", defaults.shutdown_drain_seconds),

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from storage.base import BackupProgress, Clock, Decide, Decision, JobEncoder, Store, SupportsBackup
+from storage.base import (
+    BackupProgress,
+    Clock,
+    Decide,
+    Decision,
+    JobEncoder,
+    SharesLimits,
+    Store,
+    SupportsBackup,
+)
 from storage.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -106,6 +115,7 @@ __all__ = [
     "QueryRejected",
     "Receipt",
     "SchemaOutdated",
+    "SharesLimits",
     "SigningSecret",
     "Stage",
     "StorageError",

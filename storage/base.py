@@ -304,6 +304,25 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class SharesLimits(Protocol):
+    """A store several replicas share (PostgreSQL): it counts each API key's request rate and open event streams
+    for all of them. A store of one process (SQLite) leaves both to the process's memory."""
+
+    async def take_request(self, api_key_id: str, *, rate: float, burst: int) -> float | None:
+        """Spend a token of the key's bucket (`rate` per second, up to `burst`): None if there was one, else the
+        seconds until there is."""
+
+    async def open_stream_slot(self, api_key_id: str, slot_id: str, *, cap: int, ttl: float) -> bool:
+        """Take a slot for an open stream, live for `ttl` seconds, unless the key already holds `cap` live ones."""
+
+    async def renew_stream_slots(self, slots: Sequence[tuple[str, str]], *, ttl: float) -> None:
+        """Keep these (api key id, slot id) slots live for `ttl` seconds more: the holder is still running."""
+
+    async def release_stream_slots(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Give these (api key id, slot id) slots back."""
+
+
+@runtime_checkable
 class SupportsBackup(Protocol):
     """A store that copies its own database file (SQLite). A server database is backed up with its own tools.
 

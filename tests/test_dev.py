@@ -113,7 +113,8 @@ async def test_reelay_keys_list_shows_the_key_reelay_dev_printed_and_a_created_k
         listed = _reelay(tmp_path, "keys", "list")  # plain, no flags, from the same folder, while dev runs
         assert listed.returncode == 0, listed.stderr
         key_id = (split_api_key(key) or ("", ""))[0]
-        assert re.search(rf"^{key_id}\s+reelay-dev\s.*\sactive\s+no budget$", listed.stdout, re.MULTILINE), listed.stdout
+        shown = rf"^{key_id}\s+reelay-dev\s.*\sactive\s+no budget$"
+        assert re.search(shown, listed.stdout, re.MULTILINE), listed.stdout
         assert f"database: {tmp_path / 'var' / 'reelay.db'}" in listed.stderr
         created = _reelay(tmp_path, "keys", "create", "--name", "second", "--json")
         assert created.returncode == 0, created.stderr

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from litestar.handlers import BaseRouteHandler
     from prometheus_client import CollectorRegistry
 
-    from service.api.limits import RateLimiter
+    from service.api.limits import KeyLimits
     from service.endpoints import Endpoints
     from service.events import EventLog
     from service.gateway import Gateway
@@ -41,7 +41,7 @@ class AppContext:
     endpoints: Endpoints
     hub: EventHub
     registry: CollectorRegistry
-    limiter: RateLimiter
+    limits: KeyLimits  # per-key request rate and open streams
     rng: random.Random  # heartbeat jitter
     monotonic: Callable[[], float]  # the key cache's clock
     # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
@@ -90,10 +90,10 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
         ctx.key_cache[key_id] = (record, now)
     if record.revoked_at is not None or not secret_matches(secret, record.secret_hash):
         raise Unauthorized("the API key is not valid")
-    wait = ctx.limiter.take(key_id)
+    wait = await ctx.limits.take(key_id)
     if wait is not None:
         raise RateLimited(
-            f"rate limit of {ctx.limiter.rate:g} requests/s for this API key exceeded; retry later", retry_after=wait
+            f"rate limit of {ctx.limits.rate:g} requests/s for this API key exceeded; retry later", retry_after=wait
         )
     state["api_key"] = record
     return record

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from litestar import Litestar, Request
     from litestar.types import Receive, Scope, Send
 
+    from service.api.limits import KeyLimits
     from service.events import EventLog
 
 _REPLAY_PAGE = 500
@@ -139,20 +140,34 @@ async def _watch_disconnect(receive: Receive, sub: Any) -> None:
 
 class _EventStreamASGI(ASGIResponse):
     _should_set_content_length = False
-    __slots__ = ("session",)
+    __slots__ = ("limits", "session")
 
-    def __init__(self, session: StreamSession, headers: dict[str, str]) -> None:
+    def __init__(self, session: StreamSession, headers: dict[str, str], limits: KeyLimits) -> None:
         super().__init__(headers=headers, media_type="text/event-stream", status_code=200)
         self.session = session
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.session.open()
-        try:  # the subscription is closed however the connection ends
-            await self.start_response(send=send)
-            await self.session.run(send, receive)
+        # Before the headers: a refusal is still an ordinary 429 answer.
+        slot = await self.limits.open_stream(self.session.api_key_id)
+        if slot is None:
+            limit = self.limits.max_streams
+            raise RateLimited(
+                f"this API key already has {limit} open event streams; close one or retry later",
+                code="too_many_streams",
+                details={"max_streams": limit},
+                retry_after=5,
+            )
+        try:  # the slot is given back however the stream ends
+            await self.session.open()
+            try:  # the subscription is closed however the connection ends
+                await self.start_response(send=send)
+                await self.session.run(send, receive)
+            finally:
+                self.session.sub.close()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.session.sub.close()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.limits.close_stream(slot)
 
 
 class EventStream(Response[bytes]):
@@ -163,17 +178,9 @@ class EventStream(Response[bytes]):
         self.session = session
 
     def to_asgi_response(self, app: Litestar | None, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
-        limit: int = request.app.state.ctx.settings.sse_max_per_key
-        if self.session.hub.count_for(self.session.api_key_id) >= limit:
-            raise RateLimited(
-                f"this API key already has {limit} open event streams; close one or retry later",
-                code="too_many_streams",
-                details={"max_streams": limit},
-                retry_after=5,
-            )
         headers = {
             "cache-control": "no-cache",
             "x-accel-buffering": "no",  # nginx: pass events through as they come
             **(kwargs.get("headers") or {}),
         }
-        return _EventStreamASGI(self.session, headers)
+        return _EventStreamASGI(self.session, headers, request.app.state.ctx.limits)

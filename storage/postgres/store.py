@@ -23,6 +23,7 @@ from storage.errors import SchemaOutdated, StorageUnavailable, TaskTaken
 from storage.leases import due_for_dispatch, due_for_poll
 from storage.postgres.errors import translated
 from storage.postgres.feed import EventFeed
+from storage.postgres.limits import LimitMethods
 from storage.postgres.steps import PostgresSql, PostgresSteps
 from storage.records import (
     COST_FIELDS,
@@ -107,7 +108,7 @@ class _Params:
         return f"${len(self.values)}"
 
 
-class PostgresStore(webhooks.WebhookMethods, health.HealthMethods):
+class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods):
     """The storage contract on a PostgreSQL database that several processes may share.
 
     Jobs are leased with `FOR UPDATE SKIP LOCKED`, so two workers never hold the same job; each lease records

@@ -26,7 +26,7 @@ class Backend:
     name: str
     url: str
     private_columns: dict[str, set[str]] = {}
-    """Columns a backend keeps beyond the fields of the records, by table."""
+    """Columns a backend keeps beyond the fields of the records, by table (tables of its own included)."""
 
     def new_store(
         self, encode_job: JobEncoder = encode_snapshot, clock: Clock = time.time, first_delivery_delay: float = 0.0
@@ -73,8 +73,14 @@ class SqliteBackend(Backend):
 
 class PostgresBackend(Backend):
     name = "postgresql"
-    # Replicas share the jobs table, so a lease records which store instance holds it.
-    private_columns = {"jobs": {"lease_owner"}, "webhook_deliveries": {"lease_owner"}}
+    # Replicas share the jobs table, so a lease records which store instance holds it; and they share the per-key
+    # limits (SQLite counts those in the process).
+    private_columns = {
+        "jobs": {"lease_owner"},
+        "webhook_deliveries": {"lease_owner"},
+        "rate_buckets": {"api_key_id", "tokens", "at", "allowed"},
+        "stream_slots": {"api_key_id", "id", "owner", "expires_at"},
+    }
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -111,7 +111,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "budget_periods": field_names(BudgetTotals),
     }
     for table, columns in backend.private_columns.items():
-        expected[table] = expected[table] | columns
+        expected[table] = expected.get(table, set()) | columns
     assert await backend.tables() == expected
     assert await backend.indexes() == {
         "jobs_by_key",

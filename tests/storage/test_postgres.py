@@ -20,6 +20,7 @@ from storage import (
     JobRecord,
     Receipt,
     SchemaOutdated,
+    SharesLimits,
     StorageUnavailable,
     Store,
     SupportsBackup,
@@ -29,7 +30,7 @@ from storage import (
 from storage.base import Decision
 from storage.postgres import PostgresStore
 from tests.storage.conftest import Backend
-from tests.storage.factories import KEY_A, encode_snapshot, make_endpoint, make_job
+from tests.storage.factories import KEY_A, KEY_B, encode_snapshot, make_endpoint, make_job
 from tests.storage.test_contract import Recorder, create, to_status
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -388,3 +389,55 @@ async def test_one_webhook_delivered_to_two_replicas_at_once_counts_once(store: 
     )
     assert [o.duplicate for o in outcomes].count(False) == 1
     assert [e.type for e in await store.events_after(0)] == ["job.created", "job.updated"]
+
+
+# -- per-key limits across replicas ------------------------------------------------------------
+
+
+def shared(store: Store) -> SharesLimits:
+    assert isinstance(store, SharesLimits)
+    return store
+
+
+async def test_two_replicas_spend_one_request_bucket_per_key(store: Store, replica: Store) -> None:
+    takes = [shared(s).take_request(KEY_A.id, rate=0.01, burst=5) for s in (store, replica) * 4]
+    waits = await asyncio.gather(*takes)
+    assert waits.count(None) == 5  # one bucket of 5, whichever replica asks
+    assert all(wait is not None and 0 < wait <= 100 for wait in waits if wait is not None)
+    assert await shared(replica).take_request(KEY_B.id, rate=0.01, burst=5) is None  # another key, another bucket
+
+
+async def test_a_request_bucket_refills_at_its_rate(store: Store, replica: Store) -> None:
+    assert await shared(store).take_request(KEY_A.id, rate=20.0, burst=1) is None
+    wait = await shared(replica).take_request(KEY_A.id, rate=20.0, burst=1)
+    assert wait is not None
+    assert 0 < wait <= 0.05
+    await asyncio.sleep(wait + 0.01)  # the time the bucket asked for
+    assert await shared(replica).take_request(KEY_A.id, rate=20.0, burst=1) is None
+
+
+async def test_stream_slots_opened_on_two_replicas_at_once_never_pass_the_cap(store: Store, replica: Store) -> None:
+    opened = await asyncio.gather(
+        *(shared(s).open_stream_slot(KEY_A.id, f"slot-{i}", cap=3, ttl=30) for i, s in enumerate((store, replica) * 6))
+    )
+    assert opened.count(True) == 3
+    assert await shared(store).open_stream_slot(KEY_B.id, "other", cap=3, ttl=30)  # each key has its own cap
+    winner = f"slot-{opened.index(True)}"
+    await shared(replica).release_stream_slots([(KEY_A.id, winner)])  # any replica may give a slot back
+    assert await shared(replica).open_stream_slot(KEY_A.id, "after-release", cap=3, ttl=30)
+    assert not await shared(store).open_stream_slot(KEY_A.id, "over", cap=3, ttl=30)
+
+
+async def test_a_stream_slot_lapses_after_its_ttl_unless_renewed(
+    backend: Backend, store: Store, replica: Store
+) -> None:
+    assert await shared(store).open_stream_slot(KEY_A.id, "renewed", cap=2, ttl=0.5)
+    assert await shared(store).open_stream_slot(KEY_A.id, "dropped", cap=2, ttl=0.5)
+    assert not await shared(replica).open_stream_slot(KEY_A.id, "refused", cap=2, ttl=0.5)
+    await shared(store).renew_stream_slots([(KEY_A.id, "renewed")], ttl=60)
+    deadline = time.monotonic() + 5
+    while not await shared(replica).open_stream_slot(KEY_A.id, "taken", cap=2, ttl=60):
+        assert time.monotonic() < deadline, "the unrenewed slot never lapsed"
+        await asyncio.sleep(0.05)
+    rows = await backend.execute("SELECT id, owner FROM stream_slots ORDER BY id")
+    assert rows == [("renewed", owner(store)), ("taken", owner(replica))]  # the lapsed one is gone
