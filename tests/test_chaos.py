@@ -69,10 +69,10 @@ def _knobs() -> dict[str, Any]:
 
 
 async def test_two_hundred_jobs_through_five_misbehaving_providers(tmp_path: Path) -> None:
-    # The bursts open providers' circuits (6 failed creates in a row); a short cool-down keeps the run short.
-    async with stack(
-        tmp_path, knobs=CHAOS, providers=PROVIDERS, callback_grace_seconds=1.5, circuit_cooldown_seconds=1.0
-    ) as s:
+    # The bursts open providers' circuits (6 failed creates in a row), and each half-open probe then meets the rest
+    # of a burst: short cool-downs, capped low, keep the run short while circuits still open and close.
+    circuits = {"circuit_cooldown_seconds": 0.5, "circuit_max_cooldown_seconds": 1.0}
+    async with stack(tmp_path, knobs=CHAOS, providers=PROVIDERS, callback_grace_seconds=1.5, **circuits) as s:
         jobs = await _submit_all(s)
         async with asyncio.timeout(150):
             while True:

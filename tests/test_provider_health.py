@@ -97,8 +97,12 @@ async def test_a_failed_probe_reopens_the_circuit_for_twice_the_cooldown(tmp_pat
         assert again.failures == 3
         for job in jobs:
             assert (await running.job(job["id"]))["status"] == "queued"  # waiting, never failed for the circuit
-        metrics = (await running.client.get(f"{running.url}/metrics")).text
-        assert 'reelay_provider_circuit_state{provider="seedancee2"} 2.0' in metrics
+
+        async def shown() -> str | None:  # the gauge is set once the write that reopened the circuit returns
+            text = (await running.client.get(f"{running.url}/metrics")).text
+            return text if 'reelay_provider_circuit_state{provider="seedancee2"} 2.0' in text else None
+
+        metrics = await until(shown)
         assert 'reelay_provider_create_errors_total{provider="seedancee2"} 3.0' in metrics
 
 
