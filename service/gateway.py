@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -82,6 +82,45 @@ class Gateway:
         if not candidates:
             raise routes.no_candidate(route, refused)
         return route.id, candidates
+
+    async def next_candidate(self, job: JobRecord) -> tuple[ModelSpec, dict[str, Any]] | None:
+        """Where a job on a route goes next, with that candidate's estimate for it: the first of its plan recomputed
+        (candidates not tried yet, configured, able to serve its input; under a reservation also priced in each unit
+        the reservation holds, unless the operator allows unpriced models). None for a job on a model id, past its
+        deadline (which stops failover), or with no candidate left."""
+        route = self._settings.routes.get(job.model)
+        if route is None or self._clock() >= job.deadline_at:
+            return None
+        given = await self.full_input(job)
+        tried = frozenset(attempt["model"] for attempt in job.attempts)
+        held = () if self._settings.budget_allow_unpriced else ("usd", "credits")
+        units = tuple(unit for unit in held if (job.reservation or {}).get(unit) is not None)
+        candidates, _ = routes.plan(route, self._models, self._adapters, given, skip=tried, priced_in=units)
+        if not candidates:
+            return None
+        spec, adapter = candidates[0]
+        return spec, adapter.estimate(spec, given)
+
+    async def report_decision(self, job: JobRecord | None, report: lifecycle.Report) -> Callable[[JobRecord], Decision]:
+        """How a provider's report about a job's current task changes it: as `lifecycle.reported` says, unless the
+        job (as read before the write: `job`) is on a route with `retry_failed`, the provider failed the task with
+        `generation_failed` and the route has a next candidate: then it moves there (`lifecycle.retried`).
+        The caller checks that the report is about the job's current task."""
+        route = None if job is None else self._settings.routes.get(job.model)
+        failed = report.status == "failed" and (report.error or {}).get("code") == "generation_failed"
+        to = await self.next_candidate(job) if job is not None and failed and route and route.retry_failed else None
+        tried = 0 if job is None else len(job.attempts)
+        now = self._clock()
+
+        def decide(current: JobRecord) -> Decision:
+            # The candidate was chosen from the job as read: only a job still on the same attempt moves there.
+            if to is not None and len(current.attempts) == tried:
+                moved = lifecycle.retried(current, report, to_spec=to[0], cost=to[1], now=now)
+                if moved is not None:
+                    return moved
+            return lifecycle.reported(current, report, now=now)
+
+        return decide
 
     def resolve_model(self, model_id: str) -> tuple[ModelSpec, ProviderAdapter]:
         model_id = self._settings.model_aliases.get(model_id, model_id)
@@ -302,6 +341,10 @@ class Gateway:
             emit(outcome.event.type, status=job.status, **fields)
             if job.status in TERMINAL:
                 self._metrics.jobs_finished.labels(model=job.model, status=job.status).inc()
+            if outcome.event.type == "job.rerouted":
+                reason = str(job.attempts[-2].get("left"))
+                self._metrics.route_failovers.labels(route=job.model, reason=reason).inc()
+                self._signals.new_job.set()  # its create goes out now, not at the dispatcher's next idle check
         return outcome
 
     # -- webhooks ----------------------------------------------------------------------------
@@ -370,13 +413,19 @@ class Gateway:
                 return _OTHER_PROVIDER
             if job.provider_task_id and job.provider_task_id != notice.provider_task_id:
                 return _OTHER_TASK
+            if lifecycle.left_task(job, notice.provider_task_id):  # before the next candidate's task id is known
+                return _OTHER_TASK
             if adapter.needs_confirmation(notice, job):
                 return _UNCONFIRMED
             return None
 
+        # A failure may move a job on a route to its next candidate (retry_failed), chosen before the write.
+        read = known if known is not None or notice.report.status != "failed" else await self._store.get_job(job_id)
+        apply = await self.report_decision(read, notice.report)
+
         def decide(job: JobRecord) -> Decision:
             reason = check(job)
-            return lifecycle.reported(job, notice.report, now=self._clock()) if reason is None else Declined(reason)
+            return apply(job) if reason is None else Declined(reason)
 
         # A job already read is checked first: a confirmation then starts no write it would undo.
         declined = None if known is None else check(known)

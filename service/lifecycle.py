@@ -2,6 +2,9 @@
 
 A job's stage only moves forward (queued → submitted → processing → terminal) and a terminal
 status is final; each accepted change names the event that the store logs in the same transaction.
+One exception: a job on a route with `retry_failed` whose provider failed it after accepting it goes back to
+QUEUED for its next candidate (`retried`). Its public `status` still never moves backwards (`_later`), and
+callbacks or status answers about the task it left never change it again (the callers check the task id).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ _STAGE_OF: dict[str, Stage] = {
     "failed": Stage.TERMINAL,
     "cancelled": Stage.TERMINAL,
 }
+_RANK: dict[str, int] = {"queued": 0, "processing": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,7 +116,7 @@ def reported(job: JobRecord, report: Report, *, now: float) -> tuple[JobRecord, 
     target = _STAGE_OF[report.status]
     if job.stage == Stage.TERMINAL or target <= job.stage:
         return None
-    changes: dict[str, Any] = {"stage": target, "status": report.status, "updated_at": to_iso(now)}
+    changes: dict[str, Any] = {"stage": target, "status": _later(job.status, report.status), "updated_at": to_iso(now)}
     if report.provider_task_id and not job.provider_task_id:
         changes["provider_task_id"] = report.provider_task_id
         changes["attempts"] = with_task(job.attempts, report.provider_task_id)
@@ -130,6 +134,12 @@ def reported(job: JobRecord, report: Report, *, now: float) -> tuple[JobRecord, 
         )
     event = "job.submitted" if report.status == "queued" else f"job.{report.status}"
     return msgspec.structs.replace(job, **changes), event
+
+
+def _later(current: str, reported: Status) -> str:
+    """The public status after a report: never an earlier one (a job retried on its next candidate after it was
+    processing stays processing while the new task is queued)."""
+    return reported if _RANK[reported] >= _RANK[current] else current
 
 
 def failed(
@@ -191,10 +201,42 @@ def rerouted(
     now; None once it has been accepted or has ended (a cancel or a deadline got there first)."""
     if job.stage != Stage.QUEUED or not job.attempts:
         return None
-    stamp = to_iso(now)
-    left = {**job.attempts[-1], "left": reason, "left_at": stamp}
+    left = {**job.attempts[-1], "left": reason, "left_at": to_iso(now)}
     if error is not None:
         left["error"] = error
+    return _moved(job, left, to_spec=to_spec, cost=cost, now=now)
+
+
+def retried(
+    job: JobRecord, report: Report, *, to_spec: ModelSpec, cost: dict[str, Any], now: float
+) -> tuple[JobRecord, str | None] | None:
+    """A route's `retry_failed`: the provider failed the job's accepted task with `report`; move the job to
+    `to_spec` (estimate `cost`), the left attempt keeping the provider's error and what it said the task cost.
+
+    None unless the job is submitted, out of the dispatcher's hands and unfinished (the caller then applies the
+    report as is). The stage goes back to QUEUED for the dispatcher; the status stays what it was."""
+    if job.stage not in (Stage.SUBMITTED, Stage.PROCESSING) or job.dispatch_state != DispatchState.DONE:
+        return None
+    if not job.attempts:
+        return None
+    left = {
+        **job.attempts[-1],
+        "left": "generation_failed",
+        "left_at": to_iso(now),
+        "error": report.error,
+        "cost": {**job.cost, **(report.cost or {})},
+    }
+    if job.provider_task_id and not left.get("provider_task_id"):
+        left["provider_task_id"] = job.provider_task_id
+    moved = _moved(job, left, to_spec=to_spec, cost=cost, now=now)
+    return msgspec.structs.replace(moved[0], stage=Stage.QUEUED, next_poll_at=None, poll_attempts=0), moved[1]
+
+
+def _moved(
+    job: JobRecord, left: dict[str, Any], *, to_spec: ModelSpec, cost: dict[str, Any], now: float
+) -> tuple[JobRecord, str]:
+    """The job moved from its current attempt (`left`, as it is left) to a new one on `to_spec`, to be sent now."""
+    stamp = to_iso(now)
     arrived = {"model": to_spec.id, "provider": to_spec.provider, "started_at": stamp}
     return (
         msgspec.structs.replace(
@@ -211,4 +253,11 @@ def rerouted(
             lease_until=None,
         ),
         "job.rerouted",
+    )
+
+
+def left_task(job: JobRecord, provider_task_id: str | None) -> bool:
+    """Whether `provider_task_id` is the task of a candidate the job has left (anything it says is stale)."""
+    return provider_task_id is not None and any(
+        a.get("provider_task_id") == provider_task_id for a in job.attempts[:-1]
     )

@@ -11,7 +11,8 @@ import msgspec
 
 
 class Stage(IntEnum):
-    """How far a job has come; a job's stage never decreases."""
+    """How far a job has come; a job's stage never decreases, except back to QUEUED when a route's `retry_failed`
+    moves it to its next candidate (see service/lifecycle.py)."""
 
     QUEUED = 0
     SUBMITTED = 1

@@ -8,6 +8,7 @@ import pytest
 
 from service import lifecycle
 from service.lifecycle import Report
+from service.providers import all_models
 from service.wire import job_view
 from storage import DispatchState, JobRecord, Stage
 
@@ -93,3 +94,61 @@ def test_public_view_has_the_documented_fields() -> None:
     ]  # fmt: skip
     assert view["cost"] == {"credits_estimate": 100, "usd_estimate": None, "credits_charged": None, "usd_charged": None}
     assert view["created_at"].endswith("Z")
+
+
+MINI = all_models()["seedancee2/mini"]
+GENERATION_FAILED = {"code": "generation_failed", "message": "no video", "provider_code": "generation_failed"}
+
+
+def _processing() -> JobRecord:
+    """A job its provider accepted (task vid_1, 100 credits reserved) and is processing."""
+    change = lifecycle.submitted(
+        _job(), provider_task_id="vid_1", cost={"credits_reserved": 100}, now=1_000.5, next_poll_at=1_010
+    )
+    assert change is not None
+    return _apply(change[0], "processing")[0]
+
+
+def test_a_retried_job_goes_back_to_the_dispatcher_keeping_its_status_and_the_left_tasks_cost() -> None:
+    failure = Report(status="failed", error=GENERATION_FAILED, cost={"credits_charged": 0, "credits_refunded": 100})
+    change = lifecycle.retried(_processing(), failure, to_spec=MINI, cost={"credits_estimate": 50}, now=1_002.0)
+    assert change is not None
+    job, event = change
+    assert event == "job.rerouted"
+    assert (job.stage, job.status) == (Stage.QUEUED, "processing")
+    assert (job.routed_model, job.provider, job.provider_task_id) == ("seedancee2/mini", "seedancee2", None)
+    assert (job.dispatch_state, job.dispatch_attempts, job.next_attempt_at) == (DispatchState.PENDING, 0, 1_002.0)
+    assert (job.next_poll_at, job.lease_until, job.poll_attempts) == (None, None, 0)
+    assert job.cost == {"credits_estimate": 50}
+    left, now_on = job.attempts
+    assert (left["left"], left["provider_task_id"], left["error"]) == ("generation_failed", "vid_1", GENERATION_FAILED)
+    assert left["cost"] == {
+        "credits_estimate": 100,
+        "credits_reserved": 100,
+        "credits_charged": 0,
+        "credits_refunded": 100,
+    }
+    assert (now_on["model"], now_on.get("provider_task_id"), now_on.get("left")) == ("seedancee2/mini", None, None)
+    assert lifecycle.left_task(job, "vid_1")
+    assert not lifecycle.left_task(job, "vid_2")
+
+
+def test_a_retried_processing_job_never_shows_queued_again() -> None:
+    failure = Report(status="failed", error=GENERATION_FAILED)
+    change = lifecycle.retried(_processing(), failure, to_spec=MINI, cost={}, now=1_002.0)
+    assert change is not None
+    early, event = _apply(change[0], "queued")  # the new task's callback came before the create's answer
+    assert (early.stage, early.status, event) == (Stage.SUBMITTED, "processing", "job.submitted")
+    accepted = lifecycle.submitted(change[0], provider_task_id="vid_2", cost=None, now=1_003.0, next_poll_at=1_010)
+    assert accepted is not None
+    assert (accepted[0].stage, accepted[0].status) == (Stage.SUBMITTED, "processing")
+    done, _ = _apply(accepted[0], "succeeded")
+    assert done.status == "succeeded"
+
+
+def test_only_an_accepted_unfinished_job_out_of_the_dispatchers_hands_is_retried() -> None:
+    failure = Report(status="failed", error=GENERATION_FAILED)
+    finished, _ = _apply(_processing(), "succeeded")
+    in_flight, _ = _apply(_job(), "processing")  # a callback overtook the create's answer: still being sent
+    for job in (_job(), finished, in_flight):
+        assert lifecycle.retried(job, failure, to_spec=MINI, cost={}, now=1_002.0) is None

@@ -4,6 +4,7 @@ moves to the next only while no provider can have accepted it (never paying twic
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -13,9 +14,17 @@ import httpx
 import msgspec
 import pytest
 
-from sandbox import SandboxKnobs
+from reelay_signing import sign_header
+from sandbox import SANDBOXES, SandboxKnobs
+from service.app import enabled_adapters
 from service.circuits import ADMITTED, Admission
+from service.gateway import Gateway
+from service.hub import EventHub
+from service.loops import Poller
+from service.metrics import Metrics
+from service.providers import all_models
 from service.routes import Route
+from service.runtime import Runtime
 from tests.harness import LoseFirstCreateAnswer, Stack, collect_events, stack
 from tests.ports import free_ports
 from tests.processes import REELAY, reelay_env
@@ -30,8 +39,11 @@ CREATE_PATHS = {"seedancee2": "/v1/videos/generations", "mindvideo": "/api/v1/ta
 WRONG_KEY = {"seedancee2": {"api_key": "sk_seedancee2_live_wrong"}}  # every create answers 401: a refusal
 
 
-def _route(*candidates: str, strategy: str = "priority", route_id: str = "sd2") -> dict[str, Route]:
-    return {route_id: Route(id=route_id, strategy=strategy, candidates=candidates)}  # type: ignore[arg-type]
+def _route(
+    *candidates: str, strategy: str = "priority", route_id: str = "sd2", retry_failed: bool = False
+) -> dict[str, Route]:
+    route = Route(id=route_id, strategy=strategy, candidates=candidates, retry_failed=retry_failed)  # type: ignore[arg-type]
+    return {route_id: route}
 
 
 async def _creates(running: Stack, provider: str) -> dict[str, Any]:
@@ -315,6 +327,162 @@ async def test_a_job_on_a_model_id_waits_for_an_open_circuit_and_is_not_rerouted
     assert _left(job) == [None]
     assert record is not None
     assert record.dispatch_attempts == 0
+
+
+# -- retry_failed --------------------------------------------------------------------------------------------------
+
+FAILS = SandboxKnobs(processing_after_s=0.05, complete_after_s=1.0, failure_rate=1.0)  # every task fails after 1 s
+RANK = {"queued": 0, "processing": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
+
+
+async def _signed_callback(running: Stack, task_id: str, job_id: str, status: str) -> str:
+    """Post a Seedancee2 callback about `task_id`, signed with the emulator's secret as the provider signs them."""
+    data: dict[str, Any] = {"id": task_id, "status": status, "model": "fast", "metadata": {"reelay_job_id": job_id}}
+    if status == "completed":
+        data |= {"credits_charged": 80, "output": {"video_url": f"https://media.example/{task_id}.mp4"}}
+    body = msgspec.json.encode({"data": data})
+    signature = sign_header(body, SANDBOXES["seedancee2"].webhook_secret or "", timestamp=int(time.time()))
+    response = await running.client.post(
+        f"{running.url}/webhooks/seedancee2",
+        content=body,
+        headers={"Content-Type": "application/json", "X-Seedancee2-Signature": signature},
+    )
+    assert response.status_code == 200, response.text
+    result: str = response.json()["result"]
+    return result
+
+
+async def _moved(running: Stack, job_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The job once it has left its first candidate."""
+    async with asyncio.timeout(timeout):
+        while len((job := await running.job(job_id))["attempts"]) < 2:
+            await asyncio.sleep(0.02)
+    return job
+
+
+async def test_retry_failed_moves_a_failed_generation_to_the_next_candidate_and_its_status_never_goes_back(
+    tmp_path: Path,
+) -> None:
+    async with stack(
+        tmp_path,
+        knobs=QUICK,
+        providers=("seedancee2", "mindvideo"),
+        routes=_route(FAST, MINDVIDEO, retry_failed=True),
+        callback_grace_seconds=0.1,  # a first status check sees the task processing before it fails
+    ) as running:
+        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json=msgspec.structs.asdict(FAILS))
+        created = await running.submit("sd2")
+        frames: list[dict[str, Any]] = []
+        await asyncio.wait_for(
+            collect_events(running, f"{running.url}/v1/jobs/{created['id']}/events", "job.succeeded", frames), 20
+        )
+        done = await running.job(created["id"])
+        metrics = (await running.client.get(f"{running.url}/metrics")).text
+        failed, served = await _creates(running, "seedancee2"), await _creates(running, "mindvideo")
+    assert done["status"] == "succeeded"
+    assert (done["routed_model"], done["provider"]) == (MINDVIDEO, "mindvideo")
+    first, second = done["attempts"]
+    assert (first["model"], first["left"], first["error"]["code"]) == (FAST, "generation_failed", "generation_failed")
+    assert first["provider_task_id"] == failed["accepted"][0]["id"]
+    estimate = created["cost"]["credits_estimate"]
+    assert first["cost"]["credits_charged"] == 0  # what Seedancee2 said the failed task cost: all refunded
+    assert first["cost"]["credits_refunded"] == estimate
+    assert (second["model"], second.get("left"), second["provider_task_id"]) == (
+        MINDVIDEO,
+        None,
+        done["provider_task_id"],
+    )
+    [moved] = [f for f in frames if f["type"] == "job.rerouted"]
+    assert moved["detail"] == {"from": FAST, "to": MINDVIDEO, "reason": "generation_failed"}
+    assert moved["job"]["status"] == "processing"  # it was processing when its task failed...
+    statuses = [RANK[f["job"]["status"]] for f in frames]
+    assert statuses == sorted(statuses), [f["job"]["status"] for f in frames]  # ...and never showed queued again
+    assert len(failed["accepted"]) == len(served["accepted"]) == 1
+    assert 'reelay_route_failovers_total{reason="generation_failed",route="sd2"} 1.0' in metrics
+
+
+async def test_without_retry_failed_a_failed_generation_fails_the_job_on_a_route(tmp_path: Path) -> None:
+    async with stack(
+        tmp_path, knobs=FAILS, providers=("seedancee2", "mindvideo"), routes=_route(FAST, MINDVIDEO)
+    ) as running:
+        created = await running.submit("sd2")
+        done = await _finished(running, created["id"])
+        events = await running.event_types(created["id"])
+        other = await _creates(running, "mindvideo")
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "generation_failed"
+    assert _left(done) == [None]
+    assert "job.rerouted" not in events
+    assert other["attempts"] == 0
+
+
+async def test_a_stale_callback_of_the_left_task_never_changes_the_job(tmp_path: Path) -> None:
+    # Both candidates at Seedancee2: the callback reaches the same endpoint and names the same job.
+    async with stack(tmp_path, knobs=FAILS, routes=_route(FAST, MINI, retry_failed=True)) as running:
+        created = await running.submit("sd2")
+        left_task = (await running.accepted(created["id"]))["provider_task_id"]
+        # From now on a create makes its task but holds its answer: the job waits on MINI with no task id yet.
+        slow = SandboxKnobs(processing_after_s=60, complete_after_s=120, hang_s=3)
+        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json=msgspec.structs.asdict(slow))
+        moving = await _moved(running, created["id"])
+        assert (moving["routed_model"], moving["provider_task_id"]) == (MINI, None)
+        unanswered = await _signed_callback(running, left_task, created["id"], "completed")
+        while_unanswered = await running.job(created["id"])
+        sent = await running.accepted(created["id"])
+        answered = await _signed_callback(running, left_task, created["id"], "completed")
+        after = await running.job(created["id"])
+    assert (unanswered, answered) == ("ignored", "ignored")
+    assert while_unanswered == moving
+    assert after == sent
+    assert after["status"] == "queued"
+    assert (after["routed_model"], after["output"]) == (MINI, None)
+    assert after["provider_task_id"] not in (None, left_task)
+
+
+async def test_a_status_answer_about_the_left_task_never_changes_the_job(tmp_path: Path) -> None:
+    # Another worker polled the first task before the job moved on; its answer (the task failed) comes after.
+    async with stack(tmp_path, knobs=QUICK, routes=_route(FAST, MINI, retry_failed=True)) as running:
+        await running.sandbox(
+            "seedancee2", "PUT", "/_sandbox/knobs", json={"processing_after_s": 0.05, "complete_after_s": 60}
+        )
+        created = await running.submit("sd2")
+        left_task = (await running.accepted(created["id"]))["provider_task_id"]
+        stale = await running.store.get_job(created["id"])
+        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json=msgspec.structs.asdict(QUICK))
+        await running.sandbox("seedancee2", "POST", f"/_sandbox/tasks/{left_task}/fail")  # its callback moves the job
+        moved = await running.accepted(created["id"])
+        assert moved["routed_model"] == MINI
+        assert stale is not None
+        await _poller(running).handle(stale)
+        after_poll = await running.store.get_job(created["id"])
+        done = await _finished(running, created["id"])
+        events = await running.event_types(created["id"])
+    assert after_poll is not None
+    assert (after_poll.status, after_poll.routed_model, after_poll.provider_task_id) == (
+        moved["status"],
+        MINI,
+        moved["provider_task_id"],
+    )
+    assert done["status"] == "succeeded"
+    assert _left(done) == ["generation_failed", None]
+    assert events.count("job.rerouted") == 1
+
+
+def _poller(running: Stack) -> Poller:
+    """A second worker's poller on the same database and emulators."""
+    runtime = Runtime(
+        settings=running.settings,
+        store=running.store,
+        adapters=enabled_adapters(running.settings, running.client),
+        models=all_models(),
+        http=running.client,
+        hub=EventHub(),
+        clock=time.time,
+        monotonic=time.monotonic,
+        rng=random.Random(0),
+        metrics=Metrics.create(),
+    )
+    return Poller(runtime, Gateway(runtime))
 
 
 # -- create ----------------------------------------------------------------------------------------------------

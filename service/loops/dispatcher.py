@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from service import lifecycle, routes
+from service import lifecycle
 from service.errors import OutcomeUnknown, PermanentError, ProviderError, TransientError
 from service.loops.leased import LeasedLoop
 from service.schedule import Backoff
@@ -180,29 +180,15 @@ class Dispatcher(LeasedLoop):
     async def _reroute(self, job: JobRecord, reason: str, error: dict[str, Any]) -> bool:
         """Move a job on a route to its next candidate, to be sent at once; False when it has none (a model id, or
         every candidate tried or unable to take it), and the job goes on as a job on a model id would."""
-        route = self.runtime.settings.routes.get(job.model)
-        if route is None or self.clock() >= job.deadline_at:  # the deadline stops failover
+        to = await self.gateway.next_candidate(job)  # None past the deadline: it stops failover
+        if to is None:
             return False
-        given = await self.gateway.full_input(job)
-        tried = frozenset(attempt["model"] for attempt in job.attempts)
-        # Under a budget, only candidates priced in each unit the reservation holds (as at create, unless the
-        # operator allows unpriced models).
-        held = () if self.runtime.settings.budget_allow_unpriced else ("usd", "credits")
-        units = tuple(unit for unit in held if (job.reservation or {}).get(unit) is not None)
-        candidates, _ = routes.plan(
-            route, self.runtime.models, self.runtime.adapters, given, skip=tried, priced_in=units
-        )
-        if not candidates:
-            return False
-        spec, adapter = candidates[0]
+        spec, cost = to
         now = self.clock()
-        cost = adapter.estimate(spec, given)
-        outcome = await self.gateway.update_job(
+        # Gateway.update_job counts the move and wakes the dispatcher: its create goes out at once.
+        await self.gateway.update_job(
             job.id, lambda j: lifecycle.rerouted(j, to_spec=spec, reason=reason, error=error, cost=cost, now=now)
         )
-        if outcome.event is not None:
-            self.runtime.metrics.route_failovers.labels(route=route.id, reason=reason).inc()
-            self.runtime.signals.new_job.set()  # its create goes out now, not at the loop's next idle check
         return True  # moved, or ended meanwhile (a cancel): either way nothing more to do with it here
 
     async def _wait(self, job: JobRecord, until: float) -> None:

@@ -12,7 +12,7 @@ import structlog
 from service import lifecycle
 from service.errors import PermanentError, ProviderError, TransientError
 from service.loops.leased import LeasedLoop
-from storage import JobRecord, Stage
+from storage import Decision, Declined, JobRecord, Stage
 
 if TYPE_CHECKING:
     from service.gateway import Gateway
@@ -64,11 +64,17 @@ class Poller(LeasedLoop):
         except (ProviderError, ValueError, KeyError, TypeError) as exc:
             log.warning("poll.bad_answer", error=str(exc))
         delay = adapter.poll_schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)
+        # A generation failure may move a job on a route to its next candidate (retry_failed).
+        apply = None if report is None else await self.gateway.report_decision(job, report)
 
-        def decide(current: JobRecord) -> tuple[JobRecord, str | None] | None:
-            change = lifecycle.reported(current, report, now=now) if report is not None else None
+        def decide(current: JobRecord) -> Decision:
+            if current.provider_task_id != job.provider_task_id:
+                return None  # the job left the task polled (retry_failed) meanwhile: its answer is stale
+            change = apply(current) if apply is not None else None
+            if isinstance(change, Declined):
+                return change
             updated, event = change if change is not None else (current, None)
-            if updated.stage == Stage.TERMINAL:
+            if updated.stage == Stage.TERMINAL or event == "job.rerouted":
                 return change
             return (
                 msgspec.structs.replace(
@@ -79,5 +85,16 @@ class Poller(LeasedLoop):
                 ),
                 event,
             )
+
+        await self._update(job, decide)
+
+    async def _fail(self, job: JobRecord, code: str, message: str, provider_code: str | None = None) -> None:
+        """Fail the job, unless it left the task it was polled for meanwhile (retry_failed moved it on)."""
+        now = self.clock()
+
+        def decide(current: JobRecord) -> tuple[JobRecord, str | None] | None:
+            if current.provider_task_id != job.provider_task_id:
+                return None
+            return lifecycle.failed(current, code=code, message=message, now=now, provider_code=provider_code)
 
         await self._update(job, decide)

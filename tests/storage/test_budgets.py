@@ -9,6 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from service import lifecycle
+from service.lifecycle import Report
+from service.providers import all_models
 from storage import IdempotencyClaim, JobRecord, OverBudget, Stage, Store
 from storage.budgets import charge, resets_at
 from tests.storage.factories import KEY_A, make_job
@@ -98,3 +101,33 @@ def test_periods_reset_at_the_next_utc_day_or_month() -> None:
     assert resets_at("month:2026-12") == "2027-01-01T00:00:00Z"
     assert resets_at("month:2026-01") == "2026-02-01T00:00:00Z"
     assert resets_at("total") is None
+
+
+async def test_a_job_retried_on_its_next_candidate_is_charged_what_each_accepting_provider_reported(
+    store: Store,
+) -> None:
+    await store.set_api_key_budget(KEY_A.id, usd=None, credits=Decimal("1000"), period="total")
+    first = {"model": "seedancee2/fast", "provider": "seedancee2", "started_at": "2025-06-01T12:00:00.000Z"}
+    on_route = reserving("80", model="sd2", routed_model=first["model"], attempts=[first])
+    job = (await store.create_job(on_route, "job.created")).job
+    to_mini = all_models()["seedancee2/mini"]
+
+    def accepted(task_id: str) -> Any:
+        return lambda j: lifecycle.submitted(j, provider_task_id=task_id, cost=None, now=1.0, next_poll_at=2.0)
+
+    failed = Report(
+        status="failed",
+        error={"code": "generation_failed", "message": "no video"},
+        cost={"credits_charged": 30, "credits_refunded": 10},  # a provider that bills part of a failed generation
+    )
+    await store.update_job(job.id, accepted("t-1"))
+    moved = await store.update_job(
+        job.id, lambda j: lifecycle.retried(j, failed, to_spec=to_mini, cost={"credits_estimate": 50}, now=3.0)
+    )
+    assert moved.event is not None
+    assert (await store.budget_totals(KEY_A.id, "total")).reserved_credits == 80  # not settled: it goes on
+    await store.update_job(job.id, accepted("t-2"))
+    succeeded = Report(status="succeeded", output={"videos": []}, cost={"credits_charged": 50})
+    await store.update_job(job.id, lambda j: lifecycle.reported(j, succeeded, now=4.0))
+    totals = await store.budget_totals(KEY_A.id, "total")
+    assert (totals.reserved_credits, totals.spent_credits) == (0, 70)  # (30 - 10) for the left task + 50
