@@ -84,19 +84,27 @@ def settle(totals: BudgetTotals, job: JobRecord) -> BudgetTotals:
 def charge(job: JobRecord, unit: str, estimate: Decimal) -> Decimal:
     """What a finished job cost in `unit`: what its providers reported charging (net of refunds), else nothing if
     no provider ever accepted it, else its reserved estimate (an accepted job is never free)."""
-    reported: Decimal | None = None
     # Candidates a route left after they accepted (retry_failed) keep their own cost on the attempt.
-    costs = [a.get("cost") for a in job.attempts if a.get("left")] + [job.cost]
-    for cost in costs:
-        charged = _figure(cost, f"{unit}_charged")
-        if charged is not None:
-            refunded = _figure(cost, f"{unit}_refunded") or _ZERO
-            reported = (reported or _ZERO) + max(charged - refunded, _ZERO)
-    if reported is not None:
-        return reported
+    left = [_net(a.get("cost"), unit) for a in job.attempts if a.get("left")]
+    reported = [figure for figure in left if figure is not None]
+    current = _net(job.cost, unit)
+    if current is not None:
+        reported.append(current)
+    elif job.provider_task_id is not None and reported:
+        reported.append(estimate)  # the task the job ended on was accepted, and reported nothing: never free
+    if reported:
+        return sum(reported, _ZERO)
     if job.provider_task_id is None and not any(a.get("provider_task_id") for a in job.attempts):
         return _ZERO
     return estimate
+
+
+def _net(cost: Any, unit: str) -> Decimal | None:
+    """What a cost says the provider charged in `unit`, net of a reported refund; None if it reports no charge."""
+    charged = _figure(cost, f"{unit}_charged")
+    if charged is None:
+        return None
+    return max(charged - (_figure(cost, f"{unit}_refunded") or _ZERO), _ZERO)
 
 
 def _figure(cost: Any, field: str) -> Decimal | None:

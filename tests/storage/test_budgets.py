@@ -131,3 +131,30 @@ async def test_a_job_retried_on_its_next_candidate_is_charged_what_each_acceptin
     await store.update_job(job.id, lambda j: lifecycle.reported(j, succeeded, now=4.0))
     totals = await store.budget_totals(KEY_A.id, "total")
     assert (totals.reserved_credits, totals.spent_credits) == (0, 70)  # (30 - 10) for the left task + 50
+
+
+async def test_a_retried_job_whose_last_provider_accepted_without_reporting_a_charge_is_not_free_there(
+    store: Store,
+) -> None:
+    await store.set_api_key_budget(KEY_A.id, usd=None, credits=Decimal("1000"), period="total")
+    first = {"model": "seedancee2/fast", "provider": "seedancee2", "started_at": "2025-06-01T12:00:00.000Z"}
+    on_route = reserving("80", model="sd2", routed_model=first["model"], attempts=[first])
+    job = (await store.create_job(on_route, "job.created")).job
+    to_mini = all_models()["seedancee2/mini"]
+
+    def accepted(task_id: str) -> Any:
+        return lambda j: lifecycle.submitted(j, provider_task_id=task_id, cost=None, now=1.0, next_poll_at=2.0)
+
+    failed = Report(
+        status="failed", error={"code": "generation_failed", "message": "no video"}, cost={"credits_charged": 20}
+    )
+    await store.update_job(job.id, accepted("t-1"))
+    await store.update_job(
+        job.id, lambda j: lifecycle.retried(j, failed, to_spec=to_mini, cost={"credits_estimate": 50}, now=3.0)
+    )
+    await store.update_job(job.id, accepted("t-2"))
+    succeeded = Report(status="succeeded", output={"videos": []})  # this provider reports no charge
+    await store.update_job(job.id, lambda j: lifecycle.reported(j, succeeded, now=4.0))
+    totals = await store.budget_totals(KEY_A.id, "total")
+    # 20 reported for the left task, and the reserved estimate for the accepted one that reported nothing.
+    assert (totals.reserved_credits, totals.spent_credits) == (0, 100)
