@@ -142,7 +142,7 @@ def parse_amount(text: str, what: str) -> Decimal | None:
     # Bounded so that every backend holds it exactly, and sums of it stay exact.
     if value >= _MOST or value != value.quantize(_FINEST):
         raise ValueError(f"{what} takes at most 15 digits before the point and 12 after, got {text!r}")
-    return value
+    return Decimal(format(value, "f"))  # plain digits: 1e3 is kept and shown as 1000
 
 
 _MOST = Decimal(10) ** 15

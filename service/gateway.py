@@ -191,7 +191,8 @@ class Gateway:
         given: dict[str, Any] = msgspec.to_builtins(request.input)
         check_inline(given, self._settings.max_inline_bytes)
         model_id, candidates = self.plan(request.model, given)
-        plan, reservation = self._budgeted(caller, candidates, given)
+        now = self._clock()  # read once: the job's created_at and its budget period are the same instant
+        plan, reservation = self._budgeted(caller, candidates, given, now)
         spec, adapter = plan[0]
         limit = self._settings.job_timeout_seconds
         header_seconds = None if cancel_after is None else _whole_seconds(cancel_after, limit)
@@ -212,7 +213,6 @@ class Gateway:
         if webhook_url is not None:
             # The key's secret exists before any delivery it signs can be recorded.
             await self._store.webhook_secret(api_key_id, new_secret=new_webhook_secret())
-        now = self._clock()
         shown, inline = split_inline(given)
         record = lifecycle.new_job(
             job_id=new_job_id(),
@@ -247,16 +247,18 @@ class Gateway:
         return outcome.job, outcome.created
 
     def _budgeted(
-        self, caller: ApiKeyRecord | None, plan: list[tuple[ModelSpec, ProviderAdapter]], given: dict[str, Any]
+        self,
+        caller: ApiKeyRecord | None,
+        plan: list[tuple[ModelSpec, ProviderAdapter]],
+        given: dict[str, Any],
+        now: float,
     ) -> tuple[list[tuple[ModelSpec, ProviderAdapter]], dict[str, Any] | None]:
         """The plan's candidates the caller's budget lets the job use, and what the job reserves (None: no budget);
         the store holds the reservation, or refuses it, in the create's transaction."""
         if caller is None or not caller.has_budget:
             return plan, None
         priced = [((spec, adapter), adapter.estimate(spec, given), spec.id) for spec, adapter in plan]
-        return budgets.plan_under_budget(
-            caller, priced, allow_unpriced=self._settings.budget_allow_unpriced, now=self._clock()
-        )
+        return budgets.plan_under_budget(caller, priced, allow_unpriced=self._settings.budget_allow_unpriced, now=now)
 
     async def budget(self, api_key_id: str) -> budgets.BudgetStatus | None:
         """The key's budget in its current period, read afresh (the key cache may be behind); None without one."""

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from sandbox import SANDBOXES, SandboxKnobs
+from service import budgets
 from service.ids import split_api_key
 from tests import pg
 from tests.harness import Stack, collect_events, serving, stack, url_of
@@ -255,3 +256,9 @@ async def test_threshold_events_reach_the_keys_stream_and_endpoints_never_a_jobs
         to_endpoint = [g for g in receiver.got if g.path == "/endpoint"]
         assert [g.data["detail"]["threshold"] for g in to_endpoint] == [80, 100]
         assert [json.loads(g.body)["type"] for g in receiver.got if g.path == "/job"] == ["job.created"] * 3
+
+
+def test_a_limit_in_exponent_notation_is_kept_as_plain_digits() -> None:
+    amount = budgets.parse_amount("1e3", "--budget-usd")
+    assert (amount, str(amount)) == (Decimal("1000"), "1000")
+    assert str(budgets.parse_amount("2.50", "--budget-usd")) == "2.50"
