@@ -38,6 +38,7 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     retry_at: float | None = None
     # Allowed as the half-open probe: this create's outcome closes the circuit or opens it again.
     probe: bool = False
+    probe_until: float | None = None  # the probe's lease (it names this probe when it is given back)
 
 
 ADMITTED = Admission(allowed=True)
@@ -69,6 +70,10 @@ class ProviderHealth(Protocol):
         not of the job's input (a 400 naming a field). `latency` in seconds; `error` in words, for GET
         /v1/providers."""
 
+    async def release(self, provider: str, admission: Admission, now: float) -> None:
+        """After a create `admission` allowed: give its probe back unless its outcome was recorded (the dispatcher
+        may send nothing, e.g. a lookup finds the task), so the circuit is not held until the probe's lease ends."""
+
     async def view(self, now: float) -> dict[str, ProviderView]:
         """Each provider's health as known now; a provider left out has a closed circuit and no recent creates."""
 
@@ -82,6 +87,9 @@ class AlwaysClosed:
     async def record(
         self, provider: str, *, ok: bool, counts: bool, latency: float, error: str | None, now: float
     ) -> None:
+        return None
+
+    async def release(self, provider: str, admission: Admission, now: float) -> None:
         return None
 
     async def view(self, now: float) -> dict[str, ProviderView]:
@@ -160,10 +168,11 @@ class Circuits:
         if verdict is not None:
             return verdict
         if await self._store.claim_provider_probe(provider, owner=self.owner, now=now, lease_seconds=self._probe_lease):
-            probing = {"state": HALF_OPEN, "probe_owner": self.owner, "probe_until": now + self._probe_lease}
+            until = now + self._probe_lease
+            probing = {"state": HALF_OPEN, "probe_owner": self.owner, "probe_until": until}
             self._remember(old, msgspec.structs.replace(old or ProviderHealthRecord(provider=provider), **probing))
             log.info("circuit.probe", provider=provider)
-            return Admission(allowed=True, probe=True)
+            return Admission(allowed=True, probe=True, probe_until=until)
         await self._refresh(0.0)  # another process took the probe, or changed the circuit: read what it did
         verdict = self._verdict(self._rows.get(provider), now)
         return verdict or Admission(allowed=False, retry_at=now + self.probe_wait_seconds)
@@ -196,6 +205,21 @@ class Circuits:
             log.error("circuit.record_failed", provider=provider, error=str(exc))
             return
         self._remember(old, new)
+
+    async def release(self, provider: str, admission: Admission, now: float) -> None:
+        if not admission.probe or admission.probe_until is None:
+            return
+        try:
+            given_back = await self._store.release_provider_probe(
+                provider, owner=self.owner, probe_until=admission.probe_until, now=now
+            )
+        except StorageError as exc:  # the probe's lease still ends it
+            log.error("circuit.release_failed", provider=provider, error=str(exc))
+            return
+        if given_back:
+            log.info("circuit.probe_released", provider=provider)
+            self._read_at = float("-inf")  # read the circuit again at the next admit
+            self._wake()  # a job waiting for this provider may take the probe now
 
     def _remember(self, old: ProviderHealthRecord | None, new: ProviderHealthRecord) -> None:
         self._rows[new.provider] = new

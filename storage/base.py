@@ -299,6 +299,11 @@ class Store(Protocol):
         """Take the half-open probe: True for exactly one caller, whichever process, once the circuit is open past
         its cool-down, or its last probe's lease (`lease_seconds` from the claim) ran out."""
 
+    async def release_provider_probe(self, provider: str, *, owner: str, probe_until: float, now: float) -> bool:
+        """Give back the half-open probe `owner` took with lease `probe_until` when it sent no create: the circuit is
+        open again, past its cool-down, so the next caller takes the probe. False when that probe is no longer held
+        (its outcome was recorded, or its lease ran out and another took it)."""
+
     async def jobs_in_flight(self) -> dict[str, int]:
         """Unfinished jobs (not terminal) per provider, from an index."""
 

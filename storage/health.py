@@ -55,6 +55,11 @@ _CLAIM_PROBE = (
     "UPDATE provider_health SET state = 'half_open', probe_owner = $2, probe_until = $3, updated_at = $4 "
     "WHERE provider = $1 AND ((state = 'open' AND open_until <= $4) OR (state = 'half_open' AND probe_until <= $4))"
 )
+# A probe that sent no create is given back: open again past its cool-down, so the next create is the probe.
+_RELEASE_PROBE = (
+    "UPDATE provider_health SET state = 'open', probe_owner = NULL, probe_until = NULL, updated_at = $4 "
+    "WHERE provider = $1 AND state = 'half_open' AND probe_owner = $2 AND probe_until = $3"
+)
 _IN_FLIGHT = "SELECT provider, count(*) FROM jobs WHERE stage < 3 GROUP BY provider"  # index jobs_in_flight
 
 
@@ -111,6 +116,10 @@ async def claim_probe(db: Sql, provider: str, *, owner: str, now: float, lease_s
     return await db.execute(_CLAIM_PROBE, provider, owner, now + lease_seconds, now) == 1
 
 
+async def release_probe(db: Sql, provider: str, *, owner: str, probe_until: float, now: float) -> bool:
+    return await db.execute(_RELEASE_PROBE, provider, owner, probe_until, now) == 1
+
+
 async def jobs_in_flight(db: Reader) -> dict[str, int]:
     return {str(provider): int(count) for provider, count in await db.fetch(_IN_FLIGHT)}
 
@@ -136,6 +145,9 @@ class HealthMethods:
 
     async def claim_provider_probe(self, provider: str, *, owner: str, now: float, lease_seconds: float) -> bool:
         return await self._hook(lambda db: claim_probe(db, provider, owner=owner, now=now, lease_seconds=lease_seconds))
+
+    async def release_provider_probe(self, provider: str, *, owner: str, probe_until: float, now: float) -> bool:
+        return await self._hook(lambda db: release_probe(db, provider, owner=owner, probe_until=probe_until, now=now))
 
     async def jobs_in_flight(self) -> dict[str, int]:
         return await self._look(jobs_in_flight)

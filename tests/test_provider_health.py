@@ -158,3 +158,30 @@ async def test_get_providers_shows_each_providers_health_and_jobs_in_flight(tmp_
         assert unknown.status_code == 400
         schema = (await running.client.get(f"{running.url}/schema")).json()
         assert "/v1/providers" in schema["paths"]
+
+
+async def test_a_probe_that_sends_no_create_gives_the_circuit_back_at_once(tmp_path: Path) -> None:
+    # The first create's answer is lost (its task exists): that opens the circuit. After the cool-down the job's
+    # retry wins the probe but adopts its task by lookup, sending no create: the probe must not stay held for its
+    # lease (upstream timeout + 5 s), or every other job of the provider waits that long.
+    knobs = SandboxKnobs(hang_s=2.0, processing_after_s=60, complete_after_s=120)  # no callback adopts it first
+    settings = {"circuit_failures": 1, "circuit_cooldown_seconds": 0.2, "upstream_timeout_seconds": 0.5}
+    async with stack(tmp_path, knobs=knobs, **settings) as running:
+        lost = await running.submit()
+        await opened(running)
+        await running.sandbox("seedancee2", "PUT", "/_sandbox/knobs", json={"hang_s": 0})
+        adopted = await running.store.get_job((await running.accepted(lost["id"]))["id"])
+        assert adopted is not None
+        assert (adopted.dispatch_attempts, adopted.attempts[-1].get("answer_lost")) == (1, True)  # found, not resent
+
+        async def given_back() -> ProviderHealthRecord | None:
+            row = await circuit(running)
+            return row if row is not None and row.probe_owner is None else None
+
+        row = await until(given_back, timeout=3.0)  # well inside the 5.5 s lease
+        assert row.state == OPEN  # its cool-down is over: the next create is the probe
+        after = await running.submit()
+        await running.accepted(after["id"])
+        closed = await circuit(running)
+        assert closed is not None
+        assert (closed.state, closed.failures) == (CLOSED, 0)

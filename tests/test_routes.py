@@ -92,6 +92,9 @@ class OpenCircuit:
     ) -> None:
         return None
 
+    async def release(self, provider: str, admission: Admission, now: float) -> None:
+        return None
+
 
 # -- failover ---------------------------------------------------------------------------------------------------
 

@@ -61,6 +61,14 @@ class Dispatcher(LeasedLoop):
             if not (unsent and await self._reroute(job, "circuit_open", _error("circuit_open", message))):
                 await self._wait(job, admission.retry_at if admission.retry_at is not None else now + 1.0)
             return
+        try:
+            await self._send(job, spec, adapter)
+        finally:
+            # A probe whose create was not sent (or not answered) is given back: it must not hold the circuit.
+            await self.runtime.health.release(job.provider, admission, self.clock())
+
+    async def _send(self, job: JobRecord, spec: ModelSpec, adapter: ProviderAdapter) -> None:
+        """Send the admitted job's create (or, after a lost answer, first find out whether it made a task)."""
         if job.dispatch_state == DispatchState.SENDING:
             # An earlier create may have reached the provider; find out before sending again.
             if adapter.unknown_outcome == "lookup":

@@ -52,6 +52,19 @@ async def test_the_probe_is_taken_once_after_the_cooldown_and_retaken_after_its_
     assert row.probe_owner == "b"
 
 
+async def test_a_probe_given_back_is_taken_at_once_and_only_its_own_lease_gives_it_back(store: Store) -> None:
+    await fail(store, 3)
+    assert await store.claim_provider_probe("seedancee2", owner="a", now=NOW + 30, lease_seconds=10)
+    # Another owner, or the same owner naming an older probe of its own, gives nothing back.
+    assert not await store.release_provider_probe("seedancee2", owner="b", probe_until=NOW + 40, now=NOW + 31)
+    assert not await store.release_provider_probe("seedancee2", owner="a", probe_until=NOW + 39, now=NOW + 31)
+    assert await store.release_provider_probe("seedancee2", owner="a", probe_until=NOW + 40, now=NOW + 31)
+    [row] = await store.provider_health()
+    assert (row.state, row.probe_owner, row.failures) == (OPEN, None, 3)
+    assert not await store.release_provider_probe("seedancee2", owner="a", probe_until=NOW + 40, now=NOW + 31)
+    assert await store.claim_provider_probe("seedancee2", owner="b", now=NOW + 31, lease_seconds=10)
+
+
 async def test_a_failed_probe_reopens_with_the_cooldown_doubled_up_to_the_cap(store: Store) -> None:
     await fail(store, 3)
     cooldowns = []
