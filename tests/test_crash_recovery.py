@@ -102,3 +102,47 @@ async def test_sigkill_with_pending_deliveries_then_restart_delivers_each_at_lea
     # One message per job, whatever the number of attempts: receivers dedupe on webhook-id.
     ids = {got.headers["webhook-id"]: got.data["job"]["id"] for got in receiver.got}
     assert sorted(ids.values()) == sorted(job_ids)
+
+
+async def test_sigkill_keeps_an_open_circuit_and_its_cool_down(tmp_path: Path) -> None:
+    sandbox_sock, port = bind(), free_ports(1)  # bound, not listening: every create is refused a connection
+    env = reelay_env(
+        tmp_path,
+        port,
+        {"seedancee2": url_of(sandbox_sock)},
+        REELAY_CIRCUIT_FAILURES="1",
+        REELAY_CIRCUIT_COOLDOWN_SECONDS="60",
+    )
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {create_key(env)}"}
+    log = tmp_path / "reelay.log"
+    body = {"model": "seedancee2/fast", "input": {"prompt": "shot", "resolution": "480p"}}
+
+    async def seedancee2(client: httpx.AsyncClient) -> dict[str, object]:
+        listed = (await client.get(f"{url}/v1/providers", headers=headers)).json()["data"]
+        found: dict[str, object] = next(p for p in listed if p["provider"] == "seedancee2")
+        return found
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        with reelay_serve(env, log) as first:
+            await wait_ready(client, url, first)
+            assert (await client.post(f"{url}/v1/jobs", headers=headers, json=body)).status_code == 202
+            async with asyncio.timeout(15):
+                while (before := await seedancee2(client))["state"] != "open":
+                    await asyncio.sleep(0.05)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+
+        sandbox = SANDBOXES["seedancee2"].build(SandboxKnobs(processing_after_s=0.1, complete_after_s=0.3))
+        async with serving(sandbox, sandbox_sock):
+            with reelay_serve(env, log) as second:
+                await wait_ready(client, url, second)
+                after = await seedancee2(client)
+                assert (after["state"], after["open_until"], after["failures"]) == ("open", before["open_until"], 1)
+                created = await client.post(f"{url}/v1/jobs", headers=headers, json=body)
+                await asyncio.sleep(1.5)  # the dispatcher has seen the job: it waits out the cool-down, unsent
+                job = (await client.get(f"{url}/v1/jobs/{created.json()['id']}", headers=headers)).json()
+                assert job["status"] == "queued"
+                assert (await client.get(f"{url_of(sandbox_sock)}/_sandbox/creates")).json()["attempts"] == 0
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(15) == 0
