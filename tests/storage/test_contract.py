@@ -130,6 +130,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_deliveries_tests",
         "webhook_attempts_by_delivery",
         "jobs_in_flight",
+        "jobs_poll_by_provider",
     }
 
 
