@@ -107,3 +107,17 @@ async def test_creates_go_before_polls_when_the_budget_is_short(budgets_store: A
     await asyncio.sleep(2 / budgets.shapes["mindvideo"].rate + 0.03)  # both tokens back, the create still waiting
     assert (await budgets.take("mindvideo", 10, create=False))[0] == 0  # a create is waiting: polls take nothing
     assert (await budgets.take("mindvideo", 1, create=True))[0] == 1
+
+
+async def test_a_429_on_a_create_holds_every_other_create_for_its_retry_after(tmp_path: Path) -> None:
+    knobs = SandboxKnobs(processing_after_s=0.2, complete_after_s=600, burst_429=1, retry_after_s=5)
+    async with stack(tmp_path, knobs=knobs, **limited(50)) as running:
+        await running.submit(model=MODEL)  # its create answers 429 with Retry-After: 5
+        async with asyncio.timeout(5):
+            while (await running.sandbox("mindvideo", "GET", "/_sandbox/creates"))["attempts"] < 1:
+                await asyncio.sleep(0.02)
+        refused_at = time.time()
+        other = await running.submit(model=MODEL)
+        await running.accepted(other["id"], timeout=10)
+        waited = time.time() - refused_at
+    assert waited >= 4.5  # not sent before the pause ends, though its own create never got a 429
