@@ -222,6 +222,8 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
         self.owns_client = False
         self.tasks: dict[str, TaskT] = {}
         self.create_attempts = 0
+        # Provider API calls (creates and status checks, refused ones too) by the unix second they arrived in.
+        self.calls_per_second: dict[int, int] = {}
         self.accepted_creates: list[dict[str, Any]] = []
         self.callbacks: list[CallbackRecord] = []
         self.background: set[asyncio.Task[None]] = set()
@@ -306,6 +308,8 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
         """
         if create:
             self.create_attempts += 1
+        second = int(time.time())
+        self.calls_per_second[second] = self.calls_per_second.get(second, 0) + 1
         knobs = self.chaos.knobs
         if knobs.latency_s > 0:
             await asyncio.sleep(knobs.latency_s)
@@ -436,6 +440,11 @@ def _control_routes(core: SandboxCore[Any, OutcomeT], outcomes: Mapping[str, Out
     async def sandbox_creates() -> Response[bytes]:
         return json_response(core.creates_log())
 
+    @get("/_sandbox/calls")
+    async def sandbox_calls() -> Response[bytes]:
+        # API calls per unix second of arrival: what a rate limit at the provider would count.
+        return json_response({"per_second": {str(k): v for k, v in sorted(core.calls_per_second.items())}})
+
     @get("/_sandbox/tasks")
     async def sandbox_tasks() -> Response[bytes]:
         now = time.monotonic()
@@ -461,7 +470,15 @@ def _control_routes(core: SandboxCore[Any, OutcomeT], outcomes: Mapping[str, Out
         return json_response({"callbacks": core.callbacks})
 
     forces = [_force_route(core, action, outcome) for action, outcome in outcomes.items()]
-    return [sandbox_creates, sandbox_tasks, sandbox_get_knobs, sandbox_put_knobs, *forces, sandbox_callbacks]
+    return [
+        sandbox_creates,
+        sandbox_calls,
+        sandbox_tasks,
+        sandbox_get_knobs,
+        sandbox_put_knobs,
+        *forces,
+        sandbox_callbacks,
+    ]
 
 
 def sandbox_app(

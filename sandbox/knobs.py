@@ -35,7 +35,9 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             after one more task lifetime (`complete_after_s`), so it lands after polling has seen the
             terminal state and after callbacks of tasks created later. Emulators with intermediate
             events may instead swap their order; each one documents its choice.
-        burst_429: The next N provider API calls answer 429, with `Retry-After: 1` where the provider sends one.
+        burst_429: The next N provider API calls answer 429, with `Retry-After: <retry_after_s>` where the provider
+            sends one.
+        retry_after_s: The seconds a 429's `Retry-After` asks for (where the provider sends one).
         burst_5xx: The next N provider API calls answer the provider's server error (500; Minuit's is 502).
         refuse_creates: Every create answers the provider's documented refusal of a bad request (a 400 in its own
             error body), after authentication, without making a task.
@@ -58,6 +60,7 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     duplicate_callback_rate: float = 0.0
     out_of_order_rate: float = 0.0
     burst_429: int = 0
+    retry_after_s: int = 1
     burst_5xx: int = 0
     refuse_creates: bool = False
     insufficient_credits: bool = False

@@ -262,7 +262,9 @@ class _MindVideoSandbox(SandboxCore[_Task, Outcome]):
 
     def rate_limited(self) -> SandboxApiError:
         # 429 is not documented by MindVideo; the code is the emulator's choice.
-        return SandboxApiError(429, "Too many requests.", code="rate_limited", headers={"Retry-After": "1"})
+        return SandboxApiError(
+            429, "Too many requests.", code="rate_limited", headers={"Retry-After": str(self.chaos.knobs.retry_after_s)}
+        )
 
     def refusal(self) -> SandboxApiError:
         # Assumption: MindVideo documents no error body; its schema refusal is this emulator's `invalid_request`.

@@ -339,7 +339,9 @@ class _MinuitSandbox(SandboxCore[_Task, Outcome]):
 
     def rate_limited(self) -> SandboxApiError:
         # Minuit documents no 429; the code is the emulator's choice (Vidu says TooManyRequests).
-        return SandboxApiError(429, "Too many requests.", code="rate_limited", headers={"Retry-After": "1"})
+        return SandboxApiError(
+            429, "Too many requests.", code="rate_limited", headers={"Retry-After": str(self.chaos.knobs.retry_after_s)}
+        )
 
     def refusal(self) -> SandboxApiError:
         return _invalid("The request body is malformed or missing required input (sandbox: refuse_creates).")

@@ -336,7 +336,12 @@ class _Seedancee2Sandbox(SandboxCore[_Task, Outcome]):
 
     def rate_limited(self) -> SandboxApiError:
         # 429 is not documented by Seedancee2; the code and type are the emulator's choice.
-        return SandboxApiError(429, "Too many requests.", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        return SandboxApiError(
+            429,
+            "Too many requests.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(self.chaos.knobs.retry_after_s)},
+        )
 
     def server_error(self) -> SandboxApiError:
         return SandboxApiError(500, "Unexpected server error.", code="internal_error")

@@ -40,6 +40,7 @@ from service.loops import Deliverer, Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
 from service.providers.base import ProviderAdapter
+from service.rates import RateBudgets
 from service.runtime import Runtime, Signals
 from service.settings import Settings
 from service.wire import encode_job
@@ -149,6 +150,7 @@ def create_app(
             metrics=app_metrics,
             signals=signals,
             health=circuits,
+            rates=RateBudgets({name: p.rate_limit for name, p in settings.providers.items()}, the_store),
         )
         gateway = Gateway(runtime)
         the_store.add_listener(lambda events: _wake_deliverer(runtime, events))

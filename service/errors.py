@@ -159,8 +159,10 @@ class TransientError(ProviderError):
         maybe_sent: bool = False,
         give_up_after: int | None = None,
         provider_code: str | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
+        self.status = status  # the provider's HTTP status, where it answered (a 429 pauses its rate budget)
         self.retry_after = retry_after
         self.retry_at = retry_at
         self.maybe_sent = maybe_sent

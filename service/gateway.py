@@ -65,6 +65,7 @@ class Gateway:
         self._metrics = runtime.metrics
         self._signals = runtime.signals
         self._health = runtime.health
+        self._rates = runtime.rates
 
     # -- models ------------------------------------------------------------------------------
 
@@ -169,12 +170,31 @@ class Gateway:
         """Raise NotReady unless the database can take jobs."""
         await check_ready(self._store, self._settings)
 
-    async def providers(self) -> list[tuple[str, bool, ProviderView, int]]:
-        """Every provider: whether it is configured here, its health, and its unfinished jobs in the database."""
-        views = await self._health.view(self._clock())
+    async def providers(self) -> list[tuple[str, bool, ProviderView, int, float | None, float | None]]:
+        """Every provider: whether it is configured here, its health, its unfinished jobs in the database, its rate
+        limit, and how many seconds its oldest due status check is overdue (None when none is)."""
+        now = self._clock()
+        views = await self._health.view(now)
         in_flight = await self._store.jobs_in_flight()
         names = sorted({spec.provider for spec in self._models.values()} | set(self._adapters))
-        return [(n, n in self._adapters, views.get(n, ProviderView()), in_flight.get(n, 0)) for n in names]
+        oldest = await self._store.oldest_due_polls(names)
+        rates = self._rates
+
+        def behind(name: str) -> float | None:
+            due = oldest.get(name)
+            return None if due is None or due > now else round(now - due, 3)
+
+        return [
+            (
+                n,
+                n in self._adapters,
+                views.get(n, ProviderView()),
+                in_flight.get(n, 0),
+                None if rates is None else rates.limit(n),
+                behind(n),
+            )
+            for n in names
+        ]
 
     # -- jobs --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.hub import EventHub
     from service.metrics import Metrics
     from service.providers.base import ModelSpec, ProviderAdapter
+    from service.rates import RateBudgets
     from service.settings import Settings
     from storage import Store
 
@@ -48,3 +49,5 @@ class Runtime:
     signals: Signals = field(default_factory=Signals)
     # Circuit breakers per provider: the dispatcher asks before each create and reports its outcome.
     health: ProviderHealth = field(default_factory=AlwaysClosed)
+    # Per-provider rate budgets (REELAY_<PROVIDER>_RATE_LIMIT); None: every provider unlimited.
+    rates: RateBudgets | None = None

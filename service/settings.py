@@ -24,6 +24,8 @@ class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secrets: tuple[str, ...] = ()
     webhook_tolerance_seconds: int = 300
     options: dict[str, str] = msgspec.field(default_factory=dict)
+    # Requests per second to this provider (creates and polls together), shared by every replica; None: unlimited.
+    rate_limit: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -274,6 +276,7 @@ class _Reader:
             webhook_secrets=tuple(s.strip() for s in secrets.split(",") if s.strip()),
             webhook_tolerance_seconds=tolerance,
             options={name: self._env[variable(name)] for name in adapter.extra_settings if variable(name) in self._env},
+            rate_limit=self.number(variable("rate_limit"), 0.0) or None,
         )
 
     def delays(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:

@@ -141,8 +141,20 @@ class Store(Protocol):
     async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
         """Lease jobs whose upstream create is due."""
 
-    async def claim_polls(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
-        """Lease submitted, unfinished jobs whose status check is due."""
+    async def claim_polls(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        providers: Sequence[str] | None = None,
+        exclude: bool = False,
+    ) -> list[JobRecord]:
+        """Lease submitted, unfinished jobs whose status check is due, oldest due first; with `providers`, only
+        jobs on those providers (`exclude`: only jobs on the others)."""
+
+    async def oldest_due_polls(self, providers: Sequence[str]) -> dict[str, float]:
+        """Each provider's earliest `next_poll_at` among its unfinished jobs (left out when it has none)."""
 
     async def release_leases(self) -> int:
         """Drop the leases this store holds (jobs' and deliveries'), so they can be claimed again at once;
@@ -316,6 +328,20 @@ class SharesLimits(Protocol):
     async def take_request(self, api_key_id: str, *, rate: float, burst: int) -> float | None:
         """Spend a token of the key's bucket (`rate` per second, up to `burst`): None if there was one, else the
         seconds until there is."""
+
+    async def take_provider_tokens(
+        self, provider: str, *, want: int, rate: float, burst: float, reserve: float, create: bool, hold: float
+    ) -> tuple[int, float, float]:
+        """Take up to `want` whole tokens of the provider's bucket (`rate` per second, up to `burst`) above
+        `reserve`; none while a 429's pause lasts, nor for a status check (`create` false) while a create waits. A
+        create granted none makes status checks wait `hold` seconds. Returns (granted, tokens left, seconds of
+        pause left)."""
+
+    async def refund_provider_tokens(self, provider: str, count: int, *, burst: float) -> None:
+        """Give back tokens taken and not spent (no request was sent with them)."""
+
+    async def pause_provider(self, provider: str, seconds: float) -> None:
+        """Grant no token of the provider's bucket for `seconds` (the provider answered 429 with Retry-After)."""
 
     async def open_stream_slot(self, api_key_id: str, slot_id: str, *, cap: int, ttl: float) -> bool:
         """Take a slot for an open stream, live for `ttl` seconds, unless the key already holds `cap` live ones."""

@@ -7,7 +7,7 @@ Every change is one transaction on the shared database, so replicas agree and th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -124,6 +124,18 @@ async def jobs_in_flight(db: Reader) -> dict[str, int]:
     return {str(provider): int(count) for provider, count in await db.fetch(_IN_FLIGHT)}
 
 
+async def oldest_due_polls(db: Reader, providers: Sequence[str]) -> dict[str, float]:
+    oldest = {}
+    for provider in providers:  # one index probe each (jobs_poll_by_provider), never a scan
+        rows = await db.fetch(
+            "SELECT min(next_poll_at) FROM jobs WHERE provider = $1 AND stage IN (1, 2) AND next_poll_at IS NOT NULL",
+            provider,
+        )
+        if rows and rows[0][0] is not None:
+            oldest[provider] = float(rows[0][0])
+    return oldest
+
+
 class HealthMethods:
     """The Store's provider-health methods, the same on both backends (see `storage.webhooks.WebhookMethods`)."""
 
@@ -151,3 +163,6 @@ class HealthMethods:
 
     async def jobs_in_flight(self) -> dict[str, int]:
         return await self._look(jobs_in_flight)
+
+    async def oldest_due_polls(self, providers: Sequence[str]) -> dict[str, float]:
+        return await self._look(lambda db: oldest_due_polls(db, providers))

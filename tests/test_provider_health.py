@@ -141,6 +141,8 @@ async def test_get_providers_shows_each_providers_health_and_jobs_in_flight(tmp_
             "error_rate": None,
             "create_latency_ms": {"p50": None, "p99": None},
             "jobs_in_flight": 0,
+            "rate_limit": None,
+            "polls_behind_seconds": None,
         }
         assert before["minuit"]["configured"] is False
         assert set(before) == {"seedancee2", "minuit", "mindvideo", "imini", "magnific"}

@@ -1,4 +1,5 @@
-"""`/v1/providers`: each provider's circuit, recent create errors and latency, and jobs in flight."""
+"""`/v1/providers`: each provider's circuit, recent create errors and latency, jobs in flight, rate limit and how
+far behind its polling is."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ class ProviderInfo(msgspec.Struct):
     ]
     create_latency_ms: Annotated[CreateLatency, msgspec.Meta(description="this replica's recent creates")]
     jobs_in_flight: Annotated[int, msgspec.Meta(description="unfinished jobs on the provider, in the database")]
+    rate_limit: Annotated[
+        float | None,
+        msgspec.Meta(description="requests per second to the provider, shared by every replica; null: unlimited"),
+    ]
+    polls_behind_seconds: Annotated[
+        float | None,
+        msgspec.Meta(description="how long the oldest due status check has waited past its time; null: none is due"),
+    ]
 
 
 class ProviderList(msgspec.Struct):
@@ -64,7 +73,7 @@ async def list_providers(request: Request[Any, Any, Any], caller: NamedDependenc
     """Every provider Reelay knows. The circuit (`state`, `failures`, `open_until`, `last_error`) is shared by all
     replicas; `error_rate` and `create_latency_ms` are this replica's view of its own recent creates."""
     data = []
-    for provider, configured, view, in_flight in await context(request).gateway.providers():
+    for provider, configured, view, in_flight, limit, behind in await context(request).gateway.providers():
         data.append(
             ProviderInfo(
                 provider=provider,
@@ -77,6 +86,8 @@ async def list_providers(request: Request[Any, Any, Any], caller: NamedDependenc
                 error_rate=None if view.error_rate is None else round(view.error_rate, 4),
                 create_latency_ms=CreateLatency(p50=_ms(view.latency_p50), p99=_ms(view.latency_p99)),
                 jobs_in_flight=in_flight,
+                rate_limit=limit,
+                polls_behind_seconds=behind,
             )
         )
     return ProviderList(data=data)

@@ -30,6 +30,7 @@ class Dispatcher(LeasedLoop):
     name = "dispatch"
 
     backoff = Backoff()  # between create attempts that failed and may be retried
+    max_token_wait = 10.0  # a create waits this long for a token in its task; longer, it goes back to the queue
 
     def __init__(self, runtime: Runtime, gateway: Gateway) -> None:
         super().__init__(
@@ -62,7 +63,8 @@ class Dispatcher(LeasedLoop):
                 await self._wait(job, admission.retry_at if admission.retry_at is not None else now + 1.0)
             return
         try:
-            await self._send(job, spec, adapter)
+            if await self._token(job):
+                await self._send(job, spec, adapter)
         finally:
             # A probe whose create was not sent (or not answered) is given back: it must not hold the circuit.
             await self.runtime.health.release(job.provider, admission, self.clock())
@@ -80,6 +82,8 @@ class Dispatcher(LeasedLoop):
                 if found is not None:
                     log.info("dispatch.recovered", provider_task_id=found.provider_task_id)
                     await self._submitted(job, found.provider_task_id, found.cost, spec.callbacks)
+                    return
+                if not await self._token(job):  # the lookup spent the first: the create needs its own
                     return
                 # The provider shows no task: the lost create counts as one transient failure of this candidate.
                 if job.dispatch_attempts >= self.runtime.settings.route_transient_attempts:
@@ -146,6 +150,21 @@ class Dispatcher(LeasedLoop):
         else:
             await self._submitted(job, submission.provider_task_id, submission.cost, spec.callbacks)
 
+    async def _token(self, job: JobRecord) -> bool:
+        """A token of the provider's rate budget for one request: waited for here while the wait is short (creates
+        go before status checks), else the job goes back to the queue until then and False."""
+        rates = self.runtime.rates
+        if rates is None:
+            return True
+        while True:
+            granted, wait = await rates.take(job.provider, 1, create=True)
+            if granted:
+                return True
+            if wait > self.max_token_wait or self.clock() + wait >= job.deadline_at:
+                await self._wait(job, self.clock() + wait)
+                return False
+            await asyncio.sleep(wait)
+
     async def _create(self, job: JobRecord, spec: ModelSpec, adapter: ProviderAdapter) -> Submission:
         """The upstream create, its latency observed by provider and outcome."""
         started = time.perf_counter()
@@ -207,6 +226,8 @@ class Dispatcher(LeasedLoop):
     async def _retry(self, job: JobRecord, exc: Exception, *, maybe_sent: bool) -> None:
         now = self.clock()
         retry_after = exc.retry_delay(now) if isinstance(exc, TransientError) else None
+        if isinstance(exc, TransientError) and exc.status == 429 and retry_after and self.runtime.rates is not None:
+            await self.runtime.rates.pause(job.provider, retry_after)  # for every job and replica
         delay = self.backoff.delay(job.dispatch_attempts, self.rng, at_least=retry_after)
         state = DispatchState.SENDING if maybe_sent else DispatchState.PENDING
         log.warning("dispatch.retrying", error=str(exc), delay=round(delay, 2), attempt=job.dispatch_attempts)

@@ -39,6 +39,7 @@ class LeasedLoop:
         self.lease_seconds = runtime.settings.lease_seconds
         self.concurrency = concurrency
         self._wake = wake
+        self.soon: float | None = None  # set by `claim`: look again this soon even if idle (a rate budget refills)
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def claim(self, now: float, limit: int) -> list[JobRecord]:
@@ -63,8 +64,10 @@ class LeasedLoop:
             if len(claimed) == free and free > 0:
                 continue  # there may be more due right now
             self._wake.clear()
+            idle = self.idle_seconds if self.soon is None else min(self.idle_seconds, self.soon)
+            self.soon = None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.idle_seconds)
+                await asyncio.wait_for(self._wake.wait(), idle)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

@@ -30,11 +30,44 @@ class Poller(LeasedLoop):
     def __init__(self, runtime: Runtime, gateway: Gateway) -> None:
         super().__init__(runtime, gateway, wake=runtime.signals.confirm, concurrency=runtime.settings.poll_concurrency)
         self._caps = {name: asyncio.Semaphore(a.poll_concurrency) for name, a in runtime.adapters.items()}
+        self._rates = runtime.rates
+        self._budgeted = sorted(p for p in self._rates.shapes if p in runtime.adapters) if self._rates else []
+        self._turn = 0
+        # Status checks of budgeted providers claimed and not yet done: never more than the adapter's cap, so each
+        # goes out as soon as its token is taken (a token held while waiting for a slot would arrive late).
+        self._busy = dict.fromkeys(self._budgeted, 0)
 
     async def claim(self, now: float, limit: int) -> list[JobRecord]:
-        return await self.store.claim_polls(now, limit, self.lease_seconds)
+        if self._rates is None or not self._budgeted:
+            return await self.store.claim_polls(now, limit, self.lease_seconds)
+        # Providers without a budget as before; each one with a budget only as many as it has tokens for, taken
+        # before the claim, in turns so that no provider waits behind another's backlog.
+        jobs = await self.store.claim_polls(now, limit, self.lease_seconds, providers=self._budgeted, exclude=True)
+        self._turn = (self._turn + 1) % len(self._budgeted)
+        for provider in self._budgeted[self._turn :] + self._budgeted[: self._turn]:
+            room = min(limit - len(jobs), self.runtime.adapters[provider].poll_concurrency - self._busy[provider])
+            if room <= 0:
+                continue
+            granted, wait = await self._rates.take(provider, room, create=False)
+            if not granted:
+                self.soon = wait if self.soon is None else min(self.soon, wait)
+                continue
+            got = await self.store.claim_polls(now, granted, self.lease_seconds, providers=[provider])
+            await self._rates.refund(provider, granted - len(got))
+            self._busy[provider] += len(got)
+            if len(got) == granted:
+                self.soon = 0.0  # there may be more due: ask again as soon as there are tokens
+            jobs += got
+        return jobs
 
     async def handle(self, job: JobRecord) -> None:
+        try:
+            await self._poll(job)
+        finally:
+            if job.provider in self._busy:
+                self._busy[job.provider] -= 1
+
+    async def _poll(self, job: JobRecord) -> None:
         now = self.clock()
         adapter = self.runtime.adapters.get(job.provider)
         if adapter is None or job.provider_task_id is None:
@@ -61,6 +94,8 @@ class Poller(LeasedLoop):
         except TransientError as exc:
             retry_after = exc.retry_delay(self.clock())
             log.warning("poll.retrying", error=str(exc))
+            if exc.status == 429 and retry_after and self._rates is not None:
+                await self._rates.pause(job.provider, retry_after)  # for every job and replica, not only this one
         except (ProviderError, ValueError, KeyError, TypeError) as exc:
             log.warning("poll.bad_answer", error=str(exc))
         delay = adapter.poll_schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)

@@ -288,7 +288,7 @@ class HttpProvider:
             if self.min_retry_after:
                 retry_after = max(retry_after or 0.0, self.min_retry_after)
             raise TransientError(
-                f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after, retry_at=retry_at
+                f"{self.name}: {status} {code or ''}".strip(), retry_after=retry_after, retry_at=retry_at, status=status
             )
         if status >= 500:
             # An error answer is a refusal, so resending is safe; only a lost answer is an unknown outcome.

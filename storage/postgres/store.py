@@ -10,7 +10,7 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -66,6 +66,10 @@ _CLAIM = (
 )
 _CLAIM_DISPATCH = _CLAIM.format(due=due_for_dispatch("$1"), order="next_attempt_at")
 _CLAIM_POLLS = _CLAIM.format(due=due_for_poll("$1"), order="next_poll_at")
+_CLAIM_POLLS_OF = _CLAIM.format(due=due_for_poll("$1") + " AND provider = ANY($5::text[])", order="next_poll_at")
+_CLAIM_POLLS_NOT_OF = _CLAIM.format(
+    due=due_for_poll("$1") + " AND NOT (provider = ANY($5::text[]))", order="next_poll_at"
+)
 
 # Per cost figure: its exact sum (numeric, never float8) and how many jobs have it. Only numbers are summed: one
 # odd value must not make the whole report fail.
@@ -399,17 +403,30 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods)
 
     # -- outbox and polling ------------------------------------------------------------------
 
-    async def _claim(self, sql: str, order: str, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+    async def _claim(
+        self, sql: str, order: str, now: float, limit: int, lease_seconds: float, *extra: Any
+    ) -> list[JobRecord]:
         # One statement: rows another worker is claiming right now are skipped, never waited for nor taken twice.
-        rows = await self._fetch(sql, now, now + lease_seconds, self.lease_owner, limit)
+        rows = await self._fetch(sql, now, now + lease_seconds, self.lease_owner, limit, *extra)
         jobs = [job_from_row(row) for row in rows]
         return sorted(jobs, key=lambda job: (getattr(job, order), job.id))  # RETURNING keeps no order
 
     async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
         return await self._claim(_CLAIM_DISPATCH, "next_attempt_at", now, limit, lease_seconds)
 
-    async def claim_polls(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
-        return await self._claim(_CLAIM_POLLS, "next_poll_at", now, limit, lease_seconds)
+    async def claim_polls(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        providers: Sequence[str] | None = None,
+        exclude: bool = False,
+    ) -> list[JobRecord]:
+        if providers is None:
+            return await self._claim(_CLAIM_POLLS, "next_poll_at", now, limit, lease_seconds)
+        sql = _CLAIM_POLLS_NOT_OF if exclude else _CLAIM_POLLS_OF
+        return await self._claim(sql, "next_poll_at", now, limit, lease_seconds, list(providers))
 
     async def release_leases(self) -> int:
         async with self._connection() as conn:

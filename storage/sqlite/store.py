@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -325,10 +325,12 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods):
 
     # -- outbox and polling ------------------------------------------------------------------
 
-    async def _claim(self, due: str, order: str, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
+    async def _claim(
+        self, due: str, order: str, now: float, limit: int, lease_seconds: float, names: tuple[str, ...] = ()
+    ) -> list[JobRecord]:
         async with self._writer.transaction() as conn:
             rows = await conn.execute_fetchall(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {due} ORDER BY {order} LIMIT ?2", (now, limit)
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {due} ORDER BY {order} LIMIT ?2", (now, limit, *names)
             )
             jobs = [job_from_row(row) for row in rows]
             if jobs:
@@ -340,8 +342,21 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods):
     async def claim_dispatch(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
         return await self._claim(due_for_dispatch("?1"), "next_attempt_at", now, limit, lease_seconds)
 
-    async def claim_polls(self, now: float, limit: int, lease_seconds: float) -> list[JobRecord]:
-        return await self._claim(due_for_poll("?1"), "next_poll_at", now, limit, lease_seconds)
+    async def claim_polls(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        *,
+        providers: Sequence[str] | None = None,
+        exclude: bool = False,
+    ) -> list[JobRecord]:
+        due = due_for_poll("?1")
+        names = tuple(providers or ())
+        if providers is not None:
+            marks = ", ".join(f"?{i}" for i in range(3, 3 + len(names))) or "NULL"
+            due += f" AND provider {'NOT IN' if exclude else 'IN'} ({marks})"
+        return await self._claim(due, "next_poll_at", now, limit, lease_seconds, names)
 
     async def release_leases(self) -> int:
         async with self._writer.transaction() as conn:

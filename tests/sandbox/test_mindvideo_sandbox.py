@@ -464,6 +464,23 @@ async def test_burst_429_then_recovers() -> None:
     assert responses[0].json() == {"error": {"code": "rate_limited", "message": "Too many requests."}}
 
 
+async def test_the_429_asks_for_the_retry_after_knob() -> None:
+    async with serve(create_mindvideo_sandbox(knobs=SandboxKnobs(burst_429=1, retry_after_s=5))) as client:
+        response = await client.get("/api/v1/tasks/task_x", headers=AUTH)
+    assert (response.status_code, response.headers["Retry-After"]) == (429, "5")
+
+
+async def test_every_api_call_is_counted_in_the_second_it_arrived() -> None:
+    async with serve(create_mindvideo_sandbox(knobs=SandboxKnobs(burst_429=1))) as client:
+        before = int(time.time())
+        for _ in range(3):  # refused, then not found: each counts, as a provider's limit would count it
+            await client.get("/api/v1/tasks/task_x", headers=AUTH)
+        await client.get("/_sandbox/tasks")  # control routes are not the provider's API
+        counted = (await client.get("/_sandbox/calls")).json()["per_second"]
+    assert sum(counted.values()) == 3
+    assert all(before <= int(second) <= time.time() for second in counted)
+
+
 async def test_burst_5xx_creates_nothing() -> None:
     async with serve(create_mindvideo_sandbox(knobs=SandboxKnobs(burst_5xx=1, complete_after_s=60))) as client:
         first = await client.post("/api/v1/tasks", headers={**AUTH, "Idempotency-Key": "job_1"}, json=body())

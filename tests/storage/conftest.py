@@ -79,6 +79,7 @@ class PostgresBackend(Backend):
         "jobs": {"lease_owner"},
         "webhook_deliveries": {"lease_owner"},
         "rate_buckets": {"api_key_id", "tokens", "at", "allowed"},
+        "provider_rates": {"provider", "tokens", "at", "paused_until", "creates_until", "granted"},
         "stream_slots": {"api_key_id", "id", "owner", "expires_at"},
     }
 

@@ -130,6 +130,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_deliveries_tests",
         "webhook_attempts_by_delivery",
         "jobs_in_flight",
+        "jobs_poll_by_provider",
     }
 
 
@@ -823,6 +824,23 @@ async def test_a_poll_lease_blocks_claims_until_it_expires(store: Store) -> None
     await store.claim_polls(NOW, limit=10, lease_seconds=LEASE)
     assert await store.claim_polls(NOW + LEASE - 1, limit=10, lease_seconds=LEASE) == []
     assert [j.id for j in await store.claim_polls(NOW + LEASE, limit=10, lease_seconds=LEASE)] == [job.id]
+
+
+async def test_claim_polls_of_some_providers_takes_only_theirs_and_excluding_them_the_others(store: Store) -> None:
+    polled = {"stage": Stage.SUBMITTED, "dispatch_state": DispatchState.DONE}
+    mine = await create(store, provider="mindvideo", next_poll_at=NOW - 5, **polled)
+    await create(store, provider="mindvideo", next_poll_at=NOW + 5, **polled)  # not due yet
+    other = await create(store, provider="imini", next_poll_at=NOW - 9, **polled)
+    assert [j.id for j in await store.claim_polls(NOW, 10, LEASE, providers=["mindvideo"])] == [mine.id]
+    assert [j.id for j in await store.claim_polls(NOW, 10, LEASE, providers=["mindvideo"], exclude=True)] == [other.id]
+
+
+async def test_oldest_due_polls_gives_each_providers_earliest_unfinished_poll(store: Store) -> None:
+    polled = {"stage": Stage.SUBMITTED, "dispatch_state": DispatchState.DONE}
+    await create(store, provider="mindvideo", next_poll_at=NOW - 5, **polled)
+    await create(store, provider="mindvideo", next_poll_at=NOW + 5, **polled)
+    await create(store, provider="imini", stage=Stage.TERMINAL, next_poll_at=NOW - 9)  # finished: not counted
+    assert await store.oldest_due_polls(["mindvideo", "imini"]) == {"mindvideo": NOW - 5}
 
 
 # -- usage -------------------------------------------------------------------------------------
