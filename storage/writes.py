@@ -170,26 +170,12 @@ async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> E
     # Both before the insert: PostgreSQL's writers wait for each other from there on.
     snapshot = steps.encode_job(job)
     endpoints = await steps.enabled_endpoints(job.api_key_id)
+
+    def deliveries(event_id: int) -> list[DeliveryRecord]:
+        return webhooks.new_deliveries(job, event_type, event_id, endpoints, steps.clock(), steps.first_delivery_delay)
+
     detail = event_detail(job, event_type)
-    event_id = await steps.insert_event(job.id, job.api_key_id, job.updated_at, event_type, snapshot, detail)
-    # Its caller webhook deliveries, in the same transaction: an event is never logged without them.
-    deliveries = webhooks.new_deliveries(
-        job, event_type, event_id, endpoints, steps.clock(), steps.first_delivery_delay
-    )
-    if deliveries:
-        await steps.insert_deliveries(deliveries)
-    event = EventRecord(
-        id=event_id,
-        job_id=job.id,
-        api_key_id=job.api_key_id,
-        type=event_type,
-        created_at=job.updated_at,
-        job=snapshot,
-        detail=detail,
-        deliveries=len(deliveries),
-    )
-    steps.logged.append(event)
-    return event
+    return await _log(steps, job.id, job.api_key_id, job.updated_at, event_type, snapshot, detail, deliveries)
 
 
 async def _announce(steps: WriteSteps, api_key_id: str, at: str, alerts: list[bytes]) -> None:
@@ -197,24 +183,42 @@ async def _announce(steps: WriteSteps, api_key_id: str, at: str, alerts: list[by
     SSE stream and its endpoints that take the type get, never a job's stream or `webhook_url`."""
     for detail in alerts:
         endpoints = await steps.enabled_endpoints(api_key_id)
-        event_id = await steps.insert_event("", api_key_id, at, BUDGET_THRESHOLD, b"null", detail)
-        deliveries = webhooks.key_deliveries(
-            api_key_id, BUDGET_THRESHOLD, event_id, endpoints, steps.clock(), steps.first_delivery_delay
-        )
-        if deliveries:
-            await steps.insert_deliveries(deliveries)
-        steps.logged.append(
-            EventRecord(
-                id=event_id,
-                job_id="",
-                api_key_id=api_key_id,
-                type=BUDGET_THRESHOLD,
-                created_at=at,
-                job=b"null",
-                detail=detail,
-                deliveries=len(deliveries),
-            )
-        )
+
+        def deliveries(event_id: int, endpoints: Sequence[Sequence[Any]] = endpoints) -> list[DeliveryRecord]:
+            clock, delay = steps.clock(), steps.first_delivery_delay
+            return webhooks.key_deliveries(api_key_id, BUDGET_THRESHOLD, event_id, endpoints, clock, delay)
+
+        await _log(steps, "", api_key_id, at, BUDGET_THRESHOLD, b"null", detail, deliveries)
+
+
+async def _log(
+    steps: WriteSteps,
+    job_id: str,
+    api_key_id: str,
+    at: str,
+    event_type: str,
+    snapshot: bytes,
+    detail: bytes | None,
+    deliveries_of: Callable[[int], list[DeliveryRecord]],
+) -> EventRecord:
+    """Insert an event and, in the same transaction, the caller webhook deliveries it makes (an event is never
+    logged without them); it is announced once the transaction commits."""
+    event_id = await steps.insert_event(job_id, api_key_id, at, event_type, snapshot, detail)
+    deliveries = deliveries_of(event_id)
+    if deliveries:
+        await steps.insert_deliveries(deliveries)
+    event = EventRecord(
+        id=event_id,
+        job_id=job_id,
+        api_key_id=api_key_id,
+        type=event_type,
+        created_at=at,
+        job=snapshot,
+        detail=detail,
+        deliveries=len(deliveries),
+    )
+    steps.logged.append(event)
+    return event
 
 
 def event_detail(job: JobRecord, event_type: str) -> bytes | None:
