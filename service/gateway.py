@@ -66,6 +66,8 @@ class Gateway:
         self._signals = runtime.signals
         self._health = runtime.health
         self._rates = runtime.rates
+        # Whether any route moves failed generations on: if none does, a failure callback needs no read first.
+        self._retries_failed = any(route.retry_failed for route in self._settings.routes.values())
 
     # -- models ------------------------------------------------------------------------------
 
@@ -442,7 +444,9 @@ class Gateway:
             return None
 
         # A failure may move a job on a route to its next candidate (retry_failed), chosen before the write.
-        read = known if known is not None or notice.report.status != "failed" else await self._store.get_job(job_id)
+        read = known
+        if read is None and notice.report.status == "failed" and self._retries_failed:
+            read = await self._store.get_job(job_id)
         apply = await self.report_decision(read, notice.report)
 
         def decide(job: JobRecord) -> Decision:
