@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from service.assets import AssetStore, AssetUrls
     from service.hub import EventHub
     from service.metrics import Metrics
     from service.providers.base import ModelSpec, ProviderAdapter
@@ -30,6 +31,7 @@ class Signals:
     confirm: asyncio.Event = field(default_factory=asyncio.Event)  # a callback asks for a status check: the poller
     # Deliveries are due now (an event recorded some, or a test, resend or recover): the deliverer.
     deliveries: asyncio.Event = field(default_factory=asyncio.Event)
+    archives: asyncio.Event = field(default_factory=asyncio.Event)  # a job succeeded with outputs to copy: the archiver
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,6 @@ class Runtime:
     health: ProviderHealth = field(default_factory=AlwaysClosed)
     # Per-provider rate budgets (REELAY_<PROVIDER>_RATE_LIMIT); None: every provider unlimited.
     rates: RateBudgets | None = None
+    # The asset store (REELAY_ASSETS) and the signer of its URLs; None when REELAY_ASSETS=off.
+    assets: AssetStore | None = None
+    asset_urls: AssetUrls | None = None

@@ -319,6 +319,10 @@ class Store(Protocol):
     async def jobs_in_flight(self) -> dict[str, int]:
         """Unfinished jobs (not terminal) per provider, from an index."""
 
+    async def server_secret(self, name: str, *, new_value: str) -> str:
+        """The service's secret called `name`: `new_value` stored if there is none yet, else the one stored first
+        (by any process), so every replica uses the same."""
+
 
 @runtime_checkable
 class SharesLimits(Protocol):

@@ -55,6 +55,7 @@ from storage.rows import (
     key_values,
     last_within,
 )
+from storage.secrets import SecretMethods
 
 # Transaction-level advisory lock key ("REELAY" and a number): replicas starting together migrate one at a time.
 _MIGRATION_LOCK = 0x5245454C41590002
@@ -112,7 +113,7 @@ class _Params:
         return f"${len(self.values)}"
 
 
-class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods):
+class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods, SecretMethods):
     """The storage contract on a PostgreSQL database that several processes may share.
 
     Jobs are leased with `FOR UPDATE SKIP LOCKED`, so two workers never hold the same job; each lease records

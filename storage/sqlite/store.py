@@ -47,6 +47,7 @@ from storage.rows import (
     key_values,
     last_within,
 )
+from storage.secrets import SecretMethods
 from storage.sqlite import backup
 from storage.sqlite.errors import translated
 from storage.sqlite.steps import SqliteReader, SqliteSql, SqliteSteps, run_to_end, sqlite_dialect
@@ -82,7 +83,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-class SqliteStore(webhooks.WebhookMethods, health.HealthMethods):
+class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
     """The storage contract on one SQLite file.
 
     Writes go through one connection (GroupCommitWriter), so commit order is event-id order and listeners

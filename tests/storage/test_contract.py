@@ -109,6 +109,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_attempts": {"id"} | field_names(AttemptRecord),
         "provider_health": field_names(ProviderHealthRecord),
         "budget_periods": field_names(BudgetTotals),
+        "server_secrets": {"name", "value"},
     }
     for table, columns in backend.private_columns.items():
         expected[table] = expected.get(table, set()) | columns
@@ -1093,3 +1094,15 @@ async def test_receipts_and_idempotency_keys_survive_a_restart(backend: Backend,
         assert redelivered.duplicate is True
     finally:
         await reopened.close()
+
+
+async def test_a_server_secret_is_the_first_one_stored_by_any_store(backend: Backend, store: Store) -> None:
+    assert await store.server_secret("asset_urls", new_value="first") == "first"
+    other = backend.new_store()
+    await other.open()
+    try:
+        assert await other.server_secret("asset_urls", new_value="second") == "first"
+        assert await other.server_secret("stream_tokens", new_value="third") == "third"
+    finally:
+        await other.close()
+    assert await store.server_secret("stream_tokens", new_value="fourth") == "third"
