@@ -68,6 +68,15 @@ async def test_ranged_reads_return_exactly_the_range(assets: AssetStore) -> None
     assert await read_all(assets, key, 5, 5) == b""
 
 
+async def test_a_read_from_the_end_or_beyond_returns_no_bytes(assets: AssetStore) -> None:
+    key = asset_key("job1", "video", 0)
+    await assets.put(key, chunks_of(b"0123456789"), content_type="video/mp4")
+    assert await read_all(assets, key, 10) == b""
+    assert await read_all(assets, key, 15) == b""
+    assert await read_all(assets, key, 10, 20) == b""
+    assert await read_all(assets, key, 5, 20) == b"56789"
+
+
 async def test_reads_come_in_bounded_chunks(assets: AssetStore) -> None:
     key = asset_key("job1", "video", 0)
     await assets.put(key, chunks_of(DATA, size=MiB), content_type="video/mp4")
