@@ -197,21 +197,32 @@ class S3Assets:
 
         _parts(key)
         size = 0
+        failure: Exception | None = None
 
         async def counted() -> AsyncIterator[bytes]:
-            nonlocal size
-            async for chunk in chunks:
-                size += len(chunk)
-                yield chunk
+            nonlocal size, failure
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    yield chunk
+            except Exception as exc:
+                failure = exc
+                raise
 
-        await obstore.put_async(
-            self._store,
-            key,
-            counted(),
-            attributes={"Content-Type": content_type},
-            chunk_size=S3_PART_BYTES,
-            max_concurrency=S3_PARTS_IN_FLIGHT,
-        )
+        try:
+            await obstore.put_async(
+                self._store,
+                key,
+                counted(),
+                attributes={"Content-Type": content_type},
+                chunk_size=S3_PART_BYTES,
+                max_concurrency=S3_PARTS_IN_FLIGHT,
+            )
+        except Exception as exc:
+            # The caller's error (a download that broke, a size cap) wins over a failure to abort the upload.
+            if failure is not None and failure is not exc:
+                raise failure from exc
+            raise
         return size
 
     async def size(self, key: str) -> int | None:
