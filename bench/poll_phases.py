@@ -35,6 +35,7 @@ from bench.target import Database, Key, reelay, reelay_env, upstream
 from bench.upstream import CREATED_PATH
 from sandbox import SANDBOXES, SandboxKnobs
 from service.providers import ADAPTERS
+from service.settings import Settings
 from tests.pg import PostgresServer, throwaway_cluster
 from tests.ports import free_ports
 
@@ -48,7 +49,8 @@ JOB_BODY = msgspec.json.encode({"model": MODEL, "input": {"prompt": "a red kite 
 SUBMITTERS = 16  # POST /v1/jobs in flight while seeding
 LIST_RATE = 10  # GET /v1/jobs per second during l's windows
 STEADY_STEP = 10  # seconds per rate sample in the steadiness check
-STEADY_TIMEOUT = 240.0  # after the ramp: past this the window is measured anyway, marked not steady
+STEADY_TIMEOUT = 150.0  # after the ramp: past this the window is measured anyway, marked not steady
+CAUGHT_UP = 2.0  # seconds: polling is steady only while no status check is more overdue than this
 CREATES_TIMEOUT = 300.0  # for every create to reach the emulator after the last POST
 
 
@@ -75,6 +77,15 @@ def schedule() -> dict[str, float] | None:
     if backoff is None or not all(isinstance(getattr(backoff, f, None), int | float) for f in fields):
         return None
     return {f: float(getattr(backoff, f)) for f in fields}
+
+
+def polling_settings(env: dict[str, str]) -> dict[str, Any]:
+    """The settings Reelay reads from `env` that are about polling or rate limits (whatever they are now)."""
+    settings = Settings.from_env(env, adapters=ADAPTERS)
+    shown = {k: v for k, v in msgspec.structs.asdict(settings).items() if "poll" in k or "lease" in k}
+    provider = msgspec.structs.asdict(settings.provider(PROVIDER))
+    shown.update({f"{PROVIDER}.{k}": v for k, v in provider.items() if "poll" in k or "rate" in k})
+    return shown
 
 
 def ramp_seconds(plan: dict[str, float] | None) -> float:
@@ -166,7 +177,7 @@ async def steady(server: Process, emulator: Process, key: Key) -> bool:
         seen = await calls(emulator)
         last, before = rate(seen, now - STEADY_STEP, now), rate(seen, now - 2 * STEADY_STEP, now - STEADY_STEP)
         behind = (await provider_view(server, key))["polls_behind_seconds"] or 0.0
-        if behind <= 1.0 and before > 0 and abs(last - before) <= 0.1 * before:
+        if behind <= CAUGHT_UP and before > 0 and abs(last - before) <= 0.1 * before:
             return True
     return False
 
@@ -174,8 +185,10 @@ async def steady(server: Process, emulator: Process, key: Key) -> bool:
 class Window:
     """What Reelay and the emulator did over whole seconds: CPU, polls, RSS, GET /v1/jobs and overdue polls."""
 
-    def __init__(self, server: Process, emulator: Process, key: Key) -> None:
+    def __init__(self, server: Process, emulator: Process, key: Key, behind_every: int) -> None:
         self.server, self.emulator, self.key = server, emulator, key
+        # GET /v1/providers counts the jobs in flight too: asked every second it would weigh on the CPU per poll.
+        self.behind_every = behind_every
         self.list_latencies: list[float] = []
         self.behind: list[float] = []
         self.rss: list[int] = []
@@ -235,11 +248,14 @@ class Window:
         await asyncio.gather(*pending)
 
     async def _samples(self, seconds: float) -> None:
-        """Every second: the oldest overdue poll (GET /v1/providers) and Reelay's RSS."""
+        """Reelay's RSS every second, the oldest overdue poll (GET /v1/providers) every `behind_every` seconds."""
         began = time.perf_counter()
+        tick = 0
         while time.perf_counter() - began < seconds - 1:
-            self.behind.append((await provider_view(self.server, self.key))["polls_behind_seconds"] or 0.0)
+            if tick % self.behind_every == 0:
+                self.behind.append((await provider_view(self.server, self.key))["polls_behind_seconds"] or 0.0)
             self.rss.append(rss_bytes(self.server.pid))
+            tick += 1
             await asyncio.sleep(max(0.0, 1 - (time.perf_counter() - began) % 1))
 
 
@@ -253,14 +269,18 @@ def at_scale(work: Path, sizes: Sizes) -> dict[str, Any]:
     with upstream(work / "upstream-polling.log", PROVIDER) as emulator:
         asyncio.run(set_knobs(emulator))
         port = free_ports(1)
-        with reelay(reelay_env(database.url, port, **provider_env(emulator.url)), work / "reelay-polling.log") as s:
-            free = asyncio.run(_free(s, emulator, key, sizes, plan))
+        env = reelay_env(database.url, port, **provider_env(emulator.url))
+        with reelay(env, work / "reelay-polling.log") as server:
+            free = asyncio.run(_free(server, emulator, key, sizes, plan))
+        free["settings"] = polling_settings(env)
         # The limited Reelay starts in a second of its own: every call counted from then on is its.
         started = asyncio.run(next_second())
-        limited_env = reelay_env(database.url, port, **provider_env(emulator.url, **{RATE_ENV: str(LIMIT)}))
-        with reelay(limited_env, work / "reelay-polling-limited.log") as server:
+        env = reelay_env(database.url, port, **provider_env(emulator.url, **{RATE_ENV: str(LIMIT)}))
+        with reelay(env, work / "reelay-polling-limited.log") as server:
             limited = asyncio.run(_limited(server, emulator, key, sizes, started))
-    cap = plan["cap"] if plan else None
+        limited["settings"] = polling_settings(env)
+    # Without a readable schedule, the cap is the mean interval between a job's polls measured in the first half.
+    cap = plan["cap"] if plan else free["poll_interval_seconds"]
     limited["poll_cap_seconds"] = cap
     say(
         f"  l. {free['jobs']:,} {PROVIDER} jobs in flight: {free['polls_per_second']:,.0f} polls/s, "
@@ -289,7 +309,7 @@ async def _free(
     await asyncio.sleep(ramp_seconds(plan))
     is_steady = await steady(server, emulator, key)
     waited = time.perf_counter() - created
-    result = await Window(server, emulator, key).measure(sizes.seconds)
+    result = await Window(server, emulator, key, behind_every=10).measure(sizes.seconds)
     return {
         "provider": PROVIDER,
         "jobs": sizes.jobs,
@@ -300,6 +320,8 @@ async def _free(
         "steady": is_steady,
         "list_rate": LIST_RATE,
         **result,
+        # In steady state each job is polled once per interval: the cadence as the emulator saw it.
+        "poll_interval_seconds": round(sizes.jobs / result["polls_per_second"], 1),
     }
 
 
@@ -308,7 +330,7 @@ async def _limited(server: Process, emulator: Process, key: Key, sizes: Sizes, s
     if shown != LIMIT:
         raise RuntimeError(f"GET /v1/providers shows {PROVIDER}'s rate limit as {shown}, not {LIMIT}")
     await asyncio.sleep(2)  # the poller's first claims
-    result = await Window(server, emulator, key).measure(sizes.seconds)
+    result = await Window(server, emulator, key, behind_every=1).measure(sizes.seconds)
     seen = await calls(emulator)
     # Every second since this Reelay started, not only the window: a budget must hold from its first token.
     result["calls_max_in_a_second"] = max(seen.get(s, 0) for s in range(started, result["last_second"]))

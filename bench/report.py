@@ -176,13 +176,13 @@ def _polling_rows(results: dict[str, Any], row: Callable[[str, str, str, str, bo
     if l_free:
         steady = "" if l_free["steady"] else " (polling never became steady)"
         value = (
-            f"{l_free['polls_per_second']:,.0f} polls/s; Reelay {l_free['server_cpu_pct']:.0f}% of a core, "
-            f"RSS {l_free['rss_mib_max'] * 1.048576:.0f} MB{steady}"
+            f"{l_free['polls_per_second']:,.0f} polls/s (each job every {l_free['poll_interval_seconds']:g} s); "
+            f"Reelay {l_free['server_cpu_pct']:.0f}% of a core, RSS {l_free['rss_mib_max'] * 1.048576:.0f} MB{steady}"
         )
         row("l", f"{l_free['jobs']:,} {l_free['provider']} jobs in flight, polled", value, "", None)
         per_poll = l_free["cpu_per_poll_ms"]
         met = per_poll is not None and per_poll <= 0.5 and l_free["steady"]
-        row("l", "Reelay's CPU per poll", f"{per_poll} ms", "<= 0.5 ms", met)
+        row("l", "Reelay's CPU per poll", f"{per_poll:.2f} ms", "<= 0.5 ms", met)
         value = f"p50 {l_free['list_p50_ms']:.1f} ms, p99 {l_free['list_p99_ms']:.1f} ms"
         row("l", f"GET /v1/jobs meanwhile, {l_free['list_rate']}/s", value, "p99 <= 20 ms", l_free["list_p99_ms"] <= 20)
     limited = results.get("l_limited")
@@ -190,7 +190,7 @@ def _polling_rows(results: dict[str, Any], row: Callable[[str, str, str, str, bo
         limit = limited["rate_limit"]
         value = (
             f"at most {limited['calls_max_in_a_second']} in a second ({limited['polls_per_second']:.1f}/s on "
-            f"average, {limited['cpu_per_poll_ms']} ms of CPU per poll)"
+            f"average, {limited['cpu_per_poll_ms']:.2f} ms of CPU per poll)"
         )
         met = limited["calls_max_in_a_second"] <= limit
         row("l", f"same, rate limit {limit:g}/s: calls at the emulator", value, f"<= {limit:g} in any second", met)
