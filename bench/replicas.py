@@ -41,12 +41,12 @@ async def _phase(server: PostgresServer, work: Path) -> dict[str, Any]:
             reelay(reelay_env(url, port_a), work / "reelay-replica-a.log", role="all") as a,
             reelay(reelay_env(url, port_a + 1), work / "reelay-replica-b.log", role="api") as b,
         ):
-            await _ready(a.port)
-            await _ready(b.port)
+            await ready(a.port)
+            await ready(b.port)
             return await _latency(a.port, b.port, b.pid, key.secret, jobs)
 
 
-async def _ready(port: int, timeout: float = 30.0) -> None:
+async def ready(port: int, timeout: float = 30.0) -> None:
     """Until GET /readyz answers 200 (database reachable, schema current)."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:

@@ -8,6 +8,7 @@ import platform
 import re
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,45 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         value += f", max {i2['latency_max_ms']:.0f} ms"
         what = f"route failover: first candidate refuses -> the second has the create, {i2['job_rate']}/s"
         row("i2", what, value, "p99 <= 1 s", i2["latency_p99_ms"] <= 1000)
+    _polling_rows(results, row)
     return rows
+
+
+def _polling_rows(results: dict[str, Any], row: Callable[[str, str, str, str, bool | None], None]) -> None:
+    """l and l2: polling at scale, and the rate budgets checked at the provider's emulator."""
+    l_free = results.get("l")
+    if l_free:
+        steady = "" if l_free["steady"] else " (polling never became steady)"
+        value = (
+            f"{l_free['polls_per_second']:,.0f} polls/s (each job every {l_free['poll_interval_seconds']:g} s); "
+            f"Reelay {l_free['server_cpu_pct']:.0f}% of a core, RSS {l_free['rss_mib_max'] * 1.048576:.0f} MB{steady}"
+        )
+        row("l", f"{l_free['jobs']:,} {l_free['provider']} jobs in flight, polled", value, "", None)
+        per_poll = l_free["cpu_per_poll_ms"]
+        met = per_poll is not None and per_poll <= 0.5 and l_free["steady"]
+        row("l", "Reelay's CPU per poll", f"{per_poll:.2f} ms", "<= 0.5 ms", met)
+        value = f"p50 {l_free['list_p50_ms']:.1f} ms, p99 {l_free['list_p99_ms']:.1f} ms"
+        row("l", f"GET /v1/jobs meanwhile, {l_free['list_rate']}/s", value, "p99 <= 20 ms", l_free["list_p99_ms"] <= 20)
+    limited = results.get("l_limited")
+    if limited:
+        limit = limited["rate_limit"]
+        value = (
+            f"at most {limited['calls_max_in_a_second']} in a second ({limited['polls_per_second']:.1f}/s on "
+            f"average, {limited['cpu_per_poll_ms']:.2f} ms of CPU per poll)"
+        )
+        met = limited["calls_max_in_a_second"] <= limit
+        row("l", f"same, rate limit {limit:g}/s: calls at the emulator", value, f"<= {limit:g} in any second", met)
+        cap = limited["poll_cap_seconds"]
+        behind = limited["polls_behind_max_seconds"]
+        target = f"< {2 * cap:g} s (2 x the {cap:g} s cap)" if cap else "< 2 x the poll cap"
+        met = None if cap is None or behind is None else behind < 2 * cap
+        row("l", "same: the oldest overdue poll", f"up to {behind} s", target, met)
+    l2 = results.get("l2")
+    if l2:
+        limit = l2["rate_limit"]
+        value = f"at most {l2['calls_max_in_a_second']} in a second ({l2['calls_per_second']:.1f}/s on average)"
+        what = f"{l2['workers']} workers on PostgreSQL, one {limit:g}/s budget: calls at the emulator"
+        row("l2", what, value, f"<= {limit:g} in any second", l2["calls_max_in_a_second"] <= limit)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -178,7 +217,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def generator_table(results: dict[str, Any]) -> str:
     lines = ["| Phase | Load generator CPU | Server CPU | Host CPU stolen by the hypervisor |", "|---|---|---|---|"]
-    for phase in ("a", "b", "b_normal", "c", "d", "f", "g", "h", "h2", "h3", "i", "i2"):
+    for phase in ("a", "b", "b_normal", "c", "d", "f", "g", "h", "h2", "h3", "i", "i2", "l", "l_limited", "l2"):
         got = results.get(phase)
         if got and "generator_cpu_pct" in got:
             client = "wrk, 1 thread" if phase in ("a", "b", "b_normal", "c") else "asyncio client"

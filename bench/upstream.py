@@ -1,7 +1,9 @@
-"""`python -m bench.upstream PORT [PROVIDER]`: a provider's emulator (Seedancee2 by default) for phases c, i and i2.
+"""`python -m bench.upstream PORT [PROVIDER]`: a provider's emulator (Seedancee2 by default) for phases c, i, i2, l
+and l2.
 
 It runs on the same server code as Reelay, behind `CreateClock`, which notes when each create reached the
-emulator's process (CLOCK_MONOTONIC, the clock the benchmark reads too) and `GET /_bench/creates` lists them.
+emulator's process (CLOCK_MONOTONIC, the clock the benchmark reads too); `GET /_bench/creates` lists them and
+`GET /_bench/created` counts the accepted ones.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from service.server import listen, make_server, run, serve_all
 # Tasks stay running for the whole benchmark: the emulator answers creates and sends no callbacks.
 KNOBS = SandboxKnobs(processing_after_s=3600, complete_after_s=7200)
 CREATES_PATH = "/_bench/creates"
+CREATED_PATH = "/_bench/created"  # how many creates were answered 2xx: cheap to ask every second, unlike the list
 
 
 class Create(msgspec.Struct):
@@ -53,8 +56,9 @@ class CreateClock:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] == CREATES_PATH:
-            body = msgspec.json.encode(self.creates)
+        if scope["path"] in (CREATES_PATH, CREATED_PATH):
+            accepted = {"accepted": sum(1 for c in self.creates if 200 <= c.status < 300)}
+            body = msgspec.json.encode(self.creates if scope["path"] == CREATES_PATH else accepted)
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
