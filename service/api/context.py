@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from service.gateway import Gateway
     from service.hub import EventHub
     from service.settings import Settings
+    from service.tokens import StreamTokens
 
 log = structlog.get_logger("reelay.keys")
 
@@ -44,6 +45,7 @@ class AppContext:
     limits: KeyLimits  # per-key request rate and open streams
     rng: random.Random  # heartbeat jitter
     monotonic: Callable[[], float]  # the key cache's clock
+    stream_tokens: StreamTokens  # signs and checks `?token=` grants to the event streams
     # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
     key_cache: dict[str, tuple[ApiKeyRecord, float]] = field(default_factory=dict)
     key_cache_seconds: float = 5.0
@@ -76,6 +78,16 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
     if parts is None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")
     key_id, secret = parts
+    record = await key_record(ctx, key_id)
+    if record is None or not secret_matches(secret, record.secret_hash):
+        raise Unauthorized("the API key is not valid")
+    await spend_request(ctx, key_id)
+    state["api_key"] = record
+    return record
+
+
+async def key_record(ctx: AppContext, key_id: str) -> ApiKeyRecord | None:
+    """The key, unless unknown or revoked; read through the key cache, so a revocation shows within its window."""
     now = ctx.monotonic()
     cached = ctx.key_cache.get(key_id)
     if cached is not None and now - cached[1] < ctx.key_cache_seconds:
@@ -83,20 +95,21 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
     else:
         found = await ctx.gateway.api_key(key_id)
         if found is None:
-            raise Unauthorized("the API key is not valid")
+            return None
         record = found
         if len(ctx.key_cache) > 10_000:
             ctx.key_cache.clear()
         ctx.key_cache[key_id] = (record, now)
-    if record.revoked_at is not None or not secret_matches(secret, record.secret_hash):
-        raise Unauthorized("the API key is not valid")
+    return None if record.revoked_at is not None else record
+
+
+async def spend_request(ctx: AppContext, key_id: str) -> None:
+    """One request of the key's rate budget, or RateLimited."""
     wait = await ctx.limits.take(key_id)
     if wait is not None:
         raise RateLimited(
             f"rate limit of {ctx.limits.rate:g} requests/s for this API key exceeded; retry later", retry_after=wait
         )
-    state["api_key"] = record
-    return record
 
 
 async def close_revoked_streams(ctx: AppContext) -> None:
