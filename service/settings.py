@@ -101,6 +101,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Under a budget, a model without a price in the budget's unit is refused unless this allows it (it then
     # reserves 0 and counts what the provider reports charging).
     budget_allow_unpriced: bool = False
+    # Asset URLs (issue 15, serving): how long a signed `output.assets[].url` works, and its signing secret (None:
+    # the server secret "asset_urls" the database keeps for every replica).
+    asset_url_ttl_seconds: float = 86400.0
+    asset_url_secret: str | None = None
+    # `reelay prune` deletes the archived assets of jobs completed longer ago than this (the job stays); 0: an
+    # asset lives as long as its job.
+    asset_retention_days: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -183,6 +190,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS", defaults.circuit_max_cooldown_seconds
             ),
             budget_allow_unpriced=reader.choice("REELAY_BUDGET_ALLOW_UNPRICED", "false", ("true", "false")) == "true",
+            asset_url_ttl_seconds=reader.number("REELAY_ASSET_URL_TTL_SECONDS", defaults.asset_url_ttl_seconds),
+            asset_url_secret=env.get("REELAY_ASSET_URL_SECRET", "").strip() or None,
+            asset_retention_days=reader.integer("REELAY_ASSET_RETENTION_DAYS", defaults.asset_retention_days, low=0),
         )
 
     def __post_init__(self) -> None:
@@ -201,6 +211,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS ({self.circuit_max_cooldown_seconds:g}) must be at least "
                 f"REELAY_CIRCUIT_COOLDOWN_SECONDS ({self.circuit_cooldown_seconds:g})"
             )
+
+        if self.asset_url_secret is not None and len(self.asset_url_secret) < 16:
+            raise ConfigError("REELAY_ASSET_URL_SECRET must be at least 16 characters: it signs every asset URL")
 
     def provider(self, name: str) -> ProviderSettings:
         return self.providers.get(name) or ProviderSettings(base_url="")
