@@ -101,6 +101,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Under a budget, a model without a price in the budget's unit is refused unless this allows it (it then
     # reserves 0 and counts what the provider reports charging).
     budget_allow_unpriced: bool = False
+    # The asset store (service/assets/store.py): `file://<dir>`, `s3://bucket/prefix`, or `off`.
+    assets: str = "file://./var/assets"
+    # S3: an S3-compatible endpoint (None: AWS) and the usual AWS_* credentials (None: obstore's own lookup).
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_session_token: str | None = None
+    s3_region: str | None = None
     # Asset URLs (issue 15, serving): how long a signed `output.assets[].url` works, and its signing secret (None:
     # the server secret "asset_urls" the database keeps for every replica).
     asset_url_ttl_seconds: float = 86400.0
@@ -190,6 +198,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS", defaults.circuit_max_cooldown_seconds
             ),
             budget_allow_unpriced=reader.choice("REELAY_BUDGET_ALLOW_UNPRICED", "false", ("true", "false")) == "true",
+            assets=reader.assets("REELAY_ASSETS", defaults.assets),
+            s3_endpoint_url=reader.text("REELAY_S3_ENDPOINT_URL", "").rstrip("/") or None,
+            s3_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            s3_session_token=env.get("AWS_SESSION_TOKEN") or None,
+            s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             asset_url_ttl_seconds=reader.number("REELAY_ASSET_URL_TTL_SECONDS", defaults.asset_url_ttl_seconds),
             asset_url_secret=env.get("REELAY_ASSET_URL_SECRET", "").strip() or None,
             asset_retention_days=reader.integer("REELAY_ASSET_RETENTION_DAYS", defaults.asset_retention_days, low=0),
@@ -275,6 +289,17 @@ class _Reader:
             if raw.lower() == option.lower():
                 return option
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+
+    def assets(self, name: str, default: str) -> str:
+        """Where assets are kept: `file://<dir>`, `s3://<bucket>[/<prefix>]` or `off`."""
+        raw = self.text(name, default)
+        if raw.lower() == "off":
+            return "off"
+        if raw.startswith("file://") and raw.removeprefix("file://"):
+            return raw
+        if raw.startswith("s3://") and raw.removeprefix("s3://").split("/", 1)[0]:
+            return raw
+        raise ConfigError(f"{name} must be file://<dir>, s3://<bucket>/<prefix> or off, got {raw!r}")
 
     def provider(self, adapter: type[ProviderAdapter], tolerance: int) -> ProviderSettings:
         """One provider's REELAY_<NAME>_* variables, with the defaults its adapter declares."""

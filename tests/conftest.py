@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests import pg
+from tests import pg, s3
 from tests.harness import Stack, stack
 
 
@@ -15,6 +15,13 @@ from tests.harness import Stack, stack
 def postgres_server() -> Iterator[pg.PostgresServer]:
     """The PostgreSQL server of the session, started on first use (see tests/pg.py)."""
     with pg.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3.S3Server]:
+    """An S3-compatible server (moto) for the session, started on first use (see tests/s3.py)."""
+    with s3.s3_server() as server:
         yield server
 
 
