@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from storage.health import CircuitPolicy, ProviderHealthRecord
-from storage.retention import BeforeJobsPruned
 from storage.records import (
     ApiKeyRecord,
     AttemptResult,
@@ -32,6 +31,7 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
+from storage.retention import BeforeJobsPruned
 
 JobEncoder = Callable[[JobRecord], bytes]
 """Turns a job into the JSON snapshot stored with each event (the service decides the shape)."""

@@ -24,6 +24,7 @@ def with_assets_before(cutoff: str, after: tuple[str, str], json_type: str) -> s
         f"AND {json_type.format(path='assets_expired_at')} IS NULL"
     )
 
+
 """Deletes up to one batch of rows in a transaction of its own: (rows the batch took, what it removed)."""
 
 

@@ -77,12 +77,11 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable(f"Range {header!r}: the asset has {size} bytes", size=size)
         return max(0, size - suffix), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None  # invalid, so ignored
     if start >= size:
         raise RangeNotSatisfiable(f"Range {header!r}: the asset has {size} bytes", size=size)
-    return start, min(end, size - 1)
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -143,7 +142,9 @@ async def job_content(
     range_header: Annotated[
         str | None,
         HeaderParameter(
-            name="Range", required=False, **text_param("one range: `bytes=<first>-<last>`, `bytes=<first>-`, `bytes=-<n>`")
+            name="Range",
+            required=False,
+            **text_param("one range: `bytes=<first>-<last>`, `bytes=<first>-`, `bytes=-<n>`"),
         ),
     ] = None,
 ) -> Response[Any]:
@@ -170,7 +171,9 @@ async def job_content(
             raise Forbidden("the URL's signature is not valid", code="invalid_signature")
         if now >= expires:
             raise Forbidden(
-                "the URL has expired; read the job again for a fresh one", code="url_expired", details={"expires": expires}
+                "the URL has expired; read the job again for a fresh one",
+                code="url_expired",
+                details={"expires": expires},
             )
     store = ctx.asset_store
     if store is None:
@@ -190,9 +193,7 @@ async def job_content(
     key = asset_key(job_id, variant, index)
     size = await store.size(key) if asset is not None else None
     if asset is None or size is None:
-        raise NotFound(
-            f"job {job_id} has no archived {variant} {index}", details={"variant": variant, "index": index}
-        )
+        raise NotFound(f"job {job_id} has no archived {variant} {index}", details={"variant": variant, "index": index})
     served = Asset(
         variant=variant, index=index, url="", bytes=size, content_type=asset["content_type"], sha256=asset["sha256"]
     )
@@ -220,4 +221,6 @@ def _answer(
     store = context(request).asset_store
     assert store is not None  # checked by the handler
     body = _nothing() if request.method == "HEAD" else store.read(key, start, end)
-    return Stream(body, status_code=status, media_type=asset.content_type, headers=headers)
+    # In the headers: Litestar gives a handler's own media type precedence over a Stream's.
+    headers["content-type"] = asset.content_type
+    return Stream(body, status_code=status, headers=headers)

@@ -31,7 +31,8 @@ class ErrorBody(msgspec.Struct):
         str,
         msgspec.Meta(
             description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
-            "invalid_signature, url_expired, budget_exhausted, not_found, asset_expired, range_not_satisfiable, method_not_allowed, request_timeout, conflict, "
+            "invalid_signature, url_expired, budget_exhausted, not_found, asset_expired, range_not_satisfiable, "
+            "method_not_allowed, request_timeout, conflict, "
             "idempotency_conflict, job_finished, invalid_webhook_url, too_many_endpoints, endpoint_disabled, "
             "endpoint_deleted, payload_too_large, headers_too_large, unsupported_media_type, rate_limited, "
             "too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
@@ -69,8 +70,10 @@ ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
         "The API key's budget cannot take this job's estimate: `details` has the `unit`, `limit`, `spent`, "
         "`reserved`, `estimate`, `period` and `resets_at`",
     ),
-    403: ("invalid_signature", "A signed URL whose signature does not match (`invalid_signature`) or has expired "
-          "(`url_expired`)"),
+    403: (
+        "invalid_signature",
+        "A signed URL whose signature does not match (`invalid_signature`) or has expired (`url_expired`)",
+    ),
     404: ("not_found", "No such job for this API key"),
     409: ("conflict", "Conflict with the job's current state"),
     413: ("payload_too_large", "The request body is larger than the configured limit"),

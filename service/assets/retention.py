@@ -4,6 +4,7 @@ REELAY_ASSET_RETENTION_DAYS an old job's go while the job stays, marked `output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -47,10 +48,8 @@ async def expire_assets(
             job_ids = [job_id for _, job_id in found]
             await deleting_assets(assets)(job_ids)
             for job_id in job_ids:
-                try:
+                with contextlib.suppress(JobNotFound):  # pruned meanwhile, with its assets
                     await store.update_job(job_id, lambda job: _mark_expired(job, at))
-                except JobNotFound:
-                    pass  # pruned meanwhile, with its assets
         if len(found) < batch_size:
             break
         after = found[-1]
