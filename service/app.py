@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Literal
@@ -17,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from service.api.content import job_content
 from service.api.context import AppContext, close_revoked_streams
 from service.api.docs import swagger_assets, swagger_plugin
 from service.api.endpoints import WebhookController
@@ -29,6 +31,8 @@ from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.providers import list_providers
 from service.api.usage import usage
+from service.assets import AssetStore, AssetUrls
+from service.assets.store import open_assets
 from service.circuits import Circuits, ProviderHealth
 from service.egress import Resolver, system_resolver
 from service.endpoints import Endpoints
@@ -75,6 +79,13 @@ def _wake_deliverer(runtime: Runtime, events: Sequence[EventRecord]) -> None:
     """Store listener: committed events that recorded deliveries wake the deliverer (they are due now)."""
     if any(event.deliveries for event in events):
         runtime.signals.deliveries.set()
+
+
+async def _open_assets(settings: Settings, store: Store) -> tuple[AssetStore | None, AssetUrls]:
+    """The asset store (None: REELAY_ASSETS=off) and the signer of asset URLs, whose secret is
+    REELAY_ASSET_URL_SECRET or else one the database keeps for every replica."""
+    secret = settings.asset_url_secret or await store.server_secret("asset_urls", new_value=secrets.token_urlsafe(32))
+    return open_assets(settings), AssetUrls(secret.encode(), settings.public_url, settings.asset_url_ttl_seconds)
 
 
 def create_app(
@@ -137,6 +148,7 @@ def create_app(
             monotonic=time.monotonic,
             providers=sorted({spec.provider for spec in models.values()}),
         )
+        assets, asset_urls = await _open_assets(settings, the_store)
         runtime = Runtime(
             settings=settings,
             store=the_store,
@@ -151,6 +163,8 @@ def create_app(
             signals=signals,
             health=circuits,
             rates=RateBudgets({name: p.rate_limit for name, p in settings.providers.items()}, the_store),
+            assets=assets,
+            asset_urls=asset_urls,
         )
         gateway = Gateway(runtime)
         the_store.add_listener(lambda events: _wake_deliverer(runtime, events))
@@ -171,6 +185,9 @@ def create_app(
             ),
             rng=runtime.rng,
             monotonic=runtime.monotonic,
+            asset_store=assets,
+            asset_urls=asset_urls,
+            clock=runtime.clock,
         )
         # Every background loop: started here, cancelled on stop, then drained (a new loop joins this list).
         loops: list[Loop] = [Watcher("loop_lag", lambda: watch_loop_lag(app_metrics.loop_lag))]
@@ -199,6 +216,8 @@ def create_app(
             with contextlib.suppress(StorageError):
                 await the_store.release_leases()
             await ctx.limits.close()
+            if assets is not None:
+                await assets.close()
             if http_client is None:
                 await client.aclose()
             if store is None:
@@ -210,6 +229,7 @@ def create_app(
         if role == "worker"
         else [
             JobController,
+            job_content,
             WebhookController,
             all_events,
             list_models,

@@ -109,6 +109,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_secret_access_key: str | None = None
     s3_session_token: str | None = None
     s3_region: str | None = None
+    # Asset URLs (issue 15, serving): how long a signed `output.assets[].url` works, and its signing secret (None:
+    # the server secret "asset_urls" the database keeps for every replica).
+    asset_url_ttl_seconds: float = 86400.0
+    asset_url_secret: str | None = None
+    # `reelay prune` deletes the archived assets of jobs completed longer ago than this (the job stays); 0: an
+    # asset lives as long as its job.
+    asset_retention_days: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -197,6 +204,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             s3_session_token=env.get("AWS_SESSION_TOKEN") or None,
             s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            asset_url_ttl_seconds=reader.number("REELAY_ASSET_URL_TTL_SECONDS", defaults.asset_url_ttl_seconds),
+            asset_url_secret=env.get("REELAY_ASSET_URL_SECRET", "").strip() or None,
+            asset_retention_days=reader.integer("REELAY_ASSET_RETENTION_DAYS", defaults.asset_retention_days, low=0),
         )
 
     def __post_init__(self) -> None:
@@ -215,6 +225,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS ({self.circuit_max_cooldown_seconds:g}) must be at least "
                 f"REELAY_CIRCUIT_COOLDOWN_SECONDS ({self.circuit_cooldown_seconds:g})"
             )
+
+        if self.asset_url_secret is not None and len(self.asset_url_secret) < 16:
+            raise ConfigError("REELAY_ASSET_URL_SECRET must be at least 16 characters: it signs every asset URL")
 
     def provider(self, name: str) -> ProviderSettings:
         return self.providers.get(name) or ProviderSettings(base_url="")

@@ -32,6 +32,7 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
+from storage.retention import BeforeJobsPruned
 
 JobEncoder = Callable[[JobRecord], bytes]
 """Turns a job into the JSON snapshot stored with each event (the service decides the shape)."""
@@ -189,8 +190,13 @@ class Store(Protocol):
     async def prunable(self, before: str) -> PruneCounts:
         """What `prune(before)` would remove now; removes nothing."""
 
-    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+    async def prune(
+        self, before: str, *, batch_size: int = 500, before_jobs_pruned: BeforeJobsPruned | None = None
+    ) -> PruneCounts:
         """Delete what is older than the ISO-8601 UTC timestamp `before`, and count it.
+
+        `before_jobs_pruned` is awaited with each batch's job ids before their rows go (their archived assets are
+        deleted by it).
 
         That is: finished jobs (stage TERMINAL) whose `completed_at` is older, with all their events;
         webhook receipts received before it; idempotency keys created before it; the caller webhook deliveries
@@ -198,6 +204,12 @@ class Store(Protocol):
         the events of kept jobs are never deleted. Each transaction removes at most `batch_size` jobs
         (or rows), so other writers wait for one batch at most, never for the whole pass.
         """
+
+    async def jobs_with_assets(
+        self, completed_before: str, *, after: tuple[str, str] = ("", ""), limit: int
+    ) -> list[tuple[str, str]]:
+        """(completed_at, id) of succeeded jobs completed before `completed_before` whose output names archived
+        `assets` and no `assets_expired_at`, in that order, strictly after `after` (a previous page's last)."""
 
     # -- caller webhooks -----------------------------------------------------------------------
     #

@@ -39,7 +39,13 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
-from storage.retention import KEY_EVENTS_BEFORE, finished_before, prune_in_batches
+from storage.retention import (
+    KEY_EVENTS_BEFORE,
+    BeforeJobsPruned,
+    finished_before,
+    prune_in_batches,
+    with_assets_before,
+)
 from storage.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
@@ -80,6 +86,7 @@ _COST_SUMS = ", ".join(
     for field in COST_FIELDS
 )
 _FINISHED_BEFORE = finished_before("$1")
+_WITH_ASSETS_BEFORE = with_assets_before("$1", ("$2", "$3"), "json_typeof(output -> '{path}')")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="$1")
 _RELEASE_DELIVERIES = webhooks.release_sql("$1")
 _RELEASE_ARCHIVES = archives.release_sql("$1")
@@ -524,7 +531,9 @@ class PostgresStore(
             jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys, deliveries=deliveries + tests
         )
 
-    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+    async def prune(
+        self, before: str, *, batch_size: int = 500, before_jobs_pruned: BeforeJobsPruned | None = None
+    ) -> PruneCounts:
         async def rows(sql: str) -> int:
             async with self._connection() as conn:
                 return _row_count(await conn.execute(sql, before, batch_size))
@@ -546,6 +555,8 @@ class PostgresStore(
                 ids = [row[0] for row in found]
                 if not ids:
                     return 0, PruneCounts()
+                if before_jobs_pruned is not None:  # the rows stay locked (SKIP LOCKED keeps other prunes off them)
+                    await before_jobs_pruned(ids)
                 events = _row_count(await conn.execute("DELETE FROM events WHERE job_id = ANY($1::text[])", ids))
                 of_jobs = "job_id = ANY($1::text[])"
                 await conn.execute(_DELETE_ATTEMPTS.format(where=of_jobs), ids)
@@ -573,3 +584,14 @@ class PostgresStore(
         return await prune_in_batches(
             batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests
         )
+
+    async def jobs_with_assets(
+        self, completed_before: str, *, after: tuple[str, str] = ("", ""), limit: int
+    ) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            f"SELECT completed_at, id FROM jobs WHERE {_WITH_ASSETS_BEFORE} ORDER BY completed_at, id LIMIT $4",
+            completed_before,
+            *after,
+            limit,
+        )
+        return [(row[0], row[1]) for row in rows]

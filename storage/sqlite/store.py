@@ -32,7 +32,13 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
-from storage.retention import KEY_EVENTS_BEFORE, finished_before, prune_in_batches
+from storage.retention import (
+    KEY_EVENTS_BEFORE,
+    BeforeJobsPruned,
+    finished_before,
+    prune_in_batches,
+    with_assets_before,
+)
 from storage.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
@@ -64,6 +70,7 @@ _COST_SUMS = ", ".join(
     for field in COST_FIELDS
 )
 _FINISHED_BEFORE = finished_before("?")
+_WITH_ASSETS_BEFORE = with_assets_before("?", ("?", "?"), "json_type(output, '$.{path}')")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="?")
 _RELEASE_DELIVERIES = webhooks.release_sql(None)
 _RELEASE_ARCHIVES = archives.release_sql(None)
@@ -448,7 +455,9 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, 
             jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys, deliveries=deliveries + tests
         )
 
-    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+    async def prune(
+        self, before: str, *, batch_size: int = 500, before_jobs_pruned: BeforeJobsPruned | None = None
+    ) -> PruneCounts:
         async def rows(table: str, column: str) -> int:
             async with self._writer.transaction() as conn:
                 cursor = await conn.execute(
@@ -466,11 +475,16 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, 
             return removed, PruneCounts(webhook_receipts=removed)
 
         async def jobs() -> tuple[int, PruneCounts]:
+            if before_jobs_pruned is not None:  # outside the write lock: it may take a while (an S3 bucket)
+                found = await self._read(f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size))
+                if ids := [row[0] for row in found]:
+                    await before_jobs_pruned(ids)
             async with self._writer.transaction() as conn:
-                found = await conn.execute_fetchall(
-                    f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
-                )
-                ids = [row[0] for row in found]
+                if before_jobs_pruned is None:
+                    found = await conn.execute_fetchall(
+                        f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
+                    )
+                    ids = [row[0] for row in found]
                 if not ids:
                     return 0, PruneCounts()
                 marks = ", ".join("?" * len(ids))
@@ -490,6 +504,15 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, 
         return await prune_in_batches(
             batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests
         )
+
+    async def jobs_with_assets(
+        self, completed_before: str, *, after: tuple[str, str] = ("", ""), limit: int
+    ) -> list[tuple[str, str]]:
+        rows = await self._read(
+            f"SELECT completed_at, id FROM jobs WHERE {_WITH_ASSETS_BEFORE} ORDER BY completed_at, id LIMIT ?",
+            (completed_before, *after, limit),
+        )
+        return [(row[0], row[1]) for row in rows]
 
     # -- backup and restore ------------------------------------------------------------------
 
