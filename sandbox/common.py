@@ -240,6 +240,7 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
         self.background: set[asyncio.Task[None]] = set()
         # Result URLs point back at this emulator (where the create came in) and are signed with this secret.
         self.media_secret = new_secret()
+        self.downloads: dict[str, int] = {}  # result file path -> downloads started
         self.base_url = "http://sandbox.invalid"
 
     # -- provider hooks ---------------------------------------------------------------------------------
@@ -481,6 +482,11 @@ def _control_routes(core: SandboxCore[Any, OutcomeT], outcomes: Mapping[str, Out
         core.chaos = Chaos(knobs)
         return json_response(knobs)
 
+    @get("/_sandbox/downloads")
+    async def sandbox_downloads() -> Response[bytes]:
+        # Downloads of result files that started (expired and failed ones not counted), by path.
+        return json_response({"downloads": core.downloads})
+
     @get("/_sandbox/callbacks")
     async def sandbox_callbacks() -> Response[bytes]:
         # Always empty for a provider without webhooks: kept so every emulator has the same control surface.
@@ -493,6 +499,7 @@ def _control_routes(core: SandboxCore[Any, OutcomeT], outcomes: Mapping[str, Out
         sandbox_tasks,
         sandbox_get_knobs,
         sandbox_put_knobs,
+        sandbox_downloads,
         *forces,
         sandbox_callbacks,
     ]
@@ -509,8 +516,9 @@ def sandbox_app(
     """The emulator app: the provider's `routes`, then the `/_sandbox/` control routes (see `_control_routes`)."""
     # Only an emulator that sends callbacks needs the client its lifespan opens and closes.
     sends_callbacks = core.CALLBACK_ATTEMPTS > 0
+    media = media_route(core.media_secret, lambda: core.chaos, core.downloads)
     return Litestar(
-        route_handlers=[*routes, *_control_routes(core, outcomes), media_route(core.media_secret, lambda: core.chaos)],
+        route_handlers=[*routes, *_control_routes(core, outcomes), media],
         exception_handlers=exception_handlers,
         on_startup=[core.startup] if sends_callbacks else [],
         on_shutdown=[core.shutdown] if sends_callbacks else [],

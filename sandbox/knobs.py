@@ -54,6 +54,7 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         output_bytes: The size of each video served at a result URL (the sample MP4 padded with an MP4 `free` box,
             generated as it is sent); None: the sample itself (about 29 KB).
         output_bytes_per_s: Serve result files at most this fast (0: as fast as the connection goes).
+        output_unsized: Serve result files without Content-Length (chunked), as some CDNs do.
         output_content_type: The Content-Type a video is served with instead of `video/mp4` (e.g. `text/html`).
         media_burst_5xx: The next N downloads of a result file answer 503 `SlowDown`.
         seed: Seed for the random source, so that a test run is reproducible.
@@ -76,6 +77,7 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     url_ttl_s: float = 3600.0
     output_bytes: int | None = None
     output_bytes_per_s: float = 0.0
+    output_unsized: bool = False
     output_content_type: str | None = None
     media_burst_5xx: int = 0
     seed: int | None = None

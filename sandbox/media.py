@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import math
 import secrets
 import struct
 import time
@@ -51,11 +50,11 @@ class MediaLinks:
 
     def url(self, path: str, completed_at: float) -> str:
         """The link to `path` (no leading slash) of a task that completed at unix time `completed_at`."""
-        expires = math.ceil(completed_at + self.ttl_s)  # never before the ttl is over
+        expires = f"{completed_at + self.ttl_s:.3f}"  # unix time, to the millisecond
         return f"{self.base.rstrip('/')}/_media/{expires}/{sign(self.secret, expires, path)}/{path}"
 
 
-def sign(secret: bytes, expires: int, path: str) -> str:
+def sign(secret: bytes, expires: str, path: str) -> str:
     return hmac.new(secret, f"{expires}\n{path}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -116,22 +115,23 @@ def _storage_error(status_code: int, code: str, message: str, **extra: str) -> R
     return Response(body, status_code=status_code, media_type="application/xml")
 
 
-def media_route(secret: bytes, current: Callable[[], Chaos]) -> HTTPRouteHandler:
+def media_route(secret: bytes, current: Callable[[], Chaos], downloads: dict[str, int]) -> HTTPRouteHandler:
     """`GET /_media/{expires}/{sig}/{path}`: the file, while its link (signed with `secret`) is valid; `current()`
-    is the emulator's chaos now (a knobs change replaces it)."""
+    is the emulator's chaos now (a knobs change replaces it). Each download that starts is counted in `downloads`
+    by path."""
 
-    @get("/_media/{expires:int}/{sig:str}/{path:path}", name="sandbox_media", include_in_schema=False)
-    async def media(expires: FromPath[int], sig: FromPath[str], path: FromPath[str]) -> Response[bytes] | Stream:
+    @get("/_media/{expires:str}/{sig:str}/{path:path}", name="sandbox_media", include_in_schema=False)
+    async def media(expires: FromPath[str], sig: FromPath[str], path: FromPath[str]) -> Response[bytes] | Stream:
         path = path.lstrip("/")
         if not hmac.compare_digest(sig, sign(secret, expires, path)):
             return _storage_error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match.")
         now = time.time()
-        if now >= expires:
+        if now >= float(expires):
             return _storage_error(
                 403,
                 "AccessDenied",
                 "Request has expired",
-                Expires=formatdate(expires, usegmt=True),
+                Expires=formatdate(float(expires), usegmt=True),
                 ServerTime=formatdate(now, usegmt=True),
             )
         chaos = current()
@@ -147,8 +147,11 @@ def media_route(secret: bytes, current: Callable[[], Chaos]) -> HTTPRouteHandler
             content_type = knobs.output_content_type or content_type
         else:
             size, body = len(sample), sample
-        headers = {"Content-Length": str(size), "Cache-Control": "private, max-age=0"}
-        if isinstance(body, bytes) and not knobs.output_bytes_per_s:
+        downloads[path] = downloads.get(path, 0) + 1
+        headers = {"Cache-Control": "private, max-age=0"}
+        if not knobs.output_unsized:
+            headers["Content-Length"] = str(size)
+        if isinstance(body, bytes) and not knobs.output_bytes_per_s and not knobs.output_unsized:
             return Response(body, media_type=content_type, headers=headers)
         return Stream(_throttled(body, knobs.output_bytes_per_s), media_type=content_type, headers=headers)
 
