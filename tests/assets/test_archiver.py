@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
+import subprocess
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,10 +17,15 @@ from typing import Any
 
 import httpx
 
-from sandbox import SandboxKnobs
+from sandbox import SANDBOXES, SandboxKnobs
 from sandbox.media import MEDIA, padded_video
 from service.assets import AssetStore, asset_key
-from tests.harness import Stack, collect_events, stack
+from service.wire import encode_job
+from storage import create_store
+from tests import pg
+from tests.harness import Stack, collect_events, serving, stack, url_of
+from tests.ports import bind, free_ports
+from tests.processes import REELAY, create_key, reelay_env, reelay_serve, wait_ready
 
 VIDEO, JPEG = MEDIA[".mp4"][0], MEDIA[".jpg"][0]
 
@@ -173,6 +182,15 @@ async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
         assert "job.archived" not in await running.event_types(job["id"])
 
 
+async def archived_over_http(client: httpx.AsyncClient, job_url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The job at `job_url` once its output shows `assets`."""
+    while True:
+        job: dict[str, Any] = (await client.get(job_url, headers=headers)).json()
+        if "assets" in (job["output"] or {}):
+            return job
+        await asyncio.sleep(0.1)
+
+
 async def padded_sha256(size: int) -> str:
     """The sha256 of the emulator's video padded to `size` bytes, computed as it is served."""
     total, body = padded_video(size)
@@ -197,3 +215,110 @@ async def test_a_large_output_is_streamed_into_the_store(tmp_path: Path) -> None
             )
         assert response.status_code == 206
         assert response.content == bytes(10)
+
+
+async def test_sigkill_in_the_middle_of_a_copy_resumes_after_restart_and_no_partial_file_is_visible(
+    tmp_path: Path,
+) -> None:
+    size = 24 * 1024 * 1024
+    slow = {"processing_after_s": 0.1, "complete_after_s": 0.3, "output_bytes": size}
+    sandbox_sock, port = bind(), free_ports(1)
+    folder = tmp_path / "assets"
+    env = reelay_env(
+        tmp_path,
+        port,
+        {"seedancee2": url_of(sandbox_sock)},
+        REELAY_ASSETS=f"file://{folder}",
+        REELAY_WEBHOOK_ALLOW_PRIVATE="true",
+        REELAY_LOG_LEVEL="info",
+    )
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {create_key(env)}"}
+    log = tmp_path / "reelay.log"
+    sandbox = SANDBOXES["seedancee2"].build(SandboxKnobs(**slow, output_bytes_per_s=3_000_000))
+    async with serving(sandbox, sandbox_sock), httpx.AsyncClient(timeout=10) as client:
+        with reelay_serve(env, log) as first:
+            await wait_ready(client, url, first)
+            body = {"model": "seedancee2/fast", "input": {"prompt": "shot", "resolution": "480p"}}
+            job_id = (await client.post(f"{url}/v1/jobs", headers=headers, json=body)).json()["id"]
+            async with asyncio.timeout(20):  # the copy is under way: part of it is written to a temporary file
+                while not any(p.stat().st_size > 1_000_000 for p in folder.glob(f"{job_id}/video-0.part-*")):
+                    await asyncio.sleep(0.05)
+            job = (await client.get(f"{url}/v1/jobs/{job_id}", headers=headers)).json()
+            assert job["status"] == "succeeded"
+            assert "assets" not in job["output"]
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        assert not (folder / job_id / "video-0").exists()  # nothing at the asset's name until it is whole
+
+        assert (await client.put(f"{url_of(sandbox_sock)}/_sandbox/knobs", json=slow)).status_code == 200
+        with reelay_serve(env, log) as second:
+            await wait_ready(client, url, second)
+            async with asyncio.timeout(30):
+                while (
+                    "assets"
+                    not in (job := (await client.get(f"{url}/v1/jobs/{job_id}", headers=headers)).json())["output"]
+                ):
+                    await asyncio.sleep(0.1)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(15) == 0
+    video = next(a for a in job["output"]["assets"] if a["variant"] == "video")
+    expected = await padded_sha256(size)
+    assert (video["bytes"], video["sha256"]) == (size, expected)
+    assert hashlib.sha256((folder / job_id / "video-0").read_bytes()).hexdigest() == expected
+    assert "archive.copied" in log.read_text()
+
+
+async def test_two_replicas_on_postgresql_archive_each_job_exactly_once(
+    postgres_server: pg.PostgresServer, tmp_path: Path
+) -> None:
+    jobs, first = 8, free_ports(2)
+    sandbox_sock = bind()
+    sandbox = SANDBOXES["seedancee2"].build(
+        SandboxKnobs(processing_after_s=0.1, complete_after_s=0.3, output_bytes=1_000_000, output_bytes_per_s=4e6)
+    )
+    async with postgres_server.database() as database_url, serving(sandbox, sandbox_sock):
+        envs = [
+            reelay_env(
+                tmp_path,
+                port,
+                {"seedancee2": url_of(sandbox_sock)},
+                REELAY_DATABASE_URL=database_url,
+                REELAY_ASSETS=f"file://{tmp_path / 'assets'}",  # one volume both replicas mount
+                REELAY_WEBHOOK_ALLOW_PRIVATE="true",
+                REELAY_ASSET_CONCURRENCY="2",  # so that neither replica can take every job at once
+                REELAY_LOG_LEVEL="info",
+            )
+            for port in (first, first + 1)
+        ]
+        subprocess.run([REELAY, "migrate"], env=envs[0], check=True, capture_output=True)
+        headers = {"Authorization": f"Bearer {create_key(envs[0])}"}
+        logs = [tmp_path / "replica-a.log", tmp_path / "replica-b.log"]
+        urls = [f"http://127.0.0.1:{port}" for port in (first, first + 1)]
+        async with httpx.AsyncClient(timeout=10) as client:
+            with reelay_serve(envs[0], logs[0]) as a, reelay_serve(envs[1], logs[1]) as b:
+                await wait_ready(client, urls[0], a)
+                await wait_ready(client, urls[1], b)
+                body = {"model": "seedancee2/fast", "input": {"prompt": "shot", "resolution": "480p"}}
+                job_ids = [
+                    (await client.post(f"{urls[i % 2]}/v1/jobs", headers=headers, json=body)).json()["id"]
+                    for i in range(jobs)
+                ]
+                async with asyncio.timeout(60):
+                    for job_id in job_ids:
+                        await archived_over_http(client, f"{urls[0]}/v1/jobs/{job_id}", headers)
+                downloads = (await client.get(f"{url_of(sandbox_sock)}/_sandbox/downloads")).json()["downloads"]
+                for process in (a, b):
+                    process.send_signal(signal.SIGTERM)
+                    assert process.wait(15) == 0
+        store = create_store(database_url, encode_job, clock=time.time)
+        await store.open()
+        try:
+            logged = [e for job_id in job_ids for e in await store.events_after(0, job_id=job_id)]
+            archived_events = Counter(e.job_id for e in logged if e.type == "job.archived")
+        finally:
+            await store.close()
+    assert archived_events == Counter(dict.fromkeys(job_ids, 1))
+    assert len(downloads) == 2 * jobs  # a video and a thumbnail per job
+    assert set(downloads.values()) == {1}  # each fetched once, by one replica
+    assert all("archive.copied" in log.read_text() for log in logs)  # both replicas took part
