@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from sandbox import SANDBOXES, SandboxKnobs
 from sandbox.media import MEDIA, padded_video
@@ -26,6 +27,7 @@ from tests import pg
 from tests.harness import Stack, collect_events, serving, stack, url_of
 from tests.ports import bind, free_ports
 from tests.processes import REELAY, create_key, reelay_env, reelay_serve, wait_ready
+from tests.receivers import Receiver, receiving
 
 VIDEO, JPEG = MEDIA[".mp4"][0], MEDIA[".jpg"][0]
 
@@ -322,3 +324,37 @@ async def test_two_replicas_on_postgresql_archive_each_job_exactly_once(
     assert len(downloads) == 2 * jobs  # a video and a thumbnail per job
     assert set(downloads.values()) == {1}  # each fetched once, by one replica
     assert all("archive.copied" in log.read_text() for log in logs)  # both replicas took part
+
+
+async def test_job_archived_is_delivered_to_a_jobs_webhook_url_and_to_an_endpoint_that_asks_for_it(
+    tmp_path: Path,
+) -> None:
+    job_hooks, endpoint_hooks = Receiver.scripted(), Receiver.scripted()
+    async with (
+        receiving(job_hooks) as job_url,
+        receiving(endpoint_hooks) as endpoint_url,
+        archiving(tmp_path) as running,
+    ):
+        created = await running.client.post(
+            f"{running.url}/v1/webhook-endpoints",
+            headers=running.headers,
+            json={"url": f"{endpoint_url}/e", "events": ["job.archived"]},
+        )
+        assert created.status_code == 201, created.text
+        await running.submit()  # a job without a webhook_url: only the endpoint hears of it
+        body = {
+            "model": "seedancee2/pro",
+            "input": {"prompt": "waves", "duration": 5},
+            "webhook_url": f"{job_url}/j",
+            "webhook_events": ["job.succeeded", "job.archived"],
+        }
+        response = await running.client.post(f"{running.url}/v1/jobs", json=body, headers=running.headers)
+        assert response.status_code == 202, response.text
+        job = response.json()
+        got = await job_hooks.wait_for(2, timeout=15)
+        await endpoint_hooks.wait_for(2, timeout=15)  # one per job: the first submit's and this one's
+    assert [msgspec.json.decode(g.body)["type"] for g in got] == ["job.succeeded", "job.archived"]
+    assert [a["variant"] for a in got[1].data["job"]["output"]["assets"]] == ["video", "thumbnail"]
+    endpoint_types = {msgspec.json.decode(g.body)["type"] for g in endpoint_hooks.got}
+    assert endpoint_types == {"job.archived"}
+    assert job["id"] in {g.data["job"]["id"] for g in endpoint_hooks.got}
