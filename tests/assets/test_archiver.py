@@ -124,6 +124,10 @@ async def test_an_output_over_the_size_cap_ends_in_archive_error_and_the_job_sta
         }
         assert [a["variant"] for a in job["output"]["assets"]] == ["thumbnail"]  # the thumbnail fits
         assert await asset_store(running).size(asset_key(job["id"], "video", 0)) is None
+        metrics = (await running.client.get(f"{running.url}/metrics")).text
+        assert 'reelay_assets_archived_total{result="too_large"} 1.0' in metrics
+        assert 'reelay_assets_archived_total{result="copied"} 1.0' in metrics
+        assert f"reelay_asset_bytes_total {float(len(JPEG))}" in metrics
 
 
 async def test_an_output_without_content_length_is_cut_off_at_the_cap(tmp_path: Path) -> None:
@@ -172,6 +176,16 @@ async def test_a_5xx_from_the_provider_is_retried_and_the_copy_then_succeeds(tmp
         downloads = (await running.sandbox("seedancee2", "GET", "/_sandbox/downloads"))["downloads"]
         # The video's first try got the 503 (not counted as a download); each file was then fetched once.
         assert sorted(downloads.values()) == [1, 1]
+
+
+async def test_a_copy_still_failing_at_the_deadline_ends_as_unreachable_with_the_last_error(tmp_path: Path) -> None:
+    async with archiving(tmp_path, media_burst_5xx=1000, asset_copy_deadline_seconds=1.5) as running:
+        job = await archived(running, (await running.submit())["id"])
+        assert job["status"] == "succeeded"
+        error = job["output"]["archive_error"]
+        assert (error["code"], error["variant"]) == ("unreachable", "video")
+        assert "503" in error["message"]
+        assert job["output"]["assets"] == []
 
 
 async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
