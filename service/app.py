@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from service.api.content import job_content
 from service.api.context import AppContext, close_revoked_streams
 from service.api.docs import swagger_assets, swagger_plugin
 from service.api.endpoints import WebhookController
@@ -31,6 +32,8 @@ from service.api.ops import healthz, job_webhook, metrics, provider_webhook, rea
 from service.api.providers import list_providers
 from service.api.tokens import create_stream_token
 from service.api.usage import usage
+from service.assets import AssetStore, AssetUrls
+from service.assets.store import open_assets
 from service.circuits import Circuits, ProviderHealth
 from service.egress import Resolver, system_resolver
 from service.endpoints import Endpoints
@@ -38,7 +41,7 @@ from service.errors import ConfigError
 from service.events import EventLog
 from service.gateway import Gateway
 from service.hub import EventHub
-from service.loops import Deliverer, Dispatcher, Loop, Poller, Watcher
+from service.loops import Archiver, Deliverer, Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
 from service.providers.base import ProviderAdapter
@@ -98,6 +101,15 @@ def _wake_deliverer(runtime: Runtime, events: Sequence[EventRecord]) -> None:
     """Store listener: committed events that recorded deliveries wake the deliverer (they are due now)."""
     if any(event.deliveries for event in events):
         runtime.signals.deliveries.set()
+    if any(event.type == "job.succeeded" for event in events):
+        runtime.signals.archives.set()  # its outputs are queued for copying (storage.archives)
+
+
+async def _open_assets(settings: Settings, store: Store) -> tuple[AssetStore | None, AssetUrls]:
+    """The asset store (None: REELAY_ASSETS=off) and the signer of asset URLs, whose secret is
+    REELAY_ASSET_URL_SECRET or else one the database keeps for every replica."""
+    secret = settings.asset_url_secret or await store.server_secret("asset_urls", new_value=secrets.token_urlsafe(32))
+    return open_assets(settings), AssetUrls(secret.encode(), settings.public_url, settings.asset_url_ttl_seconds)
 
 
 def create_app(
@@ -134,6 +146,7 @@ def create_app(
             clock=clock or time.time,
             sqlite_synchronous=settings.sqlite_synchronous,
             first_delivery_delay=settings.webhook_retry_schedule[0],
+            archive=settings.assets != "off",
         )
         await the_store.open()
         if run_workers:
@@ -160,6 +173,7 @@ def create_app(
             monotonic=time.monotonic,
             providers=sorted({spec.provider for spec in models.values()}),
         )
+        assets, asset_urls = await _open_assets(settings, the_store)
         runtime = Runtime(
             settings=settings,
             store=the_store,
@@ -174,6 +188,8 @@ def create_app(
             signals=signals,
             health=circuits,
             rates=RateBudgets({name: p.rate_limit for name, p in settings.providers.items()}, the_store),
+            assets=assets,
+            asset_urls=asset_urls,
         )
         gateway = Gateway(runtime)
         the_store.add_listener(lambda events: _wake_deliverer(runtime, events))
@@ -198,6 +214,9 @@ def create_app(
             stream_tokens=StreamTokens(
                 await the_store.server_secret("stream_tokens", new_value=secrets.token_urlsafe(32)), runtime.clock
             ),
+            asset_store=assets,
+            asset_urls=asset_urls,
+            clock=runtime.clock,
         )
         # Every background loop: started here, cancelled on stop, then drained (a new loop joins this list).
         loops: list[Loop] = [Watcher("loop_lag", lambda: watch_loop_lag(app_metrics.loop_lag))]
@@ -207,6 +226,8 @@ def create_app(
                 Poller(runtime, gateway),
                 Deliverer(runtime, gateway, resolve=webhook_resolve),
             ]
+            if assets is not None:
+                loops.append(Archiver(runtime, gateway, resolve=webhook_resolve))
         if role != "worker":
             loops.append(Watcher("revoked_keys", lambda: close_revoked_streams(ctx)))
             loops.append(Watcher("stream_slots", ctx.limits.keep))
@@ -226,6 +247,8 @@ def create_app(
             with contextlib.suppress(StorageError):
                 await the_store.release_leases()
             await ctx.limits.close()
+            if assets is not None:
+                await assets.close()
             if http_client is None:
                 await client.aclose()
             if store is None:
@@ -237,6 +260,7 @@ def create_app(
         if role == "worker"
         else [
             JobController,
+            job_content,
             WebhookController,
             all_events,
             job_events,

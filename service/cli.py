@@ -20,7 +20,16 @@ from service.providers import ADAPTERS
 from service.settings import Settings
 from service.timestamps import to_iso
 from service.wire import encode_job
-from storage import ApiKeyRecord, BackupReport, StorageError, Store, SupportsBackup, create_store, migrations
+from storage import (
+    ApiKeyRecord,
+    BackupReport,
+    PruneCounts,
+    StorageError,
+    Store,
+    SupportsBackup,
+    create_store,
+    migrations,
+)
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -378,25 +387,56 @@ def restore(source: Path, yes: bool) -> None:
 
 
 @main.command(
-    help="Delete finished jobs (with their events and webhook deliveries), webhook receipts, idempotency keys and "
-    "test deliveries older than "
-    "REELAY_RETENTION_DAYS (or --days). Unfinished jobs are never deleted. Safe while the service runs."
+    help="Delete finished jobs (with their events, webhook deliveries and archived assets), webhook receipts, "
+    "idempotency keys and test deliveries older than REELAY_RETENTION_DAYS (or --days); and, with "
+    "REELAY_ASSET_RETENTION_DAYS, the archived assets of jobs completed longer ago than that (the jobs stay). "
+    "Unfinished jobs are never deleted. Safe while the service runs."
 )
 @click.option(
     "--days", type=click.IntRange(min=1), default=None, help="Retention in days (default REELAY_RETENTION_DAYS)."
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 def prune(days: int | None, dry_run: bool) -> None:
+    from service.assets.retention import deleting_assets, expire_assets
+    from service.assets.store import open_assets
+
     settings = _database_settings()
     days = days or settings.retention_days
-    if not days:
-        click.echo("retention is off (REELAY_RETENTION_DAYS unset or 0): nothing pruned; --days N prunes once")
+    asset_days = settings.asset_retention_days
+    if not days and not asset_days:
+        click.echo(
+            "retention is off (REELAY_RETENTION_DAYS and REELAY_ASSET_RETENTION_DAYS unset or 0): nothing pruned; "
+            "--days N prunes once"
+        )
         return
-    before = to_iso(time.time() - days * 86_400)
-    counts = _with_store(settings, lambda store: store.prunable(before) if dry_run else store.prune(before))
-    click.echo(f"{'dry run: would remove' if dry_run else 'removed'} what is older than {days} days ({before}):")
-    click.echo(f"  jobs:             {counts.jobs}")
-    click.echo(f"  events:           {counts.events}")
-    click.echo(f"  webhook receipts: {counts.webhook_receipts}")
-    click.echo(f"  idempotency keys: {counts.idempotency_keys}")
-    click.echo(f"  deliveries:       {counts.deliveries}")
+    now = time.time()
+    before = to_iso(now - days * 86_400) if days else None
+    assets_before = to_iso(now - asset_days * 86_400) if asset_days else None
+
+    async def work(store: Store) -> tuple[PruneCounts | None, int | None]:
+        assets = open_assets(settings)
+        try:
+            counts = None
+            if before is not None:
+                hook = deleting_assets(assets) if assets is not None else None
+                counts = await (store.prunable(before) if dry_run else store.prune(before, before_jobs_pruned=hook))
+            expired = None
+            if assets_before is not None:
+                expired = await expire_assets(store, assets, assets_before, at=to_iso(now), delete=not dry_run)
+            return counts, expired
+        finally:
+            if assets is not None:
+                await assets.close()
+
+    counts, expired = _with_store(settings, work)
+    done = "dry run: would remove" if dry_run else "removed"
+    if counts is not None:
+        click.echo(f"{done} what is older than {days} days ({before}):")
+        click.echo(f"  jobs:             {counts.jobs} (with their archived assets)")
+        click.echo(f"  events:           {counts.events}")
+        click.echo(f"  webhook receipts: {counts.webhook_receipts}")
+        click.echo(f"  idempotency keys: {counts.idempotency_keys}")
+        click.echo(f"  deliveries:       {counts.deliveries}")
+    if expired is not None:
+        click.echo(f"{done} the archived assets of jobs completed more than {asset_days} days ago ({assets_before}):")
+        click.echo(f"  jobs:             {expired} (kept, marked output.assets_expired_at)")

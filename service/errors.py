@@ -6,10 +6,13 @@ ServiceError
  │    │    └── WebhookRejected  400 invalid_request: a verified webhook whose body cannot be read
  │    ├── Unauthorized          401 unauthorized
  │    ├── PaymentRequired       402 budget_exhausted: the key's budget cannot take the job's estimate
+ │    ├── Forbidden             403 invalid_signature / url_expired: a signed asset URL that does not hold
  │    ├── NotFound              404 not_found
  │    ├── RequestTimeout        408 request_timeout
  │    ├── Conflict              409 conflict / idempotency_conflict / job_finished
+ │    ├── Gone                  410 asset_expired: the asset was deleted by REELAY_ASSET_RETENTION_DAYS
  │    ├── UnsupportedMediaType  415 unsupported_media_type
+ │    ├── RangeNotSatisfiable   416 range_not_satisfiable, with Content-Range: bytes */<size>
  │    ├── RateLimited           429 rate_limited / too_many_streams, with Retry-After
  │    ├── HeadersTooLarge       431 headers_too_large (written by the server's HTTP protocol, before the app runs)
  │    ├── ClientClosedRequest   499 client_closed_request (never sent: the client has gone; metrics and the log show it)
@@ -82,6 +85,11 @@ class PaymentRequired(ReelayError):
     code = "budget_exhausted"
 
 
+class Forbidden(ReelayError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ReelayError):
     status_code = 404
     code = "not_found"
@@ -95,6 +103,22 @@ class RequestTimeout(ReelayError):
 class Conflict(ReelayError):
     status_code = 409
     code = "conflict"
+
+
+class Gone(ReelayError):
+    status_code = 410
+    code = "gone"
+
+
+class RangeNotSatisfiable(ReelayError):
+    """A Range no byte of the object falls in; the answer names the object's `size` in Content-Range."""
+
+    status_code = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, details={"size": size})
+        self.size = size
 
 
 class UnsupportedMediaType(ReelayError):

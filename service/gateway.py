@@ -306,9 +306,10 @@ class Gateway:
         )
         return url, events
 
-    async def get_job(self, api_key_id: str, job_id: str) -> JobRecord:
+    async def get_job(self, api_key_id: str | None, job_id: str) -> JobRecord:
+        """One of the key's jobs; with no key (None), any job: the caller proved access otherwise (a signed URL)."""
         job = await self._store.get_job(job_id) if job_id.startswith("job_") else None
-        if job is None or job.api_key_id != api_key_id:
+        if job is None or (api_key_id is not None and job.api_key_id != api_key_id):
             raise NotFound(f"no job {job_id!r}")
         return job
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
 
+from service.assets import Asset
 from service.inline import shown_input
 from service.vocabulary import EVENT_TYPES, Status
 from storage import JobRecord
@@ -129,9 +131,36 @@ class Video(msgspec.Struct):
     thumbnail_url: str | None
 
 
+class ArchiveError(msgspec.Struct):
+    """The first output whose copy into the asset store failed for good (the others' copies are in `assets`)."""
+
+    code: Annotated[str, schema_doc(enum=["too_large", "content_type", "private_address", "expired", "unreachable"])]
+    message: str
+    variant: str
+    index: int
+
+
 class Output(msgspec.Struct):
     videos: list[Video]
     last_frame_url: str | None
+    assets: (
+        Annotated[
+            list[Asset],
+            schema_doc("the outputs copied into Reelay's asset store (absent until `job.archived`); `url` is signed"),
+        ]
+        | None
+    ) = None
+    archive_error: ArchiveError | None = None
+    assets_expired_at: (
+        Annotated[
+            str,
+            schema_doc(
+                "when REELAY_ASSET_RETENTION_DAYS deleted the archived `assets` (their content then answers 410)",
+                format="date-time",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class JobError(msgspec.Struct, omit_defaults=True):
@@ -209,10 +238,13 @@ class JobList(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-def job_view(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_view(
+    record: JobRecord, *, full_input: dict[str, Any] | None = None, signer: AssetSigner | None = None
+) -> dict[str, Any]:
     """The public job object as plain data (what the API returns and each event carries).
 
-    Its input shows data URIs as placeholders, unless `full_input` (the input with them) is given.
+    Its input shows data URIs as placeholders, unless `full_input` (the input with them) is given. With `signer`,
+    each archived asset's `url` is signed afresh (an event carries the one signed when the job was archived).
     """
     return {
         "id": record.id,
@@ -223,7 +255,7 @@ def job_view(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> 
         "input": shown_input(record.input) if full_input is None else full_input,
         "metadata": record.metadata,
         "provider_task_id": record.provider_task_id,
-        "output": record.output,
+        "output": record.output if signer is None else signed_output(record.id, record.output, signer),
         "error": record.error,
         "cost": {
             "credits_estimate": None,
@@ -239,5 +271,19 @@ def job_view(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> 
     }
 
 
-def encode_job(record: JobRecord, *, full_input: dict[str, Any] | None = None) -> bytes:
-    return _encode(job_view(record, full_input=full_input))
+def encode_job(
+    record: JobRecord, *, full_input: dict[str, Any] | None = None, signer: AssetSigner | None = None
+) -> bytes:
+    return _encode(job_view(record, full_input=full_input, signer=signer))
+
+
+AssetSigner = Callable[[str, str, int], str]
+"""A fresh signed URL of a job's asset: (job id, variant, index) -> url."""
+
+
+def signed_output(job_id: str, output: dict[str, Any] | None, signer: AssetSigner) -> dict[str, Any] | None:
+    """The output with each archived asset's `url` signed again, so a job read now shows URLs valid from now on."""
+    assets = output.get("assets") if output else None
+    if not output or not assets or output.get("assets_expired_at"):
+        return output
+    return {**output, "assets": [{**a, "url": signer(job_id, a["variant"], a["index"])} for a in assets]}

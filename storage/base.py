@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from storage.archives import ArchiveRecord
 from storage.health import CircuitPolicy, ProviderHealthRecord
 from storage.records import (
     ApiKeyRecord,
@@ -31,6 +32,7 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
+from storage.retention import BeforeJobsPruned
 
 JobEncoder = Callable[[JobRecord], bytes]
 """Turns a job into the JSON snapshot stored with each event (the service decides the shape)."""
@@ -188,8 +190,13 @@ class Store(Protocol):
     async def prunable(self, before: str) -> PruneCounts:
         """What `prune(before)` would remove now; removes nothing."""
 
-    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+    async def prune(
+        self, before: str, *, batch_size: int = 500, before_jobs_pruned: BeforeJobsPruned | None = None
+    ) -> PruneCounts:
         """Delete what is older than the ISO-8601 UTC timestamp `before`, and count it.
+
+        `before_jobs_pruned` is awaited with each batch's job ids before their rows go (their archived assets are
+        deleted by it).
 
         That is: finished jobs (stage TERMINAL) whose `completed_at` is older, with all their events;
         webhook receipts received before it; idempotency keys created before it; the caller webhook deliveries
@@ -197,6 +204,12 @@ class Store(Protocol):
         the events of kept jobs are never deleted. Each transaction removes at most `batch_size` jobs
         (or rows), so other writers wait for one batch at most, never for the whole pass.
         """
+
+    async def jobs_with_assets(
+        self, completed_before: str, *, after: tuple[str, str] = ("", ""), limit: int
+    ) -> list[tuple[str, str]]:
+        """(completed_at, id) of succeeded jobs completed before `completed_before` whose output names archived
+        `assets` and no `assets_expired_at`, in that order, strictly after `after` (a previous page's last)."""
 
     # -- caller webhooks -----------------------------------------------------------------------
     #
@@ -318,6 +331,24 @@ class Store(Protocol):
 
     async def jobs_in_flight(self) -> dict[str, int]:
         """Unfinished jobs (not terminal) per provider, from an index."""
+
+    # -- the archiver's queue (storage.archives) --------------------------------------------------
+    #
+    # A store made with `archive=True` queues, in the write that makes a job succeeded, one row holding what its
+    # output has to copy (`asset_items`). Leased like jobs; on a shared database each lease names this instance.
+
+    async def claim_archives(self, now: float, limit: int, lease_seconds: float) -> list[ArchiveRecord]:
+        """Lease up to `limit` pending archives due at `now`, oldest due first (SKIP LOCKED where shared)."""
+
+    async def renew_archive(self, job_id: str, until: float) -> None:
+        """Extend a pending archive's lease: a long copy is still under way."""
+
+    async def save_archive(self, job_id: str, items: list[dict[str, Any]], next_attempt_at: float) -> None:
+        """Keep the items' results so far, count an attempt, and release the lease until `next_attempt_at`."""
+
+    async def finish_archive(self, job_id: str, decide: Decide, items: list[dict[str, Any]]) -> UpdateOutcome:
+        """`update_job(job_id, decide)` and, in the same transaction, mark the archive done with `items`.
+        Raises JobNotFound when the job is gone (pruned: its archive went with it)."""
 
     async def server_secret(self, name: str, *, new_value: str) -> str:
         """The service's secret called `name`: `new_value` stored if there is none yet, else the one stored first

@@ -10,6 +10,23 @@ from storage.records import PruneCounts, Stage
 PruneBatch = Callable[[], Awaitable[tuple[int, PruneCounts]]]
 """Deletes up to one batch of rows in a transaction of its own: (rows the batch took, what it removed)."""
 
+BeforeJobsPruned = Callable[[list[str]], Awaitable[None]]
+"""Called with a batch's job ids before their rows are deleted (their archived assets go first, so a crash between
+the two leaves jobs that the next prune finds again, never files that no job names)."""
+
+
+def with_assets_before(cutoff: str, after: tuple[str, str], json_type: str) -> str:
+    """SQL for the succeeded jobs completed before `cutoff` whose output names archived assets not yet expired,
+    after the (completed_at, id) placeholders `after`; `json_type` is the backend's JSON type function of a path."""
+    return (
+        f"stage = {int(Stage.TERMINAL)} AND completed_at < {cutoff} AND (completed_at, id) > ({after[0]}, {after[1]}) "
+        f"AND status = 'succeeded' AND {json_type.format(path='assets')} = 'array' "
+        f"AND {json_type.format(path='assets_expired_at')} IS NULL"
+    )
+
+
+"""Deletes up to one batch of rows in a transaction of its own: (rows the batch took, what it removed)."""
+
 
 def finished_before(cutoff: str) -> str:
     """SQL for the jobs a prune removes: finished before the time the placeholder `cutoff` binds."""

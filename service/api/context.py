@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from service.api.limits import KeyLimits
+    from service.assets import AssetStore, AssetUrls
     from service.endpoints import Endpoints
     from service.events import EventLog
     from service.gateway import Gateway
@@ -49,6 +51,10 @@ class AppContext:
     # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
     key_cache: dict[str, tuple[ApiKeyRecord, float]] = field(default_factory=dict)
     key_cache_seconds: float = 5.0
+    # The archived outputs (None: REELAY_ASSETS=off), the signer of their URLs, and the wall clock that signs them.
+    asset_store: AssetStore | None = None
+    asset_urls: AssetUrls | None = None
+    clock: Callable[[], float] = time.time
 
 
 def context(request: Request[Any, Any, Any]) -> AppContext:

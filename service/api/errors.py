@@ -17,7 +17,7 @@ from litestar.openapi.spec import Example, OpenAPIHeader, OpenAPIResponse, Opera
 from litestar.openapi.spec.enums import OpenAPIType
 
 from reelay_signing import SignatureError
-from service.errors import RateLimited, ReelayError
+from service.errors import RangeNotSatisfiable, RateLimited, ReelayError
 from storage import QueryRejected, StorageUnavailable
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ class ErrorBody(msgspec.Struct):
         str,
         msgspec.Meta(
             description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
-            "invalid_token, token_expired, invalid_signature, budget_exhausted, not_found, method_not_allowed, "
-            "request_timeout, conflict, "
+            "invalid_token, token_expired, invalid_signature, url_expired, budget_exhausted, not_found, asset_expired, "
+            "range_not_satisfiable, method_not_allowed, request_timeout, conflict, "
             "idempotency_conflict, job_finished, invalid_webhook_url, too_many_endpoints, endpoint_disabled, "
             "endpoint_deleted, payload_too_large, headers_too_large, unsupported_media_type, rate_limited, "
             "too_many_streams, unavailable, schema_outdated, disk_full, internal_error",
@@ -70,9 +70,15 @@ ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
         "The API key's budget cannot take this job's estimate: `details` has the `unit`, `limit`, `spent`, "
         "`reserved`, `estimate`, `period` and `resets_at`",
     ),
+    403: (
+        "invalid_signature",
+        "A signed URL whose signature does not match (`invalid_signature`) or has expired (`url_expired`)",
+    ),
     404: ("not_found", "No such job for this API key"),
     409: ("conflict", "Conflict with the job's current state"),
     413: ("payload_too_large", "The request body is larger than the configured limit"),
+    410: ("asset_expired", "The asset was deleted after REELAY_ASSET_RETENTION_DAYS; the job is kept"),
+    416: ("range_not_satisfiable", "No byte of the asset is in the requested Range; `Content-Range` names its size"),
     415: ("unsupported_media_type", "The request body is not declared as JSON"),
     429: ("rate_limited", "Too many requests for this API key (`rate_limited`); retry after `Retry-After` seconds"),
     503: ("unavailable", "The database is unavailable; retry later"),
@@ -142,6 +148,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     what each one becomes."""
     if isinstance(exc, RateLimited):
         return _response(exc.status_code, error_content(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+    if isinstance(exc, RangeNotSatisfiable):
+        return _response(416, error_content(exc), {"Content-Range": f"bytes */{exc.size}"})
     if isinstance(exc, ReelayError):
         return _response(exc.status_code, error_content(exc))
     if isinstance(exc, SignatureError):

@@ -16,6 +16,7 @@ from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from service.api.body import require_json, strict
+from service.api.content import asset_signer
 from service.api.context import authenticate, context
 from service.api.errors import ApiOperation, error_responses
 from service.api.openapi import SECURITY, text_param
@@ -23,7 +24,7 @@ from service.api.query import QUERY_FAMILIES, key_then_query
 from service.errors import InvalidRequest
 from service.gateway import Gateway
 from service.vocabulary import STATUSES
-from service.wire import MAX_METADATA_KEYS, Job, JobCreate, JobList, encode_job
+from service.wire import MAX_METADATA_KEYS, AssetSigner, Job, JobCreate, JobList, encode_job
 from storage import ApiKeyRecord, JobFilter, JobRecord
 
 _encode = msgspec.json.Encoder().encode
@@ -164,16 +165,16 @@ class JobController(Controller):
         gateway = context(request).gateway
         # The first chunk is read before the headers go out, so a bad cursor or a database outage is still a 4xx/5xx.
         page, next_cursor = await gateway.list_jobs(caller.id, filters, min(limit, _LIST_CHUNK), cursor)
-        chunks = _job_list(gateway, caller.id, filters, limit, page, next_cursor)
+        chunks = _job_list(gateway, caller.id, filters, limit, page, next_cursor, asset_signer(context(request)))
         return Stream(chunks, media_type=MediaType.JSON)  # type: ignore[return-value]  # documented as JobList
 
     @get("/{job_id:str}", summary="Get a job", responses=_JOB_RESPONSES, operation_class=ApiOperation)
     async def get_job(
         self, request: Request[Any, Any, Any], caller: NamedDependency[ApiKeyRecord], job_id: FromPath[str]
     ) -> Response[Job]:
-        gateway = context(request).gateway
-        job = await gateway.get_job(caller.id, job_id)
-        return _json(encode_job(job, full_input=await gateway.full_input(job)))
+        ctx = context(request)
+        job = await ctx.gateway.get_job(caller.id, job_id)
+        return _json(encode_job(job, full_input=await ctx.gateway.full_input(job), signer=asset_signer(ctx)))
 
     @post(
         "/{job_id:str}/cancel",
@@ -195,7 +196,13 @@ class JobController(Controller):
 
 
 async def _job_list(
-    gateway: Gateway, api_key_id: str, filters: JobFilter, limit: int, page: list[JobRecord], next_cursor: str | None
+    gateway: Gateway,
+    api_key_id: str,
+    filters: JobFilter,
+    limit: int,
+    page: list[JobRecord],
+    next_cursor: str | None,
+    signer: AssetSigner | None,
 ) -> AsyncIterator[bytes]:
     """A list page as `{"data": [...], "next_cursor": ...}`, read and sent `_LIST_CHUNK` jobs at a time: the next
     chunk is read only once the server took the previous one, so a client that stops reading holds one chunk."""
@@ -203,7 +210,7 @@ async def _job_list(
     sent = 0
     while True:
         if page:
-            yield (b"," if sent else b"") + b",".join(encode_job(j) for j in page)
+            yield (b"," if sent else b"") + b",".join(encode_job(j, signer=signer) for j in page)
         sent += len(page)
         if next_cursor is None or sent >= limit:
             break

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage import health, migrations, webhooks, writes
+from storage import archives, health, migrations, webhooks, writes
 from storage.base import Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageUnavailable, TaskTaken
 from storage.leases import due_for_dispatch, due_for_poll
@@ -39,7 +39,13 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
-from storage.retention import KEY_EVENTS_BEFORE, finished_before, prune_in_batches
+from storage.retention import (
+    KEY_EVENTS_BEFORE,
+    BeforeJobsPruned,
+    finished_before,
+    prune_in_batches,
+    with_assets_before,
+)
 from storage.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
@@ -80,8 +86,10 @@ _COST_SUMS = ", ".join(
     for field in COST_FIELDS
 )
 _FINISHED_BEFORE = finished_before("$1")
+_WITH_ASSETS_BEFORE = with_assets_before("$1", ("$2", "$3"), "json_typeof(output -> '{path}')")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="$1")
 _RELEASE_DELIVERIES = webhooks.release_sql("$1")
+_RELEASE_ARCHIVES = archives.release_sql("$1")
 _KEY_EVENTS_BEFORE = KEY_EVENTS_BEFORE.format(cutoff="$1")
 _PRUNE_KEY_EVENTS = f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_KEY_EVENTS_BEFORE} LIMIT $2)"
 _DELETE_ATTEMPTS = "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE {where})"
@@ -113,7 +121,9 @@ class _Params:
         return f"${len(self.values)}"
 
 
-class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods, SecretMethods):
+class PostgresStore(
+    webhooks.WebhookMethods, health.HealthMethods, LimitMethods, SecretMethods, archives.ArchiveMethods
+):
     """The storage contract on a PostgreSQL database that several processes may share.
 
     Jobs are leased with `FOR UPDATE SKIP LOCKED`, so two workers never hold the same job; each lease records
@@ -139,9 +149,11 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
         max_connections: int = 10,
         timeout: float = 30.0,
         first_delivery_delay: float = 0.0,
+        archive: bool = False,
     ) -> None:
         self._dsn = dsn
         self._first_delivery_delay = first_delivery_delay
+        self._archive = archive
         self._encode_job = encode_job
         self._clock = clock
         self._min_connections = min_connections
@@ -280,7 +292,9 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
         logged: list[EventRecord] = []
         async with self._connection() as conn:
             async with conn.transaction():
-                yield PostgresSteps(conn, logged, self._encode_job, self._clock, self._first_delivery_delay)
+                yield PostgresSteps(
+                    conn, logged, self._encode_job, self._clock, self._first_delivery_delay, self._archive
+                )
             if logged and self._feed is not None:
                 await self._feed.committed(conn, logged)
 
@@ -402,6 +416,11 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
             owner = await self.find_job_by_task(taken.provider, taken.provider_task_id)
             raise TaskTaken(taken.provider, taken.provider_task_id, None if owner is None else owner.id) from None
 
+    async def finish_archive(self, job_id: str, decide: Decide, items: list[dict[str, Any]]) -> UpdateOutcome:
+        received_at = iso_timestamp(self._clock())
+        async with self._write() as steps:
+            return await writes.finish_archive(steps, job_id, decide, items, received_at)
+
     # -- outbox and polling ------------------------------------------------------------------
 
     async def _claim(
@@ -437,7 +456,8 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
                 self.lease_owner,
             )
             deliveries = await conn.execute(_RELEASE_DELIVERIES, self.lease_owner)
-        return _row_count(status) + _row_count(deliveries)
+            copies = await conn.execute(_RELEASE_ARCHIVES, self.lease_owner)
+        return _row_count(status) + _row_count(deliveries) + _row_count(copies)
 
     # -- events and usage --------------------------------------------------------------------
 
@@ -511,7 +531,9 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
             jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys, deliveries=deliveries + tests
         )
 
-    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+    async def prune(
+        self, before: str, *, batch_size: int = 500, before_jobs_pruned: BeforeJobsPruned | None = None
+    ) -> PruneCounts:
         async def rows(sql: str) -> int:
             async with self._connection() as conn:
                 return _row_count(await conn.execute(sql, before, batch_size))
@@ -533,6 +555,8 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
                 ids = [row[0] for row in found]
                 if not ids:
                     return 0, PruneCounts()
+                if before_jobs_pruned is not None:  # the rows stay locked (SKIP LOCKED keeps other prunes off them)
+                    await before_jobs_pruned(ids)
                 events = _row_count(await conn.execute("DELETE FROM events WHERE job_id = ANY($1::text[])", ids))
                 of_jobs = "job_id = ANY($1::text[])"
                 await conn.execute(_DELETE_ATTEMPTS.format(where=of_jobs), ids)
@@ -560,3 +584,14 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
         return await prune_in_batches(
             batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests
         )
+
+    async def jobs_with_assets(
+        self, completed_before: str, *, after: tuple[str, str] = ("", ""), limit: int
+    ) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            f"SELECT completed_at, id FROM jobs WHERE {_WITH_ASSETS_BEFORE} ORDER BY completed_at, id LIMIT $4",
+            completed_before,
+            *after,
+            limit,
+        )
+        return [(row[0], row[1]) for row in rows]

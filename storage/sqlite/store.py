@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from storage import health, migrations, webhooks, writes
+from storage import archives, health, migrations, webhooks, writes
 from storage.base import BackupProgress, Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageError, StorageUnavailable
 from storage.leases import due_for_dispatch, due_for_poll
@@ -32,7 +32,13 @@ from storage.records import (
     UpdateOutcome,
     UsageRow,
 )
-from storage.retention import KEY_EVENTS_BEFORE, finished_before, prune_in_batches
+from storage.retention import (
+    KEY_EVENTS_BEFORE,
+    BeforeJobsPruned,
+    finished_before,
+    prune_in_batches,
+    with_assets_before,
+)
 from storage.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
@@ -64,8 +70,10 @@ _COST_SUMS = ", ".join(
     for field in COST_FIELDS
 )
 _FINISHED_BEFORE = finished_before("?")
+_WITH_ASSETS_BEFORE = with_assets_before("?", ("?", "?"), "json_type(output, '$.{path}')")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="?")
 _RELEASE_DELIVERIES = webhooks.release_sql(None)
+_RELEASE_ARCHIVES = archives.release_sql(None)
 _SELECT_BUDGET = sqlite_dialect(SELECT_BUDGET)
 _KEY_EVENTS_BEFORE = KEY_EVENTS_BEFORE.format(cutoff="?")
 _PRUNE_KEY_EVENTS = f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_KEY_EVENTS_BEFORE} LIMIT ?)"
@@ -83,7 +91,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
+class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, archives.ArchiveMethods):
     """The storage contract on one SQLite file.
 
     Writes go through one connection (GroupCommitWriter), so commit order is event-id order and listeners
@@ -101,9 +109,11 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         clock: Clock,
         synchronous: str = "FULL",
         first_delivery_delay: float = 0.0,
+        archive: bool = False,
     ) -> None:
         self._path = str(path)
         self._first_delivery_delay = first_delivery_delay
+        self._archive = archive
         self._encode_job = encode_job
         self._clock = clock
         self._synchronous = synchronous
@@ -203,7 +213,8 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         """Run a shared write (storage.writes) with SQLite's steps, in the writer's next group commit."""
 
         def work(db: sqlite3.Connection, logged: list[EventRecord]) -> T:
-            return run_to_end(write(SqliteSteps(db, logged, self._encode_job, self._clock, self._first_delivery_delay)))
+            steps = SqliteSteps(db, logged, self._encode_job, self._clock, self._first_delivery_delay, self._archive)
+            return run_to_end(write(steps))
 
         return await self._writer.run(work)
 
@@ -324,6 +335,10 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         received_at = iso_timestamp(self._clock())
         return await self._write(lambda steps: writes.update_job(steps, job_id, decide, receipt, received_at))
 
+    async def finish_archive(self, job_id: str, decide: Decide, items: list[dict[str, Any]]) -> UpdateOutcome:
+        received_at = iso_timestamp(self._clock())
+        return await self._write(lambda steps: writes.finish_archive(steps, job_id, decide, items, received_at))
+
     # -- outbox and polling ------------------------------------------------------------------
 
     async def _claim(
@@ -363,7 +378,8 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         async with self._writer.transaction() as conn:
             cursor = await conn.execute("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
             deliveries = await conn.execute(_RELEASE_DELIVERIES)
-            return cursor.rowcount + deliveries.rowcount
+            copies = await conn.execute(_RELEASE_ARCHIVES)
+            return cursor.rowcount + deliveries.rowcount + copies.rowcount
 
     # -- events and usage --------------------------------------------------------------------
 
@@ -439,7 +455,9 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
             jobs=jobs, events=events, webhook_receipts=receipts, idempotency_keys=keys, deliveries=deliveries + tests
         )
 
-    async def prune(self, before: str, *, batch_size: int = 500) -> PruneCounts:
+    async def prune(
+        self, before: str, *, batch_size: int = 500, before_jobs_pruned: BeforeJobsPruned | None = None
+    ) -> PruneCounts:
         async def rows(table: str, column: str) -> int:
             async with self._writer.transaction() as conn:
                 cursor = await conn.execute(
@@ -457,11 +475,16 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
             return removed, PruneCounts(webhook_receipts=removed)
 
         async def jobs() -> tuple[int, PruneCounts]:
+            if before_jobs_pruned is not None:  # outside the write lock: it may take a while (an S3 bucket)
+                found = await self._read(f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size))
+                if ids := [row[0] for row in found]:
+                    await before_jobs_pruned(ids)
             async with self._writer.transaction() as conn:
-                found = await conn.execute_fetchall(
-                    f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
-                )
-                ids = [row[0] for row in found]
+                if before_jobs_pruned is None:
+                    found = await conn.execute_fetchall(
+                        f"SELECT id FROM jobs WHERE {_FINISHED_BEFORE} LIMIT ?", (before, batch_size)
+                    )
+                    ids = [row[0] for row in found]
                 if not ids:
                     return 0, PruneCounts()
                 marks = ", ".join("?" * len(ids))
@@ -481,6 +504,15 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         return await prune_in_batches(
             batch_size, self.prune_pause, keys=keys, receipts=receipts, jobs=jobs, tests=tests
         )
+
+    async def jobs_with_assets(
+        self, completed_before: str, *, after: tuple[str, str] = ("", ""), limit: int
+    ) -> list[tuple[str, str]]:
+        rows = await self._read(
+            f"SELECT completed_at, id FROM jobs WHERE {_WITH_ASSETS_BEFORE} ORDER BY completed_at, id LIMIT ?",
+            (completed_before, *after, limit),
+        )
+        return [(row[0], row[1]) for row in rows]
 
     # -- backup and restore ------------------------------------------------------------------
 
