@@ -18,6 +18,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.context import AppContext, close_revoked_streams
+from service.api.dashboard import dashboard_routes
 from service.api.docs import swagger_assets, swagger_plugin
 from service.api.endpoints import WebhookController
 from service.api.errors import handle_exception
@@ -28,6 +29,7 @@ from service.api.middleware import RequestContextMiddleware, add_security_header
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.providers import list_providers
+from service.api.sessions import SECRET_NAME, Sessions
 from service.api.usage import usage
 from service.circuits import Circuits, ProviderHealth
 from service.egress import Resolver, system_resolver
@@ -36,6 +38,7 @@ from service.errors import ConfigError
 from service.events import EventLog
 from service.gateway import Gateway
 from service.hub import EventHub
+from service.ids import new_token
 from service.loops import Deliverer, Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
@@ -171,6 +174,11 @@ def create_app(
             ),
             rng=runtime.rng,
             monotonic=runtime.monotonic,
+            sessions=Sessions(
+                await the_store.server_secret(SECRET_NAME, new_value=new_token()),
+                settings.dashboard_session_seconds,
+                runtime.clock,
+            ),
         )
         # Every background loop: started here, cancelled on stop, then drained (a new loop joins this list).
         loops: list[Loop] = [Watcher("loop_lag", lambda: watch_loop_lag(app_metrics.loop_lag))]
@@ -217,6 +225,7 @@ def create_app(
             usage,
             provider_webhook,
             job_webhook,
+            *dashboard_routes(),
         ]
     )
     app = Litestar(

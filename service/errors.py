@@ -6,6 +6,7 @@ ServiceError
  │    │    └── WebhookRejected  400 invalid_request: a verified webhook whose body cannot be read
  │    ├── Unauthorized          401 unauthorized
  │    ├── PaymentRequired       402 budget_exhausted: the key's budget cannot take the job's estimate
+ │    ├── Forbidden             403 csrf_failed: a dashboard session's unsafe request without its CSRF value
  │    ├── NotFound              404 not_found
  │    ├── RequestTimeout        408 request_timeout
  │    ├── Conflict              409 conflict / idempotency_conflict / job_finished
@@ -80,6 +81,11 @@ class Unauthorized(ReelayError):
 class PaymentRequired(ReelayError):
     status_code = 402
     code = "budget_exhausted"
+
+
+class Forbidden(ReelayError):
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ReelayError):
