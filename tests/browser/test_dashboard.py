@@ -1,0 +1,177 @@
+"""The dashboard in a real Chromium against a real `reelay serve`: sign in and out, a job's row appearing and
+finishing live, its video playing, cancelling from its page, and every page loading nothing from another host."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from sandbox import SandboxKnobs
+from tests.browser.conftest import KNOBS
+from tests.browser.driver import TERMINAL, Dashboard, Tab
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+SLOW = SandboxKnobs(processing_after_s=0.2, complete_after_s=120)  # a job that stays processing while we look
+
+
+def archived_video(job: dict[str, Any]) -> dict[str, Any] | None:
+    assets = (job["output"] or {}).get("assets") or []
+    return next((a for a in assets if a["variant"] == "video"), None)
+
+
+async def open_job(dashboard: Dashboard, tab: Tab, job_id: str) -> None:
+    await tab.page.goto(f"{dashboard.url}/dashboard#/jobs/{job_id}")
+    await tab.page.locator(".summary").wait_for()
+
+
+async def test_sign_in_with_an_api_key_then_sign_out(dashboard: Dashboard, tmp_path: Path) -> None:
+    async with dashboard.tab(tmp_path, signed_in=False) as tab:
+        page = tab.page
+        await page.get_by_label("API key").fill("rlk_0000000000000000_wrong")
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("alert").filter(has_text="not valid").wait_for()
+
+        await dashboard.sign_in(page)
+        await page.get_by_role("heading", name="Jobs").wait_for()
+        cookie = next(c for c in await page.context.cookies() if c["name"] == "reelay_session")
+        assert cookie["httpOnly"] is True
+        assert cookie["sameSite"] == "Strict"
+        assert "reelay_session" not in await page.evaluate("document.cookie")  # out of scripts' reach
+
+        await page.get_by_role("button", name="Sign out").click()
+        await page.get_by_label("API key").wait_for()
+        assert not [c for c in await page.context.cookies() if c["name"] == "reelay_session"]
+        answer = await page.evaluate("fetch('/v1/jobs').then(r => r.status)")
+        assert answer == 401
+
+
+async def test_a_job_submitted_through_the_api_appears_and_succeeds_without_a_reload(
+    dashboard: Dashboard, tmp_path: Path
+) -> None:
+    async with dashboard.tab(tmp_path) as tab:
+        page = tab.page
+        await page.locator("#live.on").wait_for()  # the event stream is open
+        await page.locator("#jobs-body tr").first.wait_for()  # the first page has been read
+        await page.evaluate("window.stayed = true")  # gone if the page reloads
+
+        job = await dashboard.submit(metadata={"shot": "live"})
+        row = page.locator(f'#jobs-body tr[data-job-id="{job["id"]}"]')
+        await row.wait_for()
+        await page.locator(f'#jobs-body tr[data-job-id="{job["id"]}"][data-status="succeeded"]').wait_for()
+        assert await row.locator(".status").inner_text() == "succeeded"
+        assert await page.evaluate("window.stayed") is True
+        assert (await dashboard.job(job["id"]))["status"] == "succeeded"
+
+
+async def test_the_job_page_plays_its_video(dashboard: Dashboard, tmp_path: Path) -> None:
+    """The archived copy when Reelay archives outputs (it must then be that copy); otherwise the provider's URL."""
+    job = await dashboard.submit()
+    if await dashboard.archives():
+        job = await dashboard.wait_for(job["id"], lambda j: archived_video(j) is not None or j["status"] != "succeeded")
+        asset = archived_video(job)
+        assert asset is not None, job
+        expected = urlsplit(asset["url"]).path
+    else:
+        job = await dashboard.wait_for(job["id"], lambda j: j["status"] in TERMINAL)
+        expected = job["output"]["videos"][0]["url"]
+        try:
+            await dashboard.client.get(expected, headers={"Range": "bytes=0-1"})
+        except httpx.TransportError:
+            pytest.skip(f"this Reelay archives no output and the emulator serves no video at {expected}")
+    async with dashboard.tab(tmp_path) as tab:
+        await open_job(dashboard, tab, job["id"])
+        await tab.page.wait_for_function("document.querySelector('#video')?.readyState >= 2")
+        src = await tab.page.locator("#video").get_attribute("src")
+        assert src is not None
+        if expected.startswith("/"):  # the archived copy, from Reelay itself, freshly signed
+            assert src.startswith(dashboard.url + expected), src
+            assert parse_qs(urlsplit(src).query)["variant"] == ["video"]
+        else:
+            assert src == expected
+
+
+async def test_cancel_a_job_from_its_page(dashboard: Dashboard, tmp_path: Path) -> None:
+    async with dashboard.knobs(SLOW), dashboard.tab(tmp_path) as tab:
+        job = await dashboard.submit()
+        await dashboard.wait_for(job["id"], lambda j: j["provider_task_id"] is not None)
+        await open_job(dashboard, tab, job["id"])
+        await tab.page.get_by_role("button", name="Cancel job").click()
+        await tab.page.locator('.summary [data-status="cancelled"]').wait_for()
+        await tab.page.locator('#timeline [data-type="job.cancelled"]').wait_for()
+        assert await tab.page.get_by_role("button", name="Cancel job").is_hidden()
+    assert (await dashboard.job(job["id"]))["status"] == "cancelled"
+
+
+async def test_no_page_requests_anything_from_another_host(dashboard: Dashboard, tmp_path: Path) -> None:
+    """Every file and call of every page is Reelay's own (no CDN); the strict CSP is never violated."""
+    if await dashboard.archives():  # its video is Reelay's archived copy
+        job = await dashboard.submit()
+        await dashboard.wait_for(job["id"], lambda j: archived_video(j) is not None or j["status"] in TERMINAL)
+    else:  # the provider's URL would be another host: a job without output yet
+        async with dashboard.knobs(SLOW):
+            job = await dashboard.submit()
+            await dashboard.wait_for(job["id"], lambda j: j["provider_task_id"] is not None)
+    async with dashboard.tab(tmp_path) as tab:
+        page = tab.page
+        violations: list[str] = []
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        await page.goto(f"{dashboard.url}/dashboard#/jobs?status=succeeded")
+        await page.locator("#jobs-body tr").first.wait_for()
+        await open_job(dashboard, tab, job["id"])
+        for name, ready in (("Usage", ".chart"), ("Providers", "#providers"), ("Webhooks", "#page form")):
+            await page.get_by_role("link", name=name).click()
+            await page.locator(ready).first.wait_for()
+        async with page.expect_request(f"{dashboard.url}/v1/providers"):
+            await page.get_by_role("link", name="Providers").click()
+        strangers = [url for url in tab.requests if not url.startswith(f"{dashboard.url}/") and url != "data:,"]
+        assert strangers == []
+        assert f"{dashboard.url}/dashboard/static/app.js" in tab.requests
+        assert f"{dashboard.url}/v1/events" in tab.requests
+        assert violations == []
+
+
+async def test_a_failing_browser_test_saves_a_screenshot_and_names_it(dashboard: Dashboard, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError) as failure:
+        async with dashboard.tab(tmp_path, signed_in=False) as tab:
+            assert await tab.page.title() == "another page"
+    shot = tmp_path / "failure.png"
+    assert f"screenshot of the page: {shot}" in str(failure.value)
+    assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.skipif(not os.environ.get("REELAY_SCREENSHOTS"), reason="set REELAY_SCREENSHOTS=<dir> to take them")
+async def test_screenshots_of_the_jobs_and_job_pages(dashboard: Dashboard, tmp_path: Path) -> None:
+    """The README's pictures: `REELAY_SCREENSHOTS=docs pytest tests/browser -k screenshots`."""
+    folder = Path(os.environ["REELAY_SCREENSHOTS"])
+    jobs = [
+        await dashboard.submit(
+            model=model, input={"prompt": prompt, "resolution": "480p"}, metadata={"campaign": "spring"}
+        )
+        for model, prompt in [
+            ("seedancee2/fast", "a paper boat on a rainy street"),
+            ("seedancee2/pro", "drone shot over a glacier at dawn"),
+            ("seedancee2/fast", "a cat chasing a laser pointer"),
+            ("seedancee2/pro", "timelapse of a city at night"),
+        ]
+    ]
+    archives = await dashboard.archives()
+    for job in jobs:
+        await dashboard.wait_for(
+            job["id"], lambda j: (archived_video(j) is not None) if archives else j["status"] in TERMINAL
+        )
+    async with dashboard.knobs(SLOW), dashboard.tab(tmp_path) as tab:
+        slow = await dashboard.submit(input={"prompt": "a slow pan across a library", "resolution": "480p"})
+        await dashboard.wait_for(slow["id"], lambda j: j["provider_task_id"] is not None)
+        await tab.page.locator("#live.on").wait_for()
+        await tab.page.locator(f'#jobs-body tr[data-job-id="{slow["id"]}"]').wait_for()
+        await tab.page.screenshot(path=str(folder / "dashboard-jobs.png"))
+        await open_job(dashboard, tab, jobs[1]["id"])
+        if archives:
+            await tab.page.wait_for_function("document.querySelector('#video')?.readyState >= 2")
+        await tab.page.screenshot(path=str(folder / "dashboard-job.png"), full_page=True)
