@@ -22,7 +22,9 @@ JOB = {"model": "seedancee2/pro", "input": {"prompt": "a lighthouse at dusk", "d
 
 
 async def sign_in(s: Stack, key: str | None = None, **headers: str) -> httpx.Response:
-    response = await s.client.post(f"{s.url}/dashboard/session", data={"api_key": s.key if key is None else key}, headers=headers)
+    response = await s.client.post(
+        f"{s.url}/dashboard/session", data={"api_key": s.key if key is None else key}, headers=headers
+    )
     s.client.cookies.clear()  # each test sends the cookie it means to, as a header
     return response
 

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from sandbox import SandboxKnobs
-from tests.browser.conftest import KNOBS
 from tests.browser.driver import TERMINAL, Dashboard, Tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
