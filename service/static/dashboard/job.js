@@ -2,7 +2,7 @@
 // own stream), provider attempts, webhook deliveries with resend, and cancel.
 import { get, post } from "./api.js";
 import { h, money, notice, pre, statusBadge, table, when } from "./dom.js";
-import { jobStream, onEvent } from "./live.js";
+import { jobStream, onEvent, onOpen } from "./live.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
@@ -198,7 +198,9 @@ export function renderJob(root, jobId) {
     if (event.job && (!job || event.job.updated_at > job.updated_at)) show(event.job);
     if (event.type !== "job.created") loadDeliveries();
   });
-  // After its terminal event a job's own stream ends; later events (job.archived) come on the shared stream.
+  // After its terminal event a job's own stream ends; later events (job.archived) come on the shared stream, and
+  // what happened before that stream (re)opened comes from a fresh read.
+  const stopReloading = onOpen(() => refresh());
   const unsubscribe = onEvent((event) => {
     if (!event.job || event.job.id !== jobId) return;
     addEvent(event);
@@ -220,6 +222,7 @@ export function renderJob(root, jobId) {
   loadDeliveries();
   return () => {
     closeStream();
+    stopReloading();
     unsubscribe();
   };
 }

@@ -2,7 +2,7 @@
 // and kept live by the shared event stream: new jobs appear on the first page and rows change status in place.
 import { ApiError, get } from "./api.js";
 import { h, money, notice, statusBadge, table, when } from "./dom.js";
-import { onEvent } from "./live.js";
+import { onEvent, onOpen } from "./live.js";
 
 const PAGE_SIZE = 50;
 const STATUSES = ["", "queued", "processing", "succeeded", "failed", "cancelled"];
@@ -76,6 +76,7 @@ export function renderJobs(root, filters) {
   const older = h("button", { type: "button", id: "older" }, "Older →");
   const newer = h("button", { type: "button", id: "newer" }, "← Newer");
   let nextCursor = null;
+  let loads = 0; // only the latest read may fill the table
 
   const search = h(
     "form",
@@ -106,8 +107,10 @@ export function renderJobs(root, filters) {
 
   async function load() {
     const cursor = cursors[cursors.length - 1];
+    const mine = ++loads;
     try {
       const page = await get(listPath(filters, cursor));
+      if (mine !== loads) return;
       body.replaceChildren(...page.data.map(jobRow));
       if (!page.data.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No jobs.")));
       nextCursor = page.next_cursor;
@@ -127,7 +130,9 @@ export function renderJobs(root, filters) {
     load();
   });
 
-  const unsubscribe = onEvent((event) => {
+  // Jobs created before the stream opened reach the table by a read after it opened.
+  const stopReloading = onOpen(() => load());
+  const stopListening = onEvent((event) => {
     const job = event.job;
     if (!job) return;
     const row = body.querySelector(`tr[data-job-id="${CSS.escape(job.id)}"]`);
@@ -151,5 +156,8 @@ export function renderJobs(root, filters) {
   );
   root.querySelector("#jobs tbody").replaceWith(body);
   load();
-  return unsubscribe;
+  return () => {
+    stopReloading();
+    stopListening();
+  };
 }

@@ -15,6 +15,7 @@ export const EVENT_TYPES = [
 export const TERMINAL_EVENTS = new Set(["job.succeeded", "job.failed", "job.cancelled"]);
 
 const listeners = new Set();
+const openers = new Set();
 let source = null;
 
 function setIndicator(open) {
@@ -27,7 +28,10 @@ function setIndicator(open) {
 export function startLive() {
   if (source) return;
   source = new EventSource("/v1/events");
-  source.addEventListener("open", () => setIndicator(true));
+  source.addEventListener("open", () => {
+    setIndicator(true);
+    for (const fn of openers) fn();
+  });
   source.addEventListener("error", () => setIndicator(source && source.readyState === EventSource.OPEN));
   for (const type of EVENT_TYPES) {
     source.addEventListener(type, (message) => {
@@ -47,6 +51,12 @@ export function stopLive() {
 export function onEvent(fn) {
   listeners.add(fn);
   return () => listeners.delete(fn);
+}
+
+// fn() each time the stream (re)opens: what happened before it opened comes from a fresh read, not the stream.
+export function onOpen(fn) {
+  openers.add(fn);
+  return () => openers.delete(fn);
 }
 
 // A job's own stream: its past events, then live ones, up to its terminal event (then closed, not resumed).
