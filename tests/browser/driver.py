@@ -24,10 +24,11 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 @dataclass
 class Tab:
-    """A page in its own browser context (its own cookies), and every URL it requested."""
+    """A page in its own browser context (its own cookies), every URL it requested, and its script errors."""
 
     page: Page
     requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Dashboard:
             tab.requests.append(request.url)
 
         context.on("request", record)
+        page.on("pageerror", lambda error: tab.errors.append(str(error)))
         try:
             await page.goto(f"{self.url}/dashboard")
             if signed_in:

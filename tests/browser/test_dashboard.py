@@ -108,7 +108,8 @@ async def test_cancel_a_job_from_its_page(dashboard: Dashboard, tmp_path: Path) 
 
 
 async def test_no_page_requests_anything_from_another_host(dashboard: Dashboard, tmp_path: Path) -> None:
-    """Every file and call of every page is Reelay's own (no CDN); the strict CSP is never violated."""
+    """Every file and call of every page is Reelay's own (no CDN); the strict CSP is never violated, and no
+    script fails."""
     if await dashboard.archives():  # its video is Reelay's archived copy
         job = await dashboard.submit()
         await dashboard.wait_for(job["id"], lambda j: archived_video(j) is not None or j["status"] in TERMINAL)
@@ -133,6 +134,7 @@ async def test_no_page_requests_anything_from_another_host(dashboard: Dashboard,
         assert f"{dashboard.url}/dashboard/static/app.js" in tab.requests
         assert f"{dashboard.url}/v1/events" in tab.requests
         assert violations == []
+        assert tab.errors == []
 
 
 async def test_a_failing_browser_test_saves_a_screenshot_and_names_it(dashboard: Dashboard, tmp_path: Path) -> None:

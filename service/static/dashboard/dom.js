@@ -33,7 +33,14 @@ export function when(iso) {
 
 export function money(value, unit = "USD") {
   if (value === null || value === undefined) return "—";
-  return unit === "USD" ? `$${Number(value).toFixed(4)}` : `${Number(value)} cr`;
+  return unit === "USD" ? `$${Number(value).toFixed(4)}` : `${Number(value)} credits`;
+}
+
+// A job's cost in one line: charged if known, else estimated; USD if known, else credits.
+export function costText(cost) {
+  const c = cost || {};
+  if ((c.usd_charged ?? c.usd_estimate) != null) return money(c.usd_charged ?? c.usd_estimate);
+  return money(c.credits_charged ?? c.credits_estimate, "credits");
 }
 
 export function statusBadge(status) {

@@ -81,6 +81,7 @@ function summary(job) {
     item("Created", when(job.created_at)),
     item("Completed", when(job.completed_at)),
     item("Cost (USD)", `${money(c.usd_charged)} charged, ${money(c.usd_estimate)} estimated`),
+    item("Cost (credits)", `${money(c.credits_charged, "credits")} charged, ${money(c.credits_estimate, "credits")} estimated`),
     item("Metadata", Object.keys(job.metadata).length ? pre(job.metadata) : "—"),
   );
 }

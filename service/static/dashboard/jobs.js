@@ -1,7 +1,7 @@
 // Jobs: one page of GET /v1/jobs at a time (cursor paging, never the whole table), its filters kept in the URL,
 // and kept live by the shared event stream: new jobs appear on the first page and rows change status in place.
 import { ApiError, get } from "./api.js";
-import { h, money, notice, statusBadge, table, when } from "./dom.js";
+import { costText, h, notice, statusBadge, table, when } from "./dom.js";
 import { onEvent, onOpen } from "./live.js";
 
 const PAGE_SIZE = 50;
@@ -31,11 +31,6 @@ function matches(job, filters) {
   return metadataPairs(filters.get("metadata") || "").every(([key, value]) => job.metadata[key] === value);
 }
 
-function cost(job) {
-  const c = job.cost || {};
-  return money(c.usd_charged ?? c.usd_estimate);
-}
-
 function jobRow(job) {
   return h(
     "tr",
@@ -45,7 +40,7 @@ function jobRow(job) {
     h("td", {}, job.model),
     h("td", {}, job.provider),
     h("td", {}, when(job.created_at)),
-    h("td", { class: "num" }, cost(job)),
+    h("td", { class: "num" }, costText(job.cost)),
   );
 }
 

@@ -4,8 +4,9 @@ import { h, notice } from "./dom.js";
 import { barChart, columnChart, gauge } from "./charts.js";
 
 const usd = (v) => `$${Number(v).toFixed(2)}`;
-// A group's cost: what providers charged, else the estimate at acceptance.
-const cost = (t) => Number(t.usd_charged ?? t.usd_estimate ?? 0);
+const credits = (v) => `${Number(v)} cr`;
+// A group's cost in a unit: what providers charged, else the estimate at acceptance.
+const costIn = (unit) => (t) => Number(t[`${unit}_charged`] ?? t[`${unit}_estimate`] ?? 0);
 
 function dayRange(days) {
   const end = new Date();
@@ -68,19 +69,24 @@ export function renderUsage(root, query) {
   get(`/v1/usage?start=${start.toISOString().slice(0, 10)}&end=${end.toISOString().slice(0, 10)}`)
     .then((report) => {
       const points = everyDay(start, end, report.by_day);
+      // USD where any job has a price in it, else credits (some providers only price in credits).
+      const unit = report.total.usd_charged != null || report.total.usd_estimate != null ? "usd" : "credits";
+      const cost = costIn(unit);
+      const fmt = unit === "usd" ? usd : credits;
+      const unitName = unit === "usd" ? "USD" : "credits";
       const models = Object.entries(report.by_model).sort((a, b) => b[1].jobs - a[1].jobs);
       body.replaceChildren(
-        h("p", {}, `${report.total.jobs} jobs, ${usd(cost(report.total))} in the last ${days} days (UTC).`),
+        h("p", {}, `${report.total.jobs} jobs, ${fmt(cost(report.total))} in the last ${days} days (UTC).`),
         h("h2", {}, "Budget"),
         budgetPanel(report.budget),
         h("h2", {}, "Jobs by day"),
         columnChart(points.map((p) => ({ label: p.label, value: p.totals.jobs })), "Jobs by day"),
-        h("h2", {}, "Cost by day (USD)"),
-        columnChart(points.map((p) => ({ label: p.label, value: cost(p.totals) })), "Cost by day in USD", usd),
+        h("h2", {}, `Cost by day (${unitName})`),
+        columnChart(points.map((p) => ({ label: p.label, value: cost(p.totals) })), `Cost by day in ${unitName}`, fmt),
         h("h2", {}, "Jobs by model"),
         barChart(models.map(([m, t]) => ({ label: m, value: t.jobs })), "Jobs by model"),
-        h("h2", {}, "Cost by model (USD)"),
-        barChart(models.map(([m, t]) => ({ label: m, value: cost(t) })), "Cost by model in USD", usd),
+        h("h2", {}, `Cost by model (${unitName})`),
+        barChart(models.map(([m, t]) => ({ label: m, value: cost(t) })), `Cost by model in ${unitName}`, fmt),
       );
     })
     .catch((error) => body.replaceChildren(notice(error.message)));

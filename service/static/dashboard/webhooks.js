@@ -71,7 +71,11 @@ export function renderWebhooks(root) {
       const more = page.next_cursor
         ? h("button", { type: "button", onclick: () => showLog(endpoint, page.next_cursor) }, "Older →")
         : null;
-      log.replaceChildren(h("h2", { id: "log-h", tabindex: -1 }, `Attempt log: ${endpoint.url}`), attemptsLog(endpoint, page), more);
+      log.replaceChildren(
+        h("h2", { id: "log-h", tabindex: -1 }, `Attempt log: ${endpoint.url}`),
+        attemptsLog(endpoint, page),
+        ...(more ? [more] : []),
+      );
       log.querySelector("h2").focus();
     } catch (error) {
       fail(error);
