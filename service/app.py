@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +23,7 @@ from service.api.dashboard import dashboard_routes
 from service.api.docs import swagger_assets, swagger_plugin
 from service.api.endpoints import WebhookController
 from service.api.errors import handle_exception
-from service.api.events import all_events
+from service.api.events import all_events, job_events
 from service.api.jobs import JobController
 from service.api.limits import key_limits
 from service.api.middleware import RequestContextMiddleware, add_security_headers
@@ -30,6 +31,7 @@ from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.providers import list_providers
 from service.api.sessions import SECRET_NAME, Sessions
+from service.api.tokens import create_stream_token
 from service.api.usage import usage
 from service.circuits import Circuits, ProviderHealth
 from service.egress import Resolver, system_resolver
@@ -46,6 +48,7 @@ from service.providers.base import ProviderAdapter
 from service.rates import RateBudgets
 from service.runtime import Runtime, Signals
 from service.settings import Settings
+from service.tokens import StreamTokens
 from service.wire import encode_job
 from storage import EventRecord, StorageError, Store, create_store
 from storage.health import CircuitPolicy
@@ -72,6 +75,26 @@ def close_streams(app: Litestar) -> None:
     ctx = getattr(app.state, "ctx", None)
     if ctx is not None:
         ctx.hub.close_all()
+
+
+# What a browser client sends beside the CORS-safelisted headers, and the answer headers its scripts must read
+# (a request id to quote, how long a 429 or 503 asks to wait, where an event stream resumes).
+CORS_REQUEST_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "content-type",
+    "idempotency-key",
+    "cancel-after",
+    "last-event-id",
+    "x-request-id",
+)
+CORS_EXPOSED_HEADERS = ("x-request-id", "retry-after", "last-event-id")
+
+
+def cors_config(origins: Sequence[str]) -> CORSConfig:
+    return CORSConfig(
+        allow_origins=list(origins), allow_headers=list(CORS_REQUEST_HEADERS), expose_headers=list(CORS_EXPOSED_HEADERS)
+    )
 
 
 def _wake_deliverer(runtime: Runtime, events: Sequence[EventRecord]) -> None:
@@ -179,6 +202,10 @@ def create_app(
                 settings.dashboard_session_seconds,
                 runtime.clock,
             ),
+            # One secret for every replica, so a token one replica signed opens a stream on any other.
+            stream_tokens=StreamTokens(
+                await the_store.server_secret("stream_tokens", new_value=secrets.token_urlsafe(32)), runtime.clock
+            ),
         )
         # Every background loop: started here, cancelled on stop, then drained (a new loop joins this list).
         loops: list[Loop] = [Watcher("loop_lag", lambda: watch_loop_lag(app_metrics.loop_lag))]
@@ -220,6 +247,8 @@ def create_app(
             JobController,
             WebhookController,
             all_events,
+            job_events,
+            create_stream_token,
             list_models,
             list_providers,
             usage,
@@ -236,7 +265,7 @@ def create_app(
         middleware=[RequestContextMiddleware(settings.body_timeout_seconds)],
         before_send=[add_security_headers],
         # Off unless REELAY_CORS_ORIGINS names the browser origins allowed to call the API.
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        cors_config=cors_config(settings.cors_origins) if settings.cors_origins else None,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Reelay",
@@ -250,6 +279,12 @@ def create_app(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="Reelay API key"),
                     "apiKey": SecurityScheme(type="apiKey", name="x-api-key", security_scheme_in="header"),
+                    "streamToken": SecurityScheme(
+                        type="apiKey",
+                        name="token",
+                        security_scheme_in="query",
+                        description="a stream token (POST /v1/stream-tokens); only the two event streams take it",
+                    ),
                 }
             ),
         ),

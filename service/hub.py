@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
+
 from storage import EventRecord
 
 HEARTBEAT: Final = "heartbeat"
@@ -42,6 +44,29 @@ def event_data(event: EventRecord) -> bytes:
     )
 
 
+class _JobMetadata(msgspec.Struct):
+    metadata: dict[str, str] | None = None
+
+
+_job_metadata = msgspec.json.Decoder(_JobMetadata | None).decode
+
+
+def job_metadata(event: EventRecord) -> dict[str, str] | None:
+    """The metadata of the event's job (None for an event without a job, such as budget.threshold)."""
+    job = _job_metadata(event.job)
+    return job.metadata if job is not None else None
+
+
+def metadata_holds(found: dict[str, str] | None, wanted: dict[str, str]) -> bool:
+    """Whether `found` holds every pair of `wanted`, as `metadata.<key>=<value>` list filters do."""
+    return found is not None and all(found.get(k) == v for k, v in wanted.items())
+
+
+def event_matches(event: EventRecord, metadata: dict[str, str] | None) -> bool:
+    """Whether a stream filtered on `metadata` (None: no filter) carries the event."""
+    return metadata is None or metadata_holds(job_metadata(event), metadata)
+
+
 def sse_frame(event: EventRecord) -> bytes:
     """The wire form of a logged event; built once per event and shared by every subscriber."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event_data(event))
@@ -50,12 +75,15 @@ def sse_frame(event: EventRecord) -> bytes:
 class Subscription:
     """One subscriber's queue. A full queue drops the subscriber rather than blocking the publisher."""
 
-    __slots__ = ("_hub", "_items", "_limit", "_timer", "_waiter", "api_key_id", "closed", "job_id")
+    __slots__ = ("_hub", "_items", "_limit", "_timer", "_waiter", "api_key_id", "closed", "job_id", "metadata")
 
-    def __init__(self, hub: EventHub, api_key_id: str, job_id: str | None, limit: int) -> None:
+    def __init__(
+        self, hub: EventHub, api_key_id: str, job_id: str | None, limit: int, metadata: dict[str, str] | None = None
+    ) -> None:
         self._hub = hub
         self.api_key_id = api_key_id
         self.job_id = job_id
+        self.metadata = metadata  # only events of jobs with these metadata pairs (a stream token's filter)
         self._limit = limit
         self._items: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -127,8 +155,10 @@ class EventHub:
         self._by_job: dict[str, set[Subscription]] = {}
         self._per_key: dict[str, int] = {}  # open subscriptions of each API key, job streams included
 
-    def subscribe(self, api_key_id: str, job_id: str | None = None) -> Subscription:
-        sub = Subscription(self, api_key_id, job_id, self._queue_size)
+    def subscribe(
+        self, api_key_id: str, job_id: str | None = None, metadata: dict[str, str] | None = None
+    ) -> Subscription:
+        sub = Subscription(self, api_key_id, job_id, self._queue_size, metadata)
         index, name = (self._by_key, api_key_id) if job_id is None else (self._by_job, job_id)
         index.setdefault(name, set()).add(sub)
         self._per_key[api_key_id] = self._per_key.get(api_key_id, 0) + 1
@@ -145,11 +175,15 @@ class EventHub:
             if not by_key and not by_job:
                 continue
             item = (event.id, event.type, sse_frame(event))
-            for sub in tuple(by_key or ()):
+            found: dict[str, str] | None = None
+            unread = True  # the job's metadata is decoded once, for the first subscriber that filters on it
+            for sub in (*(by_key or ()), *(s for s in by_job or () if s.api_key_id == event.api_key_id)):
+                if sub.metadata is not None:
+                    if unread:
+                        found, unread = job_metadata(event), False
+                    if not metadata_holds(found, sub.metadata):
+                        continue
                 sub.offer(item)
-            for sub in tuple(by_job or ()):
-                if sub.api_key_id == event.api_key_id:
-                    sub.offer(item)
 
     def stream_keys(self) -> list[str]:
         """The API keys that have at least one open subscription."""

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from service.gateway import Gateway
     from service.hub import EventHub
     from service.settings import Settings
+    from service.tokens import StreamTokens
 
 log = structlog.get_logger("reelay.keys")
 
@@ -45,6 +46,7 @@ class AppContext:
     limits: KeyLimits  # per-key request rate and open streams
     rng: random.Random  # heartbeat jitter
     monotonic: Callable[[], float]  # the key cache's clock
+    stream_tokens: StreamTokens  # signs and checks `?token=` grants to the event streams
     # key id -> (record, fetched at); revocation takes effect within `key_cache_seconds`.
     key_cache: dict[str, tuple[ApiKeyRecord, float]] = field(default_factory=dict)
     key_cache_seconds: float = 5.0
@@ -83,16 +85,38 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
         key_id, secret = parts
     else:
         key_id = session_key_id(request, ctx)
-    record = await cached_key(ctx, key_id)
-    if record.revoked_at is not None or (secret is not None and not secret_matches(secret, record.secret_hash)):
+    record = await key_record(ctx, key_id)
+    if record is None or (secret is not None and not secret_matches(secret, record.secret_hash)):
         raise Unauthorized("the API key is not valid")
+    await spend_request(ctx, key_id)
+    state["api_key"] = record
+    return record
+
+
+async def key_record(ctx: AppContext, key_id: str) -> ApiKeyRecord | None:
+    """The key, unless unknown or revoked; read through the key cache, so a revocation shows within its window."""
+    now = ctx.monotonic()
+    cached = ctx.key_cache.get(key_id)
+    if cached is not None and now - cached[1] < ctx.key_cache_seconds:
+        record = cached[0]
+    else:
+        found = await ctx.gateway.api_key(key_id)
+        if found is None:
+            return None
+        record = found
+        if len(ctx.key_cache) > 10_000:
+            ctx.key_cache.clear()
+        ctx.key_cache[key_id] = (record, now)
+    return None if record.revoked_at is not None else record
+
+
+async def spend_request(ctx: AppContext, key_id: str) -> None:
+    """One request of the key's rate budget, or RateLimited."""
     wait = await ctx.limits.take(key_id)
     if wait is not None:
         raise RateLimited(
             f"rate limit of {ctx.limits.rate:g} requests/s for this API key exceeded; retry later", retry_after=wait
         )
-    state["api_key"] = record
-    return record
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -111,21 +135,6 @@ def session_key_id(request: ASGIConnection[Any, Any, Any, Any], ctx: AppContext)
     if method not in _SAFE_METHODS and not csrf_matches(session, request.headers.get(CSRF_HEADER, "")):
         raise Forbidden(f"{method} with a session cookie needs the session's X-CSRF-Token header", code="csrf_failed")
     return session.key_id
-
-
-async def cached_key(ctx: AppContext, key_id: str) -> ApiKeyRecord:
-    """The key's record, re-read at most every `key_cache_seconds`; Unauthorized if there is no such key."""
-    now = ctx.monotonic()
-    cached = ctx.key_cache.get(key_id)
-    if cached is not None and now - cached[1] < ctx.key_cache_seconds:
-        return cached[0]
-    found = await ctx.gateway.api_key(key_id)
-    if found is None:
-        raise Unauthorized("the API key is not valid")
-    if len(ctx.key_cache) > 10_000:
-        ctx.key_cache.clear()
-    ctx.key_cache[key_id] = (found, now)
-    return found
 
 
 async def close_revoked_streams(ctx: AppContext) -> None:

@@ -12,7 +12,7 @@ from litestar.datastructures import Cookie
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
-from service.api.context import cached_key, context, session_key_id
+from service.api.context import context, key_record, session_key_id
 from service.api.sessions import SESSION_COOKIE, Session
 from service.errors import Forbidden, Unauthorized
 from service.ids import secret_matches, split_api_key
@@ -66,8 +66,8 @@ async def sign_in(request: Request[Any, Any, Any]) -> Response[SessionInfo]:
     parts = split_api_key(str(raw).strip())
     if parts is None:
         raise Unauthorized("the API key is not valid")
-    record = await cached_key(ctx, parts[0])
-    if record.revoked_at is not None or not secret_matches(parts[1], record.secret_hash):
+    record = await key_record(ctx, parts[0])
+    if record is None or not secret_matches(parts[1], record.secret_hash):
         raise Unauthorized("the API key is not valid")
     value, session = ctx.sessions.issue(record.id)
     cookie = Cookie(
@@ -87,9 +87,9 @@ async def session_info(request: Request[Any, Any, Any]) -> SessionInfo:
     """Who is signed in, and the CSRF value the page sends with its unsafe requests; 401 when signed out."""
     ctx = context(request)
     key_id = session_key_id(request, ctx)
-    record = await cached_key(ctx, key_id)
+    record = await key_record(ctx, key_id)
     session = ctx.sessions.read(request.cookies.get(SESSION_COOKIE)) if ctx.sessions else None
-    if record.revoked_at is not None or session is None:
+    if record is None or session is None:
         raise Unauthorized("the API key is not valid")
     return _info(session, record.name)
 

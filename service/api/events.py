@@ -9,16 +9,16 @@ import msgspec
 from litestar import Request, get
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import HeaderParameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 
-from service.api.context import authenticate, context
+from service.api.context import context
 from service.api.errors import ApiOperation, error_responses
-from service.api.openapi import SECURITY, text_param
-from service.api.query import refuse_unknown_query
+from service.api.openapi import text_param
 from service.api.sse import EventStream, StreamSession
-from service.errors import InvalidRequest
-from service.vocabulary import EVENT_TYPES, EventType
-from storage import ApiKeyRecord
+from service.api.tokens import STREAM_SECURITY, StreamAccess, TokenQuery, stream_access, stream_then_query
+from service.errors import InvalidRequest, NotFound
+from service.hub import metadata_holds
+from service.vocabulary import EVENT_TYPES, TERMINAL, EventType
 
 _EVENT_ID = {"pattern": r"^[0-9]{0,18}$", "max_length": 18}
 LastEventIdQuery = Annotated[
@@ -76,6 +76,8 @@ def event_stream_spec(description: str) -> ResponseSpec:
 
 SSE_ERRORS = {
     400: "`Last-Event-ID` is not an event id, or is newer than the newest event (`invalid_last_event_id`)",
+    401: "Missing or invalid API key, or a stream token that is not valid (`invalid_token`) or has expired "
+    "(`token_expired`)",
     429: "Too many requests, or too many open event streams for this API key (`too_many_streams`); "
     "retry after `Retry-After` seconds",
 }
@@ -97,12 +99,12 @@ def _event_id(raw: str | None, field: str) -> int | None:
 
 @get(
     "/v1/events",
-    dependencies={"caller": Provide(authenticate)},
-    guards=[refuse_unknown_query],
+    dependencies={"access": Provide(stream_access)},
+    guards=[stream_then_query],
     media_type="text/event-stream",
     tags=["events"],
     summary="Stream every event of the caller's jobs (SSE)",
-    security=SECURITY,
+    security=STREAM_SECURITY,
     responses={
         200: event_stream_spec("Events after the cursor, then live ones; the stream does not end"),
         **error_responses(400, 401, 429, 503, described=SSE_ERRORS),
@@ -111,20 +113,55 @@ def _event_id(raw: str | None, field: str) -> int | None:
 )
 async def all_events(
     request: Request[Any, Any, Any],
-    caller: NamedDependency[ApiKeyRecord],
+    access: NamedDependency[StreamAccess],
     last_event_id: LastEventIdQuery = None,
     last_event_id_header: LastEventIdHeader = None,
+    token: TokenQuery = None,
 ) -> EventStream:
-    """Resumes exactly after `Last-Event-ID` (header) or `last_event_id` (query); without one, live only."""
-    return await open_stream(request, caller, None, cursor_param(request, last_event_id_header, last_event_id))
+    """Resumes exactly after `Last-Event-ID` (header) or `last_event_id` (query); without one, live only.
+    With a stream token (`?token=`), only the events the token grants."""
+    after = cursor_param(request, last_event_id_header, last_event_id)
+    return await open_stream(request, access, access.job_id, after, whole_job=False)
+
+
+@get(
+    "/v1/jobs/{job_id:str}/events",
+    dependencies={"access": Provide(stream_access)},
+    guards=[stream_then_query],
+    media_type="text/event-stream",
+    tags=["jobs"],
+    summary="Stream a job's events (SSE)",
+    security=STREAM_SECURITY,
+    responses={
+        200: event_stream_spec("The job's past events, then live ones, up to its terminal event"),
+        **error_responses(400, 401, 404, 429, 503, described=SSE_ERRORS),
+    },
+    operation_class=ApiOperation,
+)
+async def job_events(
+    request: Request[Any, Any, Any],
+    access: NamedDependency[StreamAccess],
+    job_id: FromPath[str],
+    last_event_id: LastEventIdQuery = None,
+    last_event_id_header: LastEventIdHeader = None,
+    token: TokenQuery = None,
+) -> EventStream:
+    """The job's past events, then live ones; the stream ends after the terminal event."""
+    access.check_job(job_id)
+    job = await context(request).gateway.get_job(access.caller.id, job_id)
+    if access.metadata is not None and not metadata_holds(job.metadata, access.metadata):
+        raise NotFound(f"no job {job_id!r}")  # outside the token's filter: as absent as another key's job
+    after = cursor_param(request, last_event_id_header, last_event_id)
+    return await open_stream(request, access, job_id, after, whole_job=True, job_finished=job.status in TERMINAL)
 
 
 async def open_stream(
     request: Request[Any, Any, Any],
-    caller: NamedDependency[ApiKeyRecord],
+    access: StreamAccess,
     job_id: str | None,
     after: int | None,
     *,
+    whole_job: bool,
     job_finished: bool = False,
 ) -> EventStream:
     ctx = context(request)
@@ -142,8 +179,10 @@ async def open_stream(
         StreamSession(
             events=ctx.events,
             hub=ctx.hub,
-            api_key_id=caller.id,
+            api_key_id=access.caller.id,
             job_id=job_id,
+            whole_job=whole_job,
+            metadata=access.metadata,
             after_id=after,
             heartbeat=settings.sse_heartbeat_seconds,
             retry_ms=settings.sse_retry_ms,

@@ -1,4 +1,5 @@
-"""`/v1/jobs`: create, list, get and cancel jobs, and stream one job's events; thin handlers over the gateway."""
+"""`/v1/jobs`: create, list, get and cancel jobs; thin handlers over the gateway (a job's event stream is in
+`service.api.events`, as it also takes stream tokens)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,11 @@ from litestar.response import Stream
 from service.api.body import require_json, strict
 from service.api.context import authenticate, context
 from service.api.errors import ApiOperation, error_responses
-from service.api.events import (
-    SSE_ERRORS,
-    LastEventIdHeader,
-    LastEventIdQuery,
-    cursor_param,
-    event_stream_spec,
-    open_stream,
-)
 from service.api.openapi import SECURITY, text_param
 from service.api.query import QUERY_FAMILIES, key_then_query
-from service.api.sse import EventStream
 from service.errors import InvalidRequest
 from service.gateway import Gateway
-from service.vocabulary import STATUSES, TERMINAL
+from service.vocabulary import STATUSES
 from service.wire import MAX_METADATA_KEYS, Job, JobCreate, JobList, encode_job
 from storage import ApiKeyRecord, JobFilter, JobRecord
 
@@ -200,30 +192,6 @@ class JobController(Controller):
         succeeded or failed answers 409."""
         job = await context(request).gateway.cancel_job(caller.id, job_id)
         return _json(encode_job(job))
-
-    @get(
-        "/{job_id:str}/events",
-        summary="Stream a job's events (SSE)",
-        media_type="text/event-stream",
-        responses={
-            200: event_stream_spec("The job's past events, then live ones, up to its terminal event"),
-            **_JOB_RESPONSES,
-            **error_responses(400, 429, described=SSE_ERRORS),
-        },
-        operation_class=ApiOperation,
-    )
-    async def job_events(
-        self,
-        request: Request[Any, Any, Any],
-        caller: NamedDependency[ApiKeyRecord],
-        job_id: FromPath[str],
-        last_event_id: LastEventIdQuery = None,
-        last_event_id_header: LastEventIdHeader = None,
-    ) -> EventStream:
-        """The job's past events, then live ones; the stream ends after the terminal event."""
-        job = await context(request).gateway.get_job(caller.id, job_id)
-        after = cursor_param(request, last_event_id_header, last_event_id)
-        return await open_stream(request, caller, job_id, after, job_finished=job.status in TERMINAL)
 
 
 async def _job_list(

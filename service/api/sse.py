@@ -10,7 +10,7 @@ from litestar import Response
 from litestar.response.base import ASGIResponse
 
 from service.errors import RateLimited
-from service.hub import CLOSE, HEARTBEAT, OVERFLOW, REVOKED, SHUTDOWN, EventHub, Subscription, sse_frame
+from service.hub import CLOSE, HEARTBEAT, OVERFLOW, REVOKED, SHUTDOWN, EventHub, Subscription, event_matches, sse_frame
 from service.vocabulary import TERMINAL_EVENTS
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ class StreamSession:
         retry_ms: int,
         rng: random.Random,
         job_finished: bool = False,
+        whole_job: bool | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         self.events = events
         self.hub = hub
@@ -50,6 +52,10 @@ class StreamSession:
         self.retry_ms = retry_ms
         self.rng = rng
         self.job_finished = job_finished  # the job was terminal before the request: its log is complete
+        # A job's own stream replays it from the start and ends at its terminal event; /v1/events narrowed to a
+        # job by a stream token does neither.
+        self.whole_job = job_id is not None if whole_job is None else whole_job
+        self.metadata = metadata  # a stream token's filter: only events of jobs with these metadata pairs
         self.sub: Subscription
         self.cursor = 0
 
@@ -59,12 +65,12 @@ class StreamSession:
         Whatever commits after the subscription is queued (ids dedupe the overlap with the replay), so a
         client that has the headers gets every event committed from then on.
         """
-        self.sub = self.hub.subscribe(self.api_key_id, self.job_id)
+        self.sub = self.hub.subscribe(self.api_key_id, self.job_id, self.metadata)
         if self.after_id is not None:
             self.cursor = self.after_id
             return
         try:
-            self.cursor = 0 if self.job_id is not None else await self.events.newest_id()
+            self.cursor = 0 if self.whole_job else await self.events.newest_id()
         except BaseException:
             self.sub.close()
             raise
@@ -73,7 +79,7 @@ class StreamSession:
         """Send the stream; call after `open`. The response closes the subscription however this ends."""
         sub = self.sub
         watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
-        ends_with_job = self.job_id is not None
+        ends_with_job = self.whole_job
         last = self.cursor
         try:
             await _body(send, b"retry: %d\n\n" % self.retry_ms)
@@ -87,12 +93,15 @@ class StreamSession:
                     break
                 frames = []
                 for event in page:
-                    frames.append(sse_frame(event))
                     last = event.id
+                    if not event_matches(event, self.metadata):
+                        continue
+                    frames.append(sse_frame(event))
                     if ends_with_job and event.type in TERMINAL_EVENTS:
                         await _body(send, b"".join(frames))
                         return
-                await _body(send, b"".join(frames))
+                if frames:
+                    await _body(send, b"".join(frames))
             if ends_with_job and self.job_finished:
                 return  # resumed at or after the terminal event: nothing more will come
             sub.start_heartbeat(self.heartbeat, self.rng)

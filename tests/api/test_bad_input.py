@@ -491,8 +491,9 @@ V1_QUERIES = [
     ("POST", JOBS, []),
     ("GET", UNKNOWN_JOB, []),
     ("POST", UNKNOWN_JOB + "/cancel", []),
-    ("GET", UNKNOWN_JOB + "/events", ["last_event_id"]),
-    ("GET", "/v1/events", ["last_event_id"]),
+    ("GET", UNKNOWN_JOB + "/events", ["last_event_id", "token"]),
+    ("GET", "/v1/events", ["last_event_id", "token"]),
+    ("POST", "/v1/stream-tokens", []),
     ("GET", "/v1/models", []),
     ("GET", "/v1/usage", ["end", "start"]),
 ]

@@ -311,7 +311,9 @@ def test_every_error_is_documented_in_the_error_shape(reelay: Running) -> None:
                 if int(status) >= 400:
                     assert response["content"]["application/json"]["schema"] == error_ref, where
             if path.startswith("/v1/"):
-                assert operation["security"] == [{"bearer": []}, {"apiKey": []}], where
+                streams = ("/v1/events", "/v1/jobs/{job_id}/events")  # the only ones a stream token opens
+                token = [{"streamToken": []}] if path in streams else []
+                assert operation["security"] == [{"bearer": []}, {"apiKey": []}, *token], where
                 assert {"401", "429", "503"} <= set(responses), where
                 assert responses["429"]["headers"]["Retry-After"]["required"] is True, where
             if any(f"{{{name}}}" in path for name in KNOWN_IDS) and path.startswith("/v1/"):

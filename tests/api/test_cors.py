@@ -1,0 +1,59 @@
+"""CORS over real HTTP, when REELAY_CORS_ORIGINS names the origins: what a browser's scripts may send and read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness import stack
+
+_ORIGIN = "https://app.example"
+
+
+def _names(value: str) -> set[str]:
+    return {name.strip().lower() for name in value.split(",") if name.strip()}
+
+
+async def test_preflight_allows_the_headers_a_browser_client_sends(tmp_path: Path) -> None:
+    sent = ["authorization", "content-type", "idempotency-key", "last-event-id", "x-api-key", "cancel-after"]
+    async with stack(tmp_path, cors_origins=(_ORIGIN,)) as s:
+        response = await s.client.options(
+            f"{s.url}/v1/jobs",
+            headers={
+                "Origin": _ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": ", ".join(sent),
+            },
+        )
+        assert response.status_code in (200, 204), response.text
+        assert response.headers["access-control-allow-origin"] == _ORIGIN
+        assert set(sent) <= _names(response.headers["access-control-allow-headers"])
+        assert "post" in _names(response.headers["access-control-allow-methods"])
+        # The list is explicit, not an echo of whatever a page asks for.
+        unlisted = await s.client.options(
+            f"{s.url}/v1/jobs",
+            headers={
+                "Origin": _ORIGIN,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "x-unlisted",
+            },
+        )
+        assert "x-unlisted" not in _names(unlisted.headers.get("access-control-allow-headers", ""))
+
+
+async def test_answers_expose_request_id_retry_after_and_last_event_id_to_scripts(tmp_path: Path) -> None:
+    async with stack(tmp_path, cors_origins=(_ORIGIN,), rate_limit_per_second=1.0, rate_limit_burst=1) as s:
+        headers = {**s.headers, "Origin": _ORIGIN}
+        ok = await s.client.get(f"{s.url}/v1/jobs", headers=headers)
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == _ORIGIN
+        assert {"x-request-id", "retry-after", "last-event-id"} <= _names(ok.headers["access-control-expose-headers"])
+        assert ok.headers["x-request-id"]
+        # A 429's Retry-After is what a script most needs to read: the error answer carries the same headers.
+        limited = await s.client.get(f"{s.url}/v1/jobs", headers=headers)
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"]
+        assert limited.headers["access-control-allow-origin"] == _ORIGIN
+        assert "retry-after" in _names(limited.headers["access-control-expose-headers"])
+        # Another origin is not let in.
+        other = await s.client.get(f"{s.url}/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
