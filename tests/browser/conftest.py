@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from sandbox import SANDBOXES, SandboxKnobs
 from tests.browser.driver import Dashboard
+from tests.browser.elsewhere import elsewhere_app
 from tests.harness import serving, url_of
 from tests.ports import bind, free_ports
 from tests.processes import create_key, reelay_env, reelay_serve, wait_ready
@@ -42,26 +43,36 @@ async def dashboard(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[D
 
     executable = chromium_path()
     tmp_path = tmp_path_factory.mktemp("browser")
-    sandbox_sock, port = bind(), free_ports(1)
-    sandbox_url = url_of(sandbox_sock)
+    sandbox_sock, elsewhere_sock, port = bind(), bind(), free_ports(1)
+    sandbox_url, elsewhere_url = url_of(sandbox_sock), url_of(elsewhere_sock)
     env = reelay_env(
         tmp_path,
         port,
         {"seedancee2": sandbox_url},
         REELAY_ASSETS=f"file://{tmp_path / 'assets'}",
         REELAY_WEBHOOK_ALLOW_PRIVATE="true",
+        REELAY_CORS_ORIGINS=elsewhere_url,
     )
     url, log = f"http://127.0.0.1:{port}", tmp_path / "reelay.log"
     key = create_key(env)
     async with (
         httpx.AsyncClient(timeout=10) as client,
         serving(SANDBOXES["seedancee2"].build(KNOBS), sandbox_sock),
+        serving(elsewhere_app, elsewhere_sock),
         async_playwright() as playwright,
     ):
         browser = await playwright.chromium.launch(executable_path=executable)
         try:
             with reelay_serve(env, log) as process:
                 await wait_ready(client, url, process)
-                yield Dashboard(url=url, key=key, client=client, browser=browser, sandbox_url=sandbox_url, log=log)
+                yield Dashboard(
+                    url=url,
+                    key=key,
+                    client=client,
+                    browser=browser,
+                    sandbox_url=sandbox_url,
+                    elsewhere_url=elsewhere_url,
+                    log=log,
+                )
         finally:
             await browser.close()

@@ -38,6 +38,7 @@ class Dashboard:
     client: httpx.AsyncClient
     browser: Browser
     sandbox_url: str
+    elsewhere_url: str  # a page on another origin (tests/browser/elsewhere.py), allowed by REELAY_CORS_ORIGINS
     log: Path
 
     @property
@@ -80,9 +81,9 @@ class Dashboard:
             await self.client.put(f"{self.sandbox_url}/_sandbox/knobs", json=before)
 
     @asynccontextmanager
-    async def tab(self, tmp_path: Path, *, signed_in: bool = True) -> AsyncIterator[Tab]:
-        """A fresh page on the dashboard (signed in unless told otherwise). If the block fails, a screenshot of
-        the page is saved under `tmp_path` and the failure names it."""
+    async def tab(self, tmp_path: Path, *, signed_in: bool = True, url: str | None = None) -> AsyncIterator[Tab]:
+        """A fresh page on the dashboard (signed in unless told otherwise), or on `url`. If the block fails, a
+        screenshot of the page is saved under `tmp_path` and the failure names it."""
         context = await self.browser.new_context(viewport={"width": 1366, "height": 900})
         context.set_default_timeout(TIMEOUT_MS)
         page = await context.new_page()
@@ -94,8 +95,8 @@ class Dashboard:
         context.on("request", record)
         page.on("pageerror", lambda error: tab.errors.append(str(error)))
         try:
-            await page.goto(f"{self.url}/dashboard")
-            if signed_in:
+            await page.goto(url or f"{self.url}/dashboard")
+            if signed_in and url is None:
                 await self.sign_in(page)
             yield tab
         except Exception as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -176,3 +176,25 @@ async def test_screenshots_of_the_jobs_and_job_pages(dashboard: Dashboard, tmp_p
         if archives:
             await tab.page.wait_for_function("document.querySelector('#video')?.readyState >= 2")
         await tab.page.screenshot(path=str(folder / "dashboard-job.png"), full_page=True)
+
+
+async def test_a_page_on_another_origin_opens_a_stream_with_a_token(dashboard: Dashboard, tmp_path: Path) -> None:
+    """No cookie, no key in the page: the token alone opens the job's stream across origins (CORS allows it)."""
+    job = await dashboard.submit()
+    made = await dashboard.client.post(
+        f"{dashboard.url}/v1/stream-tokens", json={"ttl_seconds": 600, "job_id": job["id"]}, headers=dashboard.headers
+    )
+    assert made.status_code == 201, made.text
+    stream = f"/v1/jobs/{job['id']}/events"
+    page_url = f"{dashboard.elsewhere_url}/app?{urlencode({'reelay': dashboard.url, 'path': stream})}"
+    async with dashboard.tab(tmp_path, url=f"{page_url}&{urlencode({'token': made.json()['token']})}") as tab:
+        assert await tab.page.evaluate("location.origin") == dashboard.elsewhere_url != dashboard.url
+        await tab.page.wait_for_function("window.received.some((e) => e.type === 'job.succeeded')")
+        received = await tab.page.evaluate("window.received")
+        assert (received[0]["type"], received[-1]["type"]) == ("job.created", "job.succeeded")
+        assert {e["job"] for e in received} == {job["id"]}
+        assert [int(e["id"]) for e in received] == sorted(int(e["id"]) for e in received)
+        assert await tab.page.context.cookies() == []
+    async with dashboard.tab(tmp_path, url=page_url) as tab:  # the same page without a token: refused
+        await tab.page.wait_for_function("window.source.readyState === EventSource.CLOSED")
+        assert await tab.page.evaluate("window.received") == []
