@@ -24,6 +24,12 @@ def archived_video(job: dict[str, Any]) -> dict[str, Any] | None:
     return next((a for a in assets if a["variant"] == "video"), None)
 
 
+def archive_done(job: dict[str, Any]) -> bool:
+    """Whether archiving is over for the job: its video copied, or a copy failed for good, or no output to copy."""
+    output = job["output"] or {}
+    return archived_video(job) is not None or "archive_error" in output or job["status"] in {"failed", "cancelled"}
+
+
 async def open_job(dashboard: Dashboard, tab: Tab, job_id: str) -> None:
     await tab.page.goto(f"{dashboard.url}/dashboard#/jobs/{job_id}")
     await tab.page.locator(".summary").wait_for()
@@ -72,7 +78,7 @@ async def test_the_job_page_plays_its_video(dashboard: Dashboard, tmp_path: Path
     """The archived copy when Reelay archives outputs (it must then be that copy); otherwise the provider's URL."""
     job = await dashboard.submit()
     if await dashboard.archives():
-        job = await dashboard.wait_for(job["id"], lambda j: archived_video(j) is not None or j["status"] != "succeeded")
+        job = await dashboard.wait_for(job["id"], archive_done)
         asset = archived_video(job)
         assert asset is not None, job
         expected = urlsplit(asset["url"]).path
@@ -85,7 +91,7 @@ async def test_the_job_page_plays_its_video(dashboard: Dashboard, tmp_path: Path
             pytest.skip(f"this Reelay archives no output and the emulator serves no video at {expected}")
     async with dashboard.tab(tmp_path) as tab:
         await open_job(dashboard, tab, job["id"])
-        await tab.page.wait_for_function("document.querySelector('#video')?.readyState >= 2")
+        await tab.page.wait_for_function("() => document.querySelector('#video')?.readyState >= 2")
         src = await tab.page.locator("#video").get_attribute("src")
         assert src is not None
         if expected.startswith("/"):  # the archived copy, from Reelay itself, freshly signed
@@ -112,7 +118,8 @@ async def test_no_page_requests_anything_from_another_host(dashboard: Dashboard,
     script fails."""
     if await dashboard.archives():  # its video is Reelay's archived copy
         job = await dashboard.submit()
-        await dashboard.wait_for(job["id"], lambda j: archived_video(j) is not None or j["status"] in TERMINAL)
+        job = await dashboard.wait_for(job["id"], archive_done)
+        assert archived_video(job) is not None, job
     else:  # the provider's URL would be another host: a job without output yet
         async with dashboard.knobs(SLOW):
             job = await dashboard.submit()
@@ -163,9 +170,7 @@ async def test_screenshots_of_the_jobs_and_job_pages(dashboard: Dashboard, tmp_p
     ]
     archives = await dashboard.archives()
     for job in jobs:
-        await dashboard.wait_for(
-            job["id"], lambda j: (archived_video(j) is not None) if archives else j["status"] in TERMINAL
-        )
+        await dashboard.wait_for(job["id"], archive_done if archives else lambda j: j["status"] in TERMINAL)
     async with dashboard.knobs(SLOW), dashboard.tab(tmp_path) as tab:
         slow = await dashboard.submit(input={"prompt": "a slow pan across a library", "resolution": "480p"})
         await dashboard.wait_for(slow["id"], lambda j: j["provider_task_id"] is not None)
@@ -174,7 +179,7 @@ async def test_screenshots_of_the_jobs_and_job_pages(dashboard: Dashboard, tmp_p
         await tab.page.screenshot(path=str(folder / "dashboard-jobs.png"))
         await open_job(dashboard, tab, jobs[1]["id"])
         if archives:
-            await tab.page.wait_for_function("document.querySelector('#video')?.readyState >= 2")
+            await tab.page.wait_for_function("() => document.querySelector('#video')?.readyState >= 2")
         await tab.page.screenshot(path=str(folder / "dashboard-job.png"), full_page=True)
 
 
@@ -189,12 +194,12 @@ async def test_a_page_on_another_origin_opens_a_stream_with_a_token(dashboard: D
     page_url = f"{dashboard.elsewhere_url}/app?{urlencode({'reelay': dashboard.url, 'path': stream})}"
     async with dashboard.tab(tmp_path, url=f"{page_url}&{urlencode({'token': made.json()['token']})}") as tab:
         assert await tab.page.evaluate("location.origin") == dashboard.elsewhere_url != dashboard.url
-        await tab.page.wait_for_function("window.received.some((e) => e.type === 'job.succeeded')")
+        await tab.page.wait_for_function("() => window.received.some((e) => e.type === 'job.succeeded')")
         received = await tab.page.evaluate("window.received")
         assert (received[0]["type"], received[-1]["type"]) == ("job.created", "job.succeeded")
         assert {e["job"] for e in received} == {job["id"]}
         assert [int(e["id"]) for e in received] == sorted(int(e["id"]) for e in received)
         assert await tab.page.context.cookies() == []
     async with dashboard.tab(tmp_path, url=page_url) as tab:  # the same page without a token: refused
-        await tab.page.wait_for_function("window.source.readyState === EventSource.CLOSED")
+        await tab.page.wait_for_function("() => window.source.readyState === EventSource.CLOSED")
         assert await tab.page.evaluate("window.received") == []

@@ -123,6 +123,7 @@ export function renderJob(root, jobId) {
   const timeline = h("ol", { class: "timeline", id: "timeline" });
   const deliveries = h("div");
   let job = null;
+  let early = null; // the newest job an event carried before the first read answered
   let shownVideo = null;
 
   function show(next) {
@@ -139,7 +140,9 @@ export function renderJob(root, jobId) {
 
   async function refresh() {
     try {
-      show(await get(`/v1/jobs/${encodeURIComponent(jobId)}`));
+      const read = await get(`/v1/jobs/${encodeURIComponent(jobId)}`);
+      show(early && early.updated_at > read.updated_at ? early : read);
+      early = null;
     } catch (error) {
       message.replaceChildren(notice(error.message));
     }
@@ -195,8 +198,10 @@ export function renderJob(root, jobId) {
 
   const closeStream = jobStream(jobId, (event) => {
     addEvent(event);
-    // Replayed events carry older states than the page read (and no archived assets): only newer ones show.
-    if (event.job && (!job || event.job.updated_at > job.updated_at)) show(event.job);
+    // Replayed events carry older states than the page read (and no archived assets): only newer ones show, and
+    // none before the read answers.
+    if (event.job && !job && (!early || event.job.updated_at > early.updated_at)) early = event.job;
+    else if (event.job && job && event.job.updated_at > job.updated_at) show(event.job);
     if (event.type !== "job.created") loadDeliveries();
   });
   // After its terminal event a job's own stream ends; later events (job.archived) come on the shared stream, and
