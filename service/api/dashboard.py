@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response, delete, get, post
@@ -36,13 +37,18 @@ def _info(session: Session, key_name: str) -> SessionInfo:
 
 
 def _same_origin(request: Request[Any, Any, Any]) -> bool:
-    """Whether a browser sent the sign-in from this origin: a page elsewhere must not sign a visitor in under its
-    own key (login CSRF). Clients that send neither header (curl, tests) are not browsers."""
+    """Whether a browser sent the sign-in from this origin (as reached directly, or as REELAY_PUBLIC_URL behind a
+    proxy): a page elsewhere must not sign a visitor in under its own key (login CSRF). Clients that send neither
+    header (curl, tests) are not browsers."""
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return False
     origin = request.headers.get("origin")
-    return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+    public = urlsplit(context(request).settings.public_url)
+    return origin is None or origin in (
+        f"{request.url.scheme}://{request.url.netloc}",
+        f"{public.scheme}://{public.netloc}",
+    )
 
 
 def _secure(request: Request[Any, Any, Any]) -> bool:

@@ -60,11 +60,12 @@ async def test_sign_in_sets_an_httponly_samesite_strict_session_cookie(seedance:
     assert seedance.key.startswith(f"rlk_{body['key_id']}_")
 
 
-async def test_the_session_cookie_is_secure_when_reelay_is_served_over_https(tmp_path: Path) -> None:
+async def test_behind_an_https_proxy_the_session_cookie_is_secure_and_sign_in_is_same_origin(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         # The public URL is what a TLS-terminating proxy in front of Reelay serves.
         s.app.state.ctx.settings = msgspec.structs.replace(s.settings, public_url="https://reelay.example")
-        response = await sign_in(s)
+        response = await sign_in(s, Origin="https://reelay.example")  # the page, as the proxy serves it
+        assert response.status_code == 200, response.text
         assert session_cookie(response)["reelay_session"]["secure"] is True
 
 

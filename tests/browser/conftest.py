@@ -73,6 +73,7 @@ async def dashboard(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[D
                     sandbox_url=sandbox_url,
                     elsewhere_url=elsewhere_url,
                     log=log,
+                    env=env,
                 )
         finally:
             await browser.close()

@@ -40,6 +40,7 @@ class Dashboard:
     sandbox_url: str
     elsewhere_url: str  # a page on another origin (tests/browser/elsewhere.py), allowed by REELAY_CORS_ORIGINS
     log: Path
+    env: dict[str, str]  # the server's environment, for `reelay keys` commands
 
     @property
     def headers(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ finishing live, its video playing, cancelling from its page, and every page load
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -13,6 +14,7 @@ import pytest
 
 from sandbox import SandboxKnobs
 from tests.browser.driver import TERMINAL, Dashboard, Tab
+from tests.processes import REELAY, create_key
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -54,6 +56,18 @@ async def test_sign_in_with_an_api_key_then_sign_out(dashboard: Dashboard, tmp_p
         assert not [c for c in await page.context.cookies() if c["name"] == "reelay_session"]
         answer = await page.evaluate("fetch('/v1/jobs').then(r => r.status)")
         assert answer == 401
+
+
+async def test_revoking_the_key_signs_the_page_out(dashboard: Dashboard, tmp_path: Path) -> None:
+    """Its event stream closes within the key cache window; the page then finds its session gone."""
+    key = create_key(dashboard.env)
+    async with dashboard.tab(tmp_path, signed_in=False) as tab:
+        await dashboard.sign_in(tab.page, key)
+        await tab.page.locator("#live.on").wait_for()
+        revoke = [REELAY, "keys", "revoke", key.split("_")[1]]
+        subprocess.run(revoke, env=dashboard.env, check=True, capture_output=True)
+        await tab.page.get_by_role("alert").filter(has_text="session ended").wait_for(timeout=20_000)
+        await tab.page.get_by_label("API key").wait_for()
 
 
 async def test_a_job_submitted_through_the_api_appears_and_succeeds_without_a_reload(

@@ -35,8 +35,16 @@ function showApp(session) {
   $("nav").hidden = false;
   $("who").hidden = false;
   $("key-name").textContent = `${session.key_name} (${session.key_id})`;
-  startLive();
+  startLive(liveClosed);
   navigate();
+}
+
+// The event stream was refused: signed out (or the key revoked) shows the sign-in form, else it opens again.
+async function liveClosed() {
+  if ($("nav").hidden) return;
+  const session = await readSession();
+  if (session) startLive(liveClosed);
+  else showSignIn("Your session ended; sign in again.");
 }
 
 function navigate() {

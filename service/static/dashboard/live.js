@@ -25,16 +25,25 @@ function setIndicator(open) {
   el.classList.toggle("on", open);
 }
 
-export function startLive() {
+// `onClosed()` runs when the stream is refused for good (EventSource retries only a dropped connection, not an
+// answer such as a 401 once the session ended); it decides whether to start again.
+export function startLive(onClosed = () => {}) {
   if (source) return;
-  source = new EventSource("/v1/events");
-  source.addEventListener("open", () => {
+  const mine = new EventSource("/v1/events");
+  source = mine;
+  mine.addEventListener("open", () => {
     setIndicator(true);
     for (const fn of openers) fn();
   });
-  source.addEventListener("error", () => setIndicator(source && source.readyState === EventSource.OPEN));
+  mine.addEventListener("error", () => {
+    setIndicator(mine.readyState === EventSource.OPEN);
+    if (mine.readyState === EventSource.CLOSED && source === mine) {
+      source = null;
+      setTimeout(onClosed, 1000);
+    }
+  });
   for (const type of EVENT_TYPES) {
-    source.addEventListener(type, (message) => {
+    mine.addEventListener(type, (message) => {
       const event = JSON.parse(message.data);
       for (const fn of listeners) fn(event);
     });
