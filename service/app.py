@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.api.content import job_content
 from service.api.context import AppContext, close_revoked_streams
+from service.api.dashboard import dashboard_routes
 from service.api.docs import swagger_assets, swagger_plugin
 from service.api.endpoints import WebhookController
 from service.api.errors import handle_exception
@@ -30,6 +31,7 @@ from service.api.middleware import RequestContextMiddleware, add_security_header
 from service.api.models import list_models
 from service.api.ops import healthz, job_webhook, metrics, provider_webhook, readyz
 from service.api.providers import list_providers
+from service.api.sessions import SECRET_NAME, Sessions
 from service.api.tokens import create_stream_token
 from service.api.usage import usage
 from service.assets import AssetStore, AssetUrls
@@ -41,6 +43,7 @@ from service.errors import ConfigError
 from service.events import EventLog
 from service.gateway import Gateway
 from service.hub import EventHub
+from service.ids import new_token
 from service.loops import Archiver, Deliverer, Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
@@ -210,6 +213,11 @@ def create_app(
             ),
             rng=runtime.rng,
             monotonic=runtime.monotonic,
+            sessions=Sessions(
+                await the_store.server_secret(SECRET_NAME, new_value=new_token()),
+                settings.dashboard_session_seconds,
+                runtime.clock,
+            ),
             # One secret for every replica, so a token one replica signed opens a stream on any other.
             stream_tokens=StreamTokens(
                 await the_store.server_secret("stream_tokens", new_value=secrets.token_urlsafe(32)), runtime.clock
@@ -270,6 +278,7 @@ def create_app(
             usage,
             provider_webhook,
             job_webhook,
+            *dashboard_routes(),
         ]
     )
     app = Litestar(

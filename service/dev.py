@@ -144,6 +144,7 @@ async def run_dev(
             f"Watch events:\n"
             f"  curl -N {url}/v1/events -H 'Authorization: Bearer {api_key}'\n"
             f"{archived}"
+            f"or open the dashboard at {url}/dashboard and sign in with the key.\n"
             f"Try webhooks: in another shell, start a receiver that verifies and prints each delivery\n"
             f"  reelay listen --port 9000 --secret {webhook_secret}\n"
             f'and add "webhook_url": "http://127.0.0.1:9000/" to the job\'s JSON above.\n',

@@ -6,7 +6,8 @@ ServiceError
  │    │    └── WebhookRejected  400 invalid_request: a verified webhook whose body cannot be read
  │    ├── Unauthorized          401 unauthorized
  │    ├── PaymentRequired       402 budget_exhausted: the key's budget cannot take the job's estimate
- │    ├── Forbidden             403 invalid_signature / url_expired: a signed asset URL that does not hold
+ │    ├── Forbidden             403 invalid_signature / url_expired (a signed asset URL that does not hold),
+ │    │                         csrf_failed (a dashboard session's unsafe request without its CSRF value)
  │    ├── NotFound              404 not_found
  │    ├── RequestTimeout        408 request_timeout
  │    ├── Conflict              409 conflict / idempotency_conflict / job_finished

@@ -75,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # PostgreSQL: a stream's slot outlives its replica by at most this (live replicas renew every third of it).
     stream_slot_ttl_seconds: float = 30.0
     cors_origins: tuple[str, ...] = ()
+    dashboard_session_seconds: float = 43200.0  # a dashboard sign-in lasts this long (12 h)
     min_free_disk_bytes: int = 16 * 1024 * 1024
     shutdown_drain_seconds: float = 5.0
     # How long a worker holds a claimed job; must outlast an upstream call, so never below the timeout.
@@ -186,6 +187,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             sse_max_per_key=reader.integer("REELAY_SSE_MAX_PER_KEY", defaults.sse_max_per_key, low=1),
             stream_slot_ttl_seconds=reader.number("REELAY_STREAM_SLOT_TTL_SECONDS", defaults.stream_slot_ttl_seconds),
             cors_origins=tuple(o.strip() for o in env.get("REELAY_CORS_ORIGINS", "").split(",") if o.strip()),
+            dashboard_session_seconds=reader.number(
+                "REELAY_DASHBOARD_SESSION_SECONDS", defaults.dashboard_session_seconds
+            ),
             min_free_disk_bytes=reader.integer("REELAY_MIN_FREE_DISK_BYTES", defaults.min_free_disk_bytes, low=0),
             shutdown_drain_seconds=reader.number("REELAY_SHUTDOWN_DRAIN_SECONDS", defaults.shutdown_drain_seconds),
             lease_seconds=reader.number("REELAY_LEASE_SECONDS", defaults.lease_seconds),

@@ -65,6 +65,7 @@ def _reelay(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_reelay_dev_prints_an_export_key_line_and_runs_a_job_to_success(tmp_path: Path) -> None:
     async with _reelay_dev(tmp_path) as (url, key, printed):
         assert f"curl -N {url}/v1/events" in printed
+        assert f"open the dashboard at {url}/dashboard" in printed
         assert f"\n  export KEY={key}\n" in printed  # the README's examples use $KEY
         headers = {"Authorization": f"Bearer {key}"}
         events: list[dict[str, object]] = []

@@ -11,7 +11,8 @@ import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
 
-from service.errors import RateLimited, Unauthorized
+from service.api.sessions import CSRF_HEADER, SESSION_COOKIE, Sessions, csrf_matches
+from service.errors import Forbidden, RateLimited, Unauthorized
 from service.ids import secret_matches, split_api_key
 from storage import ApiKeyRecord, StorageError
 
@@ -55,6 +56,7 @@ class AppContext:
     asset_store: AssetStore | None = None
     asset_urls: AssetUrls | None = None
     clock: Callable[[], float] = time.time
+    sessions: Sessions | None = None  # the dashboard's session cookies (None: cookies are not accepted)
 
 
 def context(request: Request[Any, Any, Any]) -> AppContext:
@@ -69,8 +71,9 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
 
 
 async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRecord:
-    """The caller's API key, from `Authorization: Bearer <key>` or `x-api-key`; checked once per request (the guard
-    and the dependency share it, so a request spends one rate-limit token)."""
+    """The caller's API key, from `Authorization: Bearer <key>` or `x-api-key`, else from the dashboard's session
+    cookie; checked once per request (the guard and the dependency share it, so a request spends one rate-limit
+    token)."""
     state = request.scope.setdefault("state", {})
     known: ApiKeyRecord | None = state.get("api_key")
     if known is not None:
@@ -80,12 +83,16 @@ async def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> ApiKeyRec
     if not raw:  # absent or empty (as some proxies send it): the Authorization header decides
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         raw = value.strip() if scheme.lower() == "bearer" else ""
-    parts = split_api_key(raw) if raw else None
-    if parts is None:
-        raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")
-    key_id, secret = parts
+    secret: str | None = None
+    if raw:
+        parts = split_api_key(raw)
+        if parts is None:
+            raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")
+        key_id, secret = parts
+    else:
+        key_id = session_key_id(request, ctx)
     record = await key_record(ctx, key_id)
-    if record is None or not secret_matches(secret, record.secret_hash):
+    if record is None or (secret is not None and not secret_matches(secret, record.secret_hash)):
         raise Unauthorized("the API key is not valid")
     await spend_request(ctx, key_id)
     state["api_key"] = record
@@ -116,6 +123,24 @@ async def spend_request(ctx: AppContext, key_id: str) -> None:
         raise RateLimited(
             f"rate limit of {ctx.limits.rate:g} requests/s for this API key exceeded; retry later", retry_after=wait
         )
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def session_key_id(request: ASGIConnection[Any, Any, Any, Any], ctx: AppContext) -> str:
+    """The key id of a request without a key: its dashboard session's, whose unsafe requests must carry the
+    session's CSRF value (a cookie goes with any request; the header only with the dashboard's own scripts)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie or ctx.sessions is None:
+        raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or x-api-key: <key>)")
+    session = ctx.sessions.read(cookie)
+    if session is None:
+        raise Unauthorized("the dashboard session has expired or is not valid; sign in again")
+    method = request.scope.get("method", "GET")
+    if method not in _SAFE_METHODS and not csrf_matches(session, request.headers.get(CSRF_HEADER, "")):
+        raise Forbidden(f"{method} with a session cookie needs the session's X-CSRF-Token header", code="csrf_failed")
+    return session.key_id
 
 
 async def close_revoked_streams(ctx: AppContext) -> None:

@@ -31,8 +31,8 @@ class ErrorBody(msgspec.Struct):
         str,
         msgspec.Meta(
             description="stable, machine-readable: invalid_request, invalid_last_event_id, unauthorized, "
-            "invalid_token, token_expired, invalid_signature, url_expired, budget_exhausted, not_found, asset_expired, "
-            "range_not_satisfiable, method_not_allowed, request_timeout, conflict, "
+            "invalid_token, token_expired, invalid_signature, url_expired, budget_exhausted, csrf_failed, not_found, "
+            "asset_expired, range_not_satisfiable, method_not_allowed, request_timeout, conflict, "
             "idempotency_conflict, job_finished, invalid_webhook_url, too_many_endpoints, endpoint_disabled, "
             "endpoint_deleted, payload_too_large, headers_too_large, unsupported_media_type, rate_limited, "
             "too_many_streams, unavailable, schema_outdated, disk_full, internal_error",

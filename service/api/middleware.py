@@ -28,6 +28,12 @@ _COMMON_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 ]
+# The dashboard's (service/api/dashboard.py): every file from Reelay, no inline script or style. Media may also be
+# a provider's URL (the fallback when a job's video is not archived), which can be any host.
+DASHBOARD_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' https: http:; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 # Only the API docs page is HTML; it loads Swagger UI from Reelay itself. Everything else may load nothing.
 _HTML_CSP = (
     b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -42,16 +48,17 @@ _REQUEST_IDS = (f"{_PROCESS_TAG}-{n:x}" for n in itertools.count(1))
 async def add_security_headers(message: Message, scope: Scope) -> None:
     """A before-send hook, so error pages and 404s carry the headers too."""
     if message["type"] == "http.response.start":
-        message["headers"] = security_headers(list(message.get("headers", [])))
+        dashboard = scope.get("path", "").startswith("/dashboard")
+        message["headers"] = security_headers(list(message.get("headers", [])), DASHBOARD_CSP if dashboard else None)
 
 
-def security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Headers every response carries; API answers are also never cached."""
+def security_headers(headers: list[tuple[bytes, bytes]], csp: bytes | None = None) -> list[tuple[bytes, bytes]]:
+    """Headers every response carries; API answers are also never cached. `csp` overrides the policy."""
     names = {name.lower() for name, _ in headers}
     content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
     extra = [h for h in _COMMON_HEADERS if h[0] not in names]
     is_html = content_type.startswith(b"text/html")
-    extra.append((b"content-security-policy", _HTML_CSP if is_html else _API_CSP))
+    extra.append((b"content-security-policy", csp or (_HTML_CSP if is_html else _API_CSP)))
     if b"cache-control" not in names:
         extra.append((b"cache-control", b"no-store"))
     return [*headers, *extra]
