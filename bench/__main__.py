@@ -3,8 +3,9 @@
 Phases (see bench/RESULTS.md): a ceiling, b webhooks, c submissions, d SSE memory/latency/broadcast/stalls,
 e SSE churn, f reconnect storm, g cross-replica latency on PostgreSQL, h caller webhook latency, h2 the same with
 black-holed receivers, h3 a caller webhook backlog's drain, i dispatch latency (202 -> the provider has the create),
-i2 failover latency (a route's first candidate refuses -> the second has the create), l polling 10,000 jobs in
-flight (and under a 50/s rate limit), l2 two workers on PostgreSQL sharing one 50/s budget.
+i2 failover latency (a route's first candidate refuses -> the second has the create), k reads at scale (1 M jobs,
+5 M events, on SQLite and PostgreSQL), l polling 10,000 jobs in flight (and under a 50/s rate limit), l2 two
+workers on PostgreSQL sharing one 50/s budget.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery_phases, dispatch_phases, http_phases, poll_phases, replicas, report, sse_phases
+from bench import delivery_phases, dispatch_phases, http_phases, poll_phases, replicas, report, scale_phases, sse_phases
 from bench.common import ROOT, say
 
 RESULTS_JSON = ROOT / "bench" / "results.json"
@@ -26,7 +27,7 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 # wrk must never run out of seeded jobs in phase b (a repeat would be a cheap duplicate): seed for this rate.
 EXPECTED_WEBHOOK_RATE = 4000
-ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3,i,i2,l,l2"
+ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3,i,i2,k,l,l2"
 
 
 def phase_names(text: str) -> set[str]:
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke-sized l and l2 (2,000 jobs, 20 s windows); implies --no-write",
+        help="smoke-sized k, l and l2 (100,000 jobs in k; 2,000 jobs and 20 s windows in l and l2); implies --no-write",
     )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b, c and h3 here")
     parser.add_argument(
@@ -89,6 +90,8 @@ def main() -> None:
             results["i"] = dispatch_phases.dispatch(work)
         if "i2" in phases:
             results["i2"] = dispatch_phases.failover(work)
+        if "k" in phases:
+            results["k"] = scale_phases.run(work, quick=args.quick)
         sizes = poll_phases.Sizes.of(args.poll_seconds, args.quick)
         if "l" in phases:
             results.update(poll_phases.at_scale(work, sizes))

@@ -166,7 +166,42 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         value += f", max {i2['latency_max_ms']:.0f} ms"
         what = f"route failover: first candidate refuses -> the second has the create, {i2['job_rate']}/s"
         row("i2", what, value, "p99 <= 1 s", i2["latency_p99_ms"] <= 1000)
+    k = results.get("k")
+    if k:
+        rows.extend(_scale_rows(k))
     _polling_rows(results, row)
+    return rows
+
+
+_SCALE_QUERIES = {
+    "first_page": "first page",
+    "metadata": "metadata.<key>",
+    "status_model": "status+model",
+    "deep_cursor": "deep cursor",
+}
+
+
+def _scale_rows(k: dict[str, Any]) -> list[dict[str, Any]]:
+    """Phase k: per backend, the p99 of each list query at the large scale (and its growth from the small one),
+    then the resume rate."""
+    small, large = k["scales"]
+    rows = []
+    for backend, name in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        at_small, at_large = k[f"{backend}_{small}"], k[f"{backend}_{large}"]
+        parts, met = [], True
+        for query, label in _SCALE_QUERIES.items():
+            p99, before = at_large[query]["p99_ms"], at_small[query]["p99_ms"]
+            growth = p99 / before if before else float("inf")
+            parts.append(f"{label} {p99:.1f} ms ({growth:.1f} x)")
+            met = met and p99 <= 20 and growth < 2
+        what = f"{name}: GET /v1/jobs p99 at {large:,} jobs (growth from {small:,})"
+        rows.append({"phase": "k", "what": what, "value": ", ".join(parts), "target": "<= 20 ms, < 2 x", "met": met})
+        resume = at_large["resume"]
+        what = f"{name}: SSE resume {resume['events']:,} events back"
+        value = f"{resume['per_second']:,.0f} events/s"
+        rows.append(
+            {"phase": "k", "what": what, "value": value, "target": ">= 50,000/s", "met": resume["per_second"] >= 50_000}
+        )
     return rows
 
 

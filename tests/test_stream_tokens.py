@@ -19,6 +19,7 @@ from service.keys import create_key
 from service.logging import configure_logging
 from service.timestamps import from_iso
 from service.tokens import StreamTokens
+from tests import pg
 from tests.harness import Stack, stack
 
 _UNFINISHED = SandboxKnobs(processing_after_s=0.1, complete_after_s=600)
@@ -337,3 +338,19 @@ async def test_stream_tokens_are_in_the_openapi_document(seedance: Stack) -> Non
         if isinstance(op, dict)
     ]
     assert all({"streamToken": []} not in op.get("security", []) for op in others)
+
+
+async def test_a_token_one_replica_signed_opens_a_stream_on_another(
+    tmp_path: Path, postgres_server: pg.PostgresServer
+) -> None:
+    """The signing secret is the database's, made once: every replica checks what any replica signed."""
+    async with (
+        postgres_server.database() as url,
+        stack(tmp_path / "a", database_url=url) as a,
+        stack(tmp_path / "b", database_url=url) as b,
+    ):
+        job = await a.submit()
+        await a.wait_for(job["id"], {"succeeded"})
+        token = (await _token(a, job_id=job["id"]))["token"]
+        replayed = await _read_all(b, f"/v1/jobs/{job['id']}/events", token)
+        assert replayed[-1]["type"] == "job.succeeded"

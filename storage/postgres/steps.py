@@ -38,6 +38,10 @@ from storage.rows import (
 _SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
 _COLUMN_COUNT = len(JOB_FIXED_COLUMNS + JOB_MUTABLE_COLUMNS)
 _INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, _COLUMN_COUNT + 1))})"
+_INSERT_METADATA = (
+    "INSERT INTO job_metadata (api_key_id, key, value, job_id) "
+    "SELECT $1, pair.key, pair.value, $2 FROM unnest($3::text[], $4::text[]) AS pair (key, value)"
+)
 _LEASE_UNTIL = f"${JOB_MUTABLE_COLUMNS.index('lease_until') + 1}"
 # The key's enabled endpoints, read in the round trip that takes the event lock: a LEFT JOIN on the lock's one
 # row, so the lock is taken when there are none (a row of NULLs then).
@@ -80,6 +84,9 @@ class PostgresSteps:
 
     async def insert_job(self, job: JobRecord, inline: Mapping[str, str] | None) -> None:
         await self._conn.execute(_INSERT_JOB, *fixed_values(job), *mutable_values(job))
+        if job.metadata:  # the index of GET /v1/jobs's metadata filters, in one round trip
+            keys, values = list(job.metadata), list(job.metadata.values())
+            await self._conn.execute(_INSERT_METADATA, job.api_key_id, job.id, keys, values)
         if inline:
             await self._conn.execute(
                 "INSERT INTO job_inline (job_id, data_uris) VALUES ($1, $2)", job.id, json_text(inline)

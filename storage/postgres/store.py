@@ -105,6 +105,9 @@ _PRUNE_RECEIPTS = (
 )
 
 
+_JOB_COLUMNS_OF_JOBS = ", ".join(f"jobs.{column}" for column in JOB_COLUMNS.split(", "))
+
+
 def _row_count(status: str) -> int:
     """The number of rows a command touched, from its status tag ("UPDATE 3", "INSERT 0 1")."""
     return int(status.rsplit(" ", 1)[-1])
@@ -386,22 +389,31 @@ class PostgresStore(
     async def list_jobs(
         self, api_key_id: str, filters: JobFilter, *, limit: int, before_id: str | None = None
     ) -> list[JobRecord]:
+        # With metadata filters, the first pair's index rows (job_metadata, newest first) drive the read: the
+        # other filters are tested on those jobs only, and the page ends after `limit` of them.
         params = _Params(api_key_id)
-        clauses = ["api_key_id = $1"]
+        pairs = list(filters.metadata.items())
+        source, order = "jobs", "jobs.id"
+        clauses = ["jobs.api_key_id = $1"]
+        if pairs:
+            source, order = "job_metadata AS m JOIN jobs ON jobs.id = m.job_id", "m.job_id"
+            first_key, first_value = (params.bind(part) for part in pairs[0])
+            clauses += ["m.api_key_id = $1", f"m.key = {first_key}", f"m.value = {first_value}"]
         for column, value in (
             ("status", filters.status),
             ("model", filters.model),
             ("provider", filters.provider),
         ):
             if value is not None:
-                clauses.append(f"{column} = {params.bind(value)}")
-        if filters.metadata:
+                clauses.append(f"jobs.{column} = {params.bind(value)}")
+        if len(pairs) > 1:
             # Containment compares decoded keys and values: keys are taken literally, never as paths.
-            clauses.append(f"metadata @> {params.bind(json_text(filters.metadata))}::jsonb")
+            clauses.append(f"jobs.metadata @> {params.bind(json_text(dict(pairs[1:])))}::jsonb")
         if before_id is not None:
-            clauses.append(f"id < {params.bind(before_id)}")
+            clauses.append(f"{order} < {params.bind(before_id)}")
         rows = await self._fetch(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT {params.bind(limit)}",
+            f"SELECT {_JOB_COLUMNS_OF_JOBS} FROM {source} WHERE {' AND '.join(clauses)} "
+            f"ORDER BY {order} DESC LIMIT {params.bind(limit)}",
             *params.values,
         )
         return [job_from_row(row) for row in rows]

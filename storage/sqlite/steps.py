@@ -98,6 +98,11 @@ class SqliteSteps:
 
     async def insert_job(self, job: JobRecord, inline: Mapping[str, str] | None) -> None:
         self._db.execute(_INSERT_JOB, [*fixed_values(job), *mutable_values(job)])
+        if job.metadata:  # the index of GET /v1/jobs's metadata filters
+            self._db.executemany(
+                "INSERT INTO job_metadata (api_key_id, key, value, job_id) VALUES (?, ?, ?, ?)",
+                [(job.api_key_id, key, value, job.id) for key, value in job.metadata.items()],
+            )
         if inline:
             self._db.execute("INSERT INTO job_inline (job_id, data_uris) VALUES (?, ?)", (job.id, json_text(inline)))
 

@@ -91,6 +91,9 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+_JOB_COLUMNS_OF_JOBS = ", ".join(f"jobs.{column}" for column in JOB_COLUMNS.split(", "))
+
+
 class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, archives.ArchiveMethods):
     """The storage contract on one SQLite file.
 
@@ -308,26 +311,37 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, 
     async def list_jobs(
         self, api_key_id: str, filters: JobFilter, *, limit: int, before_id: str | None = None
     ) -> list[JobRecord]:
-        clauses = ["api_key_id = ?"]
+        # With metadata filters, the first pair's index rows (job_metadata, newest first) drive the read: the
+        # other filters are tested on those jobs only, and the page ends after `limit` of them.
+        pairs = list(filters.metadata.items())
+        source, order = "jobs", "jobs.id"
+        clauses = ["jobs.api_key_id = ?"]
         params: list[Any] = [api_key_id]
+        if pairs:
+            source, order = "job_metadata AS m CROSS JOIN jobs ON jobs.id = m.job_id", "m.job_id"
+            clauses = ["m.api_key_id = ?", "m.key = ?", "m.value = ?", *clauses]
+            params = [api_key_id, *pairs[0], *params]
         for column, value in (
             ("status", filters.status),
             ("model", filters.model),
             ("provider", filters.provider),
         ):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(f"jobs.{column} = ?")
                 params.append(value)
-        for key, value in filters.metadata.items():
-            # json_each compares the decoded key; a JSON path cannot spell keys holding '"' or escapes
-            clauses.append("EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)")
+        for key, value in pairs[1:]:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM job_metadata AS o WHERE o.api_key_id = jobs.api_key_id AND o.key = ? "
+                "AND o.value = ? AND o.job_id = jobs.id)"
+            )
             params.extend([key, value])
         if before_id is not None:
-            clauses.append("id < ?")
+            clauses.append(f"{order} < ?")
             params.append(before_id)
         params.append(limit)
         rows = await self._read(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", params
+            f"SELECT {_JOB_COLUMNS_OF_JOBS} FROM {source} WHERE {' AND '.join(clauses)} ORDER BY {order} DESC LIMIT ?",
+            params,
         )
         return [job_from_row(row) for row in rows]
 

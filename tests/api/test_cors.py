@@ -57,3 +57,15 @@ async def test_answers_expose_request_id_retry_after_and_last_event_id_to_script
         # Another origin is not let in.
         other = await s.client.get(f"{s.url}/v1/models", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_a_page_on_an_allowed_origin_can_open_an_event_stream_with_a_token(tmp_path: Path) -> None:
+    """What `new EventSource(url + "?token=…")` on another origin needs: the stream's answer names the origin."""
+    async with stack(tmp_path, cors_origins=(_ORIGIN,)) as s:
+        created = await s.client.post(f"{s.url}/v1/stream-tokens", json={"ttl_seconds": 60}, headers=s.headers)
+        token = created.json()["token"]
+        headers = {"Origin": _ORIGIN, "Accept": "text/event-stream", "Last-Event-ID": "0"}
+        async with s.client.stream("GET", f"{s.url}/v1/events", params={"token": token}, headers=headers) as r:
+            assert r.status_code == 200
+            assert r.headers["access-control-allow-origin"] == _ORIGIN
+            assert "last-event-id" in _names(r.headers["access-control-expose-headers"])

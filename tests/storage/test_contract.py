@@ -112,6 +112,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "budget_periods": field_names(BudgetTotals),
         "server_secrets": {"name", "value"},
         "asset_archives": field_names(ArchiveRecord) | {"state", "lease_owner"},
+        "job_metadata": {"api_key_id", "key", "value", "job_id"},
     }
     for table, columns in backend.private_columns.items():
         expected[table] = expected.get(table, set()) | columns
@@ -135,7 +136,31 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "jobs_in_flight",
         "jobs_poll_by_provider",
         "asset_archives_due",
+        "job_metadata_by_job",
+        "jobs_by_key_status",
     }
+
+
+async def test_the_metadata_index_migration_indexes_the_jobs_stored_before_it(backend: Backend, store: Store) -> None:
+    before = await create(store, metadata={"team": "video", "env": "prod"})
+    await store.close()
+    # The database as it was before the migration: no index table, the migration not applied.
+    name = {"sqlite": "0011_list_filters", "postgresql": "0013_list_filters"}[backend.name]
+    await backend.execute("DROP TABLE job_metadata")
+    await backend.execute("DROP INDEX jobs_by_key_status")
+    await backend.execute(
+        "DELETE FROM schema_migrations WHERE name = $1"
+        if backend.name == "postgresql"
+        else "DELETE FROM schema_migrations WHERE name = ?",
+        (name,),
+    )
+    reopened = backend.new_store()
+    await reopened.open()
+    try:
+        for pair, found in (({"team": "video"}, [before]), ({"env": "prod"}, [before]), ({"team": "audio"}, [])):
+            assert await reopened.list_jobs(KEY_A.id, JobFilter(metadata=pair), limit=5) == found
+    finally:
+        await reopened.close()
 
 
 async def test_check_passes_on_a_current_schema(store: Store) -> None:
@@ -349,6 +374,20 @@ async def test_list_jobs_filters_by_every_metadata_pair(store: Store) -> None:
     await create(store, metadata={"env": "prod"})
     listed = await store.list_jobs(KEY_A.id, JobFilter(metadata={"team": "video", "env": "prod"}), limit=10)
     assert listed == [wanted]
+
+
+async def test_a_metadata_filter_pages_newest_first_within_the_key_and_the_other_filters(store: Store) -> None:
+    matching = [await create(store, metadata={"team": "video", "n": str(i)}) for i in range(5)]
+    await create(store, metadata={"team": "audio"})
+    await create(store, api_key_id=KEY_B.id, metadata={"team": "video"})
+    failed = await create(store, metadata={"team": "video"}, status="failed")
+    video = JobFilter(metadata={"team": "video"})
+    first = await store.list_jobs(KEY_A.id, video, limit=3)
+    assert first == [failed, *matching[::-1][:2]]
+    rest = await store.list_jobs(KEY_A.id, video, limit=10, before_id=first[-1].id)
+    assert rest == matching[::-1][2:]
+    assert await store.list_jobs(KEY_A.id, JobFilter(status="failed", metadata={"team": "video"}), limit=5) == [failed]
+    assert await store.list_jobs(KEY_B.id, video, limit=5) != []
 
 
 @pytest.mark.parametrize("key", ['say "hi"', "a.b", "$.a", "a[0]", "back\\slash", "new\nline", "*"])
