@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from sandbox import SandboxKnobs
 from service import lifecycle
 from service.gateway import Gateway
 from service.hub import EventHub
@@ -26,6 +27,7 @@ from service.settings import Settings
 from service.wire import encode_job
 from storage import ApiKeyRecord, Stage, Store, create_store
 from tests.clock import Clock
+from tests.harness import stack
 
 SCHEDULE = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
 
@@ -252,3 +254,25 @@ async def test_a_job_cancelled_while_its_unchanged_poll_runs_stays_cancelled_and
     after = await store.get_job(job.id)
     assert after is not None
     assert (after.status, after.stage, after.poll_attempts) == ("cancelled", Stage.TERMINAL, 0)
+
+
+async def test_first_poll_follows_the_provider_cadence_unless_a_callback_is_awaited(tmp_path: Path) -> None:
+    cadence = Backoff(initial=30.0, factor=1.5, cap=60.0, jitter=0.2)
+    async with stack(
+        tmp_path,
+        providers=("imini", "seedancee2"),
+        knobs=SandboxKnobs(processing_after_s=60, complete_after_s=120),
+        provider_overrides={"imini": {"poll_schedule": cadence}},  # seedancee2 keeps the emulators' 0.5 s
+        callback_grace_seconds=50.0,
+    ) as running:
+        polled = await running.submit(model="imini/doubao/seedance-2.0")
+        called_back = await running.submit(model="seedancee2/pro")
+        sent = time.time()
+        await running.accepted(polled["id"])
+        await running.accepted(called_back["id"])
+        first_polls = {job_id: (await running.store.get_job(job_id)) for job_id in (polled["id"], called_back["id"])}
+    imini_job, seedancee2_job = first_polls.values()
+    assert imini_job is not None
+    assert seedancee2_job is not None
+    assert 24.0 - 1 <= (imini_job.next_poll_at or 0) - sent <= 36.0 + 1  # poll-only: at the provider's first delay
+    assert 50.0 - 1 <= (seedancee2_job.next_poll_at or 0) - sent <= 50.0 + 1  # callbacks: once one is overdue
