@@ -47,13 +47,17 @@ class FakeProvider:
         self.in_flight = 0
         self.most_in_flight = 0
         self.gate: asyncio.Event | None = None
+        self.latency = 0.0
+        self.fetches = 0
 
     async def fetch(self, provider_task_id: str) -> Report:
         self.in_flight += 1
+        self.fetches += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self.gate is not None:
                 await self.gate.wait()
+            await asyncio.sleep(self.latency)
             answer = self.answers.pop(0) if self.answers else Report(status="processing")
         finally:
             self.in_flight -= 1
@@ -206,9 +210,15 @@ class CountingStore:
         self._store = store
         self.updates = 0
         self.batches: list[int] = []
+        self.claims: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+    async def claim_polls(self, *args: Any, **kwargs: Any) -> Any:
+        claimed = await self._store.claim_polls(*args, **kwargs)
+        self.claims.append(len(claimed))
+        return claimed
 
     async def update_job(self, *args: Any, **kwargs: Any) -> Any:
         self.updates += 1
@@ -276,3 +286,22 @@ async def test_first_poll_follows_the_provider_cadence_unless_a_callback_is_awai
     assert seedancee2_job is not None
     assert 24.0 - 1 <= (imini_job.next_poll_at or 0) - sent <= 36.0 + 1  # poll-only: at the provider's first delay
     assert 50.0 - 1 <= (seedancee2_job.next_poll_at or 0) - sent <= 50.0 + 1  # callbacks: once one is overdue
+
+
+async def test_a_busy_poller_leases_several_jobs_per_claim_not_one_per_freed_slot(store: Store) -> None:
+    clock = Clock()
+    for i in range(40):
+        await _submitted_job(store, clock, f"job_01JZ00000000000000000000{i:02d}")
+    counting = CountingStore(store)
+    provider = FakeProvider([Report(status="queued")] * 40)
+    provider.latency = 0.002  # answers come back one by one, each freeing one slot
+    poller = _poller(counting, clock, provider)  # type: ignore[arg-type]
+    running = asyncio.create_task(poller.run())
+    async with asyncio.timeout(10):
+        while provider.fetches < 40 or provider.in_flight:
+            await asyncio.sleep(0.01)
+    running.cancel()
+    await poller.drain(0)
+    taken = [n for n in counting.claims if n]
+    assert sum(taken) == 40
+    assert len(taken) <= 40 // 4  # four jobs or more per claim (a write) on average, not the two slots freed
