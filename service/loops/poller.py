@@ -76,7 +76,7 @@ class Poller(LeasedLoop):
     callbacks, and the safety net when a callback is overdue."""
 
     name = "poll"
-    gather_seconds = 0.01
+    gather_seconds = 0.01  # while busy, a claim waits this long for more slots (see LeasedLoop.run)
     reschedule_window = 0.02  # seconds an unchanged poll's write waits to share a transaction with others
     reschedule_size = 256  # ... or until this many are waiting
 
