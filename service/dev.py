@@ -17,6 +17,7 @@ from service.keys import create_key
 from service.logging import configure_logging
 from service.providers import ADAPTERS, ProviderRegistry
 from service.routes import Route
+from service.schedule import Backoff
 from service.server import ConnectionLimits, listen, make_server, serve_all
 from service.settings import ProviderSettings, Settings
 from service.wire import encode_job
@@ -24,6 +25,9 @@ from storage import create_store
 
 # Quick enough to watch a job finish, slow enough to see it pass through each status.
 DEV_KNOBS = SandboxKnobs(processing_after_s=1.0, complete_after_s=4.0)
+# The emulators finish a task in seconds, not the minutes a provider takes: their jobs are polled that often
+# (REELAY_<PROVIDER>_POLL_* still win).
+EMULATOR_POLL_SCHEDULE = Backoff(initial=0.5, factor=1.5, cap=2.0, jitter=0.2)
 # The example route `reelay dev` ships unless REELAY_ROUTES or REELAY_ROUTES_FILE sets routes: one model, two
 # resellers (candidates whose provider is not registered are left out).
 EXAMPLE_ROUTE = Route(
@@ -40,6 +44,7 @@ def emulator_settings(spec: SandboxSpec, base_url: str) -> ProviderSettings:
         api_key=spec.api_key,
         webhook_secrets=(spec.webhook_secret,) if spec.webhook_secret else (),
         options=dict(spec.options),
+        poll_schedule=EMULATOR_POLL_SCHEDULE,
     )
 
 
@@ -57,8 +62,10 @@ def dev_settings(
     for offset, spec in enumerate(sandboxes.values()):
         emulated = emulator_settings(spec, f"http://127.0.0.1:{sandbox_port + offset}")
         # An option set in the environment wins over the emulator's.
-        options = {**emulated.options, **base.provider(spec.provider).options}
-        providers[spec.provider] = msgspec.structs.replace(emulated, options=options)
+        configured = base.provider(spec.provider)
+        options = {**emulated.options, **configured.options}
+        poll_schedule = configured.poll_schedule or emulated.poll_schedule
+        providers[spec.provider] = msgspec.structs.replace(emulated, options=options, poll_schedule=poll_schedule)
     routes = base.routes
     if not any(os.environ.get(name) for name in ("REELAY_ROUTES", "REELAY_ROUTES_FILE")):
         models = {spec.id for adapter in adapters.values() for spec in adapter.models}

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
     from service.providers.base import ModelSpec, ProviderAdapter
     from service.rates import RateBudgets
+    from service.schedule import Backoff
     from service.settings import Settings
     from storage import Store
 
@@ -56,3 +57,10 @@ class Runtime:
     # The asset store (REELAY_ASSETS) and the signer of its URLs; None when REELAY_ASSETS=off.
     assets: AssetStore | None = None
     asset_urls: AssetUrls | None = None
+
+    def poll_schedule(self, provider: str) -> Backoff:
+        """How often a provider's jobs are checked: its REELAY_<PROVIDER>_POLL_* settings, else its adapter's own."""
+        configured = self.settings.providers.get(provider)
+        if configured is not None and configured.poll_schedule is not None:
+            return configured.poll_schedule
+        return self.adapters[provider].poll_schedule

@@ -11,6 +11,7 @@ import msgspec
 
 from service.errors import ConfigError
 from service.routes import Route, parse_routes
+from service.schedule import Backoff
 
 if TYPE_CHECKING:
     from service.providers import ProviderRegistry
@@ -26,6 +27,8 @@ class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):
     options: dict[str, str] = msgspec.field(default_factory=dict)
     # Requests per second to this provider (creates and polls together), shared by every replica; None: unlimited.
     rate_limit: float | None = None
+    # How often its jobs' status is checked (REELAY_<NAME>_POLL_*); None: the cadence its adapter declares.
+    poll_schedule: Backoff | None = None
 
     @property
     def enabled(self) -> bool:
@@ -357,7 +360,29 @@ class _Reader:
             webhook_tolerance_seconds=tolerance,
             options={name: self._env[variable(name)] for name in adapter.extra_settings if variable(name) in self._env},
             rate_limit=self.number(variable("rate_limit"), 0.0) or None,
+            poll_schedule=self.poll_schedule(adapter),
         )
+
+    def poll_schedule(self, adapter: type[ProviderAdapter]) -> Backoff | None:
+        """REELAY_<NAME>_POLL_INITIAL_SECONDS, _POLL_FACTOR and _POLL_CAP_SECONDS over the adapter's own cadence;
+        None when none of them is set."""
+        initial, factor, cap = (
+            provider_variable(adapter.name, f"poll_{part}") for part in ("initial_seconds", "factor", "cap_seconds")
+        )
+        if not any(self._env.get(name, "").strip() for name in (initial, factor, cap)):
+            return None
+        own = adapter.poll_schedule
+        schedule = msgspec.structs.replace(
+            own,
+            initial=self.number(initial, own.initial),
+            factor=self.number(factor, own.factor),
+            cap=self.number(cap, own.cap),
+        )
+        if schedule.factor < 1:
+            raise ConfigError(f"{factor} must be at least 1 (the delay never shrinks), got {schedule.factor:g}")
+        if schedule.cap < schedule.initial:
+            raise ConfigError(f"{cap} ({schedule.cap:g}) must be at least {initial} ({schedule.initial:g})")
+        return schedule
 
     def delays(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
         """A comma-separated list of delays in seconds (zero or more each), at least one."""

@@ -26,6 +26,7 @@ from storage.records import (
     IdempotencyClaim,
     JobFilter,
     JobRecord,
+    PollReschedule,
     PruneCounts,
     Receipt,
     SigningSecret,
@@ -154,6 +155,16 @@ class Store(Protocol):
     ) -> list[JobRecord]:
         """Lease submitted, unfinished jobs whose status check is due, oldest due first; with `providers`, only
         jobs on those providers (`exclude`: only jobs on the others)."""
+
+    async def reschedule_polls(self, items: Sequence[PollReschedule]) -> int:
+        """Write many status checks that changed nothing at once, in one transaction, and return how many jobs it
+        rescheduled.
+
+        Each job still as its poller claimed it (same lease, held by this store instance; same provider task,
+        status, stage, next_poll_at, poll_attempts and updated_at) gets `next_poll_at`, one more `poll_attempts`
+        and no lease. A job that changed meanwhile (a callback, a cancel, a move to its next candidate) is left as
+        it is, only its lease dropped if this poller still holds it, so it is checked again when due.
+        """
 
     async def oldest_due_polls(self, providers: Sequence[str]) -> dict[str, float]:
         """Each provider's earliest `next_poll_at` among its unfinished jobs (left out when it has none)."""

@@ -5,7 +5,9 @@ Their literals match the partial indexes jobs_to_dispatch and jobs_to_poll, so t
 
 from __future__ import annotations
 
-from storage.records import DispatchState, Stage
+from typing import Any
+
+from storage.records import DispatchState, JobRecord, Stage
 
 
 def due_for_dispatch(now: str) -> str:
@@ -23,3 +25,18 @@ def due_for_poll(now: str) -> str:
 
 def _unleased(now: str) -> str:
     return f"(lease_until IS NULL OR lease_until <= {now})"
+
+
+def as_claimed(job: JobRecord) -> tuple[Any, ...]:
+    """What a batched poll reschedule requires unchanged since the claim, in the order both backends bind it: id,
+    lease_until, provider_task_id, status, stage, next_poll_at, poll_attempts, updated_at."""
+    return (
+        job.id,
+        job.lease_until,
+        job.provider_task_id,
+        job.status,
+        job.stage,
+        job.next_poll_at,
+        job.poll_attempts,
+        job.updated_at,
+    )

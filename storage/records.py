@@ -245,6 +245,13 @@ class UpdateOutcome(msgspec.Struct, frozen=True, kw_only=True):
     declined: str | None = None
 
 
+class PollReschedule(msgspec.Struct, frozen=True, kw_only=True):
+    """A status check whose answer changed nothing: the job as the poller claimed it, and when to check it next."""
+
+    job: JobRecord
+    next_poll_at: float
+
+
 class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
     status: str | None = None
     model: str | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from sandbox import SANDBOXES
+from service.dev import EMULATOR_POLL_SCHEDULE
 
 REELAY = str(Path(sys.executable).parent / "reelay")
 
@@ -38,6 +39,10 @@ def reelay_env(tmp_path: Path, port: int, sandbox_urls: dict[str, str], **extra:
             env[prefix + "WEBHOOK_SECRET"] = spec.webhook_secret
         for option, value in spec.options.items():
             env[prefix + option.upper()] = value
+        # Emulated tasks finish in seconds: poll as `reelay dev` does, unless the caller sets a cadence.
+        env.setdefault(prefix + "POLL_INITIAL_SECONDS", str(EMULATOR_POLL_SCHEDULE.initial))
+        env.setdefault(prefix + "POLL_FACTOR", str(EMULATOR_POLL_SCHEDULE.factor))
+        env.setdefault(prefix + "POLL_CAP_SECONDS", str(EMULATOR_POLL_SCHEDULE.cap))
     return env
 
 

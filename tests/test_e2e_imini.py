@@ -20,7 +20,7 @@ PENDING = SandboxKnobs(processing_after_s=30, complete_after_s=60)
 
 
 async def test_job_succeeds_by_polling_and_reaches_sse_subscriber(tmp_path: Path) -> None:
-    # The first poll (1.6-2.4 s) sees `processing`; the second (at least 4 s) sees the task finished at 3 s.
+    # The first poll (0.4-0.6 s, the emulators' cadence) sees `processing`; a later one sees the task finished at 3 s.
     knobs = SandboxKnobs(processing_after_s=0.1, complete_after_s=3.0)
     async with stack(tmp_path, providers=("imini",), knobs=knobs) as running:
         received: list[dict[str, Any]] = []

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from sandbox import SandboxKnobs
 from service import lifecycle
 from service.gateway import Gateway
 from service.hub import EventHub
@@ -26,6 +27,7 @@ from service.settings import Settings
 from service.wire import encode_job
 from storage import ApiKeyRecord, Stage, Store, create_store
 from tests.clock import Clock
+from tests.harness import stack
 
 SCHEDULE = Backoff(initial=2.0, factor=1.5, cap=60.0, jitter=0.2)
 
@@ -45,13 +47,17 @@ class FakeProvider:
         self.in_flight = 0
         self.most_in_flight = 0
         self.gate: asyncio.Event | None = None
+        self.latency = 0.0
+        self.fetches = 0
 
     async def fetch(self, provider_task_id: str) -> Report:
         self.in_flight += 1
+        self.fetches += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self.gate is not None:
                 await self.gate.wait()
+            await asyncio.sleep(self.latency)
             answer = self.answers.pop(0) if self.answers else Report(status="processing")
         finally:
             self.in_flight -= 1
@@ -95,6 +101,13 @@ async def _submitted_job(store: Store, clock: Clock, job_id: str = "job_01JZ0000
     return outcome.job
 
 
+async def _poll(poller: Poller, store: Store, clock: Clock) -> None:
+    """Claim the job due at the clock's time, as the worker would, poll it, and let the poller write what it has."""
+    (job,) = await store.claim_polls(clock.now, limit=1, lease_seconds=30.0)
+    await poller.handle(job)
+    await poller.drain(0)
+
+
 def _poller(store: Store, clock: Clock, provider: FakeProvider, seed: int = 3) -> Poller:
     runtime = Runtime(
         settings=Settings(),
@@ -118,7 +131,7 @@ async def test_schedule_backs_off_with_jitter_until_the_job_finishes(store: Stor
     expected_rng = random.Random(3)
     job = await _submitted_job(store, clock)
     for attempt in range(3):
-        await poller.handle(job)
+        await _poll(poller, store, clock)
         job = await store.get_job(job.id)
         assert job is not None
         expected = SCHEDULE.delay(attempt, expected_rng)
@@ -128,7 +141,7 @@ async def test_schedule_backs_off_with_jitter_until_the_job_finishes(store: Stor
         clock.now = job.next_poll_at  # the worker would claim it exactly then
     assert job.status == "processing"
     provider.answers = [Report(status="succeeded", output={"videos": [{"url": "u"}]})]
-    await poller.handle(job)
+    await _poll(poller, store, clock)
     done = await store.get_job(job.id)
     assert done is not None
     assert (done.status, done.stage, done.next_poll_at) == ("succeeded", Stage.TERMINAL, None)
@@ -146,7 +159,7 @@ async def test_retry_after_on_429_is_honoured(store: Store) -> None:
     clock = Clock()
     poller = _poller(store, clock, FakeProvider([TransientError("429", retry_after=45.0)]))
     job = await _submitted_job(store, clock)
-    await poller.handle(job)
+    await _poll(poller, store, clock)
     after = await store.get_job(job.id)
     assert after is not None
     assert after.next_poll_at == pytest.approx(clock.now + 45.0)
@@ -158,7 +171,7 @@ async def test_job_past_its_deadline_fails_with_timeout(store: Store) -> None:
     poller = _poller(store, clock, FakeProvider([]))
     job = await _submitted_job(store, clock)
     clock.now = job.deadline_at + 1
-    await poller.handle(job)
+    await _poll(poller, store, clock)
     after = await store.get_job(job.id)
     assert after is not None
     assert after.status == "failed"
@@ -169,7 +182,7 @@ async def test_next_poll_never_lands_after_the_deadline(store: Store) -> None:
     clock = Clock()
     poller = _poller(store, clock, FakeProvider([TransientError("429", retry_after=3600.0)]))
     job = await _submitted_job(store, clock)
-    await poller.handle(job)
+    await _poll(poller, store, clock)
     after = await store.get_job(job.id)
     assert after is not None
     assert after.next_poll_at == job.deadline_at
@@ -188,3 +201,107 @@ async def test_per_provider_cap_limits_status_checks_in_flight(store: Store) -> 
     provider.gate.set()
     await asyncio.gather(*tasks)
     assert provider.most_in_flight == FakeProvider.poll_concurrency
+
+
+class CountingStore:
+    """The real store, counting the job writes that go through it (one transaction each, or one per batch)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.updates = 0
+        self.batches: list[int] = []
+        self.claims: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def claim_polls(self, *args: Any, **kwargs: Any) -> Any:
+        claimed = await self._store.claim_polls(*args, **kwargs)
+        self.claims.append(len(claimed))
+        return claimed
+
+    async def update_job(self, *args: Any, **kwargs: Any) -> Any:
+        self.updates += 1
+        return await self._store.update_job(*args, **kwargs)
+
+    async def reschedule_polls(self, items: Any) -> int:
+        self.batches.append(len(items))
+        return await self._store.reschedule_polls(items)
+
+
+async def test_unchanged_polls_share_one_write_and_take_no_transaction_each(store: Store) -> None:
+    clock = Clock()
+    for i in range(6):
+        await _submitted_job(store, clock, f"job_01JZ00000000000000000000{i:02d}")
+    counting = CountingStore(store)
+    # Each job is queued at the provider already: the same answer again changes nothing.
+    poller = _poller(counting, clock, FakeProvider([Report(status="queued")] * 6))  # type: ignore[arg-type]
+    claimed = await store.claim_polls(clock.now, limit=10, lease_seconds=30.0)
+    await asyncio.gather(*(poller.handle(job) for job in claimed))
+    await poller.drain(0)
+    assert (counting.updates, counting.batches) == (0, [6])
+    for job in claimed:
+        after = await store.get_job(job.id)
+        assert after is not None
+        assert (after.poll_attempts, after.lease_until, after.status) == (1, None, "queued")
+        assert (after.next_poll_at or 0) > clock.now
+
+
+async def test_a_job_cancelled_while_its_unchanged_poll_runs_stays_cancelled_and_unleased(store: Store) -> None:
+    clock = Clock()
+    provider = FakeProvider([Report(status="queued")])
+    provider.gate = asyncio.Event()
+    poller = _poller(store, clock, provider)
+    job = await _submitted_job(store, clock)
+    (claimed,) = await store.claim_polls(clock.now, limit=1, lease_seconds=30.0)
+    polling = asyncio.create_task(poller.handle(claimed))
+    while not provider.in_flight:
+        await asyncio.sleep(0)
+    await store.update_job(job.id, lambda j: lifecycle.cancelled(j, now=clock.now))
+    provider.gate.set()
+    await polling
+    await poller.drain(0)
+    after = await store.get_job(job.id)
+    assert after is not None
+    assert (after.status, after.stage, after.poll_attempts) == ("cancelled", Stage.TERMINAL, 0)
+
+
+async def test_first_poll_follows_the_provider_cadence_unless_a_callback_is_awaited(tmp_path: Path) -> None:
+    cadence = Backoff(initial=30.0, factor=1.5, cap=60.0, jitter=0.2)
+    async with stack(
+        tmp_path,
+        providers=("imini", "seedancee2"),
+        knobs=SandboxKnobs(processing_after_s=60, complete_after_s=120),
+        provider_overrides={"imini": {"poll_schedule": cadence}},  # seedancee2 keeps the emulators' 0.5 s
+        callback_grace_seconds=50.0,
+    ) as running:
+        polled = await running.submit(model="imini/doubao/seedance-2.0")
+        called_back = await running.submit(model="seedancee2/pro")
+        sent = time.time()
+        await running.accepted(polled["id"])
+        await running.accepted(called_back["id"])
+        first_polls = {job_id: (await running.store.get_job(job_id)) for job_id in (polled["id"], called_back["id"])}
+    imini_job, seedancee2_job = first_polls.values()
+    assert imini_job is not None
+    assert seedancee2_job is not None
+    assert 24.0 - 1 <= (imini_job.next_poll_at or 0) - sent <= 36.0 + 1  # poll-only: at the provider's first delay
+    assert 50.0 - 1 <= (seedancee2_job.next_poll_at or 0) - sent <= 50.0 + 1  # callbacks: once one is overdue
+
+
+async def test_a_busy_poller_leases_several_jobs_per_claim_not_one_per_freed_slot(store: Store) -> None:
+    clock = Clock()
+    for i in range(40):
+        await _submitted_job(store, clock, f"job_01JZ00000000000000000000{i:02d}")
+    counting = CountingStore(store)
+    provider = FakeProvider([Report(status="queued")] * 40)
+    provider.latency = 0.002  # answers come back one by one, each freeing one slot
+    poller = _poller(counting, clock, provider)  # type: ignore[arg-type]
+    running = asyncio.create_task(poller.run())
+    async with asyncio.timeout(10):
+        while provider.fetches < 40 or provider.in_flight:
+            await asyncio.sleep(0.01)
+    running.cancel()
+    await poller.drain(0)
+    taken = [n for n in counting.claims if n]
+    assert sum(taken) == 40
+    assert len(taken) <= 40 // 4  # four jobs or more per claim (a write) on average, not the two slots freed

@@ -9,6 +9,7 @@ import pytest
 from service.errors import ConfigError
 from service.providers import ADAPTERS, registry
 from service.providers.seedancee2 import Seedancee2
+from service.schedule import Backoff
 from service.settings import Settings
 
 
@@ -116,6 +117,27 @@ def test_a_provider_reads_the_extra_settings_its_adapter_declares_and_no_others(
     assert settings.provider("minuit").options == {"moderation": "disabled"}
     assert settings.provider("magnific").options == {"enable_safety_checker": "true"}
     assert settings.provider("seedancee2").options == {}
+
+
+def test_a_provider_poll_cadence_is_read_over_its_adapters_own() -> None:
+    settings = Settings.from_env(
+        {"REELAY_IMINI_POLL_INITIAL_SECONDS": "5", "REELAY_IMINI_POLL_CAP_SECONDS": "40"}, adapters=ADAPTERS
+    )
+    assert settings.provider("imini").poll_schedule == Backoff(initial=5.0, factor=1.5, cap=40.0, jitter=0.2)
+    assert settings.provider("mindvideo").poll_schedule is None  # its adapter's own cadence
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REELAY_IMINI_POLL_FACTOR": "0.5"}, "REELAY_IMINI_POLL_FACTOR must be at least 1"),
+        ({"REELAY_IMINI_POLL_INITIAL_SECONDS": "90"}, r"REELAY_IMINI_POLL_CAP_SECONDS \(60\) must be at least"),
+        ({"REELAY_MINUIT_POLL_CAP_SECONDS": "0"}, "REELAY_MINUIT_POLL_CAP_SECONDS must be positive"),
+    ],
+)
+def test_a_poll_cadence_that_never_settles_is_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env, adapters=ADAPTERS)
 
 
 def test_only_the_providers_of_the_registry_given_are_read() -> None:

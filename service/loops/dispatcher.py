@@ -195,8 +195,12 @@ class Dispatcher(LeasedLoop):
     async def _submitted(self, job: JobRecord, task_id: str, cost: dict[str, Any] | None, callbacks: bool) -> None:
         now = self.clock()
         settings = self.runtime.settings
-        adapter = self.runtime.adapters[job.provider]
-        first_poll = settings.callback_grace_seconds if callbacks else adapter.poll_schedule.delay(0, self.rng)
+        # A provider with callbacks is polled only once its callback is overdue; the others when a job may be done.
+        first_poll = (
+            settings.callback_grace_seconds
+            if callbacks
+            else self.runtime.poll_schedule(job.provider).delay(0, self.rng)
+        )
         await self._update(
             job,
             lambda j: lifecycle.submitted(

@@ -29,6 +29,7 @@ class LeasedLoop:
 
     name = "loop"
     idle_seconds = 0.5  # how long an idle loop waits for `wake` before it looks for due jobs again
+    gather_seconds = 0.0  # when busy, how long to let more slots free up so that one claim leases several jobs
 
     def __init__(self, runtime: Runtime, gateway: Gateway, *, wake: asyncio.Event, concurrency: int) -> None:
         self.runtime = runtime
@@ -51,6 +52,10 @@ class LeasedLoop:
     async def run(self) -> None:
         while True:
             free = self.concurrency - len(self._inflight)
+            if 0 < free <= self.concurrency // 2 and self.gather_seconds:
+                # A claim is a write transaction: a few slots at a time, it would cost one per job.
+                await asyncio.sleep(self.gather_seconds)
+                free = self.concurrency - len(self._inflight)
             claimed: list[JobRecord] = []
             if free > 0:
                 try:

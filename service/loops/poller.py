@@ -4,6 +4,7 @@ callbacks, and the safety net when a callback is overdue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -12,13 +13,62 @@ import structlog
 from service import lifecycle
 from service.errors import PermanentError, ProviderError, TransientError
 from service.loops.leased import LeasedLoop
-from storage import Decision, Declined, JobRecord, Stage
+from storage import Decision, Declined, JobRecord, PollReschedule, Stage, StorageError
 
 if TYPE_CHECKING:
     from service.gateway import Gateway
     from service.runtime import Runtime
+    from storage import Store
 
 log = structlog.get_logger("reelay.worker")
+
+
+class Reschedules:
+    """Status checks that changed nothing, written together (`Store.reschedule_polls`) instead of a transaction
+    each. Ones lost to a crash cost a check, not a job: their leases run out and the jobs are polled again."""
+
+    def __init__(self, store: Store, *, window: float, size: int) -> None:
+        self._store = store
+        self._window = window  # the longest an item waits for others
+        self._size = size  # this many waiting are written at once
+        self._items: list[PollReschedule] = []
+        self._full = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    def add(self, item: PollReschedule) -> None:
+        self._items.append(item)
+        if len(self._items) >= self._size:
+            self._full.set()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        try:
+            while self._items:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._window)
+                await self.flush()
+        finally:
+            self._writer = None
+
+    async def close(self) -> None:
+        """Write what is waiting, now."""
+        writer = self._writer
+        if writer is not None:
+            self._full.set()  # no need to wait out the window
+            await writer
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is waiting now."""
+        items, self._items = self._items, []
+        self._full.clear()
+        if not items:
+            return
+        try:
+            await self._store.reschedule_polls(items)
+        except StorageError as exc:
+            log.error("poll.reschedule_failed", error=str(exc), jobs=len(items))
 
 
 class Poller(LeasedLoop):
@@ -26,6 +76,9 @@ class Poller(LeasedLoop):
     callbacks, and the safety net when a callback is overdue."""
 
     name = "poll"
+    gather_seconds = 0.01  # while busy, a claim waits this long for more slots (see LeasedLoop.run)
+    reschedule_window = 0.02  # seconds an unchanged poll's write waits to share a transaction with others
+    reschedule_size = 256  # ... or until this many are waiting
 
     def __init__(self, runtime: Runtime, gateway: Gateway) -> None:
         super().__init__(runtime, gateway, wake=runtime.signals.confirm, concurrency=runtime.settings.poll_concurrency)
@@ -36,6 +89,11 @@ class Poller(LeasedLoop):
         # Status checks of budgeted providers claimed and not yet done: never more than the adapter's cap, so each
         # goes out as soon as its token is taken (a token held while waiting for a slot would arrive late).
         self._busy = dict.fromkeys(self._budgeted, 0)
+        self._reschedules = Reschedules(self.store, window=self.reschedule_window, size=self.reschedule_size)
+
+    async def drain(self, grace_seconds: float) -> None:
+        await super().drain(grace_seconds)
+        await self._reschedules.close()  # before the lifespan drops this worker's leases
 
     async def claim(self, now: float, limit: int) -> list[JobRecord]:
         if self._rates is None or not self._budgeted:
@@ -98,9 +156,13 @@ class Poller(LeasedLoop):
                 await self._rates.pause(job.provider, retry_after)  # for every job and replica, not only this one
         except (ProviderError, ValueError, KeyError, TypeError) as exc:
             log.warning("poll.bad_answer", error=str(exc))
-        delay = adapter.poll_schedule.delay(job.poll_attempts, self.rng, at_least=retry_after)
+        delay = self.runtime.poll_schedule(job.provider).delay(job.poll_attempts, self.rng, at_least=retry_after)
         # A generation failure may move a job on a route to its next candidate (retry_failed).
         apply = None if report is None else await self.gateway.report_decision(job, report)
+        if apply is None or apply(job) is None:
+            # Nothing to change in the job as claimed: no transaction of its own; the store checks it is unchanged.
+            self._reschedules.add(PollReschedule(job=job, next_poll_at=min(now + delay, job.deadline_at)))
+            return
 
         def decide(current: JobRecord) -> Decision:
             if current.provider_task_id != job.provider_task_id:

@@ -78,8 +78,9 @@ class Imini(PollOnlyProvider):
         "succeeded": "succeeded",
         "failed": "failed",
     }
-    # imini's own client: from 2 s, x1.5, capped at 30 s, ±20 % jitter.
-    poll_schedule: ClassVar[Backoff] = Backoff(initial=2.0, factor=1.5, cap=30.0, jitter=0.2)
+    # Poll-only, and a Seedance 2 video takes minutes (imini documents no time): a first look at 30 s, then backing
+    # off to once a minute.
+    poll_schedule: ClassVar[Backoff] = Backoff(initial=30.0, factor=1.5, cap=60.0, jitter=0.2)
     min_retry_after: ClassVar[float] = 5.0
     reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
 

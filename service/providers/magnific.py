@@ -23,6 +23,7 @@ from service.providers.base import (
     passed_options,
     text,
 )
+from service.schedule import Backoff
 from service.settings import ProviderSettings, provider_variable
 from service.vocabulary import Status
 from storage import JobRecord
@@ -79,6 +80,9 @@ class Magnific(HttpProvider):
     # No idempotency key, and nothing in the task list ties a task to a job: adopting one could take another's.
     unknown_outcome: ClassVar[str] = "fail"
     signs_webhooks: ClassVar[bool] = True
+    # Minutes per video like the other Seedance 2 resellers (it documents no time); its signed webhook says when a
+    # task ends, so polls (after the callback grace) only catch a lost one.
+    poll_schedule: ClassVar[Backoff] = Backoff(initial=30.0, factor=1.5, cap=120.0, jitter=0.2)
     statuses: ClassVar[Mapping[str, Status]] = {
         "CREATED": "queued",
         "IN_PROGRESS": "processing",

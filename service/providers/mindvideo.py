@@ -93,8 +93,9 @@ class MindVideo(PollOnlyProvider):
         "failed": "failed",
         "cancelled": "cancelled",
     }
-    # Poll-only: look early for short jobs, then back off to every 30 s for long ones.
-    poll_schedule: ClassVar[Backoff] = Backoff(initial=1.0, factor=1.5, cap=30.0, jitter=0.2)
+    # Poll-only, and a Seedance 2 video takes minutes (no time documented; this is the "fast" model): a first look
+    # at 20 s, then backing off to once a minute.
+    poll_schedule: ClassVar[Backoff] = Backoff(initial=20.0, factor=1.5, cap=60.0, jitter=0.2)
     reserved: ClassVar[Mapping[str, tuple[str, ...]]] = _RESERVED
 
     def auth_headers(self) -> dict[str, str]:

@@ -112,7 +112,8 @@ class Minuit(HttpProvider):
         "success": "succeeded",
         "failed": "failed",
     }
-    # The doc's sample client polls every 7 s; callbacks trigger a check sooner.
+    # The doc's sample client polls every 7 s; its callbacks are unsigned and undocumented, so polling (after the
+    # callback grace) backs off only to a minute. An untrusted callback asks for a check at once.
     poll_schedule: ClassVar[Backoff] = Backoff(initial=7.0, factor=1.5, cap=60.0, jitter=0.2)
     # Its only server error, 502 upstream_error, may be a moderation rejection: retried, but not forever.
     server_error_attempts: ClassVar[int | None] = 5

@@ -18,6 +18,7 @@ from service.providers.base import (
     generation_failed,
     passed_options,
 )
+from service.schedule import Backoff
 from service.vocabulary import Status
 from storage import JobRecord
 
@@ -83,6 +84,9 @@ class Seedancee2(HttpProvider):
     # No idempotency, but tasks echo `metadata` and can be listed: a lost create is looked up by job id.
     unknown_outcome: ClassVar[str] = "lookup"
     signs_webhooks: ClassVar[bool] = True
+    # Its example task took 6 min 20 s; its signed webhook says when a task ends, so polls (after the callback
+    # grace) only catch a lost one.
+    poll_schedule: ClassVar[Backoff] = Backoff(initial=60.0, factor=1.5, cap=120.0, jitter=0.2)
     statuses: ClassVar[Mapping[str, Status]] = {
         "pending": "queued",
         "processing": "processing",

@@ -20,7 +20,7 @@ import asyncpg  # type: ignore[import-untyped]
 from storage import archives, health, migrations, webhooks, writes
 from storage.base import Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageUnavailable, TaskTaken
-from storage.leases import due_for_dispatch, due_for_poll
+from storage.leases import as_claimed, due_for_dispatch, due_for_poll
 from storage.postgres.errors import translated
 from storage.postgres.feed import EventFeed
 from storage.postgres.limits import LimitMethods
@@ -34,6 +34,7 @@ from storage.records import (
     IdempotencyClaim,
     JobFilter,
     JobRecord,
+    PollReschedule,
     PruneCounts,
     Receipt,
     UpdateOutcome,
@@ -77,6 +78,31 @@ _CLAIM_POLLS_OF = _CLAIM.format(due=due_for_poll("$1") + " AND provider = ANY($5
 _CLAIM_POLLS_NOT_OF = _CLAIM.format(
     due=due_for_poll("$1") + " AND NOT (provider = ANY($5::text[]))", order="next_poll_at"
 )
+# Status checks that changed nothing, in one statement: each job still as its poller (this instance) claimed it
+# is rescheduled; those that changed meanwhile only lose the lease, if it is still this instance's.
+_RESCHEDULE_POLLS = """
+WITH item AS (
+    SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::int[], $6::float8[], $7::int[],
+                         $8::text[], $9::float8[])
+        AS t(id, lease_until, provider_task_id, status, stage, next_poll_at, poll_attempts, updated_at, due)
+), moved AS (
+    UPDATE jobs SET next_poll_at = item.due, poll_attempts = jobs.poll_attempts + 1, lease_until = NULL,
+        lease_owner = NULL
+    FROM item
+    WHERE jobs.id = item.id AND jobs.lease_owner = $10 AND jobs.lease_until = item.lease_until
+        AND jobs.provider_task_id IS NOT DISTINCT FROM item.provider_task_id AND jobs.status = item.status
+        AND jobs.stage = item.stage AND jobs.next_poll_at IS NOT DISTINCT FROM item.next_poll_at
+        AND jobs.poll_attempts = item.poll_attempts AND jobs.updated_at = item.updated_at
+    RETURNING jobs.id
+), released AS (
+    UPDATE jobs SET lease_until = NULL, lease_owner = NULL
+    FROM item
+    WHERE jobs.id = item.id AND jobs.lease_owner = $10 AND jobs.lease_until = item.lease_until
+        AND NOT EXISTS (SELECT 1 FROM moved WHERE moved.id = jobs.id)
+    RETURNING jobs.id
+)
+SELECT count(*) FROM moved
+"""
 
 # Per cost figure: its exact sum (numeric, never float8) and how many jobs have it. Only numbers are summed: one
 # odd value must not make the whole report fail.
@@ -459,6 +485,14 @@ class PostgresStore(
             return await self._claim(_CLAIM_POLLS, "next_poll_at", now, limit, lease_seconds)
         sql = _CLAIM_POLLS_NOT_OF if exclude else _CLAIM_POLLS_OF
         return await self._claim(sql, "next_poll_at", now, limit, lease_seconds, list(providers))
+
+    async def reschedule_polls(self, items: Sequence[PollReschedule]) -> int:
+        if not items:
+            return 0
+        # By id: two batches (or a batch and a claim) lock their rows in the same order.
+        rows = sorted((*as_claimed(i.job), i.next_poll_at) for i in items)
+        async with self._connection() as conn:
+            return int(await conn.fetchval(_RESCHEDULE_POLLS, *map(list, zip(*rows, strict=True)), self.lease_owner))
 
     async def release_leases(self) -> int:
         async with self._connection() as conn:

@@ -16,7 +16,7 @@ import msgspec
 from storage import archives, health, migrations, webhooks, writes
 from storage.base import BackupProgress, Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageError, StorageUnavailable
-from storage.leases import due_for_dispatch, due_for_poll
+from storage.leases import as_claimed, due_for_dispatch, due_for_poll
 from storage.records import (
     COST_FIELDS,
     ApiKeyRecord,
@@ -27,6 +27,7 @@ from storage.records import (
     IdempotencyClaim,
     JobFilter,
     JobRecord,
+    PollReschedule,
     PruneCounts,
     Receipt,
     UpdateOutcome,
@@ -74,6 +75,13 @@ _WITH_ASSETS_BEFORE = with_assets_before("?", ("?", "?"), "json_type(output, '$.
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="?")
 _RELEASE_DELIVERIES = webhooks.release_sql(None)
 _RELEASE_ARCHIVES = archives.release_sql(None)
+# A status check that changed nothing, written only to the job as its poller claimed it (`IS`: NULL-safe).
+_RESCHEDULE_POLL = (
+    "UPDATE jobs SET next_poll_at = ?, poll_attempts = poll_attempts + 1, lease_until = NULL "
+    "WHERE id = ? AND lease_until = ? AND provider_task_id IS ? AND status = ? AND stage = ? AND next_poll_at IS ? "
+    "AND poll_attempts = ? AND updated_at = ?"
+)
+_RELEASE_POLL = "UPDATE jobs SET lease_until = NULL WHERE id = ? AND lease_until = ?"
 _SELECT_BUDGET = sqlite_dialect(SELECT_BUDGET)
 _KEY_EVENTS_BEFORE = KEY_EVENTS_BEFORE.format(cutoff="?")
 _PRUNE_KEY_EVENTS = f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_KEY_EVENTS_BEFORE} LIMIT ?)"
@@ -387,6 +395,19 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, 
             marks = ", ".join(f"?{i}" for i in range(3, 3 + len(names))) or "NULL"
             due += f" AND provider {'NOT IN' if exclude else 'IN'} ({marks})"
         return await self._claim(due, "next_poll_at", now, limit, lease_seconds, names)
+
+    async def reschedule_polls(self, items: Sequence[PollReschedule]) -> int:
+        if not items:
+            return 0
+        moved = [(i.next_poll_at, *as_claimed(i.job)) for i in items]
+        held = [(i.job.id, i.job.lease_until) for i in items]
+
+        def work(db: sqlite3.Connection, _: list[EventRecord]) -> int:
+            rescheduled = db.executemany(_RESCHEDULE_POLL, moved).rowcount
+            db.executemany(_RELEASE_POLL, held)  # those that changed meanwhile: polled again when due
+            return rescheduled
+
+        return await self._writer.run(work)
 
     async def release_leases(self) -> int:
         async with self._writer.transaction() as conn:

@@ -419,9 +419,9 @@ def test_estimate_is_unknown_until_the_task_is_created() -> None:
     assert upstream().adapter().estimate(MODEL, {"prompt": "p", "resolution": "720p", "duration": 10}) == {}
 
 
-def test_model_is_poll_only_and_polled_soon_then_every_30_seconds() -> None:
+def test_model_is_poll_only_and_polled_at_20_seconds_then_every_minute() -> None:
     rng = random.Random(1)
     assert MODEL.callbacks is False
     assert MindVideo.signs_webhooks is False
-    assert MindVideo.poll_schedule.delay(0, rng) <= 1.2
-    assert 24.0 <= MindVideo.poll_schedule.delay(20, rng) <= 36.0
+    assert 16.0 <= MindVideo.poll_schedule.delay(0, rng) <= 24.0
+    assert 48.0 <= MindVideo.poll_schedule.delay(20, rng) <= 72.0

@@ -25,6 +25,7 @@ from storage import (
     JobFilter,
     JobNotFound,
     JobRecord,
+    PollReschedule,
     PruneCounts,
     QueryRejected,
     Receipt,
@@ -884,6 +885,52 @@ async def test_oldest_due_polls_gives_each_providers_earliest_unfinished_poll(st
     await create(store, provider="mindvideo", next_poll_at=NOW + 5, **polled)
     await create(store, provider="imini", stage=Stage.TERMINAL, next_poll_at=NOW - 9)  # finished: not counted
     assert await store.oldest_due_polls(["mindvideo", "imini"]) == {"mindvideo": NOW - 5}
+
+
+POLLED = {"stage": Stage.PROCESSING, "status": "processing", "dispatch_state": DispatchState.DONE}
+
+
+async def claimed_polls(store: Store, count: int) -> list[JobRecord]:
+    """`count` processing jobs, each with its own task, claimed for a status check at NOW."""
+    for n in range(count):
+        await create(store, provider_task_id=f"task-{n}", next_poll_at=NOW - n, **POLLED)
+    return sorted(
+        await store.claim_polls(NOW, limit=count, lease_seconds=LEASE), key=lambda j: j.provider_task_id or ""
+    )
+
+
+async def test_reschedule_polls_sets_each_next_check_counts_it_and_drops_the_lease(store: Store) -> None:
+    first, second = await claimed_polls(store, 2)
+    items = [PollReschedule(job=first, next_poll_at=NOW + 30), PollReschedule(job=second, next_poll_at=NOW + 45)]
+    assert await store.reschedule_polls(items) == 2
+    assert await store.get_job(first.id) == replace(first, next_poll_at=NOW + 30, poll_attempts=1, lease_until=None)
+    assert await store.get_job(second.id) == replace(second, next_poll_at=NOW + 45, poll_attempts=1, lease_until=None)
+    assert [j.id for j in await store.claim_polls(NOW + 31, limit=10, lease_seconds=LEASE)] == [first.id]
+
+
+async def test_reschedule_polls_leaves_a_job_that_changed_since_its_claim_and_drops_only_its_lease(
+    store: Store,
+) -> None:
+    callback, confirm, moved, cancelled, kept = await claimed_polls(store, 5)
+    await store.update_job(callback.id, to_status("succeeded", "job.succeeded"))  # a callback finished it
+    await store.update_job(confirm.id, lambda j: (replace(j, next_poll_at=NOW, lease_until=None), None))
+    await store.update_job(moved.id, lambda j: (replace(j, provider_task_id="task-next"), "job.rerouted"))
+    await store.update_job(cancelled.id, lambda j: (replace(j, stage=Stage.TERMINAL, status="cancelled"), None))
+    changed = {j.id: await store.get_job(j.id) for j in (callback, confirm, moved, cancelled)}
+    items = [PollReschedule(job=j, next_poll_at=NOW + 30) for j in (callback, confirm, moved, cancelled, kept)]
+    assert await store.reschedule_polls(items) == 1
+    for job_id, before in changed.items():
+        assert before is not None
+        assert await store.get_job(job_id) == replace(before, lease_until=None)
+    assert await store.get_job(kept.id) == replace(kept, next_poll_at=NOW + 30, poll_attempts=1, lease_until=None)
+
+
+async def test_reschedule_polls_leaves_a_job_claimed_again_after_its_lease_ran_out(store: Store) -> None:
+    (stale,) = await claimed_polls(store, 1)
+    (again,) = await store.claim_polls(NOW + LEASE, limit=10, lease_seconds=LEASE)
+    assert await store.reschedule_polls([PollReschedule(job=stale, next_poll_at=NOW + 30)]) == 0
+    assert await store.get_job(stale.id) == again  # the second claim's lease stands
+    assert await store.reschedule_polls([]) == 0
 
 
 # -- usage -------------------------------------------------------------------------------------
