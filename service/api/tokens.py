@@ -36,6 +36,9 @@ TokenQuery = Annotated[
         **text_param(
             "a stream token from `POST /v1/stream-tokens`, instead of an API key (for `EventSource`)",
             max_length=MAX_TOKEN_CHARS,
+            # base64url and a dot: documented, so that no valid value can grow past the header limit (431) once
+            # percent-encoded in the request line.
+            pattern=r"^rst_[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
         )
     ),
 ]
