@@ -104,12 +104,12 @@ async def _nothing() -> AsyncIterator[bytes]:
     security=[*SECURITY, {}],
     responses={
         200: ResponseSpec(
-            bytes, description="The whole asset", media_type="application/octet-stream", generate_examples=False
+            bytes, description="The whole asset", media_type="*/*", generate_examples=False
         ),
         206: ResponseSpec(
             bytes,
             description="The bytes a single `Range` asked for; `Content-Range` says which",
-            media_type="application/octet-stream",
+            media_type="*/*",
             generate_examples=False,
         ),
         304: ResponseSpec(None, description="`If-None-Match` names the asset's ETag"),
@@ -126,7 +126,6 @@ async def _nothing() -> AsyncIterator[bytes]:
         ),
     },
     operation_class=ApiOperation,
-    media_type="application/octet-stream",
 )
 async def job_content(
     request: Request[Any, Any, Any],
