@@ -1,4 +1,6 @@
-"""An S3-compatible server for tests: moto in server mode (the dev extras install it), on a free loopback port.
+"""An S3-compatible server for tests: the one REELAY_TEST_S3_ENDPOINT_URL names (with the AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY of the environment, if set), or else moto in server mode (the dev extras install it) on a free
+loopback port.
 
 It stands in for S3 the way the emulators stand in for the providers. Each test gets a bucket of its own
 (`S3Server.bucket`), so tests sharing the session's server never see each other's objects.
@@ -14,11 +16,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import boto3
 import httpx
 import pytest
 
 from tests.ports import free_ports
 
+URL_VARIABLE = "REELAY_TEST_S3_ENDPOINT_URL"
 # moto checks no signature; any non-empty credentials do.
 ACCESS_KEY_ID = "reelay-test"
 SECRET_ACCESS_KEY = "reelay-test-secret"
@@ -28,13 +32,23 @@ REGION = "us-east-1"
 class S3Server:
     """A running S3-compatible server at `endpoint_url`."""
 
-    def __init__(self, endpoint_url: str) -> None:
+    def __init__(self, endpoint_url: str, access_key_id: str = ACCESS_KEY_ID, secret: str = SECRET_ACCESS_KEY) -> None:
         self.endpoint_url = endpoint_url
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret
 
     def bucket(self) -> str:
         """A new empty bucket's name."""
         name = "reelay-" + uuid.uuid4().hex[:12]
-        httpx.put(f"{self.endpoint_url}/{name}", timeout=10).raise_for_status()
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+        client.create_bucket(Bucket=name)
+        client.close()
         return name
 
     def environ(self, bucket: str, prefix: str = "assets") -> dict[str, str]:
@@ -42,14 +56,30 @@ class S3Server:
         return {
             "REELAY_ASSETS": f"s3://{bucket}/{prefix}",
             "REELAY_S3_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
             "AWS_REGION": REGION,
         }
 
 
 @contextmanager
 def s3_server() -> Iterator[S3Server]:
+    """The server REELAY_TEST_S3_ENDPOINT_URL names, or else moto's, started on a free loopback port and stopped at
+    the end of the block."""
+    url = os.environ.get(URL_VARIABLE)
+    if url:
+        yield S3Server(
+            url.rstrip("/"),
+            os.environ.get("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+            os.environ.get("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+        )
+        return
+    with moto_server() as server:
+        yield server
+
+
+@contextmanager
+def moto_server() -> Iterator[S3Server]:
     """moto's server, started on a free loopback port and stopped at the end of the block."""
     port = free_ports(1)
     server = subprocess.Popen(

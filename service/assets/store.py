@@ -93,14 +93,17 @@ class FileAssets:
         file = await asyncio.to_thread(temp.open, "xb")
         size = 0
         try:
-            pending = bytearray()
+            pending: list[bytes] = []
+            pending_size = 0
             async for chunk in chunks:
-                pending += chunk
-                size += len(chunk)
-                if len(pending) >= WRITE_CHUNK:
-                    await asyncio.to_thread(file.write, pending)
-                    pending.clear()
-            await asyncio.to_thread(_finish, file, bytes(pending), temp, path)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= WRITE_CHUNK:
+                    await asyncio.to_thread(file.writelines, pending)
+                    size += pending_size
+                    pending, pending_size = [], 0
+            await asyncio.to_thread(_finish, file, pending, temp, path)
+            size += pending_size
         except BaseException:
             file.close()
             temp.unlink(missing_ok=True)
@@ -146,10 +149,10 @@ def _unlink(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _finish(file: io.BufferedWriter, tail: bytes, temp: Path, path: Path) -> None:
+def _finish(file: io.BufferedWriter, tail: list[bytes], temp: Path, path: Path) -> None:
     """Write the last bytes, sync them, and move the file into place; then sync the directory, so that a power
     loss cannot leave the name pointing at an empty file."""
-    file.write(tail)
+    file.writelines(tail)
     file.flush()
     os.fsync(file.fileno())
     file.close()
@@ -194,21 +197,32 @@ class S3Assets:
 
         _parts(key)
         size = 0
+        failure: Exception | None = None
 
         async def counted() -> AsyncIterator[bytes]:
-            nonlocal size
-            async for chunk in chunks:
-                size += len(chunk)
-                yield chunk
+            nonlocal size, failure
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    yield chunk
+            except Exception as exc:
+                failure = exc
+                raise
 
-        await obstore.put_async(
-            self._store,
-            key,
-            counted(),
-            attributes={"Content-Type": content_type},
-            chunk_size=S3_PART_BYTES,
-            max_concurrency=S3_PARTS_IN_FLIGHT,
-        )
+        try:
+            await obstore.put_async(
+                self._store,
+                key,
+                counted(),
+                attributes={"Content-Type": content_type},
+                chunk_size=S3_PART_BYTES,
+                max_concurrency=S3_PARTS_IN_FLIGHT,
+            )
+        except Exception as exc:
+            # The caller's error (a download that broke, a size cap) wins over a failure to abort the upload.
+            if failure is not None and failure is not exc:
+                raise failure from exc
+            raise
         return size
 
     async def size(self, key: str) -> int | None:
@@ -233,7 +247,8 @@ class S3Assets:
             result = await obstore.get_async(self._store, key, options=options)  # type: ignore[arg-type]
         except obstore.exceptions.GenericError:
             # An offset at or past the end: S3 answers 416, which is no bytes here, as on the file backend.
-            if start and await self.size(key) is not None:
+            size = await self.size(key)
+            if size is not None and start >= size:
                 return
             raise
         async for chunk in result.stream(min_chunk_size=READ_CHUNK):

@@ -68,6 +68,15 @@ async def test_ranged_reads_return_exactly_the_range(assets: AssetStore) -> None
     assert await read_all(assets, key, 5, 5) == b""
 
 
+async def test_a_read_from_the_end_or_beyond_returns_no_bytes(assets: AssetStore) -> None:
+    key = asset_key("job1", "video", 0)
+    await assets.put(key, chunks_of(b"0123456789"), content_type="video/mp4")
+    assert await read_all(assets, key, 10) == b""
+    assert await read_all(assets, key, 15) == b""
+    assert await read_all(assets, key, 10, 20) == b""
+    assert await read_all(assets, key, 5, 20) == b"56789"
+
+
 async def test_reads_come_in_bounded_chunks(assets: AssetStore) -> None:
     key = asset_key("job1", "video", 0)
     await assets.put(key, chunks_of(DATA, size=MiB), content_type="video/mp4")
@@ -302,3 +311,20 @@ def test_s3_settings_come_from_the_aws_variables() -> None:
         "secret",
         "eu-west-3",
     )
+
+
+async def test_s3_put_raises_the_chunks_error_even_when_aborting_the_upload_fails(s3_server: S3Server) -> None:
+    """The archiver tells a broken download or a size cap by the error its chunks raise: an S3 server that cannot
+    abort the upload (here: its bucket is gone) must not replace it."""
+    bucket = s3_server.bucket()
+    store = open_assets(Settings.from_env(s3_server.environ(bucket), adapters=ADAPTERS))
+    assert store is not None
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield bytes(6 * MiB)  # more than one part: the multipart upload has begun
+        async with httpx.AsyncClient() as client:
+            (await client.delete(f"{s3_server.endpoint_url}/{bucket}")).raise_for_status()
+        raise RuntimeError("too large")
+
+    with pytest.raises(RuntimeError, match="too large"):
+        await store.put("job1/video-0", chunks(), content_type="video/mp4")
