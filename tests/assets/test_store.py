@@ -110,6 +110,25 @@ async def test_put_whose_chunks_fail_midway_keeps_the_previous_version(assets: A
     assert await read_all(assets, key) == b"first version"
 
 
+async def test_a_cancelled_put_leaves_the_previous_version(assets: AssetStore) -> None:
+    key = asset_key("job1", "video", 0)
+    await assets.put(key, chunks_of(b"first version"), content_type="video/mp4")
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield bytes(6 * MiB)
+        started.set()
+        await never.wait()
+        yield b"never sent"
+
+    put = asyncio.create_task(assets.put(key, stalled(), content_type="video/mp4"))
+    await started.wait()
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    assert await read_all(assets, key) == b"first version"
+
+
 async def test_absent_key_has_no_size_and_cannot_be_read(assets: AssetStore) -> None:
     assert await assets.size(asset_key("nojob", "video", 0)) is None
     with pytest.raises(FileNotFoundError):
@@ -214,7 +233,19 @@ async def test_file_put_leaves_no_temporary_file_behind(tmp_path: Path) -> None:
     await store.put(asset_key("job1", "video", 0), chunks_of(DATA), content_type="video/mp4")
     with pytest.raises(RuntimeError):
         await store.put(asset_key("job1", "video", 1), chunks_of(DATA, fail_after=MiB), content_type="video/mp4")
+    put = asyncio.create_task(store.put(asset_key("job1", "video", 2), _stalled_after(MiB), content_type="video/mp4"))
+    while not list((tmp_path / "job1").glob(f"video-2{TEMP_MARK}*")):
+        await asyncio.sleep(0.01)
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
     assert sorted(p.name for p in (tmp_path / "job1").iterdir()) == ["video-0"]
+
+
+async def _stalled_after(size: int) -> AsyncIterator[bytes]:
+    yield bytes(size)
+    await asyncio.Event().wait()
+    yield b""
 
 
 CRASHING_PUT = """
