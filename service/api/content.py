@@ -103,9 +103,7 @@ async def _nothing() -> AsyncIterator[bytes]:
     guards=[key_or_signature],
     security=[*SECURITY, {}],
     responses={
-        200: ResponseSpec(
-            bytes, description="The whole asset", media_type="*/*", generate_examples=False
-        ),
+        200: ResponseSpec(bytes, description="The whole asset", media_type="*/*", generate_examples=False),
         206: ResponseSpec(
             bytes,
             description="The bytes a single `Range` asked for; `Content-Range` says which",
@@ -133,7 +131,11 @@ async def job_content(
     variant: Annotated[str, QueryParameter(**text_param("which output", enum=list(VARIANTS)), required=True)],
     index: Annotated[int, QueryParameter(ge=0, le=MAX_INDEX, description="which of the variant's outputs")] = 0,
     expires: Annotated[
-        int | None, QueryParameter(description="with `sig`: the signed URL's expiry (unix seconds)")
+        int | None,
+        QueryParameter(
+            description="with `sig`: the signed URL's expiry (unix seconds)",
+            schema_extra={"one_of": None, "type": "integer"},  # absent or an integer, never null
+        ),
     ] = None,
     sig: Annotated[
         str | None, QueryParameter(**text_param("the signature of a job's asset `url`; no API key is needed then"))
