@@ -3,7 +3,8 @@
 Phases (see bench/RESULTS.md): a ceiling, b webhooks, c submissions, d SSE memory/latency/broadcast/stalls,
 e SSE churn, f reconnect storm, g cross-replica latency on PostgreSQL, h caller webhook latency, h2 the same with
 black-holed receivers, h3 a caller webhook backlog's drain, i dispatch latency (202 -> the provider has the create),
-i2 failover latency (a route's first candidate refuses -> the second has the create).
+i2 failover latency (a route's first candidate refuses -> the second has the create), j a 200 MB output copied
+into the asset store against a plain download, j2 50 concurrent Range reads of it against a static file server.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery_phases, dispatch_phases, http_phases, replicas, report, sse_phases
+from bench import asset_phases, delivery_phases, dispatch_phases, http_phases, replicas, report, sse_phases
 from bench.common import ROOT, say
 
 RESULTS_JSON = ROOT / "bench" / "results.json"
@@ -25,7 +26,7 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 # wrk must never run out of seeded jobs in phase b (a repeat would be a cheap duplicate): seed for this rate.
 EXPECTED_WEBHOOK_RATE = 4000
-ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3,i,i2"
+ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3,i,i2,j,j2"
 
 
 def phase_names(text: str) -> set[str]:
@@ -41,6 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--phases", default=ALL_PHASES, help=f"which phases to run (default: {ALL_PHASES})")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of each wrk phase")
+    parser.add_argument(
+        "--asset-mb", type=int, default=200, help="size of the output phases j and j2 copy and serve (MB)"
+    )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b, c and h3 here")
     parser.add_argument(
         "--no-write", action="store_true", help="print only (implied by --profile or a subset of --phases)"
@@ -76,6 +80,10 @@ def main() -> None:
             results["i"] = dispatch_phases.dispatch(work)
         if "i2" in phases:
             results["i2"] = dispatch_phases.failover(work)
+        if "j" in phases:
+            results["j"] = asset_phases.copy(work, args.asset_mb * asset_phases.MB)
+        if "j2" in phases:
+            results["j2"] = asset_phases.serve(work, args.asset_mb * asset_phases.MB)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = report.targets(results)
 
@@ -86,7 +94,7 @@ def main() -> None:
     say(f"\nfinished in {results['wall_seconds'] / 60:.1f} min")
     if args.no_write:
         return
-    if phases != set(ALL_PHASES.split(",")) or args.profile:
+    if phases != set(ALL_PHASES.split(",")) or args.profile or args.asset_mb != 200:
         say("results not written: only a run of every phase, without --profile, replaces the published ones")
         return
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
