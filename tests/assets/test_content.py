@@ -244,3 +244,24 @@ async def test_asset_retention_deletes_the_files_keeps_the_job_and_answers_410(r
     assert response.status_code == 410
     assert response.json()["error"]["code"] == "asset_expired"
     assert await expire_assets(running.store, asset_store(running), to_iso(time.time() + 60), at=at) == 0
+
+
+async def test_signed_urls_stay_valid_across_a_restart_on_the_same_database(tmp_path: Path) -> None:
+    async with stack(tmp_path, assets=f"file://{tmp_path / 'assets'}") as first:
+        job_id = await archived_job(first)
+        url = await signed_url(first, job_id)
+    # The secret was made once and kept in the database: the next process signs and checks with the same one.
+    async with stack(tmp_path, assets=f"file://{tmp_path / 'assets'}") as second:
+        response = await second.client.get(url.replace(first.url, second.url))
+        assert response.status_code == 200
+        assert response.content == DATA
+
+
+async def test_reelay_asset_url_secret_signs_the_urls(tmp_path: Path) -> None:
+    secret = "a-secret-of-32-characters-long!!"
+    async with stack(tmp_path, assets=f"file://{tmp_path / 'assets'}", asset_url_secret=secret) as running:
+        job_id = await archived_job(running)
+        query = parse_qs(urlsplit(await signed_url(running, job_id)).query)
+        expires, sig = int(query["expires"][0]), query["sig"][0]
+        ours = AssetUrls(secret.encode(), running.url, 60)
+        assert ours.valid(job_id, "video", 0, expires, sig, now=time.time())
