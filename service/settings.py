@@ -199,7 +199,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             budget_allow_unpriced=reader.choice("REELAY_BUDGET_ALLOW_UNPRICED", "false", ("true", "false")) == "true",
             assets=reader.assets("REELAY_ASSETS", defaults.assets),
-            s3_endpoint_url=reader.text("REELAY_S3_ENDPOINT_URL", "").rstrip("/") or None,
+            s3_endpoint_url=reader.endpoint("REELAY_S3_ENDPOINT_URL"),
             s3_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
             s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             s3_session_token=env.get("AWS_SESSION_TOKEN") or None,
@@ -300,6 +300,13 @@ class _Reader:
         if raw.startswith("s3://") and raw.removeprefix("s3://").split("/", 1)[0]:
             return raw
         raise ConfigError(f"{name} must be file://<dir>, s3://<bucket>/<prefix> or off, got {raw!r}")
+
+    def endpoint(self, name: str) -> str | None:
+        """An optional http(s)://host[:port] base URL, without its trailing slash."""
+        raw = self.text(name, "").rstrip("/")
+        if raw and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", raw):
+            raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+        return raw or None
 
     def provider(self, adapter: type[ProviderAdapter], tolerance: int) -> ProviderSettings:
         """One provider's REELAY_<NAME>_* variables, with the defaults its adapter declares."""

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import boto3
 import httpx
 import pytest
 
@@ -39,6 +38,8 @@ class S3Server:
 
     def bucket(self) -> str:
         """A new empty bucket's name."""
+        import boto3  # moto's dependency; imported here, so a session that needs no S3 server does not load it
+
         name = "reelay-" + uuid.uuid4().hex[:12]
         client = boto3.client(
             "s3",

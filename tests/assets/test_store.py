@@ -318,6 +318,12 @@ def test_a_bad_assets_value_is_a_config_error_naming_the_variable(value: str) ->
         Settings.from_env({"REELAY_ASSETS": value}, adapters=ADAPTERS)
 
 
+@pytest.mark.parametrize("value", ["127.0.0.1:9000", "not a url", "ftp://host", "http://"])
+def test_a_bad_s3_endpoint_is_a_config_error_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^REELAY_S3_ENDPOINT_URL must be an http:// or https:// URL"):
+        Settings.from_env({"REELAY_ASSETS": "s3://bucket", "REELAY_S3_ENDPOINT_URL": value}, adapters=ADAPTERS)
+
+
 def test_a_file_store_path_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("")
     settings = Settings.from_env({"REELAY_ASSETS": f"file://{tmp_path / 'taken'}"}, adapters=ADAPTERS)
@@ -359,3 +365,17 @@ async def test_s3_put_raises_the_chunks_error_even_when_aborting_the_upload_fail
 
     with pytest.raises(RuntimeError, match="too large"):
         await store.put("job1/video-0", chunks(), content_type="video/mp4")
+
+
+def test_a_bad_assets_value_stops_reelay_serve_with_one_line(tmp_path: Path) -> None:
+    environ = {
+        **os.environ,
+        "REELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'reelay.db'}",
+        "REELAY_ASSETS": "nfs://somewhere",
+    }
+    reelay = str(Path(sys.executable).parent / "reelay")
+    result = subprocess.run([reelay, "serve"], env=environ, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "Error: REELAY_ASSETS must be file://<dir>, s3://<bucket>/<prefix> or off, got 'nfs://somewhere'"
+    ]
