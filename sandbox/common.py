@@ -19,6 +19,7 @@ from litestar.types import ControllerRouterHandler, ExceptionHandlersMap
 from msgspec import UNSET, UnsetType
 
 from sandbox.knobs import Chaos, SandboxKnobs
+from sandbox.media import MediaLinks, media_route, new_secret
 
 __all__ = [
     "Callback",
@@ -81,6 +82,8 @@ class Schedule(TypedDict):
     created_mono: float
     processing_after_s: float
     terminal_after_s: float
+    created_wall: float
+    links: MediaLinks
 
 
 @dataclass(eq=False, kw_only=True)
@@ -97,6 +100,14 @@ class SandboxTask(Generic[OutcomeT]):
     forced: bool = False
     # The background task that moves this one along and sends its callbacks; cancelled when a test forces it.
     timer: asyncio.Task[None] | None = None
+    created_wall: float = 0.0  # unix time of creation: result URLs expire counting from completion
+    links: MediaLinks | None = None  # signs its result URLs (None: a task built by hand, with no media)
+
+    def media_url(self, path: str) -> str:
+        """The signed, expiring URL of one of its result files (`path` in the provider's own shape)."""
+        if self.links is None:
+            return f"https://media.sandbox.invalid/{path}"
+        return self.links.url(path, self.created_wall + self.terminal_after_s)
 
     def phase(self, now_mono: float) -> Phase:
         elapsed = now_mono - self.created_mono
@@ -227,6 +238,10 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
         self.accepted_creates: list[dict[str, Any]] = []
         self.callbacks: list[CallbackRecord] = []
         self.background: set[asyncio.Task[None]] = set()
+        # Result URLs point back at this emulator (where the create came in) and are signed with this secret.
+        self.media_secret = new_secret()
+        self.downloads: dict[str, int] = {}  # result file path -> downloads started
+        self.base_url = "http://sandbox.invalid"
 
     # -- provider hooks ---------------------------------------------------------------------------------
 
@@ -308,6 +323,7 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
         """
         if create:
             self.create_attempts += 1
+        self.base_url = str(request.base_url)
         second = int(time.time())
         self.calls_per_second[second] = self.calls_per_second.get(second, 0) + 1
         knobs = self.chaos.knobs
@@ -338,6 +354,8 @@ class SandboxCore(ABC, Generic[TaskT, OutcomeT]):
             created_mono=time.monotonic(),
             processing_after_s=knobs.processing_after_s,
             terminal_after_s=knobs.complete_after_s,
+            created_wall=time.time(),
+            links=MediaLinks(self.base_url, self.media_secret, knobs.url_ttl_s),
         )
 
     def owned_task(self, task_id: str, owner: str) -> TaskT:
@@ -464,6 +482,11 @@ def _control_routes(core: SandboxCore[Any, OutcomeT], outcomes: Mapping[str, Out
         core.chaos = Chaos(knobs)
         return json_response(knobs)
 
+    @get("/_sandbox/downloads")
+    async def sandbox_downloads() -> Response[bytes]:
+        # Downloads of result files that started (expired and failed ones not counted), by path.
+        return json_response({"downloads": core.downloads})
+
     @get("/_sandbox/callbacks")
     async def sandbox_callbacks() -> Response[bytes]:
         # Always empty for a provider without webhooks: kept so every emulator has the same control surface.
@@ -476,6 +499,7 @@ def _control_routes(core: SandboxCore[Any, OutcomeT], outcomes: Mapping[str, Out
         sandbox_tasks,
         sandbox_get_knobs,
         sandbox_put_knobs,
+        sandbox_downloads,
         *forces,
         sandbox_callbacks,
     ]
@@ -492,8 +516,9 @@ def sandbox_app(
     """The emulator app: the provider's `routes`, then the `/_sandbox/` control routes (see `_control_routes`)."""
     # Only an emulator that sends callbacks needs the client its lifespan opens and closes.
     sends_callbacks = core.CALLBACK_ATTEMPTS > 0
+    media = media_route(core.media_secret, lambda: core.chaos, core.downloads)
     return Litestar(
-        route_handlers=[*routes, *_control_routes(core, outcomes)],
+        route_handlers=[*routes, *_control_routes(core, outcomes), media],
         exception_handlers=exception_handlers,
         on_startup=[core.startup] if sends_callbacks else [],
         on_shutdown=[core.shutdown] if sends_callbacks else [],

@@ -44,7 +44,6 @@ FORCED: dict[str, Outcome] = {"complete": "succeeded", "fail": "failed"}
 MODEL = "doubao/seedance-2.0"
 SEED_MIN, SEED_MAX = -1, 2**32 - 1
 MAX_BODY_BYTES = 64 * 1024 * 1024  # "total request body <= 64 MB"
-MEDIA_HOST = "https://media.imini.sandbox"
 FAILURE_MESSAGE = "Video generation failed. Please adjust the prompt or the references and try again."
 # Output sizes of Seedance 2.0 per resolution and aspect ratio; "adaptive" renders as 16:9 here [A].
 DIMENSIONS: dict[str, dict[str, tuple[int, int]]] = {
@@ -242,13 +241,13 @@ class _Task(SandboxTask[Outcome]):
             spec = self.request
             width, height = DIMENSIONS[spec.resolution].get(spec.aspect_ratio, DIMENSIONS[spec.resolution]["16:9"])
             # [A] Where the last frame appears is not documented; the placement is a factory option.
-            last_frame = f"{MEDIA_HOST}/frames/{self.id}.png" if spec.extra_params.return_last_frame else None
+            last_frame = self.media_url(f"frames/{self.id}.png") if spec.extra_params.return_last_frame else None
             video = Video(
-                url=f"{MEDIA_HOST}/videos/{self.id}.mp4",
+                url=self.media_url(f"videos/{self.id}.mp4"),
                 width=width,
                 height=height,
                 duration=spec.duration,
-                cover_url=f"{MEDIA_HOST}/covers/{self.id}.jpg",
+                cover_url=self.media_url(f"covers/{self.id}.jpg"),
             )
             if last_frame is not None and placement == "video":
                 video.last_frame_url = last_frame

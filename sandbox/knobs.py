@@ -49,6 +49,14 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             while set; unlike `burst_429` it never runs out.
         hang_s: A create makes its task, then holds its answer this long: a caller whose timeout is shorter sees a
             lost answer while the task exists (and runs, and is billed).
+        url_ttl_s: How long a completed task's result URLs work (from its completion; a task keeps the value it
+            was created with); after it they answer 403 with an XML `AccessDenied`, as an expired signed URL does.
+        output_bytes: The size of each video served at a result URL (the sample MP4 padded with an MP4 `free` box,
+            generated as it is sent); None: the sample itself (about 29 KB).
+        output_bytes_per_s: Serve result files at most this fast (0: as fast as the connection goes).
+        output_unsized: Serve result files without Content-Length (chunked), as some CDNs do.
+        output_content_type: The Content-Type a video is served with instead of `video/mp4` (e.g. `text/html`).
+        media_burst_5xx: The next N downloads of a result file answer 503 `SlowDown`.
         seed: Seed for the random source, so that a test run is reproducible.
     """
 
@@ -66,19 +74,28 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     insufficient_credits: bool = False
     rate_limit: bool = False
     hang_s: float = 0.0
+    url_ttl_s: float = 3600.0
+    output_bytes: int | None = None
+    output_bytes_per_s: float = 0.0
+    output_unsized: bool = False
+    output_content_type: str | None = None
+    media_burst_5xx: int = 0
     seed: int | None = None
 
     def __post_init__(self) -> None:
         # Checked here rather than with Meta constraints so direct construction is validated too;
         # msgspec turns this ValueError into a ValidationError when decoding a request body.
-        for name in ("latency_s", "processing_after_s", "complete_after_s", "hang_s"):
+        durations = ("latency_s", "processing_after_s", "complete_after_s", "hang_s", "url_ttl_s", "output_bytes_per_s")
+        for name in durations:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in _RATE_FIELDS:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        if self.burst_429 < 0 or self.burst_5xx < 0:
+        if self.burst_429 < 0 or self.burst_5xx < 0 or self.media_burst_5xx < 0:
             raise ValueError("burst counts must be >= 0")
+        if self.output_bytes is not None and self.output_bytes < 0:
+            raise ValueError("output_bytes must be >= 0")
 
 
 class Chaos:
@@ -89,6 +106,7 @@ class Chaos:
         self._random = random.Random(knobs.seed)
         self._burst_429 = knobs.burst_429
         self._burst_5xx = knobs.burst_5xx
+        self._media_5xx = knobs.media_burst_5xx
 
     def _roll(self, rate: float) -> bool:
         # Always draw, even at rate 0 or 1, so one seed gives one sequence whatever the rates are.
@@ -118,5 +136,12 @@ class Chaos:
         """Consume one unit of the 5xx burst; True if this call must fail with a server error."""
         if self._burst_5xx > 0:
             self._burst_5xx -= 1
+            return True
+        return False
+
+    def take_media_5xx(self) -> bool:
+        """Consume one unit of the result files' 5xx burst; True if this download must fail with a 503."""
+        if self._media_5xx > 0:
+            self._media_5xx -= 1
             return True
         return False

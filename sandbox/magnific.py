@@ -70,7 +70,6 @@ FORCED: dict[str, Outcome] = {"fail": "FAILED"}
 MAX_PROMPT_CHARS = 2000
 SEED_MAX = 4294967295
 # `.invalid` cannot resolve: these URLs only stand for the 24-hour MP4 links the real API returns.
-MEDIA_HOST = "https://cdn.magnific.invalid"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ class _Task(SandboxTask[Outcome]):
 
     def view_as(self, status: Status) -> TaskView:
         # `generated` stays [] until COMPLETED, as the doc says.
-        generated = [] if status != "COMPLETED" or self.empty else [f"{MEDIA_HOST}/{self.resolution}/{self.id}.mp4"]
+        generated = [] if status != "COMPLETED" or self.empty else [self.media_url(f"{self.resolution}/{self.id}.mp4")]
         return TaskView(task_id=self.id, status=status, generated=generated)
 
 

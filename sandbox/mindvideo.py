@@ -44,7 +44,6 @@ FORCED: dict[str, Outcome] = {"complete": "succeeded", "fail": "failed", "cancel
 FRAME_ROLES: tuple[Role, ...] = ("first_frame", "last_frame")
 # Assumption: no price table is published; 480p matches the doc's 0.0657 for 5 s, 720p costs twice as much.
 USD_PER_SECOND: dict[str, float] = {"480p": 0.01314, "720p": 0.02628}
-MEDIA_HOST = "https://cdn.mindvideo.ai"
 FAILURE_MESSAGE = "Video generation failed upstream. Please adjust the input and try again."
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -215,8 +214,8 @@ class _Task(SandboxTask[Outcome]):
             view.cost_actual = self.cost if status == "succeeded" else 0.0
         if status == "succeeded":
             view.output = TaskOutput(
-                videos=[Video(url=f"{MEDIA_HOST}/output/{self.id}.mp4")],
-                last_frame_url=f"{MEDIA_HOST}/output/{self.id}_last_frame.png"
+                videos=[Video(url=self.media_url(f"output/{self.id}.mp4"))],
+                last_frame_url=self.media_url(f"output/{self.id}_last_frame.png")
                 if self.request.input.return_last_frame
                 else UNSET,
             )

@@ -54,7 +54,6 @@ RATES = {"480p": 16, "720p": 34, "1080p": 85}
 WAN_RESOLUTIONS = ("720p", "1080p")
 # The only moderation value the doc gives.
 MODERATION_VALUES = ("disabled",)
-MEDIA_HOST = "https://media-delivery.example.com"
 # Assumption: the failure text and the Vidu err_code that Minuit passes through.
 FAILURE_CODE = "CreationPolicyViolation"
 FAILURE_MESSAGE = "The generated video did not pass the content review."
@@ -299,7 +298,7 @@ class _Task(SandboxTask[Outcome]):
         state = self.state(now_mono)
         view = TaskView(id=self.id, task_id=self.id, state=state, creations=[])
         if state == "success":
-            view.creations = [Creation(url=f"{MEDIA_HOST}/{self.id}/generated-result.mp4")]
+            view.creations = [Creation(url=self.media_url(f"{self.id}/generated-result.mp4"))]
         elif state == "failed":
             view.err_code = FAILURE_CODE
             view.err_msg = FAILURE_MESSAGE

@@ -64,7 +64,6 @@ MIN_DURATION_S = 4
 MAX_DURATION_S = 15
 # Assumption: the doc states no default resolution; 720p is what every example sends, so credits use it.
 DEFAULT_RESOLUTION = "720p"
-MEDIA_HOST = "https://media.seedancee2.ai"
 FAILURE_MESSAGE = "The video could not be generated. Please try again with a different prompt."
 
 
@@ -246,14 +245,14 @@ class _Task(SandboxTask[Outcome]):
         if status == "completed":
             completed_at = self.created_at + timedelta(seconds=self.terminal_after_s)
             day = completed_at.strftime("%Y/%m/%d")
-            poster = f"{MEDIA_HOST}/video-posters/{day}/{self.id}.jpg"
+            poster = self.media_url(f"video-posters/{day}/{self.id}.jpg")
             # The doc's GET example (which asked for return_last_frame) shows last_frame_url equal to the
             # poster URL; the completed webhook example omits it, so callbacks never carry it.
             wants_last_frame = self.request.input.return_last_frame is True and not for_callback
             view.completed_at = iso(completed_at)
             view.credits_charged = self.credits
             view.output = TaskOutput(
-                video_url=f"{MEDIA_HOST}/videos/{day}/{self.id}.mp4",
+                video_url=self.media_url(f"videos/{day}/{self.id}.mp4"),
                 thumbnail_url=poster,
                 last_frame_url=poster if wants_last_frame else UNSET,
             )

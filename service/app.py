@@ -40,7 +40,7 @@ from service.errors import ConfigError
 from service.events import EventLog
 from service.gateway import Gateway
 from service.hub import EventHub
-from service.loops import Deliverer, Dispatcher, Loop, Poller, Watcher
+from service.loops import Archiver, Deliverer, Dispatcher, Loop, Poller, Watcher
 from service.metrics import Metrics, watch_loop_lag
 from service.providers import ADAPTERS, ProviderRegistry, all_models
 from service.providers.base import ProviderAdapter
@@ -79,6 +79,8 @@ def _wake_deliverer(runtime: Runtime, events: Sequence[EventRecord]) -> None:
     """Store listener: committed events that recorded deliveries wake the deliverer (they are due now)."""
     if any(event.deliveries for event in events):
         runtime.signals.deliveries.set()
+    if any(event.type == "job.succeeded" for event in events):
+        runtime.signals.archives.set()  # its outputs are queued for copying (storage.archives)
 
 
 async def _open_assets(settings: Settings, store: Store) -> tuple[AssetStore | None, AssetUrls]:
@@ -122,6 +124,7 @@ def create_app(
             clock=clock or time.time,
             sqlite_synchronous=settings.sqlite_synchronous,
             first_delivery_delay=settings.webhook_retry_schedule[0],
+            archive=settings.assets != "off",
         )
         await the_store.open()
         if run_workers:
@@ -197,6 +200,8 @@ def create_app(
                 Poller(runtime, gateway),
                 Deliverer(runtime, gateway, resolve=webhook_resolve),
             ]
+            if assets is not None:
+                loops.append(Archiver(runtime, gateway, resolve=webhook_resolve))
         if role != "worker":
             loops.append(Watcher("revoked_keys", lambda: close_revoked_streams(ctx)))
             loops.append(Watcher("stream_slots", ctx.limits.keep))

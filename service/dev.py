@@ -117,6 +117,13 @@ async def run_dev(
         post = f"curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json'"
         prompt = "waves on black rocks"
         route = next(iter(settings.routes.values()), None)
+        archived = (
+            ""
+            if settings.assets == "off"
+            else f"Outputs are copied into {settings.assets} (job.archived); download a finished job's video:\n"
+            f"  curl -o video.mp4 '{url}/v1/jobs/JOB_ID/content?variant=video&index=0' "
+            f"-H 'Authorization: Bearer {api_key}'\n"
+        )
         on_route = (
             ""
             if route is None
@@ -136,6 +143,7 @@ async def run_dev(
             f"{on_route}"
             f"Watch events:\n"
             f"  curl -N {url}/v1/events -H 'Authorization: Bearer {api_key}'\n"
+            f"{archived}"
             f"Try webhooks: in another shell, start a receiver that verifies and prints each delivery\n"
             f"  reelay listen --port 9000 --secret {webhook_secret}\n"
             f'and add "webhook_url": "http://127.0.0.1:9000/" to the job\'s JSON above.\n',

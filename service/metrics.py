@@ -25,6 +25,8 @@ class Metrics:
     webhook_endpoints_disabled: Gauge
     provider_circuit_state: Gauge
     provider_create_errors: Counter
+    assets_archived: Counter
+    asset_bytes: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -108,6 +110,16 @@ class Metrics:
                 "lost answers, account refusals), by provider",
                 ["provider"],
                 registry=registry,
+            ),
+            assets_archived=Counter(
+                "reelay_assets_archived",
+                "Outputs copied into the asset store, by result: copied, or the archive_error code that ended it "
+                "(too_large, content_type, private_address, expired, unreachable)",
+                ["result"],
+                registry=registry,
+            ),
+            asset_bytes=Counter(
+                "reelay_asset_bytes", "Bytes of outputs copied into the asset store", registry=registry
             ),
         )
 

@@ -116,6 +116,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # `reelay prune` deletes the archived assets of jobs completed longer ago than this (the job stays); 0: an
     # asset lives as long as its job.
     asset_retention_days: int = 0
+    # The archiver (service/loops/archiver.py): an output larger than this, or of a type not listed, is not copied
+    # (`archive_error`); at most `asset_concurrency` jobs' outputs are copied at once per process; a copy that keeps
+    # failing (5xx, connection errors) is retried until this long after the job succeeded.
+    asset_max_bytes: int = 2 * 1024**3
+    asset_content_types: tuple[str, ...] = (
+        "video/mp4",
+        "video/webm",
+        "video/quicktime",
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+    )
+    asset_concurrency: int = 4
+    asset_copy_deadline_seconds: float = 86400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, adapters: ProviderRegistry) -> Settings:
@@ -207,6 +221,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             asset_url_ttl_seconds=reader.number("REELAY_ASSET_URL_TTL_SECONDS", defaults.asset_url_ttl_seconds),
             asset_url_secret=env.get("REELAY_ASSET_URL_SECRET", "").strip() or None,
             asset_retention_days=reader.integer("REELAY_ASSET_RETENTION_DAYS", defaults.asset_retention_days, low=0),
+            asset_max_bytes=reader.integer("REELAY_ASSET_MAX_BYTES", defaults.asset_max_bytes, low=1),
+            asset_content_types=reader.media_types("REELAY_ASSET_CONTENT_TYPES", defaults.asset_content_types),
+            asset_concurrency=reader.integer("REELAY_ASSET_CONCURRENCY", defaults.asset_concurrency, low=1),
+            asset_copy_deadline_seconds=reader.number(
+                "REELAY_ASSET_COPY_DEADLINE_SECONDS", defaults.asset_copy_deadline_seconds
+            ),
         )
 
     def __post_init__(self) -> None:
@@ -289,6 +309,17 @@ class _Reader:
             if raw.lower() == option.lower():
                 return option
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+
+    def media_types(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated list of media types (`type/subtype`), at least one; compared in lower case."""
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        types = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+        bad = [t for t in types if not re.fullmatch(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+", t)]
+        if bad or not types:
+            raise ConfigError(f"{name} takes media types like video/mp4 separated by commas, got {raw!r}")
+        return types
 
     def assets(self, name: str, default: str) -> str:
         """Where assets are kept: `file://<dir>`, `s3://<bucket>[/<prefix>]` or `off`."""

@@ -16,6 +16,7 @@ EventType = Literal[
     "job.failed",
     "job.cancelled",
     "job.rerouted",  # a route moved the job to its next candidate (detail: from, to, reason)
+    "job.archived",  # a succeeded job's outputs were copied into the asset store (or failed for good): not terminal
     "budget.threshold",  # a key's budget crossed 80 % or 100 % (no job; detail: the budget's figures)
 ]
 EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from service.assets import Asset
 from service.inline import shown_input
 from service.vocabulary import EVENT_TYPES, Status
 from storage import JobRecord
@@ -130,9 +131,26 @@ class Video(msgspec.Struct):
     thumbnail_url: str | None
 
 
+class ArchiveError(msgspec.Struct):
+    """The first output whose copy into the asset store failed for good (the others' copies are in `assets`)."""
+
+    code: Annotated[str, schema_doc(enum=["too_large", "content_type", "private_address", "expired", "unreachable"])]
+    message: str
+    variant: str
+    index: int
+
+
 class Output(msgspec.Struct):
     videos: list[Video]
     last_frame_url: str | None
+    assets: (
+        Annotated[
+            list[Asset],
+            schema_doc("the outputs copied into Reelay's asset store (absent until `job.archived`); `url` is signed"),
+        ]
+        | None
+    ) = None
+    archive_error: ArchiveError | None = None
     assets_expired_at: (
         Annotated[
             str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from storage.archives import ArchiveRecord, asset_items
 from storage.base import (
     BackupProgress,
     Clock,
@@ -58,11 +59,13 @@ def create_store(
     clock: Clock,
     sqlite_synchronous: str = "FULL",
     first_delivery_delay: float = 0.0,
+    archive: bool = False,
 ) -> Store:
     """The backend a database URL names: `sqlite:///path`, or `postgresql://...` for several replicas.
 
     `clock` stamps what the store dates itself (webhook receipts, applied migrations, deliveries it records);
-    `first_delivery_delay` is how long after its event a caller webhook delivery is first due.
+    `first_delivery_delay` is how long after its event a caller webhook delivery is first due; `archive` queues
+    each job that succeeds with result URLs for the archiver (set when the asset store is on).
     """
     # Imported here: each backend pulls in its driver, and asyncpg is an optional dependency.
     if database_url.startswith("sqlite:"):
@@ -74,18 +77,22 @@ def create_store(
             clock=clock,
             synchronous=sqlite_synchronous,
             first_delivery_delay=first_delivery_delay,
+            archive=archive,
         )
     if database_url.startswith(("postgresql:", "postgres:")):
         try:
             from storage.postgres import PostgresStore
         except ModuleNotFoundError as exc:
             raise ValueError(f"{exc.name} is not installed: pip install 'reelay[postgres]'") from exc
-        return PostgresStore(database_url, encode_job, clock=clock, first_delivery_delay=first_delivery_delay)
+        return PostgresStore(
+            database_url, encode_job, clock=clock, first_delivery_delay=first_delivery_delay, archive=archive
+        )
     raise ValueError(f"unsupported REELAY_DATABASE_URL scheme: {database_url.split(':', 1)[0]!r}")
 
 
 __all__ = [
     "ApiKeyRecord",
+    "ArchiveRecord",
     "AttemptRecord",
     "AttemptResult",
     "BackupProgress",
@@ -125,5 +132,6 @@ __all__ = [
     "TaskTaken",
     "UpdateOutcome",
     "UsageRow",
+    "asset_items",
     "create_store",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from storage.archives import ArchiveRecord
 from storage.health import CircuitPolicy, ProviderHealthRecord
 from storage.records import (
     ApiKeyRecord,
@@ -330,6 +331,24 @@ class Store(Protocol):
 
     async def jobs_in_flight(self) -> dict[str, int]:
         """Unfinished jobs (not terminal) per provider, from an index."""
+
+    # -- the archiver's queue (storage.archives) --------------------------------------------------
+    #
+    # A store made with `archive=True` queues, in the write that makes a job succeeded, one row holding what its
+    # output has to copy (`asset_items`). Leased like jobs; on a shared database each lease names this instance.
+
+    async def claim_archives(self, now: float, limit: int, lease_seconds: float) -> list[ArchiveRecord]:
+        """Lease up to `limit` pending archives due at `now`, oldest due first (SKIP LOCKED where shared)."""
+
+    async def renew_archive(self, job_id: str, until: float) -> None:
+        """Extend a pending archive's lease: a long copy is still under way."""
+
+    async def save_archive(self, job_id: str, items: list[dict[str, Any]], next_attempt_at: float) -> None:
+        """Keep the items' results so far, count an attempt, and release the lease until `next_attempt_at`."""
+
+    async def finish_archive(self, job_id: str, decide: Decide, items: list[dict[str, Any]]) -> UpdateOutcome:
+        """`update_job(job_id, decide)` and, in the same transaction, mark the archive done with `items`.
+        Raises JobNotFound when the job is gone (pruned: its archive went with it)."""
 
     async def server_secret(self, name: str, *, new_value: str) -> str:
         """The service's secret called `name`: `new_value` stored if there is none yet, else the one stored first

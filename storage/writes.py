@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from storage import budgets, webhooks
+from storage import archives, budgets, webhooks
 from storage.base import Clock, Decide, JobEncoder
 from storage.errors import IdempotencyConflict, JobNotFound
 from storage.records import (
@@ -42,6 +42,9 @@ class WriteSteps(Protocol):
 
     first_delivery_delay: float
     """Seconds after its event a caller webhook delivery is first due."""
+
+    archive: bool
+    """Whether a job that succeeds with result URLs gets a row in the archiver's queue (the asset store is on)."""
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         """One job; with `for_update`, locked against other writers until the transaction ends."""
@@ -85,6 +88,12 @@ class WriteSteps(Protocol):
 
     async def save_budget(self, totals: BudgetTotals) -> None:
         """Write a budget period's totals back."""
+
+    async def insert_archive(self, job_id: str, items: list[dict[str, Any]]) -> None:
+        """Queue a succeeded job's outputs for the archiver (storage.archives), due now."""
+
+    async def close_archive(self, job_id: str, items: list[dict[str, Any]]) -> None:
+        """Mark a job's archive done, with the final result of each item."""
 
 
 async def create_job(
@@ -156,6 +165,11 @@ async def update_job(
         return UpdateOutcome(job=current)
     job, event_type = decision
     await steps.save_job(job)
+    if steps.archive and job.status == "succeeded" and current.status != "succeeded":
+        # Queued with the success itself: a crash right after it cannot lose the copy.
+        items = archives.asset_items(job.output)
+        if items:
+            await steps.insert_archive(job.id, items)
     alerts: list[bytes] = []
     if job.reservation is not None and job.stage == Stage.TERMINAL and current.stage != Stage.TERMINAL:
         # Settled with the terminal write itself: a job's reservation never outlives it, nor is released twice.
@@ -163,6 +177,16 @@ async def update_job(
     event = None if event_type is None else await _append_event(steps, job, event_type)
     await _announce(steps, job.api_key_id, job.updated_at, alerts)
     return UpdateOutcome(job=job, event=event, changed=True)
+
+
+async def finish_archive(
+    steps: WriteSteps, job_id: str, decide: Decide, items: list[dict[str, Any]], received_at: str
+) -> UpdateOutcome:
+    """`Store.finish_archive`: the job's update (its `output.assets` and `job.archived`) and the archive row's close,
+    in one transaction."""
+    outcome = await update_job(steps, job_id, decide, None, received_at)
+    await steps.close_archive(job_id, items)
+    return outcome
 
 
 async def _append_event(steps: WriteSteps, job: JobRecord, event_type: str) -> EventRecord:

@@ -55,7 +55,8 @@ async def serving(
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    base = Settings(database_url=f"sqlite:///{tmp_path / 'reelay.db'}", sqlite_synchronous="NORMAL")
+    # No asset store unless a test asks for one (`assets=`): no archiving, no job.archived, nothing under ./var.
+    base = Settings(database_url=f"sqlite:///{tmp_path / 'reelay.db'}", sqlite_synchronous="NORMAL", assets="off")
     return msgspec.structs.replace(base, **overrides)
 
 
@@ -189,6 +190,7 @@ async def stack(
             clock=time.time,
             sqlite_synchronous=settings.sqlite_synchronous,
             first_delivery_delay=settings.webhook_retry_schedule[0],
+            archive=settings.assets != "off",
         )
         app = create_app(settings, http_client=http_client, store=store, webhook_resolve=webhook_resolve, health=health)
         sandbox_apps = {name: SANDBOXES[name].build(knobs) for name in providers}

@@ -26,6 +26,7 @@ def reelay_env(tmp_path: Path, port: int, sandbox_urls: dict[str, str], **extra:
         "REELAY_PORT": str(port),
         "REELAY_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "REELAY_LOG_LEVEL": "warning",
+        "REELAY_ASSETS": "off",  # a test that archives names its own store
         **extra,
     }
     for name, url in sandbox_urls.items():

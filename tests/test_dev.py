@@ -4,6 +4,7 @@ job succeeds within about 10 s and shows on the event stream, and `reelay keys` 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -199,3 +200,32 @@ def test_reelay_dev_ships_no_example_route_when_routes_are_configured(monkeypatc
     assert list(dev_settings(8000, 8001).routes) == ["mine"]
     monkeypatch.delenv("REELAY_ROUTES")
     assert list(dev_settings(8000, 8001).routes) == ["seedance-2.0-fast"]
+
+
+async def test_reelay_dev_archives_a_jobs_video_into_var_assets_and_the_banners_curl_downloads_it(
+    tmp_path: Path,
+) -> None:
+    async with _reelay_dev(tmp_path) as (url, key, printed):
+        line = next(line for line in printed.splitlines() if "curl -o video.mp4" in line)
+        content_url = re.search(r"'(http[^']+)'", line)
+        assert content_url is not None
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(timeout=15) as client:
+            response = await client.post(
+                f"{url}/v1/jobs",
+                headers=headers,
+                json={"model": "seedancee2/pro", "input": {"prompt": "waves on black rocks", "duration": 5}},
+            )
+            job_id = response.json()["id"]
+            async with asyncio.timeout(15):
+                while True:
+                    job = (await client.get(f"{url}/v1/jobs/{job_id}", headers=headers)).json()
+                    if "assets" in (job["output"] or {}):
+                        break
+                    await asyncio.sleep(0.2)
+            download = await client.get(content_url.group(1).replace("JOB_ID", job_id), headers=headers)
+    video = next(a for a in job["output"]["assets"] if a["variant"] == "video")
+    on_disk = (tmp_path / "var" / "assets" / job_id / "video-0").read_bytes()
+    assert hashlib.sha256(on_disk).hexdigest() == video["sha256"]
+    assert download.status_code == 200
+    assert download.content == on_disk

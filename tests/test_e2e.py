@@ -90,4 +90,4 @@ async def test_return_last_frame_is_completed_from_status_endpoint(seedance: Sta
     # The completed webhook omits last_frame_url; Reelay confirms by polling when the caller asked for it.
     job = await seedance.submit(return_last_frame=True)
     done = await seedance.wait_for(job["id"], {"succeeded"})
-    assert done["output"]["last_frame_url"].startswith("https://")
+    assert done["output"]["last_frame_url"].startswith(seedance.sandbox_urls["seedancee2"] + "/_media/")

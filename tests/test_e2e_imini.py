@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from sandbox import SandboxKnobs
+from sandbox.media import result_path
 from tests.harness import collect_events, stack
 
 MODEL = "imini/doubao/seedance-2.0"
@@ -42,15 +43,12 @@ async def test_job_succeeds_by_polling_and_reaches_sse_subscriber(tmp_path: Path
     assert final["provider"] == "imini"
     assert re.fullmatch(r"task_\d{19}", final["provider_task_id"])
     assert final["provider_task_id"] == task["task_id"]
-    assert final["output"] == {
-        "videos": [
-            {
-                "url": f"https://media.imini.sandbox/videos/{task['task_id']}.mp4",
-                "thumbnail_url": f"https://media.imini.sandbox/covers/{task['task_id']}.jpg",
-            }
-        ],
-        "last_frame_url": None,
-    }
+    [video] = final["output"]["videos"]
+    assert (result_path(video["url"]), result_path(video["thumbnail_url"])) == (
+        f"videos/{task['task_id']}.mp4",
+        f"covers/{task['task_id']}.jpg",
+    )
+    assert final["output"]["last_frame_url"] is None
     assert final["error"] is None
     assert final["cost"] == {
         "credits_estimate": None,

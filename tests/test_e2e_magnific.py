@@ -15,6 +15,7 @@ import pytest
 
 from reelay_signing.standard import sign_headers
 from sandbox import SANDBOXES, SandboxKnobs
+from sandbox.media import result_path
 from tests.harness import Stack, collect_events, stack
 
 MODEL = "magnific/seedance-2-mini"
@@ -64,10 +65,9 @@ async def test_job_succeeds_through_signed_callbacks_and_reaches_sse_subscriber(
     final = received[-1]["job"]
     assert final["id"] == job["id"]
     task_id = final["provider_task_id"]
-    assert final["output"] == {
-        "videos": [{"url": f"https://cdn.magnific.invalid/480p/{task_id}.mp4", "thumbnail_url": None}],
-        "last_frame_url": None,
-    }
+    [video] = final["output"]["videos"]
+    assert (result_path(video["url"]), video["thumbnail_url"]) == (f"480p/{task_id}.mp4", None)
+    assert final["output"]["last_frame_url"] is None
     assert final["cost"] == {
         "credits_estimate": None,
         "usd_estimate": None,

@@ -152,3 +152,29 @@ def test_circuit_settings_are_read_and_checked() -> None:
         Settings.from_env({"REELAY_CIRCUIT_FAILURES": "0"}, adapters=ADAPTERS)
     with pytest.raises(ConfigError, match=r"REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS \(10\) must be at least"):
         Settings.from_env({"REELAY_CIRCUIT_MAX_COOLDOWN_SECONDS": "10"}, adapters=ADAPTERS)
+
+
+def test_archiver_settings_are_read_and_a_malformed_content_type_list_is_refused() -> None:
+    defaults = Settings.from_env({}, adapters=ADAPTERS)
+    assert defaults.asset_max_bytes == 2 * 1024**3
+    assert "video/mp4" in defaults.asset_content_types
+    assert (defaults.asset_concurrency, defaults.asset_copy_deadline_seconds) == (4, 86400.0)
+    settings = Settings.from_env(
+        {
+            "REELAY_ASSET_MAX_BYTES": "1000",
+            "REELAY_ASSET_CONTENT_TYPES": " Video/MP4 ,image/jpeg",
+            "REELAY_ASSET_CONCURRENCY": "2",
+            "REELAY_ASSET_COPY_DEADLINE_SECONDS": "60",
+        },
+        adapters=ADAPTERS,
+    )
+    assert settings.asset_content_types == ("video/mp4", "image/jpeg")
+    assert (settings.asset_max_bytes, settings.asset_concurrency, settings.asset_copy_deadline_seconds) == (
+        1000,
+        2,
+        60.0,
+    )
+    with pytest.raises(ConfigError, match=r"^REELAY_ASSET_CONTENT_TYPES takes media types"):
+        Settings.from_env({"REELAY_ASSET_CONTENT_TYPES": "video,image/jpeg"}, adapters=ADAPTERS)
+    with pytest.raises(ConfigError, match=r"^REELAY_ASSET_MAX_BYTES must be at least 1"):
+        Settings.from_env({"REELAY_ASSET_MAX_BYTES": "0"}, adapters=ADAPTERS)

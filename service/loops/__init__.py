@@ -6,9 +6,10 @@ in `service/app.py`.
 
 from __future__ import annotations
 
+from service.loops.archiver import Archiver
 from service.loops.base import Loop, Watcher
 from service.loops.deliverer import Deliverer
 from service.loops.dispatcher import Dispatcher
 from service.loops.poller import Poller
 
-__all__ = ["Deliverer", "Dispatcher", "Loop", "Poller", "Watcher"]
+__all__ = ["Archiver", "Deliverer", "Dispatcher", "Loop", "Poller", "Watcher"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage import webhooks
+from storage import archives, webhooks
 from storage.base import Clock, JobEncoder
 from storage.budgets import Limits
 from storage.errors import TaskTaken
@@ -64,12 +64,14 @@ class PostgresSteps:
         encode_job: JobEncoder,
         clock: Clock,
         first_delivery_delay: float,
+        archive: bool = False,
     ) -> None:
         self._conn = conn
         self.logged = logged
         self.encode_job = encode_job
         self.clock = clock
         self.first_delivery_delay = first_delivery_delay
+        self.archive = archive
         self._events_locked = False
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
@@ -165,13 +167,19 @@ class PostgresSteps:
     async def save_budget(self, totals: BudgetTotals) -> None:
         await self._conn.execute(SAVE_BUDGET, *budget_values(totals, lambda value: value))
 
+    async def insert_archive(self, job_id: str, items: list[dict[str, Any]]) -> None:
+        await archives.insert_archive(PostgresSql(self._conn, None), job_id, items, self.clock())
+
+    async def close_archive(self, job_id: str, items: list[dict[str, Any]]) -> None:
+        await archives.close_archive(PostgresSql(self._conn, None), job_id, items)
+
 
 class PostgresSql:
     """`storage.webhooks.Sql` on one pooled connection (inside a transaction when the operation writes)."""
 
     lock = " FOR UPDATE"
 
-    def __init__(self, conn: asyncpg.Connection, lease_owner: str) -> None:
+    def __init__(self, conn: asyncpg.Connection, lease_owner: str | None) -> None:
         self._conn = conn
         self.lease_owner: str | None = lease_owner
 

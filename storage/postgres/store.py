@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from storage import health, migrations, webhooks, writes
+from storage import archives, health, migrations, webhooks, writes
 from storage.base import Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageUnavailable, TaskTaken
 from storage.leases import due_for_dispatch, due_for_poll
@@ -99,6 +99,7 @@ _FINISHED_BEFORE = finished_before("$1")
 _WITH_ASSETS_BEFORE = with_assets_before("$1", ("$2", "$3"), "json_typeof(output -> '{path}')")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="$1")
 _RELEASE_DELIVERIES = webhooks.release_sql("$1")
+_RELEASE_ARCHIVES = archives.release_sql("$1")
 _KEY_EVENTS_BEFORE = KEY_EVENTS_BEFORE.format(cutoff="$1")
 _PRUNE_KEY_EVENTS = f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_KEY_EVENTS_BEFORE} LIMIT $2)"
 _DELETE_ATTEMPTS = "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE {where})"
@@ -130,7 +131,9 @@ class _Params:
         return f"${len(self.values)}"
 
 
-class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods, SecretMethods):
+class PostgresStore(
+    webhooks.WebhookMethods, health.HealthMethods, LimitMethods, SecretMethods, archives.ArchiveMethods
+):
     """The storage contract on a PostgreSQL database that several processes may share.
 
     Jobs are leased with `FOR UPDATE SKIP LOCKED`, so two workers never hold the same job; each lease records
@@ -156,9 +159,11 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
         max_connections: int = 10,
         timeout: float = 30.0,
         first_delivery_delay: float = 0.0,
+        archive: bool = False,
     ) -> None:
         self._dsn = dsn
         self._first_delivery_delay = first_delivery_delay
+        self._archive = archive
         self._encode_job = encode_job
         self._clock = clock
         self._min_connections = min_connections
@@ -297,7 +302,9 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
         logged: list[EventRecord] = []
         async with self._connection() as conn:
             async with conn.transaction():
-                yield PostgresSteps(conn, logged, self._encode_job, self._clock, self._first_delivery_delay)
+                yield PostgresSteps(
+                    conn, logged, self._encode_job, self._clock, self._first_delivery_delay, self._archive
+                )
             if logged and self._feed is not None:
                 await self._feed.committed(conn, logged)
 
@@ -419,6 +426,11 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
             owner = await self.find_job_by_task(taken.provider, taken.provider_task_id)
             raise TaskTaken(taken.provider, taken.provider_task_id, None if owner is None else owner.id) from None
 
+    async def finish_archive(self, job_id: str, decide: Decide, items: list[dict[str, Any]]) -> UpdateOutcome:
+        received_at = iso_timestamp(self._clock())
+        async with self._write() as steps:
+            return await writes.finish_archive(steps, job_id, decide, items, received_at)
+
     # -- outbox and polling ------------------------------------------------------------------
 
     async def _claim(
@@ -454,7 +466,8 @@ class PostgresStore(webhooks.WebhookMethods, health.HealthMethods, LimitMethods,
                 self.lease_owner,
             )
             deliveries = await conn.execute(_RELEASE_DELIVERIES, self.lease_owner)
-        return _row_count(status) + _row_count(deliveries)
+            copies = await conn.execute(_RELEASE_ARCHIVES, self.lease_owner)
+        return _row_count(status) + _row_count(deliveries) + _row_count(copies)
 
     # -- events and usage --------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from storage import webhooks
+from storage import archives, webhooks
 from storage.base import Clock, JobEncoder
 from storage.budgets import Limits
 from storage.errors import TaskTaken
@@ -82,12 +82,14 @@ class SqliteSteps:
         encode_job: JobEncoder,
         clock: Clock,
         first_delivery_delay: float,
+        archive: bool = False,
     ) -> None:
         self._db = db
         self.logged = logged
         self.encode_job = encode_job
         self.clock = clock
         self.first_delivery_delay = first_delivery_delay
+        self.archive = archive
 
     async def select_job(self, job_id: str, *, for_update: bool = False) -> JobRecord | None:
         # No row lock needed: the writer's transaction excludes every other writer.
@@ -166,6 +168,12 @@ class SqliteSteps:
 
     async def save_budget(self, totals: BudgetTotals) -> None:
         self._db.execute(_SAVE_BUDGET, budget_values(totals, str))
+
+    async def insert_archive(self, job_id: str, items: list[dict[str, Any]]) -> None:
+        await archives.insert_archive(SqliteSql(self._db), job_id, items, self.clock())
+
+    async def close_archive(self, job_id: str, items: list[dict[str, Any]]) -> None:
+        await archives.close_archive(SqliteSql(self._db), job_id, items)
 
     def _task_owner(self, job: JobRecord) -> str | None:
         """The other job that holds the provider task id `job` names, if any."""

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from storage import health, migrations, webhooks, writes
+from storage import archives, health, migrations, webhooks, writes
 from storage.base import BackupProgress, Clock, Decide, EventListener, JobEncoder
 from storage.errors import SchemaOutdated, StorageError, StorageUnavailable
 from storage.leases import due_for_dispatch, due_for_poll
@@ -73,6 +73,7 @@ _FINISHED_BEFORE = finished_before("?")
 _WITH_ASSETS_BEFORE = with_assets_before("?", ("?", "?"), "json_type(output, '$.{path}')")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="?")
 _RELEASE_DELIVERIES = webhooks.release_sql(None)
+_RELEASE_ARCHIVES = archives.release_sql(None)
 _SELECT_BUDGET = sqlite_dialect(SELECT_BUDGET)
 _KEY_EVENTS_BEFORE = KEY_EVENTS_BEFORE.format(cutoff="?")
 _PRUNE_KEY_EVENTS = f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_KEY_EVENTS_BEFORE} LIMIT ?)"
@@ -90,7 +91,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
+class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods, archives.ArchiveMethods):
     """The storage contract on one SQLite file.
 
     Writes go through one connection (GroupCommitWriter), so commit order is event-id order and listeners
@@ -108,9 +109,11 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         clock: Clock,
         synchronous: str = "FULL",
         first_delivery_delay: float = 0.0,
+        archive: bool = False,
     ) -> None:
         self._path = str(path)
         self._first_delivery_delay = first_delivery_delay
+        self._archive = archive
         self._encode_job = encode_job
         self._clock = clock
         self._synchronous = synchronous
@@ -210,7 +213,8 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         """Run a shared write (storage.writes) with SQLite's steps, in the writer's next group commit."""
 
         def work(db: sqlite3.Connection, logged: list[EventRecord]) -> T:
-            return run_to_end(write(SqliteSteps(db, logged, self._encode_job, self._clock, self._first_delivery_delay)))
+            steps = SqliteSteps(db, logged, self._encode_job, self._clock, self._first_delivery_delay, self._archive)
+            return run_to_end(write(steps))
 
         return await self._writer.run(work)
 
@@ -331,6 +335,10 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         received_at = iso_timestamp(self._clock())
         return await self._write(lambda steps: writes.update_job(steps, job_id, decide, receipt, received_at))
 
+    async def finish_archive(self, job_id: str, decide: Decide, items: list[dict[str, Any]]) -> UpdateOutcome:
+        received_at = iso_timestamp(self._clock())
+        return await self._write(lambda steps: writes.finish_archive(steps, job_id, decide, items, received_at))
+
     # -- outbox and polling ------------------------------------------------------------------
 
     async def _claim(
@@ -370,7 +378,8 @@ class SqliteStore(webhooks.WebhookMethods, health.HealthMethods, SecretMethods):
         async with self._writer.transaction() as conn:
             cursor = await conn.execute("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
             deliveries = await conn.execute(_RELEASE_DELIVERIES)
-            return cursor.rowcount + deliveries.rowcount
+            copies = await conn.execute(_RELEASE_ARCHIVES)
+            return cursor.rowcount + deliveries.rowcount + copies.rowcount
 
     # -- events and usage --------------------------------------------------------------------
 

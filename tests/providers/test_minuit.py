@@ -15,6 +15,7 @@ import pytest
 from reelay_signing import SignatureError
 from sandbox import SANDBOXES
 from sandbox.knobs import SandboxKnobs
+from sandbox.media import result_path
 from sandbox.minuit import create_minuit_sandbox
 from service.capabilities import check_for, check_input
 from service.errors import InvalidRequest
@@ -429,12 +430,10 @@ async def test_fetch_reports_queued_then_processing_then_succeeded() -> None:
         succeeded = await r.adapter.fetch(task_id)
     assert (queued.status, queued.provider_task_id, queued.output) == ("queued", task_id, None)
     assert succeeded.status == "succeeded"
-    assert succeeded.output == {
-        "videos": [
-            {"url": f"https://media-delivery.example.com/{task_id}/generated-result.mp4", "thumbnail_url": None}
-        ],
-        "last_frame_url": None,
-    }
+    assert succeeded.output is not None
+    [video] = succeeded.output["videos"]
+    assert (result_path(video["url"]), video["thumbnail_url"]) == (f"{task_id}/generated-result.mp4", None)
+    assert succeeded.output["last_frame_url"] is None
     assert succeeded.error is None
 
 

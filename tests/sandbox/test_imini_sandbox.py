@@ -13,6 +13,7 @@ import pytest
 
 from sandbox.imini import create_imini_sandbox
 from sandbox.knobs import SandboxKnobs
+from sandbox.media import result_path
 from tests.sandbox.conftest import serve
 
 API_KEY = "sk-imini-sandbox"
@@ -252,7 +253,7 @@ async def test_requested_last_frame_appears_on_the_video_by_default() -> None:
         await asyncio.sleep(0.2)
         task = await poll(client, created["task_id"])
     assert list(task) == TASK_KEYS
-    assert task["videos"][0]["last_frame_url"] == f"https://media.imini.sandbox/frames/{created['task_id']}.png"
+    assert result_path(task["videos"][0]["last_frame_url"]) == f"frames/{created['task_id']}.png"
 
 
 async def test_requested_last_frame_can_appear_at_the_top_level() -> None:
@@ -261,7 +262,7 @@ async def test_requested_last_frame_can_appear_at_the_top_level() -> None:
         await asyncio.sleep(0.2)
         task = await poll(client, created["task_id"])
     assert list(task) == [*TASK_KEYS, "last_frame_url"]
-    assert task["last_frame_url"] == f"https://media.imini.sandbox/frames/{created['task_id']}.png"
+    assert result_path(task["last_frame_url"]) == f"frames/{created['task_id']}.png"
     assert "last_frame_url" not in task["videos"][0]
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from sandbox.knobs import SandboxKnobs
+from sandbox.media import result_path
 from sandbox.minuit import create_minuit_sandbox
 from tests.sandbox.conftest import Receiver, eventually, serve
 
@@ -301,7 +302,7 @@ async def test_state_moves_queueing_processing_success() -> None:
     assert processing == {**queueing, "state": "processing"}
     assert list(success) == ["id", "task_id", "state", "creations"]
     assert success["state"] == "success"
-    assert success["creations"] == [{"url": f"https://media-delivery.example.com/{task_id}/generated-result.mp4"}]
+    assert [result_path(c["url"]) for c in success["creations"]] == [f"{task_id}/generated-result.mp4"]
 
 
 async def test_failure_carries_err_code_and_err_msg() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from storage import (
     ApiKeyRecord,
+    ArchiveRecord,
     AttemptRecord,
     BudgetTotals,
     CreateOutcome,
@@ -110,6 +111,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "provider_health": field_names(ProviderHealthRecord),
         "budget_periods": field_names(BudgetTotals),
         "server_secrets": {"name", "value"},
+        "asset_archives": field_names(ArchiveRecord) | {"state", "lease_owner"},
     }
     for table, columns in backend.private_columns.items():
         expected[table] = expected.get(table, set()) | columns
@@ -132,6 +134,7 @@ async def test_migrating_from_scratch_gives_the_current_schema(backend: Backend,
         "webhook_attempts_by_delivery",
         "jobs_in_flight",
         "jobs_poll_by_provider",
+        "asset_archives_due",
     }
 
 
