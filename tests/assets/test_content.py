@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -40,6 +41,9 @@ async def archived_job(stack_: Stack, data: bytes = DATA, variant: str = "video"
     """A succeeded job whose output names `data` as its archived asset, put into the store as the archiver would."""
     job = await stack_.submit()
     await stack_.wait_for(job["id"], {"succeeded"})
+    async with asyncio.timeout(15):  # the archiver's own copy of the emulator's output first: it cannot replace ours
+        while "assets" not in ((await stack_.job(job["id"]))["output"] or {}):
+            await asyncio.sleep(0.05)
 
     async def chunks() -> AsyncIterator[bytes]:
         yield data
@@ -56,7 +60,7 @@ async def archived_job(stack_: Stack, data: bytes = DATA, variant: str = "video"
 
     def add_asset(current: JobRecord) -> Decision:
         output = dict(current.output or {})
-        output["assets"] = [*output.get("assets", []), asset]
+        output["assets"] = [asset]
         return msgspec.structs.replace(current, output=output), None
 
     await stack_.store.update_job(job["id"], add_asset)
