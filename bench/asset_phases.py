@@ -1,18 +1,19 @@
 """Phases j and j2: a large output copied into the asset store, and served back out with Range.
 
-- j. Copy: a 200 MB output on a static file server on loopback, copied the way the archiver copies it (an httpx
-  stream into `AssetStore.put`, hashing each chunk with sha256) by a process of its own, against a plain httpx
-  streaming download of the same URL to a file on the same disk, in the same run. Reported: both throughputs
-  (MB/s), their ratio (target >= 0.8) and the copying process's RSS growth, sampled every 5 ms (target <= 32 MB).
+- j. Copy: a job on the Seedancee2 emulator (in a process of its own) whose video is 200 MB, archived by
+  `reelay serve` (the archiver, production defaults, file store on the same disk): MB/s from the job's
+  `job.succeeded` to its `job.archived` as the server logged them, beside a plain httpx streaming download of the
+  same result URL to a file, in a fresh process, in the same run (target >= 0.8 x), and the server's RSS growth
+  over its level before the job, sampled every 5 ms (target <= 32 MB).
 - j2. Serve: the 200 MB file archived for a job, read by 50 concurrent clients, each asking its own 1/50th of the
   file with one `Range` request per round, through `reelay serve` (`GET /v1/jobs/{id}/content`, an API key) and
   from a static file server in the same run (target >= 0.5 x of it).
 
-The static server is aiohttp's `FileResponse` (sendfile, Range) in a process of its own: `python -m http.server`,
+j2's static server is aiohttp's `FileResponse` (sendfile, Range) in a process of its own: `python -m http.server`,
 which the issue suggests, ignores `Range` (Python 3.11 answers every request with the whole file), so it could
-not serve j2's reads. Each process of both phases is started for the phase and measured from outside.
+not serve j2's reads.
 
-`python -m bench.asset_phases static|download|archive ...` are the child processes (see `_main`).
+`python -m bench.asset_phases static|download|emulator ...` are the child processes (see `_main`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import msgspec
 
 from bench.common import BIN, CpuMeter, Process, rss_bytes, say, spawn
-from bench.target import MODEL, Database, reelay, reelay_env
+from bench.target import JOB_BODY, MODEL, Database, reelay, reelay_env
 from service.assets import asset_key
 from service.ids import new_job_id, new_token
 from service.lifecycle import new_job
@@ -47,6 +48,7 @@ READERS = 50  # concurrent Range reads in j2
 ROUNDS = 4  # each reader reads its span this many times
 CHUNK = 1024 * 1024
 RSS_SAMPLE_SECONDS = 0.005
+ARCHIVE_TIMEOUT = 300.0  # from the job's creation to its assets
 
 
 def make_output(path: Path, size: int) -> None:
@@ -81,34 +83,82 @@ def child(*args: str) -> dict[str, Any]:
 
 
 def copy(work: Path, size: int) -> dict[str, Any]:
-    source = work / "asset-source" / "output.mp4"
-    make_output(source, size)
-    say(f"j: copy of a {size / MB:,.0f} MB output vs a plain download")
-    with static_server(source.parent, work / "asset-static.log") as server:
-        url = f"{server.url}/{source.name}"
-        download = child("download", url, str(work / "asset-download.bin"))
-        archive = child("archive", url, f"file://{work / 'asset-copies'}")
+    database = Database(f"sqlite:///{work / 'assets-copy.db'}")
+    (key,) = asyncio.run(database.keys(1))
+    say(f"j: the archiver copies a {size / MB:,.0f} MB output, then a plain download of it")
+    port = free_ports(2)
+    emulator_port = port + 1
+    command = [str(BIN / "python"), "-m", "bench.asset_phases", "emulator", str(emulator_port), str(size)]
+    with spawn(command, dict(os.environ), work / "asset-emulator.log", emulator_port) as emulator:
+        env = reelay_env(
+            database.url,
+            port,
+            emulator.url,
+            REELAY_ASSETS=f"file://{work / 'asset-copies'}",
+            REELAY_WEBHOOK_ALLOW_PRIVATE="true",  # the emulator's result URLs are on loopback
+        )
+        with reelay(env, work / "asset-copy-reelay.log") as server:
+            archived = asyncio.run(_archived_by_reelay(server, key.secret, database.url))
+        download = child("download", archived["source_url"], str(work / "asset-download.bin"))
     (work / "asset-download.bin").unlink(missing_ok=True)
-    if archive["sha256"] != _sha256(source) or archive["bytes"] != size:
-        raise RuntimeError("the copy differs from the output")
+    if archived["bytes"] != size or download["bytes"] != size:
+        raise RuntimeError(f"copied {archived['bytes']} and downloaded {download['bytes']} bytes of {size}")
     result = {
         "bytes": size,
         "download_mb_s": round(size / MB / download["seconds"], 1),
-        "copy_mb_s": round(size / MB / archive["seconds"], 1),
-        "copy_rss_growth_mb": round(archive["rss_growth"] / MB, 1),
+        "copy_mb_s": round(size / MB / archived["seconds"], 1),
+        "copy_rss_growth_mb": round(archived["rss_growth"] / MB, 1),
         "download_rss_growth_mb": round(download["rss_growth"] / MB, 1),
+        "server_cpu_pct": archived["server_cpu_pct"],
     }
     result["copy_vs_download"] = round(result["copy_mb_s"] / result["download_mb_s"], 2)
     say(f"   {result}")
     return result
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+async def _archived_by_reelay(server: Process, api_key: str, database_url: str) -> dict[str, Any]:
+    """Create a job, let it succeed and be archived; the copy's seconds (from the job's `job.succeeded` to its
+    `job.archived`, as the server logged them) and the server's RSS growth over its level before the job."""
+    import httpx
+
+    from service.timestamps import from_iso
+
+    pid = server.pid
+    start_rss = peak = rss_bytes(pid)
+    auth = {"Authorization": f"Bearer {api_key}"}
+    meter = CpuMeter(pid)
+    async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=30) as client:
+        created = await client.post("/v1/jobs", content=JOB_BODY, headers={"Content-Type": "application/json"})
+        created.raise_for_status()
+        job_id = created.json()["id"]
+        deadline = time.monotonic() + ARCHIVE_TIMEOUT
+        while True:
+            peak = max(peak, rss_bytes(pid))
+            job = (await client.get(f"/v1/jobs/{job_id}")).json()
+            output = job["output"] or {}
+            if "archive_error" in output:
+                raise RuntimeError(f"the copy failed: {output['archive_error']}")
+            if output.get("assets"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not archived within {ARCHIVE_TIMEOUT:g} s")
+            await asyncio.sleep(RSS_SAMPLE_SECONDS)
+    cpu = meter.read()
+    store = create_store(database_url, encode_job, clock=time.time, sqlite_synchronous="NORMAL")
+    await store.open()
+    try:
+        logged = {event.type: event.created_at for event in await store.events_after(0, job_id=job_id)}
+    finally:
+        await store.close()
+    seconds = (from_iso(logged["job.archived"]) - from_iso(logged["job.succeeded"])).total_seconds()
+    video = next(a for a in output["assets"] if a["variant"] == "video")
+    return {
+        "seconds": seconds,
+        "bytes": video["bytes"],
+        "rss_growth": max(0, peak - start_rss),
+        "source_url": output["videos"][0]["url"],
+        "server_cpu_pct": cpu.get("server_cpu_pct"),
+    }
 
 
 async def _sampled(work: AsyncIterator[int]) -> dict[str, Any]:
@@ -150,33 +200,12 @@ async def _download(url: str, target: str) -> dict[str, Any]:
         return await _sampled(run())
 
 
-async def _archive(url: str, assets_url: str) -> dict[str, Any]:
-    """What the archiver does with one output: stream it from the URL into the store, hashing as it goes."""
-    import httpx
-
-    from service.assets.store import open_assets
-    from service.providers import ADAPTERS
-    from service.settings import Settings
-
-    store = open_assets(Settings.from_env({"REELAY_ASSETS": assets_url}, adapters=ADAPTERS))
-    assert store is not None
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    async with httpx.AsyncClient(timeout=60) as client:
-
-        async def run() -> AsyncIterator[int]:
-            async with client.stream("GET", url) as response:
-                response.raise_for_status()
-
-                async def chunks() -> AsyncIterator[bytes]:
-                    async for chunk in response.aiter_bytes():
-                        digest.update(chunk)
-                        yield chunk
-
-                yield await store.put("job_bench/video-0", chunks(), content_type="video/mp4")
-
-        result = await _sampled(run())
-    await store.close()
-    return {**result, "sha256": digest.hexdigest()}
+    with path.open("rb") as file:
+        while block := file.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # -- j2: serve -------------------------------------------------------------------------------------
@@ -302,14 +331,23 @@ def _static(root: Path, port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def _emulator(port: int, size: int) -> None:
+    """The Seedancee2 emulator, its tasks done in half a second, each video `size` bytes at its result URL."""
+    from sandbox import SANDBOXES, SandboxKnobs
+    from service.server import listen, make_server, run, serve_all
+
+    app = SANDBOXES["seedancee2"].build(SandboxKnobs(processing_after_s=0.2, complete_after_s=0.5, output_bytes=size))
+    run(serve_all([make_server(app, listen("127.0.0.1", port))]))
+
+
 def _main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "static":
         _static(Path(args[0]), int(args[1]))
     elif mode == "download":
         print(json.dumps(asyncio.run(_download(args[0], args[1]))))
-    elif mode == "archive":
-        print(json.dumps(asyncio.run(_archive(args[0], args[1]))))
+    elif mode == "emulator":
+        _emulator(int(args[0]), int(args[1]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
