@@ -3,9 +3,10 @@
 Phases (see bench/RESULTS.md): a ceiling, b webhooks, c submissions, d SSE memory/latency/broadcast/stalls,
 e SSE churn, f reconnect storm, g cross-replica latency on PostgreSQL, h caller webhook latency, h2 the same with
 black-holed receivers, h3 a caller webhook backlog's drain, i dispatch latency (202 -> the provider has the create),
-i2 failover latency (a route's first candidate refuses -> the second has the create), k reads at scale (1 M jobs,
-5 M events, on SQLite and PostgreSQL), l polling 10,000 jobs in flight (and under a 50/s rate limit), l2 two
-workers on PostgreSQL sharing one 50/s budget.
+i2 failover latency (a route's first candidate refuses -> the second has the create), j a 200 MB output copied
+into the asset store against a plain download, j2 50 concurrent Range reads of it against a static file server,
+k reads at scale (1 M jobs, 5 M events, on SQLite and PostgreSQL), l polling 10,000 jobs in flight (and under a
+50/s rate limit), l2 two workers on PostgreSQL sharing one 50/s budget.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery_phases, dispatch_phases, http_phases, poll_phases, replicas, report, scale_phases, sse_phases
+from bench import (
+    asset_phases,
+    delivery_phases,
+    dispatch_phases,
+    http_phases,
+    poll_phases,
+    replicas,
+    report,
+    scale_phases,
+    sse_phases,
+)
 from bench.common import ROOT, say
 
 RESULTS_JSON = ROOT / "bench" / "results.json"
@@ -27,7 +38,7 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 # wrk must never run out of seeded jobs in phase b (a repeat would be a cheap duplicate): seed for this rate.
 EXPECTED_WEBHOOK_RATE = 4000
-ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3,i,i2,k,l,l2"
+ALL_PHASES = "a,b,c,d,e,f,g,h,h2,h3,i,i2,j,j2,k,l,l2"
 
 
 def phase_names(text: str) -> set[str]:
@@ -50,6 +61,9 @@ def main() -> None:
         "--quick",
         action="store_true",
         help="smoke-sized k, l and l2 (100,000 jobs in k; 2,000 jobs and 20 s windows in l and l2); implies --no-write",
+    )
+    parser.add_argument(
+        "--asset-mb", type=int, default=200, help="size of the output phases j and j2 copy and serve (MB)"
     )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b, c and h3 here")
     parser.add_argument(
@@ -90,6 +104,10 @@ def main() -> None:
             results["i"] = dispatch_phases.dispatch(work)
         if "i2" in phases:
             results["i2"] = dispatch_phases.failover(work)
+        if "j" in phases:
+            results["j"] = asset_phases.copy(work, args.asset_mb * asset_phases.MB)
+        if "j2" in phases:
+            results["j2"] = asset_phases.serve(work, args.asset_mb * asset_phases.MB)
         if "k" in phases:
             results["k"] = scale_phases.run(work, quick=args.quick)
         sizes = poll_phases.Sizes.of(args.poll_seconds, args.quick)
@@ -107,8 +125,8 @@ def main() -> None:
     say(f"\nfinished in {results['wall_seconds'] / 60:.1f} min")
     if args.no_write:
         return
-    if phases != set(ALL_PHASES.split(",")) or args.profile or args.quick:
-        say("results not written: only a run of every phase, without --profile or --quick, replaces the published ones")
+    if phases != set(ALL_PHASES.split(",")) or args.profile or args.quick or args.asset_mb != 200:
+        say("results not written: only a run of every phase without --profile, --quick or --asset-mb replaces them")
         return
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     body = (

@@ -166,6 +166,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         value += f", max {i2['latency_max_ms']:.0f} ms"
         what = f"route failover: first candidate refuses -> the second has the create, {i2['job_rate']}/s"
         row("i2", what, value, "p99 <= 1 s", i2["latency_p99_ms"] <= 1000)
+    j = results.get("j")
+    if j:
+        value = (
+            f"{j['copy_mb_s']:,.0f} MB/s ({j['copy_vs_download']:.2f} x a plain download's {j['download_mb_s']:,.0f}), "
+            f"RSS {j['copy_rss_growth_mb']:+.1f} MB"
+        )
+        what = f"copy a {j['bytes'] / 1e6:,.0f} MB output into the asset store"
+        met = j["copy_vs_download"] >= 0.8 and j["copy_rss_growth_mb"] <= 32
+        row("j", what, value, ">= 0.8 x download, RSS <= +32 MB", met)
+    j2 = results.get("j2")
+    if j2:
+        value = f"{j2['reelay_mb_s']:,.0f} MB/s ({j2['reelay_vs_static']:.2f} x static {j2['static_mb_s']:,.0f} MB/s)"
+        what = f"{j2['readers']} concurrent Range reads of a {j2['bytes'] / 1e6:,.0f} MB asset"
+        row("j2", what, value, ">= 0.5 x a static file server", j2["reelay_vs_static"] >= 0.5)
     k = results.get("k")
     if k:
         rows.extend(_scale_rows(k))
@@ -252,7 +266,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def generator_table(results: dict[str, Any]) -> str:
     lines = ["| Phase | Load generator CPU | Server CPU | Host CPU stolen by the hypervisor |", "|---|---|---|---|"]
-    for phase in ("a", "b", "b_normal", "c", "d", "f", "g", "h", "h2", "h3", "i", "i2", "l", "l_limited", "l2"):
+    for phase in ("a", "b", "b_normal", "c", "d", "f", "g", "h", "h2", "h3", "i", "i2", "j2", "l", "l_limited", "l2"):
         got = results.get(phase)
         if got and "generator_cpu_pct" in got:
             client = "wrk, 1 thread" if phase in ("a", "b", "b_normal", "c") else "asyncio client"

@@ -354,7 +354,11 @@ def _describe(report: BackupReport) -> None:
     click.echo("  integrity:      ok")
 
 
-@main.command(help="Copy the SQLite database to PATH, consistently, while the service runs; then verify the copy.")
+@main.command(
+    help="Copy the SQLite database to PATH, consistently, while the service runs; then verify the copy. Archived "
+    "assets (REELAY_ASSETS) are not in it: copy a file:// directory after the database (rsync -a; files are never "
+    "changed in place), or turn on versioning for an s3:// bucket."
+)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 def backup(path: Path, force: bool) -> None:

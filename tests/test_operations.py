@@ -307,3 +307,47 @@ async def test_prune_takes_its_period_from_reelay_retention_days(tmp_path: Path)
     invalid = run(db, "prune", REELAY_RETENTION_DAYS="-1")
     assert invalid.returncode == 1
     assert "REELAY_RETENTION_DAYS" in invalid.stderr
+
+
+async def finished_with_assets(db: Path, assets: Path, days_ago: float) -> str:
+    """A job that succeeded `days_ago` days ago with an archived video: its file under `assets`, named in its output."""
+    at = to_iso(time.time() - days_ago * DAY)
+    output = {"videos": [], "last_frame_url": None, "assets": [{"variant": "video", "index": 0, "bytes": 3}]}
+    async with opened(db) as store:
+        if await store.get_api_key(KEY_A.id) is None:
+            await store.create_api_key(KEY_A)
+        job = make_job(created_at=at, updated_at=at, output=output)
+        await store.create_job(job, "job.created")
+        await store.update_job(job.id, finish("succeeded", at))
+    (assets / job.id).mkdir(parents=True)
+    (assets / job.id / "video-0").write_bytes(b"mp4")
+    return job.id
+
+
+async def test_prune_deletes_the_archived_assets_of_the_jobs_it_removes(tmp_path: Path) -> None:
+    db, assets = tmp_path / "reelay.db", tmp_path / "assets"
+    await finished_with_assets(db, assets, 40)
+    recent = await finished_with_assets(db, assets, 5)
+    result = run(db, "prune", "--days", "30", REELAY_ASSETS=f"file://{assets}")
+    assert result.returncode == 0, result.stderr
+    assert reported(result.stdout, "jobs") == 1
+    assert sorted(path.name for path in assets.iterdir()) == [recent]
+    assert query(db, "SELECT id FROM jobs") == [(recent,)]
+
+
+async def test_asset_retention_deletes_old_assets_and_keeps_their_jobs(tmp_path: Path) -> None:
+    db, assets = tmp_path / "reelay.db", tmp_path / "assets"
+    old = await finished_with_assets(db, assets, 10)
+    recent = await finished_with_assets(db, assets, 1)
+    env = {"REELAY_ASSETS": f"file://{assets}", "REELAY_ASSET_RETENTION_DAYS": "7"}
+    dry = run(db, "prune", "--dry-run", **env)
+    assert reported(dry.stdout.split("archived assets", 1)[1], "jobs") == 1
+    assert (assets / old).exists()
+    result = run(db, "prune", **env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in assets.iterdir()) == [recent]
+    assert sorted(row[0] for row in query(db, "SELECT id FROM jobs")) == sorted([old, recent])
+    output = msgspec.json.decode(query(db, f"SELECT output FROM jobs WHERE id = '{old}'")[0][0])
+    assert output["assets_expired_at"] is not None
+    again = run(db, "prune", **env)
+    assert reported(again.stdout.split("archived assets", 1)[1], "jobs") == 0

@@ -72,6 +72,9 @@ def test_variables_are_read() -> None:
         ("REELAY_WEBHOOK_RETRY_SCHEDULE", "0,-5", "REELAY_WEBHOOK_RETRY_SCHEDULE: each delay must be zero or more"),
         ("REELAY_WEBHOOK_DISABLE_AFTER_SECONDS", "0", "REELAY_WEBHOOK_DISABLE_AFTER_SECONDS must be positive"),
         ("REELAY_BUDGET_ALLOW_UNPRICED", "yes", "REELAY_BUDGET_ALLOW_UNPRICED must be one of true, false"),
+        ("REELAY_ASSET_URL_TTL_SECONDS", "0", "REELAY_ASSET_URL_TTL_SECONDS must be positive"),
+        ("REELAY_ASSET_URL_SECRET", "short", "REELAY_ASSET_URL_SECRET must be at least 16 characters"),
+        ("REELAY_ASSET_RETENTION_DAYS", "-1", "REELAY_ASSET_RETENTION_DAYS must be at least 0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

@@ -20,7 +20,7 @@ from service.api.context import AppContext, authenticate, context
 from service.api.errors import ApiOperation, error_responses
 from service.api.openapi import SECURITY, text_param
 from service.api.query import refuse_unknown_query
-from service.assets import VARIANTS, Asset, asset_key
+from service.assets import VARIANTS, Asset, AssetStore, asset_key
 from service.errors import Forbidden, Gone, InvalidRequest, NotFound, RangeNotSatisfiable
 from service.wire import AssetSigner
 from storage import ApiKeyRecord
@@ -103,13 +103,11 @@ async def _nothing() -> AsyncIterator[bytes]:
     guards=[key_or_signature],
     security=[*SECURITY, {}],
     responses={
-        200: ResponseSpec(
-            bytes, description="The whole asset", media_type="application/octet-stream", generate_examples=False
-        ),
+        200: ResponseSpec(bytes, description="The whole asset", media_type="*/*", generate_examples=False),
         206: ResponseSpec(
             bytes,
             description="The bytes a single `Range` asked for; `Content-Range` says which",
-            media_type="application/octet-stream",
+            media_type="*/*",
             generate_examples=False,
         ),
         304: ResponseSpec(None, description="`If-None-Match` names the asset's ETag"),
@@ -126,7 +124,6 @@ async def _nothing() -> AsyncIterator[bytes]:
         ),
     },
     operation_class=ApiOperation,
-    media_type="application/octet-stream",
 )
 async def job_content(
     request: Request[Any, Any, Any],
@@ -134,7 +131,11 @@ async def job_content(
     variant: Annotated[str, QueryParameter(**text_param("which output", enum=list(VARIANTS)), required=True)],
     index: Annotated[int, QueryParameter(ge=0, le=MAX_INDEX, description="which of the variant's outputs")] = 0,
     expires: Annotated[
-        int | None, QueryParameter(description="with `sig`: the signed URL's expiry (unix seconds)")
+        int | None,
+        QueryParameter(
+            description="with `sig`: the signed URL's expiry (unix seconds)",
+            schema_extra={"one_of": None, "type": "integer"},  # absent or an integer, never null
+        ),
     ] = None,
     sig: Annotated[
         str | None, QueryParameter(**text_param("the signature of a job's asset `url`; no API key is needed then"))
@@ -197,11 +198,17 @@ async def job_content(
     served = Asset(
         variant=variant, index=index, url="", bytes=size, content_type=asset["content_type"], sha256=asset["sha256"]
     )
-    return _answer(request, served, key, range_header, expires if sig is not None else None, now)
+    return _answer(request, store, served, key, range_header, expires if sig is not None else None, now)
 
 
 def _answer(
-    request: Request[Any, Any, Any], asset: Asset, key: str, range_header: str | None, expires: int | None, now: float
+    request: Request[Any, Any, Any],
+    store: AssetStore,
+    asset: Asset,
+    key: str,
+    range_header: str | None,
+    expires: int | None,
+    now: float,
 ) -> Response[Any]:
     """The asset's headers, then its bytes (all of them, or the one range asked), or a 304 when the client has it."""
     size = asset.bytes
@@ -218,8 +225,6 @@ def _answer(
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
-    store = context(request).asset_store
-    assert store is not None  # checked by the handler
     body = _nothing() if request.method == "HEAD" else store.read(key, start, end)
     # In the headers: Litestar gives a handler's own media type precedence over a Stream's.
     headers["content-type"] = asset.content_type

@@ -111,6 +111,16 @@ _COST_SUMS = ", ".join(
     f"count(CASE WHEN jsonb_typeof(cost -> '{field}') = 'number' THEN 1 END)"
     for field in COST_FIELDS
 )
+
+
+class _HookFailed(Exception):
+    """Carries a prune hook's error through the translation of database errors, unchanged."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 _FINISHED_BEFORE = finished_before("$1")
 _WITH_ASSETS_BEFORE = with_assets_before("$1", ("$2", "$3"), "json_typeof(output -> '{path}')")
 _TESTS_BEFORE = webhooks.TESTS_BEFORE.format(cutoff="$1")
@@ -593,6 +603,12 @@ class PostgresStore(
             return removed, PruneCounts(webhook_receipts=removed)
 
         async def jobs() -> tuple[int, PruneCounts]:
+            try:
+                return await jobs_batch()
+            except _HookFailed as failed:
+                raise failed.error from None
+
+        async def jobs_batch() -> tuple[int, PruneCounts]:
             async with self._connection() as conn, conn.transaction():
                 # SKIP LOCKED: a prune running in another replica takes other jobs instead of waiting.
                 found = await conn.fetch(
@@ -602,7 +618,10 @@ class PostgresStore(
                 if not ids:
                     return 0, PruneCounts()
                 if before_jobs_pruned is not None:  # the rows stay locked (SKIP LOCKED keeps other prunes off them)
-                    await before_jobs_pruned(ids)
+                    try:
+                        await before_jobs_pruned(ids)
+                    except Exception as exc:  # the hook's own error, not the database's: past the translation
+                        raise _HookFailed(exc) from exc
                 events = _row_count(await conn.execute("DELETE FROM events WHERE job_id = ANY($1::text[])", ids))
                 of_jobs = "job_id = ANY($1::text[])"
                 await conn.execute(_DELETE_ATTEMPTS.format(where=of_jobs), ids)

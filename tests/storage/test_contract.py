@@ -1048,6 +1048,47 @@ async def test_prune_never_removes_unfinished_jobs(store: Store) -> None:
     assert await store.events_after(0) == events
 
 
+async def test_prune_hands_each_batch_to_its_hook_while_the_jobs_still_exist(store: Store) -> None:
+    old = [await finished(store, BEFORE_CUTOFF) for _ in range(3)]
+    batches: list[list[str]] = []
+
+    async def hook(job_ids: list[str]) -> None:
+        assert all([await store.get_job(job_id) for job_id in job_ids])  # the rows go only after the hook
+        batches.append(job_ids)
+
+    counts = await store.prune(CUTOFF, batch_size=2, before_jobs_pruned=hook)
+    assert counts.jobs == 3
+    assert sorted(job_id for batch in batches for job_id in batch) == sorted(job.id for job in old)
+    assert [len(batch) for batch in batches] == [2, 1]
+
+
+async def test_prune_keeps_a_batch_whose_hook_fails(store: Store) -> None:
+    old = await finished(store, BEFORE_CUTOFF)
+
+    async def hook(job_ids: list[str]) -> None:
+        raise OSError("the asset store is unreachable")
+
+    with pytest.raises(OSError, match="unreachable"):
+        await store.prune(CUTOFF, before_jobs_pruned=hook)
+    assert await store.get_job(old.id) is not None
+
+
+ASSETS = {"videos": [], "last_frame_url": None, "assets": [{"variant": "video", "index": 0}]}
+
+
+async def test_jobs_with_assets_are_the_old_succeeded_ones_whose_assets_have_not_expired(store: Store) -> None:
+    wanted = [await finished(store, BEFORE_CUTOFF, output=ASSETS) for _ in range(3)]
+    await finished(store, BEFORE_CUTOFF, output={**ASSETS, "assets_expired_at": BEFORE_CUTOFF})
+    await finished(store, BEFORE_CUTOFF, output={"videos": [], "last_frame_url": None})
+    await finished(store, BEFORE_CUTOFF, "failed", output=ASSETS)
+    await finished(store, AFTER_CUTOFF, output=ASSETS)
+    await finished(store, BEFORE_CUTOFF)  # no output at all
+    first = await store.jobs_with_assets(CUTOFF, limit=2)
+    rest = await store.jobs_with_assets(CUTOFF, after=first[-1], limit=2)
+    assert [job_id for _, job_id in first + rest] == sorted(job.id for job in wanted)
+    assert {completed_at for completed_at, _ in first + rest} == {BEFORE_CUTOFF}
+
+
 async def test_prune_keeps_old_events_of_a_kept_job(store: Store) -> None:
     kept = await create(store, created_at=BEFORE_CUTOFF, updated_at=BEFORE_CUTOFF)
     await store.update_job(kept.id, to_status("processing"))  # logged before the cutoff too
