@@ -21,6 +21,8 @@ import msgspec
 from sandbox import SANDBOXES, SandboxKnobs
 from sandbox.media import MEDIA, padded_video
 from service.assets import AssetStore, asset_key
+from service.assets.retention import deleting_assets
+from service.timestamps import to_iso
 from service.wire import encode_job
 from storage import create_store
 from tests import pg
@@ -149,6 +151,18 @@ async def test_a_disallowed_content_type_ends_in_archive_error_and_the_job_stays
         assert [a["variant"] for a in job["output"]["assets"]] == ["thumbnail"]
 
 
+
+async def test_a_result_sent_compressed_is_refused_and_never_decoded(tmp_path: Path) -> None:
+    # Decoded, each 64 KiB read of a gzip body could grow about a thousandfold before the size cap saw it.
+    async with archiving(tmp_path, output_gzip=True, output_bytes=8 * 1024 * 1024) as running:
+        job = await archived(running, (await running.submit())["id"])
+        assert job["status"] == "succeeded"
+        error = job["output"]["archive_error"]
+        assert (error["code"], error["variant"]) == ("content_type", "video")
+        assert "gzip" in error["message"]
+        assert [a["variant"] for a in job["output"]["assets"]] == ["thumbnail"]
+        assert await asset_store(running).size(asset_key(job["id"], "video", 0)) is None
+
 async def test_an_expired_provider_url_is_final_as_expired(tmp_path: Path) -> None:
     async with archiving(tmp_path, url_ttl_s=0.0) as running:
         job = await archived(running, (await running.submit())["id"])
@@ -197,6 +211,27 @@ async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
         assert await running.store.claim_archives(1e12, 10, 60) == []  # nothing queued, now or ever
         assert "job.archived" not in await running.event_types(job["id"])
 
+
+
+async def test_a_job_pruned_while_its_copy_runs_leaves_no_files_behind(tmp_path: Path) -> None:
+    async with archiving(tmp_path, output_bytes=4_000_000, output_bytes_per_s=2_000_000) as running:
+        job_id = (await running.submit())["id"]
+        folder = tmp_path / "assets" / job_id
+        async with asyncio.timeout(15):  # the video's copy is under way
+            while not any(folder.glob("video-0.part-*")):
+                await asyncio.sleep(0.05)
+        pruned = await running.store.prune(
+            to_iso(time.time() + 60), before_jobs_pruned=deleting_assets(asset_store(running))
+        )
+        assert pruned.jobs == 1
+        # The copies end after the prune (the thumbnail's is made): what they wrote goes too.
+        async with asyncio.timeout(15):
+            while 'reelay_assets_archived_total{result="copied"} 1.0' not in (
+                await running.client.get(f"{running.url}/metrics")
+            ).text:
+                await asyncio.sleep(0.05)
+            while folder.exists() and any(folder.iterdir()):
+                await asyncio.sleep(0.05)
 
 async def archived_over_http(client: httpx.AsyncClient, job_url: str, headers: dict[str, str]) -> dict[str, Any]:
     """The job at `job_url` once its output shows `assets`."""
