@@ -202,6 +202,17 @@ async def test_a_copy_still_failing_at_the_deadline_ends_as_unreachable_with_the
         assert job["output"]["assets"] == []
 
 
+
+async def test_a_copy_still_running_at_the_deadline_is_cut_off_as_unreachable(tmp_path: Path) -> None:
+    # 20 MB at 200 kB/s would take 100 s: the deadline ends it, and frees its slot for other jobs.
+    slow = {"output_bytes": 20_000_000, "output_bytes_per_s": 200_000}
+    async with archiving(tmp_path, **slow, asset_copy_deadline_seconds=2.0) as running:
+        job = await archived(running, (await running.submit())["id"], timeout=15)
+        assert job["status"] == "succeeded"
+        error = job["output"]["archive_error"]
+        assert (error["code"], error["variant"]) == ("unreachable", "video")
+        assert await asset_store(running).size(asset_key(job["id"], "video", 0)) is None
+
 async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
     async with archiving(tmp_path, processing_after_s=5.0, complete_after_s=10.0) as running:
         job = await running.submit()
