@@ -173,7 +173,7 @@ class Archiver:
                 last = item.get("last_error", "no copy was tried")
                 self._failed(item, "unreachable", f"not copied within the deadline; last error: {last}")
                 continue
-            await self._copy(record.job_id, item)
+            await self._copy(record.job_id, item, give_up)
         if all(any(key in item for key in _FINAL_KEYS) for item in items):
             await self._finish(record.job_id, items)
             return
@@ -184,13 +184,18 @@ class Archiver:
             return
         log.info("archive.retrying", attempt=record.attempts + 1, retry_in_s=round(retry_at - self.clock(), 1))
 
-    async def _copy(self, job_id: str, item: dict[str, Any]) -> None:
+    async def _copy(self, job_id: str, item: dict[str, Any], give_up: float) -> None:
         """Copy one item into the store; records its result (or its last transient error) on `item`."""
         variant, index, url = item["variant"], item["index"], item["url"]
         key = asset_key(job_id, variant, index)
         started = time.perf_counter()
         try:
-            size, content_type, sha256 = await self._stream(url, key)
+            # A copy that trickles (each read within its timeout) would otherwise hold its slot past the deadline.
+            async with asyncio.timeout(max(0.0, give_up - self.clock())):
+                size, content_type, sha256 = await self._stream(url, key)
+        except TimeoutError:
+            self._failed(item, "unreachable", "not copied within the deadline: the copy was still under way")
+            return
         except _Final as final:
             self._failed(item, final.code, final.message)
             return
