@@ -30,6 +30,8 @@ from tests.harness import Stack, collect_events, serving, stack, url_of
 from tests.ports import bind, free_ports
 from tests.processes import REELAY, create_key, reelay_env, reelay_serve, wait_ready
 from tests.receivers import Receiver, receiving
+from tests.s3 import REGION as S3_REGION
+from tests.s3 import S3Server
 
 VIDEO, JPEG = MEDIA[".mp4"][0], MEDIA[".jpg"][0]
 
@@ -113,6 +115,36 @@ async def test_video_and_thumbnail_are_archived_with_the_served_sha256_and_job_a
         assert shown["status"] == "succeeded"
         assert len(shown["output"]["assets"]) == 2
 
+
+
+async def test_on_the_s3_backend_an_archived_video_outlives_its_url_and_is_served_by_range_and_signed_url(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    async with stack(
+        tmp_path,
+        knobs=SandboxKnobs(processing_after_s=0.1, complete_after_s=0.3, url_ttl_s=3.0),
+        assets=f"s3://{s3_server.bucket()}/assets",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key_id=s3_server.access_key_id,
+        s3_secret_access_key=s3_server.secret_access_key,
+        s3_region=S3_REGION,
+        webhook_allow_private=True,
+    ) as running:
+        job = await archived(running, (await running.submit())["id"])
+        assert "archive_error" not in job["output"]
+        video = next(a for a in job["output"]["assets"] if a["variant"] == "video")
+        assert (video["bytes"], video["sha256"]) == (len(VIDEO), sha256(VIDEO))
+        async with asyncio.timeout(10):  # the provider's URL expires; the copy in the bucket stays
+            while (await running.client.get(job["output"]["videos"][0]["url"])).status_code != 403:
+                await asyncio.sleep(0.2)
+        content = f"{running.url}/v1/jobs/{job['id']}/content?variant=video&index=0"
+        ranged = await running.client.get(content, headers={**running.headers, "Range": "bytes=0-9"})
+        assert (ranged.status_code, ranged.content) == (206, VIDEO[:10])
+        assert ranged.headers["content-range"] == f"bytes 0-9/{len(VIDEO)}"
+        whole = await running.client.get(video["url"])  # the signed URL, with no key
+        assert (whole.status_code, whole.content) == (200, VIDEO)
+        tampered = await running.client.get(video["url"].replace("variant=video", "variant=thumbnail"))
+        assert tampered.status_code == 403
 
 async def test_an_output_over_the_size_cap_ends_in_archive_error_and_the_job_stays_succeeded(tmp_path: Path) -> None:
     async with archiving(tmp_path, output_bytes=300_000, asset_max_bytes=100_000) as running:
