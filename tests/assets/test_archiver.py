@@ -146,6 +146,22 @@ async def test_on_the_s3_backend_an_archived_video_outlives_its_url_and_is_serve
         tampered = await running.client.get(video["url"].replace("variant=video", "variant=thumbnail"))
         assert tampered.status_code == 403
 
+
+async def test_a_repeated_create_shows_the_archived_assets_with_urls_signed_afresh(tmp_path: Path) -> None:
+    async with archiving(tmp_path, asset_url_ttl_seconds=2.0) as running:
+        body = {"model": "seedancee2/pro", "input": {"prompt": "waves", "duration": 5}}
+        headers = {**running.headers, "Idempotency-Key": "archived-replay"}
+        first = await running.client.post(f"{running.url}/v1/jobs", json=body, headers=headers)
+        assert first.status_code == 202, first.text
+        job = await archived(running, first.json()["id"])
+        async with asyncio.timeout(10):  # the URL signed when the job was archived expires
+            while (await running.client.get(job["output"]["assets"][0]["url"])).status_code != 403:
+                await asyncio.sleep(0.2)
+        again = await running.client.post(f"{running.url}/v1/jobs", json=body, headers=headers)
+        assert again.status_code == 200, again.text
+        shown = await running.client.get(again.json()["output"]["assets"][0]["url"])
+        assert (shown.status_code, shown.content) == (200, VIDEO)
+
 async def test_an_output_over_the_size_cap_ends_in_archive_error_and_the_job_stays_succeeded(tmp_path: Path) -> None:
     async with archiving(tmp_path, output_bytes=300_000, asset_max_bytes=100_000) as running:
         job = await archived(running, (await running.submit())["id"])
