@@ -116,7 +116,6 @@ async def test_video_and_thumbnail_are_archived_with_the_served_sha256_and_job_a
         assert len(shown["output"]["assets"]) == 2
 
 
-
 async def test_on_the_s3_backend_an_archived_video_outlives_its_url_and_is_served_by_range_and_signed_url(
     tmp_path: Path, s3_server: S3Server
 ) -> None:
@@ -162,6 +161,7 @@ async def test_a_repeated_create_shows_the_archived_assets_with_urls_signed_afre
         shown = await running.client.get(again.json()["output"]["assets"][0]["url"])
         assert (shown.status_code, shown.content) == (200, VIDEO)
 
+
 async def test_an_output_over_the_size_cap_ends_in_archive_error_and_the_job_stays_succeeded(tmp_path: Path) -> None:
     async with archiving(tmp_path, output_bytes=300_000, asset_max_bytes=100_000) as running:
         job = await archived(running, (await running.submit())["id"])
@@ -199,7 +199,6 @@ async def test_a_disallowed_content_type_ends_in_archive_error_and_the_job_stays
         assert [a["variant"] for a in job["output"]["assets"]] == ["thumbnail"]
 
 
-
 async def test_a_result_sent_compressed_is_refused_and_never_decoded(tmp_path: Path) -> None:
     # Decoded, each 64 KiB read of a gzip body could grow about a thousandfold before the size cap saw it.
     async with archiving(tmp_path, output_gzip=True, output_bytes=8 * 1024 * 1024) as running:
@@ -210,6 +209,7 @@ async def test_a_result_sent_compressed_is_refused_and_never_decoded(tmp_path: P
         assert "gzip" in error["message"]
         assert [a["variant"] for a in job["output"]["assets"]] == ["thumbnail"]
         assert await asset_store(running).size(asset_key(job["id"], "video", 0)) is None
+
 
 async def test_an_expired_provider_url_is_final_as_expired(tmp_path: Path) -> None:
     async with archiving(tmp_path, url_ttl_s=0.0) as running:
@@ -250,7 +250,6 @@ async def test_a_copy_still_failing_at_the_deadline_ends_as_unreachable_with_the
         assert job["output"]["assets"] == []
 
 
-
 async def test_a_copy_still_running_at_the_deadline_is_cut_off_as_unreachable(tmp_path: Path) -> None:
     # 20 MB at 200 kB/s would take 100 s: the deadline ends it, and frees its slot for other jobs.
     slow = {"output_bytes": 20_000_000, "output_bytes_per_s": 200_000}
@@ -261,6 +260,7 @@ async def test_a_copy_still_running_at_the_deadline_is_cut_off_as_unreachable(tm
         assert (error["code"], error["variant"]) == ("unreachable", "video")
         assert await asset_store(running).size(asset_key(job["id"], "video", 0)) is None
 
+
 async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
     async with archiving(tmp_path, processing_after_s=5.0, complete_after_s=10.0) as running:
         job = await running.submit()
@@ -269,7 +269,6 @@ async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
         assert cancel.status_code == 200, cancel.text
         assert await running.store.claim_archives(1e12, 10, 60) == []  # nothing queued, now or ever
         assert "job.archived" not in await running.event_types(job["id"])
-
 
 
 async def test_a_job_pruned_while_its_copy_runs_leaves_no_files_behind(tmp_path: Path) -> None:
@@ -285,12 +284,14 @@ async def test_a_job_pruned_while_its_copy_runs_leaves_no_files_behind(tmp_path:
         assert pruned.jobs == 1
         # The copies end after the prune (the thumbnail's is made): what they wrote goes too.
         async with asyncio.timeout(15):
-            while 'reelay_assets_archived_total{result="copied"} 1.0' not in (
-                await running.client.get(f"{running.url}/metrics")
-            ).text:
+            while (
+                'reelay_assets_archived_total{result="copied"} 1.0'
+                not in (await running.client.get(f"{running.url}/metrics")).text
+            ):
                 await asyncio.sleep(0.05)
             while folder.exists() and any(folder.iterdir()):
                 await asyncio.sleep(0.05)
+
 
 async def archived_over_http(client: httpx.AsyncClient, job_url: str, headers: dict[str, str]) -> dict[str, Any]:
     """The job at `job_url` once its output shows `assets`."""
