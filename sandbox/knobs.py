@@ -56,6 +56,8 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         output_bytes_per_s: Serve result files at most this fast (0: as fast as the connection goes).
         output_unsized: Serve result files without Content-Length (chunked), as some CDNs do.
         output_content_type: The Content-Type a video is served with instead of `video/mp4` (e.g. `text/html`).
+        output_gzip: Serve videos gzip-compressed with `Content-Encoding: gzip`, whatever the request accepts (as a
+            misconfigured CDN does).
         media_burst_5xx: The next N downloads of a result file answer 503 `SlowDown`.
         seed: Seed for the random source, so that a test run is reproducible.
     """
@@ -79,6 +81,7 @@ class SandboxKnobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     output_bytes_per_s: float = 0.0
     output_unsized: bool = False
     output_content_type: str | None = None
+    output_gzip: bool = False
     media_burst_5xx: int = 0
     seed: int | None = None
 

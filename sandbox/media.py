@@ -14,6 +14,7 @@ import hmac
 import secrets
 import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -104,6 +105,14 @@ def _throttled(body: AsyncIterator[bytes] | bytes, bytes_per_s: float) -> AsyncI
     return chunks()
 
 
+async def _gzipped(body: AsyncIterator[bytes] | bytes) -> AsyncIterator[bytes]:
+    compressor = zlib.compressobj(wbits=31)  # 31: the gzip format
+    async for part in _pieces(body) if isinstance(body, bytes) else body:
+        if packed := compressor.compress(part):
+            yield packed
+    yield compressor.flush()
+
+
 async def _pieces(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
@@ -151,6 +160,10 @@ def media_route(secret: bytes, current: Callable[[], Chaos], downloads: dict[str
         headers = {"Cache-Control": "private, max-age=0"}
         if not knobs.output_unsized:
             headers["Content-Length"] = str(size)
+        if extension == ".mp4" and knobs.output_gzip:
+            headers["Content-Encoding"] = "gzip"
+            headers.pop("Content-Length", None)
+            body = _gzipped(body)
         if isinstance(body, bytes) and not knobs.output_bytes_per_s and not knobs.output_unsized:
             return Response(body, media_type=content_type, headers=headers)
         return Stream(_throttled(body, knobs.output_bytes_per_s), media_type=content_type, headers=headers)

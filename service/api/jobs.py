@@ -117,7 +117,8 @@ class JobController(Controller):
         job, created = await context(request).gateway.create_job(
             caller.id, strict(_decode_job_create, await request.body()), idempotency_key, cancel_after, caller=caller
         )
-        return _json(encode_job(job), 202 if created else 200)
+        # A repeat may show an archived job: its asset URLs are signed afresh, as GET /v1/jobs/{id} shows them.
+        return _json(encode_job(job, signer=asset_signer(context(request))), 202 if created else 200)
 
     @get(
         "/",

@@ -173,21 +173,29 @@ class Archiver:
                 last = item.get("last_error", "no copy was tried")
                 self._failed(item, "unreachable", f"not copied within the deadline; last error: {last}")
                 continue
-            await self._copy(record.job_id, item)
+            await self._copy(record.job_id, item, give_up)
         if all(any(key in item for key in _FINAL_KEYS) for item in items):
             await self._finish(record.job_id, items)
             return
         retry_at = min(self.clock() + self.backoff.delay(record.attempts, self.rng), give_up)
         await self.store.save_archive(record.job_id, items, retry_at)
+        if await self.store.get_job(record.job_id) is None:
+            await self._job_gone(record.job_id)  # pruned meanwhile: its archive row went with it, so save kept nothing
+            return
         log.info("archive.retrying", attempt=record.attempts + 1, retry_in_s=round(retry_at - self.clock(), 1))
 
-    async def _copy(self, job_id: str, item: dict[str, Any]) -> None:
+    async def _copy(self, job_id: str, item: dict[str, Any], give_up: float) -> None:
         """Copy one item into the store; records its result (or its last transient error) on `item`."""
         variant, index, url = item["variant"], item["index"], item["url"]
         key = asset_key(job_id, variant, index)
         started = time.perf_counter()
         try:
-            size, content_type, sha256 = await self._stream(url, key)
+            # A copy that trickles (each read within its timeout) would otherwise hold its slot past the deadline.
+            async with asyncio.timeout(max(0.0, give_up - self.clock())):
+                size, content_type, sha256 = await self._stream(url, key)
+        except TimeoutError:
+            self._failed(item, "unreachable", "not copied within the deadline: the copy was still under way")
+            return
         except _Final as final:
             self._failed(item, final.code, final.message)
             return
@@ -223,6 +231,10 @@ class Archiver:
                 content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
                 if content_type not in self.content_types:
                     raise _Final("content_type", f"the result is {content_type or 'of no content type'}, not allowed")
+                # Decoding would grow each read up to a thousandfold before the size cap sees it (a gzip bomb).
+                encoding = response.headers.get("content-encoding", "").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise _Final("content_type", f"the result is sent with Content-Encoding {encoding}, not as is")
                 length = response.headers.get("content-length", "")
                 if length.isdigit() and int(length) > self.max_bytes:
                     raise _Final("too_large", f"the result is {length} bytes, over the {self.max_bytes} byte cap")
@@ -280,10 +292,15 @@ class Archiver:
         try:
             outcome = await self.store.finish_archive(job_id, archived, items)
         except JobNotFound:
-            log.info("archive.job_gone")  # pruned meanwhile: its archive row went with it
+            await self._job_gone(job_id)  # pruned meanwhile: its archive row went with it
             return
         if outcome.event is not None:
             log.info("job.archived", assets=len(assets), archive_error=None if error is None else error["code"])
+
+    async def _job_gone(self, job_id: str) -> None:
+        """A job pruned while its copies ran: the prune deleted its assets first, so what was copied since goes now."""
+        log.info("archive.job_gone")
+        await self.assets.delete_job(job_id)
 
     async def drain(self, grace_seconds: float) -> None:
         """Let copies in flight finish within `grace_seconds`; the rest are cancelled (their partial files never

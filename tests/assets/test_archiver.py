@@ -21,6 +21,8 @@ import msgspec
 from sandbox import SANDBOXES, SandboxKnobs
 from sandbox.media import MEDIA, padded_video
 from service.assets import AssetStore, asset_key
+from service.assets.retention import deleting_assets
+from service.timestamps import to_iso
 from service.wire import encode_job
 from storage import create_store
 from tests import pg
@@ -28,6 +30,8 @@ from tests.harness import Stack, collect_events, serving, stack, url_of
 from tests.ports import bind, free_ports
 from tests.processes import REELAY, create_key, reelay_env, reelay_serve, wait_ready
 from tests.receivers import Receiver, receiving
+from tests.s3 import REGION as S3_REGION
+from tests.s3 import S3Server
 
 VIDEO, JPEG = MEDIA[".mp4"][0], MEDIA[".jpg"][0]
 
@@ -112,6 +116,52 @@ async def test_video_and_thumbnail_are_archived_with_the_served_sha256_and_job_a
         assert len(shown["output"]["assets"]) == 2
 
 
+async def test_on_the_s3_backend_an_archived_video_outlives_its_url_and_is_served_by_range_and_signed_url(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    async with stack(
+        tmp_path,
+        knobs=SandboxKnobs(processing_after_s=0.1, complete_after_s=0.3, url_ttl_s=3.0),
+        assets=f"s3://{s3_server.bucket()}/assets",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key_id=s3_server.access_key_id,
+        s3_secret_access_key=s3_server.secret_access_key,
+        s3_region=S3_REGION,
+        webhook_allow_private=True,
+    ) as running:
+        job = await archived(running, (await running.submit())["id"])
+        assert "archive_error" not in job["output"]
+        video = next(a for a in job["output"]["assets"] if a["variant"] == "video")
+        assert (video["bytes"], video["sha256"]) == (len(VIDEO), sha256(VIDEO))
+        async with asyncio.timeout(10):  # the provider's URL expires; the copy in the bucket stays
+            while (await running.client.get(job["output"]["videos"][0]["url"])).status_code != 403:
+                await asyncio.sleep(0.2)
+        content = f"{running.url}/v1/jobs/{job['id']}/content?variant=video&index=0"
+        ranged = await running.client.get(content, headers={**running.headers, "Range": "bytes=0-9"})
+        assert (ranged.status_code, ranged.content) == (206, VIDEO[:10])
+        assert ranged.headers["content-range"] == f"bytes 0-9/{len(VIDEO)}"
+        whole = await running.client.get(video["url"])  # the signed URL, with no key
+        assert (whole.status_code, whole.content) == (200, VIDEO)
+        tampered = await running.client.get(video["url"].replace("variant=video", "variant=thumbnail"))
+        assert tampered.status_code == 403
+
+
+async def test_a_repeated_create_shows_the_archived_assets_with_urls_signed_afresh(tmp_path: Path) -> None:
+    async with archiving(tmp_path, asset_url_ttl_seconds=2.0) as running:
+        body = {"model": "seedancee2/pro", "input": {"prompt": "waves", "duration": 5}}
+        headers = {**running.headers, "Idempotency-Key": "archived-replay"}
+        first = await running.client.post(f"{running.url}/v1/jobs", json=body, headers=headers)
+        assert first.status_code == 202, first.text
+        job = await archived(running, first.json()["id"])
+        async with asyncio.timeout(10):  # the URL signed when the job was archived expires
+            while (await running.client.get(job["output"]["assets"][0]["url"])).status_code != 403:
+                await asyncio.sleep(0.2)
+        again = await running.client.post(f"{running.url}/v1/jobs", json=body, headers=headers)
+        assert again.status_code == 200, again.text
+        shown = await running.client.get(again.json()["output"]["assets"][0]["url"])
+        assert (shown.status_code, shown.content) == (200, VIDEO)
+
+
 async def test_an_output_over_the_size_cap_ends_in_archive_error_and_the_job_stays_succeeded(tmp_path: Path) -> None:
     async with archiving(tmp_path, output_bytes=300_000, asset_max_bytes=100_000) as running:
         job = await archived(running, (await running.submit())["id"])
@@ -147,6 +197,18 @@ async def test_a_disallowed_content_type_ends_in_archive_error_and_the_job_stays
         )
         assert "text/html" in job["output"]["archive_error"]["message"]
         assert [a["variant"] for a in job["output"]["assets"]] == ["thumbnail"]
+
+
+async def test_a_result_sent_compressed_is_refused_and_never_decoded(tmp_path: Path) -> None:
+    # Decoded, each 64 KiB read of a gzip body could grow about a thousandfold before the size cap saw it.
+    async with archiving(tmp_path, output_gzip=True, output_bytes=8 * 1024 * 1024) as running:
+        job = await archived(running, (await running.submit())["id"])
+        assert job["status"] == "succeeded"
+        error = job["output"]["archive_error"]
+        assert (error["code"], error["variant"]) == ("content_type", "video")
+        assert "gzip" in error["message"]
+        assert [a["variant"] for a in job["output"]["assets"]] == ["thumbnail"]
+        assert await asset_store(running).size(asset_key(job["id"], "video", 0)) is None
 
 
 async def test_an_expired_provider_url_is_final_as_expired(tmp_path: Path) -> None:
@@ -188,6 +250,17 @@ async def test_a_copy_still_failing_at_the_deadline_ends_as_unreachable_with_the
         assert job["output"]["assets"] == []
 
 
+async def test_a_copy_still_running_at_the_deadline_is_cut_off_as_unreachable(tmp_path: Path) -> None:
+    # 20 MB at 200 kB/s would take 100 s: the deadline ends it, and frees its slot for other jobs.
+    slow = {"output_bytes": 20_000_000, "output_bytes_per_s": 200_000}
+    async with archiving(tmp_path, **slow, asset_copy_deadline_seconds=2.0) as running:
+        job = await archived(running, (await running.submit())["id"], timeout=15)
+        assert job["status"] == "succeeded"
+        error = job["output"]["archive_error"]
+        assert (error["code"], error["variant"]) == ("unreachable", "video")
+        assert await asset_store(running).size(asset_key(job["id"], "video", 0)) is None
+
+
 async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
     async with archiving(tmp_path, processing_after_s=5.0, complete_after_s=10.0) as running:
         job = await running.submit()
@@ -196,6 +269,28 @@ async def test_a_cancelled_job_is_never_archived(tmp_path: Path) -> None:
         assert cancel.status_code == 200, cancel.text
         assert await running.store.claim_archives(1e12, 10, 60) == []  # nothing queued, now or ever
         assert "job.archived" not in await running.event_types(job["id"])
+
+
+async def test_a_job_pruned_while_its_copy_runs_leaves_no_files_behind(tmp_path: Path) -> None:
+    async with archiving(tmp_path, output_bytes=4_000_000, output_bytes_per_s=2_000_000) as running:
+        job_id = (await running.submit())["id"]
+        folder = tmp_path / "assets" / job_id
+        async with asyncio.timeout(15):  # the video's copy is under way
+            while not any(folder.glob("video-0.part-*")):
+                await asyncio.sleep(0.05)
+        pruned = await running.store.prune(
+            to_iso(time.time() + 60), before_jobs_pruned=deleting_assets(asset_store(running))
+        )
+        assert pruned.jobs == 1
+        # The copies end after the prune (the thumbnail's is made): what they wrote goes too.
+        async with asyncio.timeout(15):
+            while (
+                'reelay_assets_archived_total{result="copied"} 1.0'
+                not in (await running.client.get(f"{running.url}/metrics")).text
+            ):
+                await asyncio.sleep(0.05)
+            while folder.exists() and any(folder.iterdir()):
+                await asyncio.sleep(0.05)
 
 
 async def archived_over_http(client: httpx.AsyncClient, job_url: str, headers: dict[str, str]) -> dict[str, Any]:
