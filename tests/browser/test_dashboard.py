@@ -245,3 +245,27 @@ async def test_a_page_on_another_origin_opens_a_stream_with_a_token(dashboard: D
     async with dashboard.tab(tmp_path, url=page_url) as tab:  # the same page without a token: refused
         await tab.page.wait_for_function("() => window.source.readyState === EventSource.CLOSED")
         assert await tab.page.evaluate("window.received") == []
+
+
+async def test_the_readmes_event_source_example_closes_after_any_terminal_event(
+    dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """A job's stream ends after its terminal event and a resumed one ends at once, so an EventSource left open
+    would reconnect for as long as its token lasts: the README's example must close on a cancel too."""
+    async with dashboard.knobs(SLOW):
+        job = await dashboard.submit()
+        await dashboard.wait_for(job["id"], lambda j: j["provider_task_id"] is not None)
+    made = await dashboard.client.post(
+        f"{dashboard.url}/v1/stream-tokens", json={"ttl_seconds": 600, "job_id": job["id"]}, headers=dashboard.headers
+    )
+    assert made.status_code == 201, made.text
+    query = urlencode({"reelay": dashboard.url, "job": job["id"], "token": made.json()["token"]})
+    async with dashboard.tab(tmp_path, url=f"{dashboard.elsewhere_url}/readme?{query}") as tab:
+        await tab.page.wait_for_function("() => window.source.readyState === EventSource.OPEN")
+        cancelled = await dashboard.client.post(
+            f"{dashboard.url}/v1/jobs/{job['id']}/cancel", headers=dashboard.headers
+        )
+        assert cancelled.status_code == 200, cancelled.text
+        await tab.page.wait_for_function("() => window.rendered.includes('cancelled')")
+        await tab.page.wait_for_function("() => window.source.readyState === EventSource.CLOSED")
+        assert await tab.page.evaluate("window.reopened") == 0
