@@ -149,9 +149,9 @@ async def test_a_cookie_with_non_ascii_bytes_is_401_not_500(seedance: Stack) -> 
     cookies, _ = await signed_in(seedance)
     payload = cookies["Cookie"].removeprefix("reelay_session=").split(".")[0]
     for value in (f"{payload}.\u00e9", "\u00e9.\u00e9"):
-        header = {"Cookie": f"reelay_session={value}".encode("latin-1")}
+        header = {b"Cookie": f"reelay_session={value}".encode("latin-1")}
         for path in ("/v1/jobs", "/dashboard/session"):
-            response = await seedance.client.get(f"{seedance.url}{path}", headers=header)  # type: ignore[arg-type]
+            response = await seedance.client.get(f"{seedance.url}{path}", headers=header)
             assert response.status_code == 401, (value, path, response.text)
             assert "sign in again" in response.json()["error"]["message"]
 
