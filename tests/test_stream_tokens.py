@@ -354,3 +354,54 @@ async def test_a_token_one_replica_signed_opens_a_stream_on_another(
         token = (await _token(a, job_id=job["id"]))["token"]
         replayed = await _read_all(b, f"/v1/jobs/{job['id']}/events", token)
         assert replayed[-1]["type"] == "job.succeeded"
+
+
+async def test_only_an_unscoped_token_sees_the_keys_budget_threshold_events(tmp_path: Path) -> None:
+    """budget.threshold belongs to the key, not to a job: a token narrowed to a job or to a metadata filter sees
+    none of them, live or replayed, while a token for all the key's events sees both."""
+    from tests.test_budgets import post_job, set_budget
+
+    async with stack(tmp_path, knobs=_UNFINISHED) as s:
+        await set_budget(s, credits="100")
+        start = await s.store.last_event_id()
+        first = await post_job(s, metadata={"team": "red"})  # 50 %: no event yet
+        assert first.status_code == 202, first.text
+        job = first.json()
+        tokens = {
+            "all": (await _token(s))["token"],
+            "job": (await _token(s, job_id=job["id"]))["token"],
+            "metadata": (await _token(s, metadata={"team": "red"}))["token"],
+        }
+
+        async def live(token: str, found: list[dict[str, Any]], opened: asyncio.Event, **headers: str) -> None:
+            """Every event until the first job's job.cancelled, the last one this test makes."""
+            async with s.client.stream("GET", f"{s.url}/v1/events", params={"token": token}, headers=headers) as r:
+                assert r.status_code == 200
+                opened.set()
+                async for _, event in _events(r):
+                    found.append(event)
+                    if event["type"] == "job.cancelled" and event["job"]["id"] == job["id"]:
+                        return
+
+        seen: dict[str, list[dict[str, Any]]] = {name: [] for name in tokens}
+        opened = {name: asyncio.Event() for name in tokens}
+        readers = [asyncio.create_task(live(tokens[n], seen[n], opened[n])) for n in tokens]
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(o.wait() for o in opened.values()))
+        for extra in ({"duration": 6}, {"duration": 4}):  # 80 %, then 100 %: two threshold events
+            made = await post_job(s, input={"resolution": "480p", **extra}, metadata={"team": "red"})
+            assert made.status_code == 202, made.text
+        cancel = await s.client.post(f"{s.url}/v1/jobs/{job['id']}/cancel", headers=s.headers)
+        assert cancel.status_code == 200, cancel.text
+        async with asyncio.timeout(10):
+            await asyncio.gather(*readers)
+        replayed: dict[str, list[dict[str, Any]]] = {name: [] for name in tokens}
+        async with asyncio.timeout(10):
+            for name, token in tokens.items():
+                await live(token, replayed[name], asyncio.Event(), **{"Last-Event-ID": str(start)})
+    for found in (seen, replayed):
+        thresholds = {name: [e for e in events if e["type"] == "budget.threshold"] for name, events in found.items()}
+        assert [e["detail"]["threshold"] for e in thresholds["all"]] == [80, 100]
+        assert thresholds["job"] == thresholds["metadata"] == []
+        assert {e["job"]["id"] for e in found["job"]} == {job["id"]}
+        assert len({e["job"]["id"] for e in found["metadata"]}) == 3

@@ -59,7 +59,8 @@ class Sessions:
         if not cookie or cookie.count(".") != 1:
             return None
         payload, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac(b"session", payload)):
+        # As bytes: compare_digest raises on a str outside ASCII, and a cookie holds whatever the client sent.
+        if not hmac.compare_digest(mac.encode(), self._mac(b"session", payload).encode()):
             return None
         try:
             fields = json.loads(_unb64(payload))

@@ -69,3 +69,26 @@ async def test_a_page_on_an_allowed_origin_can_open_an_event_stream_with_a_token
             assert r.status_code == 200
             assert r.headers["access-control-allow-origin"] == _ORIGIN
             assert "last-event-id" in _names(r.headers["access-control-expose-headers"])
+
+
+async def test_an_allowed_origin_never_gets_the_dashboard_session_cookie_or_its_csrf_header(tmp_path: Path) -> None:
+    """CORS lets other origins call the API with a key or a stream token, never with credentials: the dashboard's
+    session cookie (and the X-CSRF-Token that goes with it) stays the dashboard's own."""
+    async with stack(tmp_path, cors_origins=(_ORIGIN,)) as s:
+        for method, path in (("POST", "/v1/jobs"), ("GET", "/v1/events"), ("DELETE", "/dashboard/session")):
+            preflight = await s.client.options(
+                f"{s.url}{path}",
+                headers={"Origin": _ORIGIN, "Access-Control-Request-Method": method},
+            )
+            assert "access-control-allow-credentials" not in preflight.headers, (path, preflight.headers)
+        csrf = await s.client.options(
+            f"{s.url}/v1/jobs",
+            headers={
+                "Origin": _ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-csrf-token",
+            },
+        )
+        assert "x-csrf-token" not in _names(csrf.headers.get("access-control-allow-headers", ""))
+        session = await s.client.get(f"{s.url}/dashboard/session", headers={"Origin": _ORIGIN})
+        assert "access-control-allow-credentials" not in session.headers

@@ -144,6 +144,18 @@ async def test_a_forged_or_expired_cookie_is_refused(seedance: Stack) -> None:
         assert "sign in again" in response.json()["error"]["message"]
 
 
+async def test_a_cookie_with_non_ascii_bytes_is_401_not_500(seedance: Stack) -> None:
+    """A cookie is whatever the client sends: bytes outside ASCII in the signature part are a bad cookie (401)."""
+    cookies, _ = await signed_in(seedance)
+    payload = cookies["Cookie"].removeprefix("reelay_session=").split(".")[0]
+    for value in (f"{payload}.\u00e9", "\u00e9.\u00e9"):
+        header = {b"Cookie": f"reelay_session={value}".encode("latin-1")}
+        for path in ("/v1/jobs", "/dashboard/session"):
+            response = await seedance.client.get(f"{seedance.url}{path}", headers=header)
+            assert response.status_code == 401, (value, path, response.text)
+            assert "sign in again" in response.json()["error"]["message"]
+
+
 async def test_sign_out_clears_the_cookie(seedance: Stack) -> None:
     cookies, _ = await signed_in(seedance)
     response = await seedance.client.delete(f"{seedance.url}/dashboard/session", headers=cookies)

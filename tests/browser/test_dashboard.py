@@ -127,6 +127,34 @@ async def test_cancel_a_job_from_its_page(dashboard: Dashboard, tmp_path: Path) 
     assert (await dashboard.job(job["id"]))["status"] == "cancelled"
 
 
+async def test_an_older_job_that_changes_state_stays_off_the_first_page(dashboard: Dashboard, tmp_path: Path) -> None:
+    """The first page lists the newest jobs, newest first, as GET /v1/jobs does: a job further down the list whose
+    status changes stays where it is, and does not push one of the newest off the page."""
+    page_size = 50  # the jobs page's (service/static/dashboard/jobs.js)
+    async with dashboard.knobs(SLOW):
+        old = await dashboard.submit()
+        newest = [await dashboard.submit() for _ in range(page_size)]
+        await dashboard.wait_for(old["id"], lambda j: j["provider_task_id"] is not None)
+    try:
+        async with dashboard.tab(tmp_path) as tab:
+            page = tab.page
+            await page.locator("#live.on").wait_for()
+            await page.locator(f'#jobs-body tr[data-job-id="{newest[-1]["id"]}"]').wait_for()
+            cancelled = await dashboard.client.post(
+                f"{dashboard.url}/v1/jobs/{old['id']}/cancel", headers=dashboard.headers
+            )
+            assert cancelled.status_code == 200, cancelled.text
+            fresh = await dashboard.submit()  # its row shows once the page has had the cancel's event too
+            await page.locator(f'#jobs-body tr[data-job-id="{fresh["id"]}"]').wait_for()
+            shown = await page.eval_on_selector_all("#jobs-body tr", "rows => rows.map((r) => r.dataset.jobId)")
+            assert old["id"] not in shown
+            assert shown == sorted(shown, reverse=True)  # newest first, as the API lists them
+            assert shown == [fresh["id"], *[j["id"] for j in reversed(newest)]][:page_size]
+    finally:
+        for job in newest:
+            await dashboard.client.post(f"{dashboard.url}/v1/jobs/{job['id']}/cancel", headers=dashboard.headers)
+
+
 async def test_no_page_requests_anything_from_another_host(dashboard: Dashboard, tmp_path: Path) -> None:
     """Every file and call of every page is Reelay's own (no CDN); the strict CSP is never violated, and no
     script fails."""
@@ -217,3 +245,27 @@ async def test_a_page_on_another_origin_opens_a_stream_with_a_token(dashboard: D
     async with dashboard.tab(tmp_path, url=page_url) as tab:  # the same page without a token: refused
         await tab.page.wait_for_function("() => window.source.readyState === EventSource.CLOSED")
         assert await tab.page.evaluate("window.received") == []
+
+
+async def test_the_readmes_event_source_example_closes_after_any_terminal_event(
+    dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """A job's stream ends after its terminal event and a resumed one ends at once, so an EventSource left open
+    would reconnect for as long as its token lasts: the README's example must close on a cancel too."""
+    async with dashboard.knobs(SLOW):
+        job = await dashboard.submit()
+        await dashboard.wait_for(job["id"], lambda j: j["provider_task_id"] is not None)
+    made = await dashboard.client.post(
+        f"{dashboard.url}/v1/stream-tokens", json={"ttl_seconds": 600, "job_id": job["id"]}, headers=dashboard.headers
+    )
+    assert made.status_code == 201, made.text
+    query = urlencode({"reelay": dashboard.url, "job": job["id"], "token": made.json()["token"]})
+    async with dashboard.tab(tmp_path, url=f"{dashboard.elsewhere_url}/readme?{query}") as tab:
+        await tab.page.wait_for_function("() => window.source.readyState === EventSource.OPEN")
+        cancelled = await dashboard.client.post(
+            f"{dashboard.url}/v1/jobs/{job['id']}/cancel", headers=dashboard.headers
+        )
+        assert cancelled.status_code == 200, cancelled.text
+        await tab.page.wait_for_function("() => window.rendered.includes('cancelled')")
+        await tab.page.wait_for_function("() => window.source.readyState === EventSource.CLOSED")
+        assert await tab.page.evaluate("window.reopened") == 0

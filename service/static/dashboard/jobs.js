@@ -136,8 +136,13 @@ export function renderJobs(root, filters) {
       if (!matches(job, filters) && filters.get("status")) row.remove();
       else row.replaceWith(jobRow(job));
     } else if (cursors.length === 1 && matches(job, filters)) {
+      // Newest first by id, as the API lists them: a job older than a full page's last row belongs further down.
+      const rows = [...body.querySelectorAll("tr[data-job-id]")];
+      const before = rows.find((r) => r.dataset.jobId < job.id);
+      if (!before && rows.length >= PAGE_SIZE) return;
       body.querySelector("td.empty")?.parentElement.remove();
-      body.prepend(jobRow(job)); // newest first, as the API lists them
+      if (before) before.before(jobRow(job));
+      else body.append(jobRow(job));
       while (body.rows.length > PAGE_SIZE) body.lastElementChild.remove();
     }
   });
