@@ -197,9 +197,7 @@ class Dispatcher(LeasedLoop):
         settings = self.runtime.settings
         # A provider with callbacks is polled only once its callback is overdue; the others when a job may be done.
         first_poll = (
-            settings.callback_grace_seconds
-            if callbacks
-            else self.runtime.poll_schedule(job.provider).delay(0, self.rng)
+            settings.callback_grace_seconds if callbacks else await self.runtime.poll_delay(job.provider, 0, self.rng)
         )
         await self._update(
             job,
