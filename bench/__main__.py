@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke-sized k, l and l2 (100,000 jobs in k; 3,000 and 500 jobs, 20 s windows in l and l2); implies --no-write",
+        help="smoke-sized k, l and l2 (k: 100,000 jobs; l, l2: 3,000 and 500 jobs, 20 s windows); implies --no-write",
     )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of the server in phases b, c and h3 here")
     parser.add_argument(
