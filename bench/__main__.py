@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke-sized k, l and l2 (100,000 jobs in k; 2,000 jobs and 20 s windows in l and l2); implies --no-write",
+        help="smoke-sized k, l and l2 (k: 100,000 jobs; l, l2: 3,000 and 500 jobs, 20 s windows); implies --no-write",
     )
     parser.add_argument(
         "--asset-mb", type=int, default=200, help="size of the output phases j and j2 copy and serve (MB)"

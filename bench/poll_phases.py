@@ -4,16 +4,21 @@ The provider is imini, which Reelay can only poll. Its emulator runs in a proces
 with tasks that finish 10 minutes after their create, so no job ends during a phase; the emulator counts every API
 call by the second it arrived in (`GET /_sandbox/calls`), which is what a provider's rate limit would count.
 
+Reelay polls at imini's production cadence, set explicitly (`REELAY_IMINI_POLL_*`, from the adapter's default),
+and the phases read the schedule back from the settings Reelay parses out of the same variables.
+
 - l. `reelay serve` on SQLite. 10,000 jobs go in through `POST /v1/jobs` (16 at a time); once the emulator has
-  accepted every create, the phase waits for the status checks to reach the poll cap (the time the adapter's
-  schedule takes, read from the code under test) and for polling to be steady (nothing overdue, the rate of the
-  last 10 s within 10 % of the 10 s before). Then, over the window: polls per second at the emulator, Reelay's
-  CPU (from /proc) per poll and as a share of a core, its RSS, and `GET /v1/jobs` at 10/s. Then Reelay restarts
-  on the same database and jobs with `REELAY_IMINI_RATE_LIMIT=50`: every second at the emulator from its start on
-  must hold at most 50 calls, and `GET /v1/providers` (sampled every second) gives the oldest overdue poll.
+  accepted every create, the phase waits for the status checks to reach the poll cap (the time that schedule
+  takes) and for polling to be steady (nothing overdue, the rate of the last 10 s within 10 % of the 10 s
+  before). Then, over the window: polls per second at the emulator, Reelay's CPU (from /proc) per poll and as a
+  share of a core, its RSS, and `GET /v1/jobs` at 10/s. Then Reelay restarts on the same database and jobs with
+  `REELAY_IMINI_RATE_LIMIT=50`: every second at the emulator from its start on must hold at most 50 calls, and
+  `GET /v1/providers` (sampled every second) gives the oldest overdue poll, first while the polls scheduled
+  without the budget are served once (each then waits its share of the budget), then over the window.
 - l2. PostgreSQL (a throwaway durable cluster), one `--role api` and two `--role worker` processes sharing
   `REELAY_IMINI_RATE_LIMIT=50`; 1,000 jobs go in through the api process. Every second at the emulator from the
-  workers' start on must hold at most 50 calls (creates and polls together).
+  workers' start on must hold at most 50 calls (creates and polls together); the window lasts until every job has
+  had its first poll.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from bench.target import Database, Key, reelay, reelay_env, upstream
 from bench.upstream import CREATED_PATH
 from sandbox import SANDBOXES, SandboxKnobs
 from service.providers import ADAPTERS
+from service.rates import Shape
 from service.settings import Settings
 from tests.pg import PostgresServer, throwaway_cluster
 from tests.ports import free_ports
@@ -66,17 +72,28 @@ class Sizes:
     @classmethod
     def of(cls, seconds: float, quick: bool) -> Sizes:
         if quick:
-            return cls(jobs=2_000, seconds=min(seconds, 20.0), replica_jobs=500, replica_seconds=20.0)
+            # 3,000 every 60 s is more than a 50/s budget (~42/s) can poll: the limited half stretches the interval.
+            return cls(jobs=3_000, seconds=min(seconds, 20.0), replica_jobs=500, replica_seconds=20.0)
         return cls(jobs=10_000, seconds=seconds, replica_jobs=1_000, replica_seconds=max(20.0, seconds / 2))
 
 
-def schedule() -> dict[str, float] | None:
-    """The adapter's poll schedule as the code under test has it (None if it is no longer a plain backoff)."""
-    backoff = getattr(ADAPTERS[PROVIDER], "poll_schedule", None)
-    fields = ("initial", "factor", "cap", "jitter")
-    if backoff is None or not all(isinstance(getattr(backoff, f, None), int | float) for f in fields):
-        return None
-    return {f: float(getattr(backoff, f)) for f in fields}
+def cadence_env() -> dict[str, str]:
+    """imini's production cadence (its adapter's default), set explicitly so that Reelay polls as in production."""
+    own = ADAPTERS[PROVIDER].poll_schedule
+    prefix = f"REELAY_{PROVIDER.upper()}_"
+    return {
+        prefix + "POLL_INITIAL_SECONDS": f"{own.initial:g}",
+        prefix + "POLL_FACTOR": f"{own.factor:g}",
+        prefix + "POLL_CAP_SECONDS": f"{own.cap:g}",
+    }
+
+
+def schedule(env: dict[str, str]) -> dict[str, float]:
+    """The poll schedule Reelay reads from `env`: its REELAY_<PROVIDER>_POLL_* settings, else the adapter's own
+    (as `Runtime.poll_schedule` chooses)."""
+    backoff = Settings.from_env(env, adapters=ADAPTERS).provider(PROVIDER).poll_schedule
+    backoff = backoff or ADAPTERS[PROVIDER].poll_schedule
+    return {f: float(getattr(backoff, f)) for f in ("initial", "factor", "cap", "jitter")}
 
 
 def polling_settings(env: dict[str, str]) -> dict[str, Any]:
@@ -88,10 +105,10 @@ def polling_settings(env: dict[str, str]) -> dict[str, Any]:
     return shown
 
 
-def ramp_seconds(plan: dict[str, float] | None) -> float:
-    """From a job's create until its polls come every cap, at the slowest jitter (120 s if the schedule is unknown)."""
-    if plan is None or plan["factor"] <= 1:
-        return 120.0
+def ramp_seconds(plan: dict[str, float]) -> float:
+    """From a job's create until its polls come every cap, at the slowest jitter."""
+    if plan["factor"] <= 1:
+        return plan["initial"] * (1 + plan["jitter"])
     total, delay = 0.0, plan["initial"]
     while delay < plan["cap"]:
         total += delay
@@ -100,10 +117,11 @@ def ramp_seconds(plan: dict[str, float] | None) -> float:
 
 
 def provider_env(url: str, **extra: str) -> dict[str, str]:
-    """Reelay's settings for the emulator; the rate limit only where given (unset: unlimited)."""
+    """Reelay's settings for the emulator, at the production cadence; the rate limit only where given (unset:
+    unlimited)."""
     spec = SANDBOXES[PROVIDER]
     prefix = f"REELAY_{PROVIDER.upper()}_"
-    env = {prefix + "BASE_URL": url, prefix + "API_KEY": spec.api_key}
+    env = {prefix + "BASE_URL": url, prefix + "API_KEY": spec.api_key, **cadence_env()}
     env.update({prefix + option.upper(): value for option, value in spec.options.items()})
     env.update(extra)
     return env
@@ -265,11 +283,11 @@ class Window:
 def at_scale(work: Path, sizes: Sizes) -> dict[str, Any]:
     database = Database(f"sqlite:///{work / 'polling.db'}")
     (key,) = asyncio.run(database.keys(1))
-    plan = schedule()
     with upstream(work / "upstream-polling.log", PROVIDER) as emulator:
         asyncio.run(set_knobs(emulator))
         port = free_ports(1)
         env = reelay_env(database.url, port, **provider_env(emulator.url))
+        plan = schedule(env)
         with reelay(env, work / "reelay-polling.log") as server:
             free = asyncio.run(_free(server, emulator, key, sizes, plan))
         free["settings"] = polling_settings(env)
@@ -279,8 +297,7 @@ def at_scale(work: Path, sizes: Sizes) -> dict[str, Any]:
         with reelay(env, work / "reelay-polling-limited.log") as server:
             limited = asyncio.run(_limited(server, emulator, key, sizes, started))
         limited["settings"] = polling_settings(env)
-    # Without a readable schedule, the cap is the mean interval between a job's polls measured in the first half.
-    cap = plan["cap"] if plan else free["poll_interval_seconds"]
+    cap = plan["cap"]
     limited["poll_cap_seconds"] = cap
     say(
         f"  l. {free['jobs']:,} {PROVIDER} jobs in flight: {free['polls_per_second']:,.0f} polls/s, "
@@ -291,14 +308,14 @@ def at_scale(work: Path, sizes: Sizes) -> dict[str, Any]:
     say(
         f"  l. same, {RATE_ENV}={LIMIT}: at most {limited['calls_max_in_a_second']} calls in a second at the emulator "
         f"(target <= {LIMIT}), {limited['polls_per_second']:.1f} polls/s; oldest overdue poll up to "
-        f"{limited['polls_behind_max_seconds']} s (target < {2 * cap if cap else '2 x the cap'} s)"
+        f"{limited['polls_behind_max_seconds']} s (target < {2 * cap:g} s; "
+        f"{limited['polls_behind_max_settling_seconds']} s while the polls scheduled without the budget were served), "
+        f"each job every {limited['poll_interval_seconds']} s (Reelay says {limited['poll_interval_shown_seconds']})"
     )
     return {"l": free, "l_limited": limited}
 
 
-async def _free(
-    server: Process, emulator: Process, key: Key, sizes: Sizes, plan: dict[str, float] | None
-) -> dict[str, Any]:
+async def _free(server: Process, emulator: Process, key: Key, sizes: Sizes, plan: dict[str, float]) -> dict[str, Any]:
     shown = (await provider_view(server, key))["rate_limit"]
     if shown is not None:
         raise RuntimeError(f"GET /v1/providers shows a rate limit for {PROVIDER} ({shown}): this half runs without one")
@@ -329,20 +346,40 @@ async def _limited(server: Process, emulator: Process, key: Key, sizes: Sizes, s
     shown = (await provider_view(server, key))["rate_limit"]
     if shown != LIMIT:
         raise RuntimeError(f"GET /v1/providers shows {PROVIDER}'s rate limit as {shown}, not {LIMIT}")
-    await asyncio.sleep(2)  # the poller's first claims
+    # The polls the first half scheduled come due at its pace: served once at the budget's rate, each job's next
+    # one is then its share of the budget away. Until then the oldest overdue poll says how long that first round is.
+    settle = sizes.jobs / Shape(LIMIT).rate + 10
+    settling: list[float] = []
+    began = time.monotonic()
+    while time.monotonic() - began < settle:
+        settling.append((await provider_view(server, key))["polls_behind_seconds"] or 0.0)
+        await asyncio.sleep(1)
     result = await Window(server, emulator, key, behind_every=1).measure(sizes.seconds)
     seen = await calls(emulator)
     # Every second since this Reelay started, not only the window: a budget must hold from its first token.
     result["calls_max_in_a_second"] = max(seen.get(s, 0) for s in range(started, result["last_second"]))
-    return {"provider": PROVIDER, "jobs": sizes.jobs, "rate_limit": shown, "list_rate": LIST_RATE, **result}
+    return {
+        "provider": PROVIDER,
+        "jobs": sizes.jobs,
+        "rate_limit": shown,
+        "list_rate": LIST_RATE,
+        "settling_seconds": round(settle),
+        "polls_behind_max_settling_seconds": max(settling, default=None),
+        **result,
+        "poll_interval_seconds": round(sizes.jobs / result["polls_per_second"], 1),  # as the emulator saw it
+        "poll_interval_shown_seconds": (await provider_view(server, key)).get("poll_interval_seconds"),
+    }
 
 
 # -- l2: two replicas, one budget ------------------------------------------------------------------
 
 
 def replicas(work: Path, sizes: Sizes) -> dict[str, Any]:
+    # Long enough for every job's first poll (at the slowest jitter) to fall inside the window, not only creates.
+    plan = schedule(provider_env("http://127.0.0.1:9"))
+    seconds = max(sizes.replica_seconds, plan["initial"] * (1 + plan["jitter"]) + 10)
     with throwaway_cluster(durable=True) as cluster:
-        result = asyncio.run(_replicas(cluster, work, sizes))
+        result = asyncio.run(_replicas(cluster, work, sizes.replica_jobs, seconds))
     say(
         f"  l2. two workers on PostgreSQL, one {LIMIT}/s budget: at most {result['calls_max_in_a_second']} calls in "
         f"a second at the emulator (target <= {LIMIT}), {result['calls_per_second']:.1f}/s on average"
@@ -350,7 +387,7 @@ def replicas(work: Path, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-async def _replicas(cluster: PostgresServer, work: Path, sizes: Sizes) -> dict[str, Any]:
+async def _replicas(cluster: PostgresServer, work: Path, jobs: int, seconds: float) -> dict[str, Any]:
     async with cluster.database() as url:
         database = Database(url)  # opening the store migrates the schema before any process starts
         (key,) = await database.keys(1)
@@ -372,8 +409,8 @@ async def _replicas(cluster: PostgresServer, work: Path, sizes: Sizes) -> dict[s
                 first = await next_second()
                 cpu = {p.pid: cpu_seconds(p.pid) for p in (one, two)}
                 meter = CpuMeter()
-                seeded = await submit(api, key, sizes.replica_jobs)
-                await asyncio.sleep(max(0.0, first + sizes.replica_seconds - time.time()))
+                seeded = await submit(api, key, jobs)
+                await asyncio.sleep(max(0.0, first + seconds - time.time()))
                 last = await next_second()
                 workers_cpu = [round(100 * (cpu_seconds(p.pid) - cpu[p.pid]) / (last - first), 1) for p in (one, two)]
                 behind = (await provider_view(api, key))["polls_behind_seconds"]
@@ -383,7 +420,7 @@ async def _replicas(cluster: PostgresServer, work: Path, sizes: Sizes) -> dict[s
         "provider": PROVIDER,
         "workers": 2,
         "rate_limit": LIMIT,
-        "jobs": sizes.replica_jobs,
+        "jobs": jobs,
         "submit_seconds": round(seeded, 1),
         "window_seconds": last - first,
         "calls_max_in_a_second": max(seen.values()),  # every second this emulator saw: these replicas' calls only

@@ -66,6 +66,7 @@ class Gateway:
         self._signals = runtime.signals
         self._health = runtime.health
         self._rates = runtime.rates
+        self._poll_schedule = runtime.poll_schedule
         # Whether any route moves failed generations on: if none does, a failure callback needs no read first.
         self._retries_failed = any(route.retry_failed for route in self._settings.routes.values())
 
@@ -172,9 +173,11 @@ class Gateway:
         """Raise NotReady unless the database can take jobs."""
         await check_ready(self._store, self._settings)
 
-    async def providers(self) -> list[tuple[str, bool, ProviderView, int, float | None, float | None]]:
+    async def providers(self) -> list[tuple[str, bool, ProviderView, int, float | None, float | None, float | None]]:
         """Every provider: whether it is configured here, its health, its unfinished jobs in the database, its rate
-        limit, and how many seconds its oldest due status check is overdue (None when none is)."""
+        limit, how many seconds its oldest due status check is overdue (None when none is), and the seconds between
+        two status checks of one job at its cadence's cap, or its share of the budget when longer (None when not
+        configured here)."""
         now = self._clock()
         views = await self._health.view(now)
         in_flight = await self._store.jobs_in_flight()
@@ -186,6 +189,12 @@ class Gateway:
             due = oldest.get(name)
             return None if due is None or due > now else round(now - due, 3)
 
+        def interval(name: str) -> float | None:
+            if name not in self._adapters:
+                return None
+            cap = self._poll_schedule(name).cap
+            return round(cap if rates is None else max(cap, rates.spacing(name, in_flight.get(name, 0))), 1)
+
         return [
             (
                 n,
@@ -194,6 +203,7 @@ class Gateway:
                 in_flight.get(n, 0),
                 None if rates is None else rates.limit(n),
                 behind(n),
+                interval(n),
             )
             for n in names
         ]

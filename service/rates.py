@@ -6,10 +6,14 @@ A limit of N/s becomes a bucket of `burst` tokens refilled at `rate` per second,
 a request may reach the provider up to 100 ms after its token was taken, and still no one-second window at the
 provider sees more than N. Creates go first: status checks leave one token in reserve (when the bucket holds two),
 and take none while a create waits for one. A 429 with Retry-After pauses the whole bucket for that long.
+
+Polls are spaced to fit: a job's next status check is at least (jobs in flight at the provider) / `rate` away, so
+every job gets its turn and none waits behind the others' backoff caps (`RateBudgets.poll_spacing`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +26,7 @@ from storage.base import SharesLimits
 log = structlog.get_logger("reelay.rates")
 
 LATE_MARGIN = 1.1  # a one-second window at the provider may hold the tokens of 1.1 s of takes
+IN_FLIGHT_SECONDS = 5.0  # a count of the jobs in flight serves this long before it is read again
 
 
 class Shape:
@@ -64,13 +69,37 @@ class RateBudgets:
         self, limits: Mapping[str, float | None], store: Store, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self.shapes = {provider: Shape(limit) for provider, limit in limits.items() if limit}
+        self._store = store
         self._shared = store if isinstance(store, SharesLimits) else None
         self._monotonic = monotonic
         self._local: dict[str, _Bucket] = {}
+        self._in_flight: Mapping[str, int] = {}
+        self._counted_until = float("-inf")
+        self._counting = asyncio.Lock()
 
     def limit(self, provider: str) -> float | None:
         shape = self.shapes.get(provider)
         return None if shape is None else shape.limit
+
+    def spacing(self, provider: str, in_flight: int) -> float:
+        """The fewest seconds between two status checks of one job that let `in_flight` jobs each have their turn
+        within the budget's steady rate (0 without a budget)."""
+        shape = self.shapes.get(provider)
+        return 0.0 if shape is None else in_flight / shape.rate
+
+    async def poll_spacing(self, provider: str) -> float:
+        """`spacing` for the provider's jobs in flight now, counted at most every IN_FLIGHT_SECONDS in this process."""
+        if provider not in self.shapes:
+            return 0.0
+        if self._monotonic() >= self._counted_until:
+            async with self._counting:  # one count for every poll that finds it stale at once
+                if self._monotonic() >= self._counted_until:
+                    try:
+                        self._in_flight = await self._store.jobs_in_flight()
+                    except StorageError as exc:  # the last count serves until the next try
+                        log.error("rates.count_failed", error=str(exc))
+                    self._counted_until = self._monotonic() + IN_FLIGHT_SECONDS
+        return self.spacing(provider, self._in_flight.get(provider, 0))
 
     async def take(self, provider: str, want: int, *, create: bool) -> tuple[int, float]:
         """Take up to `want` tokens (a create wants one); returns (granted, seconds until it is worth asking

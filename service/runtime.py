@@ -64,3 +64,11 @@ class Runtime:
         if configured is not None and configured.poll_schedule is not None:
             return configured.poll_schedule
         return self.adapters[provider].poll_schedule
+
+    async def poll_delay(
+        self, provider: str, attempt: int, rng: random.Random, *, at_least: float | None = None
+    ) -> float:
+        """Seconds until a job's next status check: its provider's cadence, and with a rate budget at least the
+        job's share of it (jobs in flight / rate), so every job gets its turn and creates still go first."""
+        spacing = 0.0 if self.rates is None else await self.rates.poll_spacing(provider)
+        return self.poll_schedule(provider).delay(attempt, rng, at_least=at_least, spacing=spacing)

@@ -4,6 +4,7 @@ tested without sleeping."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from service.lifecycle import Report
 from service.loops import Poller
 from service.metrics import Metrics
 from service.providers.base import ModelSpec, TransientError
+from service.rates import RateBudgets
 from service.runtime import Runtime
 from service.schedule import Backoff
 from service.settings import Settings
@@ -108,7 +110,9 @@ async def _poll(poller: Poller, store: Store, clock: Clock) -> None:
     await poller.drain(0)
 
 
-def _poller(store: Store, clock: Clock, provider: FakeProvider, seed: int = 3) -> Poller:
+def _poller(
+    store: Store, clock: Clock, provider: FakeProvider, seed: int = 3, rates: RateBudgets | None = None
+) -> Poller:
     runtime = Runtime(
         settings=Settings(),
         store=store,
@@ -120,6 +124,7 @@ def _poller(store: Store, clock: Clock, provider: FakeProvider, seed: int = 3) -
         monotonic=clock,
         rng=random.Random(seed),
         metrics=Metrics.create(),
+        rates=rates,
     )
     return Poller(runtime, Gateway(runtime))
 
@@ -305,3 +310,49 @@ async def test_a_busy_poller_leases_several_jobs_per_claim_not_one_per_freed_slo
     taken = [n for n in counting.claims if n]
     assert sum(taken) == 40
     assert len(taken) <= 40 // 4  # four jobs or more per claim (a write) on average, not the two slots freed
+
+
+class EagerProvider(FakeProvider):
+    """Wants each job checked every 0.5 s: far more often than a small budget allows for 40 jobs."""
+
+    poll_schedule: ClassVar[Backoff] = Backoff(initial=0.5, factor=1.0, cap=0.5, jitter=0.2)
+    poll_concurrency: ClassVar[int] = 4
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__([])
+        self.clock = clock
+        self.polled: dict[str, list[float]] = {}
+
+    async def fetch(self, provider_task_id: str) -> Report:
+        self.polled.setdefault(provider_task_id, []).append(self.clock.now)
+        return await super().fetch(provider_task_id)
+
+
+async def test_polls_under_a_budget_are_spaced_by_jobs_in_flight_over_its_rate_and_none_falls_far_behind(
+    store: Store,
+) -> None:
+    clock = Clock()
+    jobs = 40
+    for i in range(jobs):
+        await _submitted_job(store, clock, f"job_01JZ00000000000000000000{i:02d}")  # every one due now
+    provider = EagerProvider(clock)
+    rates = RateBudgets({"fake": 10.0}, store, monotonic=clock)  # about 8.2 checks a second
+    poller = _poller(store, clock, provider, rates=rates)
+    spacing = jobs / rates.shapes["fake"].rate  # about 4.9 s, where the cadence asks for 0.5 s
+    behind = []
+    began = clock.now
+    while clock.now < began + 60:  # as the worker's loop would: again after 0.1 s, or once a token is back
+        clock.now += 0.1 if poller.soon is None else min(0.1, poller.soon)
+        poller.soon = None
+        for job in await poller.claim(clock.now, 16):
+            await poller.handle(job)
+        await poller.drain(0)
+        oldest = (await store.oldest_due_polls(["fake"])).get("fake")
+        behind.append((clock.now - began, max(0.0, clock.now - oldest) if oldest is not None else 0.0))
+    gaps = [later - earlier for times in provider.polled.values() for earlier, later in itertools.pairwise(times)]
+    assert len(provider.polled) == jobs
+    assert min(gaps) >= spacing  # each job's turn comes at its share of the budget, not at the cadence's 0.5 s
+    assert min(len(times) for times in provider.polled.values()) >= 9  # ... and it does come: the budget is used
+    assert max(late for _, late in behind) <= spacing + 0.5  # the first round: 40 checks due at once
+    # Then they come due about as fast as the budget serves them; at the cadence's 0.5 s, each would be ~4.4 s late.
+    assert max(late for at, late in behind if at >= 30) <= 1.0

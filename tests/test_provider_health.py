@@ -143,8 +143,10 @@ async def test_get_providers_shows_each_providers_health_and_jobs_in_flight(tmp_
             "jobs_in_flight": 0,
             "rate_limit": None,
             "polls_behind_seconds": None,
+            "poll_interval_seconds": 2.0,  # the emulators' cadence's cap: no budget to stretch it
         }
         assert before["minuit"]["configured"] is False
+        assert before["minuit"]["poll_interval_seconds"] is None
         assert set(before) == {"seedancee2", "minuit", "mindvideo", "imini", "magnific"}
 
         job = await running.submit()

@@ -1,7 +1,7 @@
 """Per-provider rate budgets (REELAY_<PROVIDER>_RATE_LIMIT) over real HTTP against the MindVideo emulator (it is
 only polled): the emulator never counts more than the limit in a second, a 429 with Retry-After pauses every
-status check to the provider, creates go before status checks, and GET /v1/providers shows the budget and how far
-behind polling is."""
+status check to the provider, creates go before status checks, a job's first status check waits for its share of
+the budget, and GET /v1/providers shows the budget, how far behind polling is and the interval it stretches to."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from sandbox import SandboxKnobs
 from service.errors import ConfigError
 from service.providers import ADAPTERS
-from service.rates import RateBudgets
+from service.rates import IN_FLIGHT_SECONDS, RateBudgets, Shape
 from service.settings import Settings
 from service.wire import encode_job
 from storage import create_store
@@ -121,3 +121,22 @@ async def test_a_429_on_a_create_holds_every_other_create_for_its_retry_after(tm
         await running.accepted(other["id"], timeout=10)
         waited = time.time() - refused_at
     assert waited >= 4.5  # not sent before the pause ends, though its own create never got a 429
+
+
+async def test_a_first_poll_under_a_budget_waits_for_its_share_of_the_jobs_in_flight(tmp_path: Path) -> None:
+    async with stack(tmp_path, knobs=LONG, **limited(10)) as running:
+        for _ in range(20):
+            await running.submit(model=MODEL)
+        await asyncio.sleep(IN_FLIGHT_SECONDS)  # each process's count of the jobs in flight is read again by then
+        job = await running.submit(model=MODEL)
+        sent = time.time()
+        await running.accepted(job["id"], timeout=10)
+        stored = await running.store.get_job(job["id"])
+        shown = (await providers(running))["mindvideo"]
+    rate = Shape(10).rate  # about 8.2 a second
+    assert stored is not None
+    assert stored.next_poll_at is not None
+    # 20 or 21 jobs in flight when counted: ~2.4 s at least, where the emulators' cadence alone says 0.5 s.
+    assert stored.next_poll_at - sent >= 20 / rate
+    assert shown["jobs_in_flight"] == 21
+    assert shown["poll_interval_seconds"] == round(21 / rate, 1)  # longer than the cadence's 2 s cap

@@ -49,6 +49,13 @@ class ProviderInfo(msgspec.Struct):
         float | None,
         msgspec.Meta(description="how long the oldest due status check has waited past its time; null: none is due"),
     ]
+    poll_interval_seconds: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="seconds between two status checks of one job at its cadence's cap, or, with a rate limit, "
+            "jobs in flight / the limit's steady rate when that is longer; null: not configured here"
+        ),
+    ]
 
 
 class ProviderList(msgspec.Struct):
@@ -73,7 +80,7 @@ async def list_providers(request: Request[Any, Any, Any], caller: NamedDependenc
     """Every provider Reelay knows. The circuit (`state`, `failures`, `open_until`, `last_error`) is shared by all
     replicas; `error_rate` and `create_latency_ms` are this replica's view of its own recent creates."""
     data = []
-    for provider, configured, view, in_flight, limit, behind in await context(request).gateway.providers():
+    for provider, configured, view, in_flight, limit, behind, interval in await context(request).gateway.providers():
         data.append(
             ProviderInfo(
                 provider=provider,
@@ -88,6 +95,7 @@ async def list_providers(request: Request[Any, Any, Any], caller: NamedDependenc
                 jobs_in_flight=in_flight,
                 rate_limit=limit,
                 polls_behind_seconds=behind,
+                poll_interval_seconds=interval,
             )
         )
     return ProviderList(data=data)

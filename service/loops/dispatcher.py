@@ -195,11 +195,10 @@ class Dispatcher(LeasedLoop):
     async def _submitted(self, job: JobRecord, task_id: str, cost: dict[str, Any] | None, callbacks: bool) -> None:
         now = self.clock()
         settings = self.runtime.settings
-        # A provider with callbacks is polled only once its callback is overdue; the others when a job may be done.
+        # A provider with callbacks is polled only once its callback is overdue; the others when a job may be done
+        # (and, under a rate budget, no sooner than its share of it).
         first_poll = (
-            settings.callback_grace_seconds
-            if callbacks
-            else self.runtime.poll_schedule(job.provider).delay(0, self.rng)
+            settings.callback_grace_seconds if callbacks else await self.runtime.poll_delay(job.provider, 0, self.rng)
         )
         await self._update(
             job,

@@ -156,7 +156,7 @@ class Poller(LeasedLoop):
                 await self._rates.pause(job.provider, retry_after)  # for every job and replica, not only this one
         except (ProviderError, ValueError, KeyError, TypeError) as exc:
             log.warning("poll.bad_answer", error=str(exc))
-        delay = self.runtime.poll_schedule(job.provider).delay(job.poll_attempts, self.rng, at_least=retry_after)
+        delay = await self.runtime.poll_delay(job.provider, job.poll_attempts, self.rng, at_least=retry_after)
         # A generation failure may move a job on a route to its next candidate (retry_failed).
         apply = None if report is None else await self.gateway.report_decision(job, report)
         if apply is None or apply(job) is None:
