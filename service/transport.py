@@ -1,5 +1,5 @@
 """httpx's transport interface over an aiohttp session, for the calls to providers: the adapters keep httpx's API,
-and each request costs a fraction of httpx's own transport's CPU (httpcore, anyio and h11; bench/http_clients.py).
+and each request costs about a third of the CPU of httpx's own transport (httpcore, anyio, h11; bench/http_clients.py).
 
 Failures raise the httpx exceptions that httpx's own transport would, so `HttpProvider.call` tells a request that
 never left (connect errors and timeouts) from one that may have reached the provider (everything else).
@@ -40,7 +40,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """The session, made on first use: aiohttp binds it to the running event loop."""
         connector = aiohttp.TCPConnector(
             limit=self._limits.max_connections or 0,
-            keepalive_timeout=self._limits.keepalive_expiry or 0.0,
+            keepalive_timeout=self._limits.keepalive_expiry or 5.0,  # httpx's default
             ssl=self._ssl,
         )
         # httpx keeps the cookies and decodes the body, as with its own transport.

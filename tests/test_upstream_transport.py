@@ -133,16 +133,22 @@ async def test_waiting_past_the_pool_timeout_for_a_connection_is_a_connect_failu
     assert isinstance(waited.value.__cause__, httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-async def test_connection_closed_mid_answer_makes_a_create_an_unknown_outcome() -> None:
+@pytest.mark.parametrize(
+    "answer_sent",
+    [b"", b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"task'],
+    ids=["no_answer", "half_an_answer"],
+)
+async def test_connection_closed_after_the_create_was_sent_makes_it_an_unknown_outcome(answer_sent: bytes) -> None:
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"task')
+        writer.write(answer_sent)
         await writer.drain()
         writer.close()
 
     async with raw_server(cut) as url, adapter(url) as imini:
         with pytest.raises(OutcomeUnknown) as lost:
             await imini.submit(job(), SPEC, None)
+    # Not a connect failure: the provider may have created the task, so it must not be sent again.
     assert isinstance(lost.value.__cause__, httpx.TransportError)
     assert not isinstance(lost.value.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
