@@ -24,6 +24,7 @@ import structlog
 
 from service.assets import Asset, AssetStore, AssetUrls, asset_key
 from service.egress import GuardedTransport, Resolver, TargetRefused, check_target, system_resolver
+from service.loops.base import finish_within
 from service.schedule import Backoff
 from service.timestamps import to_iso
 from storage import ArchiveRecord, JobNotFound, JobRecord, StorageError
@@ -305,11 +306,5 @@ class Archiver:
     async def drain(self, grace_seconds: float) -> None:
         """Let copies in flight finish within `grace_seconds`; the rest are cancelled (their partial files never
         become visible) and claimed again after the restart."""
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("archive.drain_cancelled", tasks=len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+        await finish_within(self._inflight, grace_seconds, "archive")
         await self.client.aclose()

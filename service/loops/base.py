@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("reelay.worker")
 
 
 class Loop(Protocol):
@@ -30,3 +35,15 @@ class Watcher:
 
     async def drain(self, grace_seconds: float) -> None:
         return None
+
+
+async def finish_within(tasks: set[asyncio.Task[Any]], grace_seconds: float, name: str) -> None:
+    """A loop's drain: wait up to `grace_seconds` for its tasks in flight, then cancel the rest and wait for them."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(set(tasks), timeout=grace_seconds)
+    for task in pending:
+        task.cancel()
+    if pending:
+        log.warning(f"{name}.drain_cancelled", tasks=len(pending))
+        await asyncio.gather(*pending, return_exceptions=True)

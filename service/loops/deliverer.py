@@ -21,6 +21,7 @@ import structlog
 from service import deliveries
 from service.deliveries import BODY_KEPT, Reply
 from service.egress import GuardedResolver, Resolver, check_target, system_resolver
+from service.loops.base import finish_within
 from storage import AttemptResult, ClaimedDelivery, DeliveryStatus, StorageError
 
 if TYPE_CHECKING:
@@ -200,13 +201,7 @@ class Deliverer:
     async def drain(self, grace_seconds: float) -> None:
         """Let attempts in flight finish within `grace_seconds` (the rest are cancelled, their leases released by
         the lifespan), write back every finished one, then close the client."""
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("deliver.drain_cancelled", tasks=len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+        await finish_within(self._inflight, grace_seconds, "deliver")
         self._closing = True
         self._results_ready.set()
         if self._writer is not None:

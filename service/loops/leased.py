@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from service import lifecycle
+from service.loops.base import finish_within
 from storage import JobRecord, StorageError
 
 if TYPE_CHECKING:
@@ -91,14 +92,7 @@ class LeasedLoop:
 
     async def drain(self, grace_seconds: float) -> None:
         """Wait up to `grace_seconds` for in-flight work on shutdown, then cancel what is left."""
-        if not self._inflight:
-            return
-        _, pending = await asyncio.wait(set(self._inflight), timeout=grace_seconds)
-        for task in pending:
-            task.cancel()
-        if pending:
-            log.warning(f"{self.name}.drain_cancelled", tasks=len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+        await finish_within(self._inflight, grace_seconds, self.name)
 
     async def _update(self, job: JobRecord, decide: Callable[[JobRecord], Any]) -> JobRecord:
         return (await self.gateway.update_job(job.id, decide)).job
