@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from service.errors import Unauthorized
+from service.errors import InvalidRequest, Unauthorized
 from service.timestamps import to_iso
 
 if TYPE_CHECKING:
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 PREFIX = "rst_"
 MAX_TTL_SECONDS = 3600
-MAX_TOKEN_CHARS = 8192  # longer than any token we sign (10 metadata pairs at most): refused before decoding
+# The longest token signed or taken: it travels in a URL, so a filter that would make it longer is a 400 at issue,
+# and any longer value is refused before decoding (and, percent-encoded, still fits the server's header limit).
+MAX_TOKEN_CHARS = 2048
 
 
 class StreamClaims(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -61,7 +63,14 @@ class StreamTokens:
         expires = int(self._clock()) + ttl_seconds
         claims = StreamClaims(k=api_key_id, exp=expires, job=job_id, md=metadata or None)
         body = PREFIX + _b64(_encode(claims))
-        return f"{body}.{_b64(self._sign(body))}", expires
+        token = f"{body}.{_b64(self._sign(body))}"
+        if len(token) > MAX_TOKEN_CHARS:
+            raise InvalidRequest(
+                f"metadata: the filter makes the token {len(token)} characters long, more than the "
+                f"{MAX_TOKEN_CHARS} a URL carries; filter on fewer or shorter pairs",
+                details={"field": "metadata", "max_token_chars": MAX_TOKEN_CHARS},
+            )
+        return token, expires
 
     def verify(self, token: str) -> StreamClaims:
         """The claims of a token this server signed that has not expired; else Unauthorized (`invalid_token`,

@@ -18,7 +18,7 @@ from service.ids import split_api_key
 from service.keys import create_key
 from service.logging import configure_logging
 from service.timestamps import from_iso
-from service.tokens import StreamTokens
+from service.tokens import MAX_TOKEN_CHARS, StreamTokens
 from tests import pg
 from tests.harness import Stack, stack
 
@@ -110,6 +110,17 @@ async def test_a_malformed_token_request_is_400(seedance: Stack, body: Any) -> N
     response = await seedance.client.post(f"{seedance.url}/v1/stream-tokens", json=body, headers=seedance.headers)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def test_a_metadata_filter_too_long_for_a_token_url_is_400_naming_it(seedance: Stack) -> None:
+    metadata = {f"key{i}": "v" * 400 for i in range(10)}  # each pair valid, together past MAX_TOKEN_CHARS
+    response = await seedance.client.post(
+        f"{seedance.url}/v1/stream-tokens", json={"ttl_seconds": 60, "metadata": metadata}, headers=seedance.headers
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"] == {"field": "metadata", "max_token_chars": MAX_TOKEN_CHARS}
+    short = {f"key{i}": "v" * 20 for i in range(10)}
+    assert len((await _token(seedance, metadata=short))["token"]) <= MAX_TOKEN_CHARS
 
 
 async def test_a_token_for_another_keys_job_or_no_job_is_404_at_creation(seedance: Stack) -> None:
