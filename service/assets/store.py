@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from service.errors import ConfigError
 
@@ -26,7 +28,10 @@ if TYPE_CHECKING:
     from service.assets import AssetStore
     from service.settings import Settings
 
+_T = TypeVar("_T")
+
 READ_CHUNK: Final = 256 * 1024
+IO_THREADS: Final = 8  # the file store's own threads (copies and reads in flight at once, each a thread trip)
 # Writes are gathered to this size before each trip to a worker thread.
 WRITE_CHUNK: Final = 1024 * 1024
 TEMP_MARK: Final = ".part-"
@@ -62,6 +67,12 @@ class FileAssets:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # File I/O on threads of its own: fsyncs and large reads never queue ahead of what shares asyncio's default
+        # executor (the webhook deliverer's DNS lookups among them).
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="reelay-assets")
+
+    async def _run(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(call, *args, **kwargs))
 
     @classmethod
     def open(cls, root: Path) -> FileAssets:
@@ -89,8 +100,8 @@ class FileAssets:
     async def put(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str) -> int:
         path = self._path(key)
         temp = path.with_name(f"{path.name}{TEMP_MARK}{secrets.token_hex(8)}")
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        file = await asyncio.to_thread(temp.open, "xb")
+        await self._run(path.parent.mkdir, parents=True, exist_ok=True)
+        file = await self._run(temp.open, "xb")
         size = 0
         try:
             pending: list[bytes] = []
@@ -99,10 +110,10 @@ class FileAssets:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= WRITE_CHUNK:
-                    await asyncio.to_thread(file.writelines, pending)
+                    await self._run(file.writelines, pending)
                     size += pending_size
                     pending, pending_size = [], 0
-            await asyncio.to_thread(_finish, file, pending, temp, path)
+            await self._run(_finish, file, pending, temp, path)
             size += pending_size
         except BaseException:
             file.close()
@@ -112,19 +123,19 @@ class FileAssets:
 
     async def size(self, key: str) -> int | None:
         try:
-            stat = await asyncio.to_thread(self._path(key).stat)
+            stat = await self._run(self._path(key).stat)
         except FileNotFoundError:
             return None
         return stat.st_size
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         # Opened once: a put replacing the object meanwhile does not change what this read returns.
-        file = await asyncio.to_thread(self._path(key).open, "rb", buffering=0)
+        file = await self._run(self._path(key).open, "rb", buffering=0)
         try:
             position = start
             while end is None or position < end:
                 want = READ_CHUNK if end is None else min(READ_CHUNK, end - position)
-                chunk = await asyncio.to_thread(os.pread, file.fileno(), want, position)
+                chunk = await self._run(os.pread, file.fileno(), want, position)
                 if not chunk:
                     break
                 position += len(chunk)
@@ -134,14 +145,14 @@ class FileAssets:
 
     async def delete(self, keys: Sequence[str]) -> None:
         paths = [self._path(key) for key in keys]
-        await asyncio.to_thread(_unlink, paths)
+        await self._run(_unlink, paths)
 
     async def delete_job(self, job_id: str) -> None:
         (folder,) = _parts(job_id)
-        await asyncio.to_thread(shutil.rmtree, self.root / folder, ignore_errors=True)
+        await self._run(shutil.rmtree, self.root / folder, ignore_errors=True)
 
     async def close(self) -> None:
-        return None
+        self._io.shutdown(wait=False)
 
 
 def _unlink(paths: list[Path]) -> None:
