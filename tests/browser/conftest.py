@@ -2,7 +2,7 @@
 through its executable path (Playwright never downloads a browser here).
 
 One server and one browser serve a module; each test gets a fresh browser context (its own cookies). Without
-Chromium the tests are skipped, unless REELAY_TEST_BROWSER=required (as `.ci/run` sets), when they fail.
+Chromium the tests fail, naming what installs it (`.ci/run` does, with .ci/chromium.sh).
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ def chromium_path() -> str:
     for candidate in (os.environ.get("REELAY_TEST_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
         if candidate and Path(candidate).is_file():
             return candidate
-    if os.environ.get("REELAY_TEST_BROWSER") == "required":
-        pytest.fail("no Chromium: run .ci/chromium.sh (or set REELAY_TEST_CHROMIUM)")
-    pytest.skip("no Chromium (apt-get install chromium, or .ci/chromium.sh)")
+    pytest.fail("no Chromium: run .ci/chromium.sh (apt-get install chromium), or set REELAY_TEST_CHROMIUM")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

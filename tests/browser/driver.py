@@ -66,11 +66,6 @@ class Dashboard:
                 await asyncio.sleep(0.05)
         return job
 
-    async def archives(self) -> bool:
-        """Whether this Reelay archives outputs (it serves `GET /v1/jobs/{id}/content`)."""
-        schema = (await self.client.get(f"{self.url}/schema")).json()
-        return "/v1/jobs/{job_id}/content" in schema["paths"]
-
     @asynccontextmanager
     async def knobs(self, knobs: SandboxKnobs) -> AsyncIterator[None]:
         """The emulator misbehaves as `knobs` say, for the block."""

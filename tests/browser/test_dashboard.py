@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
 import pytest
 
 from sandbox import SandboxKnobs
-from tests.browser.driver import TERMINAL, Dashboard, Tab
+from tests.browser.driver import Dashboard, Tab
 from tests.processes import REELAY, create_key
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -89,20 +88,11 @@ async def test_a_job_submitted_through_the_api_appears_and_succeeds_without_a_re
 
 
 async def test_the_job_page_plays_its_video(dashboard: Dashboard, tmp_path: Path) -> None:
-    """The archived copy when Reelay archives outputs (it must then be that copy); otherwise the provider's URL."""
-    job = await dashboard.submit()
-    if await dashboard.archives():
-        job = await dashboard.wait_for(job["id"], archive_done)
-        asset = archived_video(job)
-        assert asset is not None, job
-        expected = urlsplit(asset["url"]).path
-    else:
-        job = await dashboard.wait_for(job["id"], lambda j: j["status"] in TERMINAL)
-        expected = job["output"]["videos"][0]["url"]
-        try:
-            await dashboard.client.get(expected, headers={"Range": "bytes=0-1"})
-        except httpx.TransportError:
-            pytest.skip(f"this Reelay archives no output and the emulator serves no video at {expected}")
+    """The archived copy, served by Reelay itself."""
+    job = await dashboard.wait_for((await dashboard.submit())["id"], archive_done)
+    asset = archived_video(job)
+    assert asset is not None, job
+    expected = urlsplit(asset["url"]).path
     async with dashboard.tab(tmp_path) as tab:
         await open_job(dashboard, tab, job["id"])
         await tab.page.wait_for_function("() => document.querySelector('#video')?.readyState >= 2")
@@ -158,14 +148,8 @@ async def test_an_older_job_that_changes_state_stays_off_the_first_page(dashboar
 async def test_no_page_requests_anything_from_another_host(dashboard: Dashboard, tmp_path: Path) -> None:
     """Every file and call of every page is Reelay's own (no CDN); the strict CSP is never violated, and no
     script fails."""
-    if await dashboard.archives():  # its video is Reelay's archived copy
-        job = await dashboard.submit()
-        job = await dashboard.wait_for(job["id"], archive_done)
-        assert archived_video(job) is not None, job
-    else:  # the provider's URL would be another host: a job without output yet
-        async with dashboard.knobs(SLOW):
-            job = await dashboard.submit()
-            await dashboard.wait_for(job["id"], lambda j: j["provider_task_id"] is not None)
+    job = await dashboard.wait_for((await dashboard.submit())["id"], archive_done)
+    assert archived_video(job) is not None, job  # its video is Reelay's archived copy
     async with dashboard.tab(tmp_path) as tab:
         page = tab.page
         violations: list[str] = []
@@ -195,10 +179,10 @@ async def test_a_failing_browser_test_saves_a_screenshot_and_names_it(dashboard:
     assert shot.read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.skipif(not os.environ.get("REELAY_SCREENSHOTS"), reason="set REELAY_SCREENSHOTS=<dir> to take them")
 async def test_screenshots_of_the_jobs_and_job_pages(dashboard: Dashboard, tmp_path: Path) -> None:
-    """The README's pictures: `REELAY_SCREENSHOTS=docs pytest tests/browser -k screenshots`."""
-    folder = Path(os.environ["REELAY_SCREENSHOTS"])
+    """The README's pictures, into the test's folder; `REELAY_SCREENSHOTS=docs pytest tests/browser -k screenshots`
+    writes them where the README shows them."""
+    folder = Path(os.environ.get("REELAY_SCREENSHOTS") or tmp_path)
     jobs = [
         await dashboard.submit(
             model=model, input={"prompt": prompt, "resolution": "480p"}, metadata={"campaign": "spring"}
@@ -210,9 +194,8 @@ async def test_screenshots_of_the_jobs_and_job_pages(dashboard: Dashboard, tmp_p
             ("seedancee2/pro", "timelapse of a city at night"),
         ]
     ]
-    archives = await dashboard.archives()
     for job in jobs:
-        await dashboard.wait_for(job["id"], archive_done if archives else lambda j: j["status"] in TERMINAL)
+        await dashboard.wait_for(job["id"], archive_done)
     async with dashboard.knobs(SLOW), dashboard.tab(tmp_path) as tab:
         slow = await dashboard.submit(input={"prompt": "a slow pan across a library", "resolution": "480p"})
         await dashboard.wait_for(slow["id"], lambda j: j["provider_task_id"] is not None)
@@ -220,9 +203,10 @@ async def test_screenshots_of_the_jobs_and_job_pages(dashboard: Dashboard, tmp_p
         await tab.page.locator(f'#jobs-body tr[data-job-id="{slow["id"]}"]').wait_for()
         await tab.page.screenshot(path=str(folder / "dashboard-jobs.png"))
         await open_job(dashboard, tab, jobs[1]["id"])
-        if archives:
-            await tab.page.wait_for_function("() => document.querySelector('#video')?.readyState >= 2")
+        await tab.page.wait_for_function("() => document.querySelector('#video')?.readyState >= 2")
         await tab.page.screenshot(path=str(folder / "dashboard-job.png"), full_page=True)
+    for name in ("dashboard-jobs.png", "dashboard-job.png"):
+        assert (folder / name).read_bytes().startswith(b"\x89PNG"), name
 
 
 async def test_a_page_on_another_origin_opens_a_stream_with_a_token(dashboard: Dashboard, tmp_path: Path) -> None:
